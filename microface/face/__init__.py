@@ -1,0 +1,19 @@
+"""Parametric face models behind one interface: the embedded open model (default) and user-supplied FLAME."""
+from microface.face.model import FaceModel, FaceOutput, axis_angle_to_matrix, vertex_normals
+
+__all__ = ["FaceModel", "FaceOutput", "axis_angle_to_matrix", "vertex_normals", "load_face_model"]
+
+
+def load_face_model(name: str = "open", path: str | None = None) -> FaceModel:
+    """Build a face model by name: ``open`` (embedded default) or ``flame`` (needs ``path`` to the pickle)."""
+    if name == "open":
+        from microface.face.open_model import OpenFaceModel
+
+        return OpenFaceModel()
+    if name == "flame":
+        from microface.face.flame import FlameFaceModel
+
+        if path is None:
+            raise ValueError("face model 'flame' needs the path to generic_model.pkl or flame2023.pkl")
+        return FlameFaceModel(path)
+    raise ValueError(f"unknown face model {name!r}: expected 'open' or 'flame'")

@@ -1,0 +1,96 @@
+"""The FaceModel interface shared by the open default model and FLAME.
+
+Everything above this file (renderer, encoders, DEM, DGMD, synthetic benchmark) only sees this interface,
+so a user's FLAME files and the embedded open model are interchangeable.
+
+Conventions (both implementations):
+- units are millimetres; right-handed, +x to the subject's left, +y up, +z out of the face toward a
+  frontal camera (the canonical MediaPipe frame);
+- ``pose`` is ``(B, 6)``: global rotation (axis-angle, 3) then jaw rotation (axis-angle, 3), FLAME's order;
+- batch size is taken from the inputs, never stored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class FaceOutput:
+    """Result of a FaceModel forward pass.
+
+    vertices: (B, V, 3) in millimetres.
+    landmarks: (B, 68, 3) iBUG-68 points in millimetres.
+    """
+
+    vertices: torch.Tensor
+    landmarks: torch.Tensor
+
+
+class FaceModel(nn.Module):
+    """Abstract parametric face: ``forward(shape (B,S), expression (B,E), pose (B,6)) -> FaceOutput``.
+
+    Subclasses register ``faces`` (F, 3) long, and fill ``regions`` (name -> (K,) long vertex indices),
+    ``n_shape`` and ``n_expression``.
+    """
+
+    faces: torch.Tensor
+    n_shape: int
+    n_expression: int
+    regions: dict[str, torch.Tensor]
+
+    @property
+    def n_vertices(self) -> int:
+        return int(self.v_template.shape[0])
+
+    def zero_params(self, batch_size: int, device: torch.device | None = None, dtype=torch.float32):
+        """Neutral parameters ``(shape (B,S), expression (B,E), pose (B,6))`` for ``batch_size`` faces."""
+        device = device if device is not None else self.faces.device
+        return (
+            torch.zeros(batch_size, self.n_shape, device=device, dtype=dtype),
+            torch.zeros(batch_size, self.n_expression, device=device, dtype=dtype),
+            torch.zeros(batch_size, 6, device=device, dtype=dtype),
+        )
+
+    def check_params(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor) -> int:
+        """Validate parameter shapes up front; return the batch size."""
+        if shape.ndim != 2 or shape.shape[1] != self.n_shape:
+            raise ValueError(f"shape: expected (B, {self.n_shape}), got {tuple(shape.shape)}")
+        if expression.ndim != 2 or expression.shape[1] != self.n_expression:
+            raise ValueError(f"expression: expected (B, {self.n_expression}), got {tuple(expression.shape)}")
+        if pose.ndim != 2 or pose.shape[1] != 6:
+            raise ValueError(f"pose: expected (B, 6) = global (3) + jaw (3) axis-angle, got {tuple(pose.shape)}")
+        if not (shape.shape[0] == expression.shape[0] == pose.shape[0]):
+            raise ValueError(
+                f"batch sizes differ: shape {shape.shape[0]}, expression {expression.shape[0]}, pose {pose.shape[0]}"
+            )
+        return int(shape.shape[0])
+
+    def forward(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor) -> FaceOutput:
+        raise NotImplementedError
+
+
+def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
+    """Rodrigues' formula. axis_angle (..., 3) -> rotation matrices (..., 3, 3)."""
+    angle = axis_angle.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    axis = axis_angle / angle
+    x, y, z = axis.unbind(-1)
+    zeros = torch.zeros_like(x)
+    # K is the cross-product matrix of the unit axis
+    K = torch.stack([zeros, -z, y, z, zeros, -x, -y, x, zeros], dim=-1).reshape(*axis.shape[:-1], 3, 3)
+    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device).expand_as(K)
+    s = torch.sin(angle)[..., None]
+    c = torch.cos(angle)[..., None]
+    return eye + s * K + (1 - c) * (K @ K)
+
+
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Area-weighted unit vertex normals. vertices (B, V, 3), faces (F, 3) -> (B, V, 3)."""
+    v0, v1, v2 = (vertices[:, faces[:, k]] for k in range(3))
+    face_normals = torch.cross(v1 - v0, v2 - v0, dim=-1)  # length = 2 * area, so sums are area-weighted
+    normals = torch.zeros_like(vertices)
+    for k in range(3):
+        normals = normals.index_add(1, faces[:, k], face_normals)
+    return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
