@@ -62,9 +62,15 @@ class ChumpyShim:
         state = getattr(self, "state", None)
         if not isinstance(state, dict):
             state = {"value": state}
-        for key in ("x", "a"):
-            if key in state:
-                return np.asarray(_to_plain(state[key]))
+        if "x" in state:
+            return np.asarray(_to_plain(state["x"]))
+        warnings.warn(
+            f"chumpy {self.chumpy_class} is an operation, not a stored array; using its first operand as the "
+            f"value. Check this array, or re-save the file with numpy arrays.",
+            stacklevel=2,
+        )
+        if "a" in state:
+            return np.asarray(_to_plain(state["a"]))
         for value in state.values():
             value = _to_plain(value)
             if isinstance(value, np.ndarray):
@@ -95,7 +101,10 @@ def _shim_class(base: type, attr: str, qualified: str) -> type:
     return type(base.__name__, (base,), {attr: qualified})
 
 
-_SAFE_BUILTINS = {"object", "set", "frozenset", "slice", "complex", "bytearray", "list", "dict", "tuple"}
+_SAFE_BUILTINS = {
+    "object", "set", "frozenset", "slice", "complex", "bytes", "bytearray", "str", "int", "float", "bool",
+    "list", "dict", "tuple",
+}
 _NUMPY_GLOBALS = {"_reconstruct", "scalar", "_frombuffer", "ndarray", "dtype"}
 
 
@@ -104,8 +113,7 @@ class _FlameUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if module == "chumpy" or module.startswith("chumpy."):
-            cls = _shim_class(ChumpyShim, "chumpy_class", f"{module}.{name}")
-            return cls
+            return _shim_class(ChumpyShim, "chumpy_class", f"{module}.{name}")
         if module.startswith("scipy.sparse") and name in ("csc_matrix", "csr_matrix", "coo_matrix"):
             return _shim_class(SparseShim, "sparse_class", name)
         if module == "numpy" or module.startswith("numpy."):

@@ -1,0 +1,1 @@
+"""Data layer: dataset loaders, face preprocessing, optical flow, leave-one-subject-out folds."""

@@ -1,0 +1,1 @@
+"""Losses: photometric, perceptual, landmark, regularisers, emotion, identity (one concept per file)."""

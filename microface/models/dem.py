@@ -1,0 +1,285 @@
+"""DEM, the dynamic-encoded module: temporally consistent expression codes for a whole clip.
+
+Plug-and-play on any coarse encoder (a module mapping images ``(N,3,H,W)`` to a ``CoarseParams``):
+
+- static encoder, onset frame ``(B,3,H,W)`` -> ``z0 (B,D)``: the coarse encoder's onset expression lifted to the
+  code space plus a learned residual from a small CNN of its own;
+- motion encoder, optical flow onset->t ``(B,T,2,H,W)`` (pixels) -> motion features ``m(t) (B,T,M)``, shifted so
+  that zero flow gives exactly ``m = 0``;
+- residual fusion, the per-frame code ``z_frame(t) = z0 + g([z0, m(t)])``;
+- a Neural ODE ``dz/dtau = f_theta(z, m(tau), tau)``, ``z(0) = z0``, over normalised clip time ``tau in [0,1]``
+  (frame times may be irregular), with ``m(tau)`` linearly interpolated between the frames' features and
+  integrated by ``torchdiffeq`` (dopri5 / rk4 / euler; adjoint optional);
+- a linear head decoding codes ``(B,T,D)`` to the face model's expression parameters ``(B,T,E)``.
+
+``config.temporal = "ode"`` returns the ODE trajectory (consistent in time by construction); ``"residual"``
+returns the per-frame fused codes (the no-ODE ablation). Both are always in the output, so a consistency
+loss can tie them. Frame 0 of every clip is the onset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchdiffeq import odeint, odeint_adjoint
+
+from microface.models import config_from_dict
+from microface.models.encoder import CoarseParams, ConvBackbone
+
+SOLVERS = ("dopri5", "rk4", "euler")
+FIXED_STEP_SOLVERS = ("rk4", "euler")
+
+
+@dataclass
+class DEMConfig:
+    """Sizes and solver settings of DEM.
+
+    code_dim D, motion_dim M, hidden: MLP width; static_channels / motion_channels: conv blocks of the two
+    small CNNs; flow_scale: pixels of flow mapped to 1.0 before the motion CNN (micro-expression flow is
+    sub-pixel); temporal: "ode" or "residual"; solver: dopri5 | rk4 | euler; rtol / atol: adaptive-solver
+    tolerances; step_size: step of fixed-step solvers in normalised time; adjoint: integrate with
+    ``odeint_adjoint`` (memory O(1) in the number of steps); freeze_coarse: run the coarse encoder without
+    gradients.
+    """
+
+    code_dim: int = 32
+    motion_dim: int = 32
+    hidden: int = 64
+    static_channels: tuple[int, ...] = (16, 32, 32)
+    motion_channels: tuple[int, ...] = (16, 32, 32)
+    flow_scale: float = 1.0
+    temporal: str = "ode"
+    solver: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    step_size: float = 0.05
+    adjoint: bool = False
+    freeze_coarse: bool = False
+
+    def __post_init__(self) -> None:
+        if self.temporal not in ("ode", "residual"):
+            raise ValueError(f"DEM temporal: expected 'ode' or 'residual', got {self.temporal!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"DEM solver: expected one of {SOLVERS}, got {self.solver!r}")
+        if self.step_size <= 0 or self.flow_scale <= 0:
+            raise ValueError(f"DEM step_size and flow_scale must be > 0, got {self.step_size}, {self.flow_scale}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DEMConfig":
+        """Build from a config mapping (keys as the fields); unknown keys raise ValueError."""
+        return config_from_dict(cls, values, "dem")
+
+
+@dataclass
+class DEMOutput:
+    """code (B,T,D) and expression (B,T,E): what DEM returns (ODE or fused, per ``config.temporal``);
+    frame_code (B,T,D) / frame_expression (B,T,E): per-frame fused codes; z0 (B,D); motion (B,T,M);
+    tau (B,T) normalised times; coarse: the coarse encoder's per-frame output, fields (B,T,...)."""
+
+    code: torch.Tensor
+    expression: torch.Tensor
+    frame_code: torch.Tensor
+    frame_expression: torch.Tensor
+    z0: torch.Tensor
+    motion: torch.Tensor
+    tau: torch.Tensor
+    coarse: CoarseParams
+
+
+def normalise_times(frame_times: torch.Tensor) -> torch.Tensor:
+    """frame_times (B,T) strictly increasing, any unit -> tau (B,T) with tau[:,0] = 0 and tau[:,-1] = 1."""
+    if frame_times.ndim != 2 or frame_times.shape[1] < 2:
+        raise ValueError(f"frame_times: expected (B, T) with T >= 2, got {tuple(frame_times.shape)}")
+    if not bool((frame_times[:, 1:] > frame_times[:, :-1]).all()):
+        raise ValueError("frame_times: expected strictly increasing times in every clip, found a repeat or a step back")
+    start = frame_times[:, :1]
+    tau = (frame_times - start) / (frame_times[:, -1:] - start)
+    # the ODE grid needs exact end points; division may leave 1 - 1e-16
+    tau[:, 0] = 0.0
+    tau[:, -1] = 1.0
+    return tau
+
+
+def interpolate_linear(knot_times: torch.Tensor, knot_values: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation per batch element, clamped outside the knots.
+
+    knot_times (B,T) increasing, knot_values (B,T,M), tau: scalar or (B,) -> (B,M).
+    """
+    batch, n_knots = knot_times.shape
+    tau = tau.reshape(-1).expand(batch).to(knot_times.dtype)
+    upper = torch.searchsorted(knot_times, tau[:, None].contiguous()).squeeze(1).clamp(1, n_knots - 1)
+    lower = upper - 1
+    t0 = knot_times.gather(1, lower[:, None])
+    t1 = knot_times.gather(1, upper[:, None])
+    weight = ((tau[:, None] - t0) / (t1 - t0)).clamp(0.0, 1.0)
+    index = lambda i: i[:, None, None].expand(-1, 1, knot_values.shape[-1])  # noqa: E731
+    v0 = knot_values.gather(1, index(lower)).squeeze(1)
+    v1 = knot_values.gather(1, index(upper)).squeeze(1)
+    return v0 + weight * (v1 - v0)
+
+
+class CodeVectorField(nn.Module):
+    """f_theta(z (B,D), m (B,M), tau (B,1)) -> dz/dtau (B,D): an MLP on ``[z, m, tau]``."""
+
+    def __init__(self, code_dim: int, motion_dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(code_dim + motion_dim + 1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+            nn.Linear(hidden, code_dim),
+        )
+        # a near-zero field keeps z(tau) ~ z0 at start, so DEM begins as the coarse encoder's onset estimate
+        nn.init.normal_(self.net[-1].weight, std=1e-3)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, z: torch.Tensor, motion: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([z, motion, tau], dim=-1))
+
+
+class _MotionConditionedField(nn.Module):
+    """Adapter to torchdiffeq's ``func(tau, z)``: looks up m(tau) by interpolating the frames' motion features."""
+
+    def __init__(self, field: nn.Module, knot_times: torch.Tensor, knot_motion: torch.Tensor):
+        super().__init__()
+        self.field = field
+        self.knot_times = knot_times
+        self.knot_motion = knot_motion
+
+    def forward(self, tau: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        motion = interpolate_linear(self.knot_times, self.knot_motion, tau)
+        return self.field(z, motion, tau.reshape(1, 1).expand(z.shape[0], 1).to(z.dtype))
+
+
+def integrate_codes(field: nn.Module, z0: torch.Tensor, tau: torch.Tensor, motion: torch.Tensor,
+                    config: DEMConfig) -> torch.Tensor:
+    """Solve dz/dtau = field(z, m(tau), tau), z(0) = z0, and read z at each clip's own (irregular) times.
+
+    field: module (z (B,D), m (B,M), tau (B,1)) -> (B,D); z0 (B,D); tau (B,T) normalised, tau[:,0] = 0;
+    motion (B,T,M) features at the frames -> codes (B,T,D). The clips of a batch share one solve on the
+    union of their times, so every clip is read at exactly its own frame times.
+    """
+    if z0.ndim != 2 or tau.ndim != 2 or motion.ndim != 3 or motion.shape[:2] != tau.shape or z0.shape[0] != tau.shape[0]:
+        raise ValueError(
+            f"integrate_codes: expected z0 (B,D), tau (B,T), motion (B,T,M); got {tuple(z0.shape)}, "
+            f"{tuple(tau.shape)}, {tuple(motion.shape)}"
+        )
+    tau = tau.to(z0.dtype)
+    grid = torch.unique(tau.reshape(-1))  # sorted
+    if float(grid[0]) != 0.0:
+        raise ValueError(f"integrate_codes: tau must start at 0 in every clip, found minimum {float(grid[0])}")
+    func = _MotionConditionedField(field, tau.contiguous(), motion)
+    options = {"step_size": config.step_size} if config.solver in FIXED_STEP_SOLVERS else None
+    kwargs = dict(method=config.solver, rtol=config.rtol, atol=config.atol, options=options)
+    if config.adjoint:
+        # motion features are not parameters of the field: list them so their gradients are computed too
+        adjoint_params = tuple(field.parameters()) + ((motion,) if motion.requires_grad else ())
+        solution = odeint_adjoint(func, z0, grid, adjoint_params=adjoint_params, **kwargs)
+    else:
+        solution = odeint(func, z0, grid, **kwargs)  # (G, B, D)
+    grid_index = torch.searchsorted(grid, tau.contiguous())  # (B, T): exact matches by construction
+    batch_index = torch.arange(tau.shape[0], device=tau.device)[:, None].expand_as(grid_index)
+    return solution[grid_index, batch_index]
+
+
+class StaticEncoder(nn.Module):
+    """Onset image (B,3,H,W) + coarse onset expression (B,E) -> z0 (B,D) = lift(expression) + residual(image)."""
+
+    def __init__(self, n_expression: int, config: DEMConfig):
+        super().__init__()
+        self.lift = nn.Linear(n_expression, config.code_dim, bias=False)
+        nn.init.orthogonal_(self.lift.weight)
+        self.backbone = ConvBackbone(3, config.static_channels)
+        self.residual = nn.Sequential(nn.Linear(self.backbone.out_features, config.hidden), nn.SiLU(),
+                                      nn.Linear(config.hidden, config.code_dim))
+        nn.init.normal_(self.residual[-1].weight, std=1e-3)
+        nn.init.zeros_(self.residual[-1].bias)
+
+    def forward(self, onset_frame: torch.Tensor, coarse_expression: torch.Tensor) -> torch.Tensor:
+        return self.lift(coarse_expression) + self.residual(self.backbone(onset_frame * 2.0 - 1.0))
+
+
+class MotionEncoder(nn.Module):
+    """flow onset->t (B,T,2,H,W) in pixels -> m (B,T,M), with m = 0 exactly where the flow is zero."""
+
+    def __init__(self, config: DEMConfig):
+        super().__init__()
+        self.flow_scale = config.flow_scale
+        self.backbone = ConvBackbone(2, config.motion_channels)
+        self.head = nn.Linear(self.backbone.out_features, config.motion_dim, bias=False)  # a bias cancels in m(flow) - m(0)
+
+    def forward(self, flow_onset_to_t: torch.Tensor) -> torch.Tensor:
+        if flow_onset_to_t.ndim != 5 or flow_onset_to_t.shape[2] != 2:
+            raise ValueError(f"flow_onset_to_t: expected (B, T, 2, H, W), got {tuple(flow_onset_to_t.shape)}")
+        batch, frames = flow_onset_to_t.shape[:2]
+        flow = flow_onset_to_t.flatten(0, 1) / self.flow_scale
+        # append one zero field and subtract its features: no motion -> no motion feature
+        stacked = torch.cat([flow, torch.zeros_like(flow[:1])], dim=0)
+        features = self.head(self.backbone(stacked))
+        return (features[:-1] - features[-1:]).reshape(batch, frames, -1)
+
+
+class ResidualFusion(nn.Module):
+    """g: z0 (B,D), m (B,T,M) -> per-frame codes z0 + g([z0, m]) (B,T,D)."""
+
+    def __init__(self, config: DEMConfig):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(config.code_dim + config.motion_dim, config.hidden), nn.SiLU(),
+                                 nn.Linear(config.hidden, config.code_dim))
+        nn.init.normal_(self.net[-1].weight, std=1e-3)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, z0: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        z0_frames = z0[:, None].expand(-1, motion.shape[1], -1)
+        return z0_frames + self.net(torch.cat([z0_frames, motion], dim=-1))
+
+
+class DEM(nn.Module):
+    """DEM around a coarse encoder: ``forward(frames (B,T,3,H,W), flow (B,T,2,H,W), frame_times (B,T)) -> DEMOutput``.
+
+    ``coarse_encoder``: any module (N,3,H,W) -> CoarseParams with expression (N,E); it is a submodule (its
+    weights are trained with DEM unless ``config.freeze_coarse``).
+    """
+
+    def __init__(self, coarse_encoder: nn.Module, n_expression: int, config: DEMConfig):
+        super().__init__()
+        self.config = config
+        self.coarse_encoder = coarse_encoder
+        self.static_encoder = StaticEncoder(n_expression, config)
+        self.motion_encoder = MotionEncoder(config)
+        self.fusion = ResidualFusion(config)
+        self.vector_field = CodeVectorField(config.code_dim, config.motion_dim, config.hidden)
+        self.decoder = nn.Linear(config.code_dim, n_expression)
+        # decoder = lift^T: with D >= E, decode(lift(e)) = e, so an untrained DEM reproduces the coarse onset
+        with torch.no_grad():
+            self.decoder.weight.copy_(self.static_encoder.lift.weight.T)
+            self.decoder.bias.zero_()
+
+    def encode_frames(self, frames: torch.Tensor) -> CoarseParams:
+        """frames (B,T,3,H,W) -> the coarse encoder's per-frame output with fields (B,T,...)."""
+        batch, n_frames = frames.shape[:2]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_coarse):
+            return self.coarse_encoder(frames.flatten(0, 1)).reshape_batch(batch, n_frames)
+
+    def forward(self, frames: torch.Tensor, flow_onset_to_t: torch.Tensor, frame_times: torch.Tensor) -> DEMOutput:
+        if frames.ndim != 5 or frames.shape[2] != 3:
+            raise ValueError(f"frames: expected (B, T, 3, H, W), got {tuple(frames.shape)}")
+        if flow_onset_to_t.shape[:2] != frames.shape[:2] or flow_onset_to_t.shape[-2:] != frames.shape[-2:]:
+            raise ValueError(
+                f"flow_onset_to_t: expected ({frames.shape[0]}, {frames.shape[1]}, 2, {frames.shape[3]}, "
+                f"{frames.shape[4]}) to match frames, got {tuple(flow_onset_to_t.shape)}"
+            )
+        if frame_times.shape != frames.shape[:2]:
+            raise ValueError(f"frame_times: expected {tuple(frames.shape[:2])}, got {tuple(frame_times.shape)}")
+        coarse = self.encode_frames(frames)
+        z0 = self.static_encoder(frames[:, 0], coarse.expression[:, 0])
+        motion = self.motion_encoder(flow_onset_to_t)
+        tau = normalise_times(frame_times.to(frames.dtype))
+        frame_code = self.fusion(z0, motion)
+        if self.config.temporal == "ode":
+            code = integrate_codes(self.vector_field, z0, tau, motion, self.config)
+        else:
+            code = frame_code
+        return DEMOutput(
+            code=code, expression=self.decoder(code), frame_code=frame_code,
+            frame_expression=self.decoder(frame_code), z0=z0, motion=motion, tau=tau, coarse=coarse,
+        )

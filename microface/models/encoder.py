@@ -1,0 +1,170 @@
+"""Per-frame coarse encoder (the SMIRK-style baseline): one image -> face-model parameters.
+
+``CoarseEncoder(image (B,3,H,W)) -> CoarseParams(shape (B,S), expression (B,E), pose (B,6), camera (B,3),
+lighting (B,9,3))``. A small CNN backbone (sizes from config) feeds separate linear heads.
+
+No pretrained weights exist for it here: SMIRK's and EMOCA's ResNet/MobileNet backbones are not obtainable
+offline, so in this compendium the encoder is always trained from scratch (on the synthetic benchmark and
+macro clips). It is the "per-frame baseline"; fine-tuned on micro-expression clips it is "baseline-FT".
+
+Camera, weak perspective: ``camera = (s, tx, ty)`` with ``s`` in normalised-device units per millimetre
+(positive, ``s = s0 * exp(raw)``, ``s0 = 1/90`` so a 155 mm wide face spans most of the image at start)
+and ``(tx, ty)`` in normalised device units; see ``weak_perspective_project``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from microface.models import config_from_dict
+
+DEFAULT_CAMERA_SCALE = 1.0 / 90.0  # NDC per millimetre: a 155 mm face covers ~1.7 of the [-1, 1] range
+
+
+@dataclass
+class CoarseParams:
+    """Output of a coarse encoder.
+
+    shape (B, S), expression (B, E), pose (B, 6) global + jaw axis-angle, camera (B, 3) weak perspective
+    (s, tx, ty), lighting (B, 9, 3) second-order spherical-harmonic coefficients per colour channel.
+    """
+
+    shape: torch.Tensor
+    expression: torch.Tensor
+    pose: torch.Tensor
+    camera: torch.Tensor
+    lighting: torch.Tensor
+
+    def reshape_batch(self, *leading: int) -> "CoarseParams":
+        """Split the batch dimension: (B*T, ...) -> (*leading, ...), e.g. ``reshape_batch(B, T)``."""
+        return CoarseParams(**{f.name: getattr(self, f.name).reshape(*leading, *getattr(self, f.name).shape[1:])
+                               for f in fields(self)})
+
+
+@dataclass
+class EncoderConfig:
+    """Sizes of the coarse encoder. ``channels``: output channels of each stride-2 conv block."""
+
+    n_shape: int
+    n_expression: int
+    channels: tuple[int, ...] = (16, 32, 64, 64)
+    hidden: int = 128
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EncoderConfig":
+        """Build from a config mapping (keys as the fields); unknown keys raise ValueError."""
+        return config_from_dict(cls, values, "encoder")
+
+
+def check_images(images: torch.Tensor, channels: int = 3, name: str = "image") -> None:
+    """Raise ValueError unless ``images`` is (B, channels, H, W)."""
+    if images.ndim != 4 or images.shape[1] != channels:
+        raise ValueError(f"{name}: expected (B, {channels}, H, W), got {tuple(images.shape)}")
+
+
+class ConvBackbone(nn.Module):
+    """Stride-2 conv blocks (conv 3x3, GroupNorm, SiLU), then global average pooling.
+
+    (B, in_channels, H, W) -> (B, channels[-1]). GroupNorm rather than BatchNorm so batch size 1 and a
+    frozen copy behave the same in train and eval mode.
+    """
+
+    def __init__(self, in_channels: int, channels: tuple[int, ...]):
+        super().__init__()
+        if len(channels) == 0:
+            raise ValueError("backbone: expected at least one conv block in 'channels', got ()")
+        blocks = []
+        previous = in_channels
+        for out in channels:
+            blocks += [nn.Conv2d(previous, out, 3, stride=2, padding=1), nn.GroupNorm(_groups(out), out), nn.SiLU()]
+            previous = out
+        self.blocks = nn.Sequential(*blocks)
+        self.out_features = previous
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.blocks(images).mean(dim=(2, 3))
+
+
+def _groups(channels: int) -> int:
+    for g in (8, 4, 2):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+class CoarseEncoder(nn.Module):
+    """image (B,3,H,W) in [0,1] -> CoarseParams. Trained from scratch (no pretrained weights offline)."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        self.n_shape = config.n_shape
+        self.n_expression = config.n_expression
+        self.backbone = ConvBackbone(3, config.channels)
+        self.trunk = nn.Sequential(nn.Linear(self.backbone.out_features, config.hidden), nn.SiLU())
+        self.shape_head = nn.Linear(config.hidden, config.n_shape)
+        self.expression_head = nn.Linear(config.hidden, config.n_expression)
+        self.pose_head = nn.Linear(config.hidden, 6)
+        self.camera_head = nn.Linear(config.hidden, 3)
+        self.lighting_head = nn.Linear(config.hidden, 27)
+        # Start at the neutral face, frontal pose, centred camera and ambient light: a sane first render.
+        for head in (self.shape_head, self.expression_head, self.pose_head, self.camera_head, self.lighting_head):
+            nn.init.normal_(head.weight, std=1e-3)
+            nn.init.zeros_(head.bias)
+        with torch.no_grad():
+            self.lighting_head.bias.view(9, 3)[0].fill_(1.0)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B,3,H,W) -> trunk features (B, hidden)."""
+        check_images(images)
+        return self.trunk(self.backbone(images * 2.0 - 1.0))
+
+    def forward(self, images: torch.Tensor) -> CoarseParams:
+        h = self.features(images)
+        raw_camera = self.camera_head(h)
+        scale = DEFAULT_CAMERA_SCALE * torch.exp(raw_camera[:, :1])
+        return CoarseParams(
+            shape=self.shape_head(h),
+            expression=self.expression_head(h),
+            pose=self.pose_head(h),
+            camera=torch.cat([scale, raw_camera[:, 1:]], dim=1),
+            lighting=self.lighting_head(h).view(-1, 9, 3),
+        )
+
+
+def weak_perspective_project(points: torch.Tensor, camera: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Project model-frame points to pixels with a weak-perspective camera.
+
+    points (B, N, 3) mm (+y up), camera (B, 3) = (s, tx, ty), image_size (H, W) -> (B, N, 2) pixel (x, y),
+    origin at the top-left pixel corner, y down: ``ndc = s * X[:, :, :2] + t``, ``x_px = (ndc_x + 1) W / 2``,
+    ``y_px = (1 - ndc_y) H / 2``.
+    """
+    if points.ndim != 3 or points.shape[-1] != 3:
+        raise ValueError(f"points: expected (B, N, 3), got {tuple(points.shape)}")
+    if camera.ndim != 2 or camera.shape[1] != 3 or camera.shape[0] != points.shape[0]:
+        raise ValueError(f"camera: expected ({points.shape[0]}, 3) = (s, tx, ty), got {tuple(camera.shape)}")
+    height, width = image_size
+    ndc = camera[:, None, :1] * points[..., :2] + camera[:, None, 1:]
+    x = (ndc[..., 0] + 1.0) * (width / 2.0)
+    y = (1.0 - ndc[..., 1]) * (height / 2.0)
+    return torch.stack([x, y], dim=-1)
+
+
+def to_render_camera(camera: torch.Tensor, image_size: tuple[int, int]):
+    """The encoder's weak-perspective camera (B,3) as a ``microface.render.Camera`` for (H, W) = image_size.
+
+    Same projection as ``weak_perspective_project`` (for square images; the renderer's weak camera has one
+    px/mm scale, so H != W raises ValueError).
+    """
+    from microface.render import weak_perspective_camera
+
+    height, width = image_size
+    if height != width:
+        raise ValueError(f"to_render_camera: expected a square image, got (H, W) = {image_size}; crop faces square")
+    if camera.ndim != 2 or camera.shape[1] != 3:
+        raise ValueError(f"camera: expected (B, 3) = (s, tx, ty), got {tuple(camera.shape)}")
+    scale_px = camera[:, 0] * (width / 2.0)
+    principal = torch.stack([(camera[:, 1] + 1.0) * (width / 2.0), (1.0 - camera[:, 2]) * (height / 2.0)], dim=-1)
+    return weak_perspective_camera(scale_px, principal)

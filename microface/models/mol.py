@@ -1,0 +1,409 @@
+"""MOL: joint micro-expression recognition, optical flow estimation and landmark detection.
+
+After Shao et al., "MOL: Joint Estimation of Micro-Expression, Optical Flow, and Landmark via
+Transformer-Graph-Style Convolution" (TPAMI 2025). A shared backbone of F5C blocks encodes the onset and the
+apex frame; three heads trained jointly predict the MER class, the onset->apex optical flow and the apex
+frame's 68 landmarks.
+
+F5C block = FCC + CCC:
+- FCC, fully-connected convolution: depthwise convolutions along H and along W whose kernel spans the whole
+  feature map, with circular padding and learned positional embeddings added before each, so every output
+  sees the entire row then the entire column (a global receptive field at convolution cost; the
+  translation-equivariance the embeddings break is what a transformer's position code breaks too). Half the
+  channels go H then W, the other half W then H. Then a channel feed-forward layer.
+- CCC, channel correspondence convolution: the nodes are the C channels, each described by its flattened
+  feature map (H*W values); a k-nearest-neighbour graph over those vectors (cosine similarity by default, as
+  MOL's public code, or Euclidean) and EdgeConv ``h_i = max_j MLP([x_i, x_j - x_i])`` relate channels that
+  respond to the same facial regions.
+
+Shapes: ``pair (B, 2*C, S, S)`` (onset then apex, C = 1 gray or 3 RGB) -> ``MOLOutput(logits (B,K),
+flow (B,2,S',S'), landmarks (B,68,2))``; flow is in pixels of the flow head's grid (S' = S / 2**len(stem) *
+flow_upsample), landmarks in pixels of the input frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from microface.models import config_from_dict
+
+# iBUG-68 outer eye corners (0-based): the subject's right eye outer corner and left eye outer corner
+OUTER_EYE_CORNERS = (36, 45)
+N_LANDMARKS = 68
+
+
+@dataclass(frozen=True)
+class MOLConfig:
+    """Sizes and loss weights of MOL.
+
+    n_classes: MER classes. in_channels: channels of one frame (1 gray, 3 RGB); the pair has twice that.
+    image_size: side of the square input frames (must be divisible by 2**len(stem_channels)).
+    stem_channels: widths of the stride-2 conv layers that shrink each frame; the last one is the backbone
+        width D (even, split between FCC's two branches). Feature size S_f = image_size / 2**len(stem_channels).
+    n_blocks: F5C blocks in the shared backbone.
+    ffn_ratio: hidden width of FCC's channel feed-forward relative to D.
+    knn_k: neighbours per channel in CCC (< D). knn_metric: "cosine" or "euclidean".
+    flow_upsample: the flow head's grid is S_f * flow_upsample.
+    dropout: before the MER classifier.
+    flow_weight, landmark_weight: weights of the end-point-error and inter-ocular normalised landmark losses.
+
+    Presets (suggested): paper scale, 128 px, stem (32, 64, 128) -> 16x16 features, D=128, 2 blocks, k=4
+    (MOL's public code: 128 channels at 16x16, 4 neighbours). CPU: 128 px, stem (16, 32, 32), 1-2 blocks,
+    k=4. Smoke: 64 px, stem (8, 16), 1 block, k=2.
+    """
+
+    n_classes: int = 3
+    in_channels: int = 1
+    image_size: int = 128
+    stem_channels: tuple[int, ...] = (16, 32, 32)
+    n_blocks: int = 1
+    ffn_ratio: float = 2.0
+    knn_k: int = 4
+    knn_metric: str = "cosine"
+    flow_upsample: int = 2
+    dropout: float = 0.1
+    flow_weight: float = 1.0
+    landmark_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.stem_channels:
+            raise ValueError("MOL config: stem_channels needs at least one layer")
+        if self.stem_channels[-1] % 2:
+            raise ValueError(f"MOL config: backbone width stem_channels[-1] must be even, got {self.stem_channels[-1]}")
+        if self.image_size % 2 ** len(self.stem_channels):
+            raise ValueError(
+                f"MOL config: image_size {self.image_size} must be divisible by 2**{len(self.stem_channels)}"
+            )
+        if not 1 <= self.knn_k < self.stem_channels[-1]:
+            raise ValueError(f"MOL config: knn_k must be in [1, {self.stem_channels[-1] - 1}], got {self.knn_k}")
+        if self.knn_metric not in ("cosine", "euclidean"):
+            raise ValueError(f"MOL config: knn_metric must be 'cosine' or 'euclidean', got {self.knn_metric!r}")
+        if self.n_classes < 2:
+            raise ValueError(f"MOL config: n_classes must be >= 2, got {self.n_classes}")
+
+    @property
+    def feature_size(self) -> int:
+        return self.image_size // 2 ** len(self.stem_channels)
+
+    @property
+    def flow_size(self) -> int:
+        return self.feature_size * self.flow_upsample
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "MOLConfig":
+        return config_from_dict(cls, values, "MOL")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FCC
+
+
+class GlobalCircularConv(nn.Module):
+    """Positional embedding, then a circular depthwise conv spanning one whole axis: ``(N,D,S,S) -> (N,D,S,S)``.
+
+    axis: "h" (kernel (S,1): each output mixes its entire column) or "w" (kernel (1,S): its entire row).
+    """
+
+    def __init__(self, dim: int, size: int, axis: str) -> None:
+        super().__init__()
+        if axis not in ("h", "w"):
+            raise ValueError(f"axis must be 'h' or 'w', got {axis!r}")
+        self.axis, self.size = axis, size
+        kernel_shape = (size, 1) if axis == "h" else (1, size)
+        self.weight = nn.Parameter(torch.randn(dim, 1, *kernel_shape) / size**0.5)
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.position = nn.Parameter(0.02 * torch.randn(1, dim, *kernel_shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] != self.size or x.shape[-1] != self.size:
+            raise ValueError(f"expected (N, D, {self.size}, {self.size}), got {tuple(x.shape)}")
+        x = x + self.position
+        pad = (0, 0, 0, self.size - 1) if self.axis == "h" else (0, self.size - 1, 0, 0)
+        return F.conv2d(F.pad(x, pad, mode="circular"), self.weight, self.bias, groups=x.shape[1])
+
+
+class FullyConnectedConv(nn.Module):
+    """FCC: global H-then-W and W-then-H circular convolutions on channel halves, then a channel MLP.
+
+    ``(N, D, S, S) -> (N, D, S, S)``; both parts residual.
+    """
+
+    def __init__(self, dim: int, size: int, ffn_ratio: float = 2.0) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"FCC needs an even channel count, got {dim}")
+        half = dim // 2
+        self.norm_a, self.norm_b = nn.BatchNorm2d(half), nn.BatchNorm2d(half)
+        self.a_h, self.a_w = GlobalCircularConv(half, size, "h"), GlobalCircularConv(half, size, "w")
+        self.b_w, self.b_h = GlobalCircularConv(half, size, "w"), GlobalCircularConv(half, size, "h")
+        hidden = max(1, int(round(dim * ffn_ratio)))
+        self.ffn = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, hidden, 1), nn.GELU(), nn.Conv2d(hidden, dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        a = a + self.a_w(self.a_h(self.norm_a(a)))
+        b = b + self.b_h(self.b_w(self.norm_b(b)))
+        x = torch.cat([a, b], dim=1)
+        return x + self.ffn(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CCC
+
+
+def knn_indices(nodes: torch.Tensor, k: int, metric: str = "cosine") -> torch.Tensor:
+    """Indices of each node's k nearest other nodes: ``nodes (B, N, F) -> (B, N, k)`` long, nearest first.
+
+    metric: "cosine" (largest cosine similarity) or "euclidean" (smallest distance). A node is never its own
+    neighbour.
+    """
+    if nodes.ndim != 3:
+        raise ValueError(f"expected nodes (B, N, F), got {tuple(nodes.shape)}")
+    n = nodes.shape[1]
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, {n - 1}] for {n} nodes, got {k}")
+    if metric == "cosine":
+        unit = F.normalize(nodes, dim=-1)
+        closeness = unit @ unit.transpose(1, 2)
+    elif metric == "euclidean":
+        closeness = -torch.cdist(nodes, nodes)
+    else:
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+    self_mask = torch.eye(n, dtype=torch.bool, device=nodes.device)
+    closeness = closeness.masked_fill(self_mask, float("-inf"))
+    return closeness.topk(k, dim=-1).indices
+
+
+def gather_neighbours(nodes: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """``nodes (B, N, F)``, ``indices (B, N, k)`` -> neighbour features ``(B, N, k, F)``."""
+    b, n, f = nodes.shape
+    k = indices.shape[-1]
+    flat = indices.reshape(b, n * k, 1).expand(-1, -1, f)
+    return nodes.gather(1, flat).view(b, n, k, f)
+
+
+class EdgeConv(nn.Module):
+    """EdgeConv on a kNN graph: ``h_i = max_{j in kNN(i)} MLP([x_i, x_j - x_i])``, ``(B,N,F) -> (B,N,F_out)``."""
+
+    def __init__(self, in_features: int, out_features: int, k: int, metric: str = "cosine") -> None:
+        super().__init__()
+        self.k, self.metric = k, metric
+        self.mlp = nn.Sequential(nn.Linear(2 * in_features, out_features), nn.LayerNorm(out_features), nn.GELU())
+
+    def forward(self, nodes: torch.Tensor) -> torch.Tensor:
+        # the graph is rebuilt from the current features (dynamic graph), without gradient through the choice
+        with torch.no_grad():
+            indices = knn_indices(nodes, self.k, self.metric)
+        neighbours = gather_neighbours(nodes, indices)  # (B, N, k, F)
+        centre = nodes.unsqueeze(2).expand_as(neighbours)
+        edges = self.mlp(torch.cat([centre, neighbours - centre], dim=-1))  # (B, N, k, F_out)
+        return edges.max(dim=2).values
+
+
+class ChannelCorrespondenceConv(nn.Module):
+    """CCC: EdgeConv over channels as graph nodes (node vector = the channel's flattened S x S map), residual.
+
+    ``(N, D, S, S) -> (N, D, S, S)``.
+    """
+
+    def __init__(self, dim: int, size: int, k: int, metric: str = "cosine") -> None:
+        super().__init__()
+        self.size = size
+        self.edge_conv = EdgeConv(size * size, size * size, k, metric)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, d, h, w = x.shape
+        if h != self.size or w != self.size:
+            raise ValueError(f"expected (N, D, {self.size}, {self.size}), got {tuple(x.shape)}")
+        return x + self.edge_conv(x.flatten(2)).view(n, d, h, w)
+
+
+class F5CBlock(nn.Module):
+    """FCC then CCC: ``(N, D, S, S) -> (N, D, S, S)``."""
+
+    def __init__(self, dim: int, size: int, ffn_ratio: float, k: int, metric: str) -> None:
+        super().__init__()
+        self.fcc = FullyConnectedConv(dim, size, ffn_ratio)
+        self.ccc = ChannelCorrespondenceConv(dim, size, k, metric)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ccc(self.fcc(x))
+
+
+class MOLBackbone(nn.Module):
+    """Shared per-frame encoder: ``frames (N, C, S, S) -> (N, D, S_f, S_f)`` (stride-2 conv stem, F5C blocks)."""
+
+    def __init__(self, config: MOLConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = config.in_channels
+        for width in config.stem_channels:
+            layers += [nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.GELU()]
+            in_channels = width
+        self.stem = nn.Sequential(*layers)
+        dim, size = config.stem_channels[-1], config.feature_size
+        self.blocks = nn.Sequential(
+            *[F5CBlock(dim, size, config.ffn_ratio, config.knn_k, config.knn_metric) for _ in range(config.n_blocks)]
+        )
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(frames))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Heads
+
+
+class MERHead(nn.Module):
+    """``fused (B, D, S_f, S_f) -> logits (B, K)``."""
+
+    def __init__(self, dim: int, n_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.GELU())
+        self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, n_classes))
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(fused).mean(dim=(-2, -1)))
+
+
+class FlowHead(nn.Module):
+    """``fused (B, D, S_f, S_f) -> flow (B, 2, S_f*u, S_f*u)`` in pixels of that grid."""
+
+    def __init__(self, dim: int, upsample: int) -> None:
+        super().__init__()
+        self.upsample = upsample
+        self.conv_in = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.GELU())
+        self.conv_out = nn.Sequential(nn.Conv2d(dim, dim // 2, 3, padding=1), nn.GELU(), nn.Conv2d(dim // 2, 2, 3, padding=1))
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(fused)
+        if self.upsample > 1:
+            x = F.interpolate(x, scale_factor=self.upsample, mode="bilinear", align_corners=False)
+        return self.conv_out(x)
+
+
+class LandmarkHead(nn.Module):
+    """``apex features (B, D, S_f, S_f) -> landmarks (B, 68, 2)`` in pixels of an ``image_size`` frame.
+
+    The linear layer predicts offsets in frame units around the frame centre, so an untrained head starts
+    near the middle of the face rather than at the corner.
+    """
+
+    def __init__(self, dim: int, image_size: int) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.conv = nn.Sequential(nn.Conv2d(dim, dim, 3, stride=2, padding=1), nn.BatchNorm2d(dim), nn.GELU())
+        self.fc = nn.Linear(dim, 2 * N_LANDMARKS)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        unit = 0.5 + self.fc(self.conv(features).mean(dim=(-2, -1))).view(-1, N_LANDMARKS, 2)
+        return unit * self.image_size
+
+
+@dataclass
+class MOLOutput:
+    """MOL forward result: logits (B, K); flow (B, 2, S', S') onset->apex in head-grid pixels; landmarks
+    (B, 68, 2) of the apex frame in input pixels (x, y)."""
+
+    logits: torch.Tensor
+    flow: torch.Tensor
+    landmarks: torch.Tensor
+
+
+class MOL(nn.Module):
+    """``pair (B, 2*C, S, S)`` (onset channels, then apex channels) -> ``MOLOutput``."""
+
+    def __init__(self, config: MOLConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.stem_channels[-1]
+        self.backbone = MOLBackbone(config)
+        # fuse onset, apex and their difference: the difference carries the (tiny) motion explicitly
+        self.fuse = nn.Sequential(nn.Conv2d(3 * dim, dim, 1), nn.BatchNorm2d(dim), nn.GELU())
+        self.mer_head = MERHead(dim, config.n_classes, config.dropout)
+        self.flow_head = FlowHead(dim, config.flow_upsample)
+        self.landmark_head = LandmarkHead(dim, config.image_size)
+
+    def forward(self, pair: torch.Tensor) -> MOLOutput:
+        c, s = self.config.in_channels, self.config.image_size
+        if pair.ndim != 4 or pair.shape[1] != 2 * c or pair.shape[2] != s or pair.shape[3] != s:
+            raise ValueError(f"MOL expects an onset/apex pair (B, {2 * c}, {s}, {s}), got {tuple(pair.shape)}")
+        b = pair.shape[0]
+        frames = torch.cat([pair[:, :c], pair[:, c:]], dim=0)  # both frames through the shared backbone at once
+        features = self.backbone(frames)
+        onset, apex = features[:b], features[b:]
+        fused = self.fuse(torch.cat([onset, apex, apex - onset], dim=1))
+        return MOLOutput(self.mer_head(fused), self.flow_head(fused), self.landmark_head(apex))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Losses
+
+
+def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resample a flow field to another grid and rescale its vectors: ``(B, 2, H, W) -> (B, 2, h, w)``.
+
+    Channel 0 is the x (column) displacement, scaled by w/W; channel 1 the y displacement, scaled by h/H.
+    Downsampling averages over areas (a flow is a density of motion, not a point sample).
+    """
+    if flow.ndim != 4 or flow.shape[1] != 2:
+        raise ValueError(f"expected flow (B, 2, H, W), got {tuple(flow.shape)}")
+    height, width = flow.shape[-2:]
+    h, w = size
+    if (h, w) == (height, width):
+        return flow
+    mode = "area" if h <= height and w <= width else "bilinear"
+    resized = F.interpolate(flow, size=(h, w), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+    scale = torch.tensor([w / width, h / height], device=flow.device, dtype=flow.dtype).view(1, 2, 1, 1)
+    return resized * scale
+
+
+def end_point_error(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean distance between flow vectors: ``(B, 2, h, w), (B, 2, h, w) -> scalar``."""
+    if predicted.shape != target.shape:
+        raise ValueError(f"flow shapes differ: predicted {tuple(predicted.shape)}, target {tuple(target.shape)}")
+    # a small epsilon keeps the gradient of the norm finite where the error is exactly zero
+    return ((predicted - target).pow(2).sum(1) + 1e-12).sqrt().mean()
+
+
+def interocular_normalized_error(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean point error divided by the target's outer-eye-corner distance (iBUG 36, 45): ``(B,68,2) x2 -> scalar``.
+
+    Invariant to the image scale, so crops of any size contribute alike.
+    """
+    if predicted.shape != target.shape or target.ndim != 3 or target.shape[1] != N_LANDMARKS:
+        raise ValueError(
+            f"expected landmarks (B, {N_LANDMARKS}, 2) twice, got {tuple(predicted.shape)} and {tuple(target.shape)}"
+        )
+    interocular = (target[:, OUTER_EYE_CORNERS[0]] - target[:, OUTER_EYE_CORNERS[1]]).norm(dim=-1)  # (B,)
+    if torch.any(interocular <= 0):
+        raise ValueError("target landmarks have coincident outer eye corners (points 36 and 45)")
+    errors = ((predicted - target).pow(2).sum(-1) + 1e-12).sqrt().mean(-1)  # (B,)
+    return (errors / interocular).mean()
+
+
+def mol_loss(output: MOLOutput, labels: torch.Tensor, config: MOLConfig, flow: torch.Tensor | None = None,
+             landmarks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Cross-entropy + ``flow_weight`` * EPE + ``landmark_weight`` * inter-ocular normalised error.
+
+    labels: (B,) long. flow: (B, 2, H, W) onset->apex target at any resolution, in pixels of that grid;
+    resized to the head's grid with its vectors rescaled. landmarks: (B, 68, 2) apex landmarks in input pixels.
+    A missing target drops its term. Returns {"loss", "ce", and "epe"/"nme" when computed}.
+    """
+    ce = F.cross_entropy(output.logits, labels)
+    loss = ce
+    scalars: dict[str, torch.Tensor] = {"ce": ce.detach()}
+    if flow is not None:
+        epe = end_point_error(output.flow, resize_flow(flow.to(output.flow.dtype), tuple(output.flow.shape[-2:])))
+        loss = loss + config.flow_weight * epe
+        scalars["epe"] = epe.detach()
+    if landmarks is not None:
+        nme = interocular_normalized_error(output.landmarks, landmarks.to(output.landmarks.dtype))
+        loss = loss + config.landmark_weight * nme
+        scalars["nme"] = nme.detach()
+    scalars["loss"] = loss
+    return scalars

@@ -1,0 +1,826 @@
+"""Differentiable mesh renderer in pure torch: project -> rasterize -> fragments -> shade.
+
+The API imitates pytorch3d (a renderer is a rasterizer plus a shader; fragments are a plain structure with
+``pix_to_face``, ``bary_coords``, ``zbuf``) so code that consumes fragments (DGMD's pixel-vertex pooling)
+runs unchanged on the optional pytorch3d backend.
+
+Conventions
+-----------
+World frame: the face model's (millimetres, +x subject's left, +y up, +z out of the face toward a frontal
+camera). Camera frame: OpenCV's (+x right in the image, +y down in the image, +z forward along the optical
+axis, so depth is positive in front of the camera and larger farther away). A camera holds world->camera
+``X_cam = X_world @ R^T + t``. The frontal camera of :func:`look_at_camera` is ``R = diag(1, -1, -1)``,
+``t = (0, 0, distance)``: world +x (the subject's left) lands on the image's right, world +y on the image's
+top, exactly as a camera facing the subject sees it (no mirroring).
+
+Screen space: ``(x_px, y_px, depth)``; x to the right, y DOWN, in pixels, with pixel ``(row i, col j)``
+centred at ``(j + 0.5, i + 0.5)``; depth is the camera-frame z in millimetres (also for weak perspective,
+where it only serves the z-test).
+
+Fragments (``faces_per_pixel = 1``):
+- ``pix_to_face (B, H, W, 1)`` long: index into the PACKED faces, ``b * F + f`` (pytorch3d's convention),
+  ``-1`` on background. Recover the per-mesh face with ``pix_to_face % F``. Only faces whose interior
+  contains the pixel centre are reported (the blur radius never widens it), so it is an exact
+  pixel -> face correspondence.
+- ``bary_coords (B, H, W, 1, 3)``: barycentric weights of the pixel centre in that face, perspective-correct
+  for perspective cameras (screen-space weights ``l_k`` become ``(l_k / z_k) / sum_j (l_j / z_j)``, which are
+  the weights of the 3D surface point); zeros on background. They are differentiable w.r.t. the screen
+  vertices: visibility is found without grad, the weights are then recomputed from the vertices.
+- ``zbuf (B, H, W, 1)``: depth of the surface point at the pixel centre (``sum_k bary_k z_k``), ``-1`` on
+  background.
+- ``alpha (B, H, W)``: soft coverage in [0, 1] for anti-aliasing and silhouette gradients (see
+  :func:`rasterize`).
+- ``fringe_face``, ``fringe_bary``: for pixels just outside the silhouette (no face, ``alpha > 0``), the
+  nearest face within the blur radius and the barycentrics of the pixel centre clipped to that triangle,
+  so the anti-aliased fringe can be coloured like the surface next to it. ``-1`` / zeros elsewhere.
+
+Example
+-------
+>>> cam = look_at_camera(500.0, 300.0, (64, 64), batch_size=1)
+>>> verts = torch.tensor([[[-40.0, -40.0, 0.0], [40.0, -40.0, 0.0], [0.0, 40.0, 0.0]]])
+>>> faces = torch.tensor([[0, 1, 2]])
+>>> out = MeshRenderer()(verts, faces, cam, torch.ones(1, 3, 3), sh_constant(1, 1.0), (64, 64))
+>>> tuple(out.image.shape), bool(out.mask.any())
+((1, 3, 64, 64), True)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F_nn
+from torch import nn
+
+from microface.face.model import vertex_normals
+
+__all__ = [
+    "Camera",
+    "Fragments",
+    "RenderOutput",
+    "MeshRenderer",
+    "look_at_camera",
+    "weak_perspective_camera",
+    "project_points",
+    "rasterize",
+    "interpolate_vertex_attributes",
+    "sample_texture",
+    "sh_basis",
+    "sh_constant",
+    "shade_sh",
+    "shade_mesh",
+    "SH_BASIS_CONSTANTS",
+]
+
+# Faces enumerated per vectorised chunk of (pixel, face) candidates: bounds peak memory at a few hundred MB.
+_MAX_CANDIDATES_PER_CHUNK = 1 << 22
+
+
+# --------------------------------------------------------------------------------------------- cameras
+@dataclass
+class Camera:
+    """A batch of pinhole (``kind="perspective"``) or weak-perspective (``kind="weak"``) cameras.
+
+    R: (B, 3, 3) world->camera rotation; t: (B, 3) translation in mm; ``X_cam = X_world @ R^T + t`` in the
+    OpenCV camera frame (+x right, +y down, +z forward).
+    perspective: ``x_px = focal * x_cam / z_cam + principal_x``, same for y.
+    weak: ``x_px = scale * x_cam + principal_x`` (``scale`` in px/mm, ``principal`` acts as the 2D
+    translation in pixels); ``focal`` is unused.
+    focal: (B,) pixels; principal: (B, 2) pixels (x, y); scale: (B,) px/mm, weak only.
+    """
+
+    R: torch.Tensor
+    t: torch.Tensor
+    focal: torch.Tensor
+    principal: torch.Tensor
+    kind: str = "perspective"
+    scale: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("perspective", "weak"):
+            raise ValueError(f"Camera.kind: expected 'perspective' or 'weak', got {self.kind!r}")
+        if self.R.ndim != 3 or self.R.shape[1:] != (3, 3):
+            raise ValueError(f"Camera.R: expected (B, 3, 3), got {tuple(self.R.shape)}")
+        B = self.R.shape[0]
+        if self.t.shape != (B, 3):
+            raise ValueError(f"Camera.t: expected ({B}, 3), got {tuple(self.t.shape)}")
+        if self.focal.shape != (B,):
+            raise ValueError(f"Camera.focal: expected ({B},), got {tuple(self.focal.shape)}")
+        if self.principal.shape != (B, 2):
+            raise ValueError(f"Camera.principal: expected ({B}, 2), got {tuple(self.principal.shape)}")
+        if self.kind == "weak" and (self.scale is None or self.scale.shape != (B,)):
+            found = None if self.scale is None else tuple(self.scale.shape)
+            raise ValueError(f"Camera.scale: a weak camera needs scale ({B},) px/mm, got {found}")
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.R.shape[0])
+
+    @property
+    def is_perspective(self) -> bool:
+        return self.kind == "perspective"
+
+
+def _size_hw(image_size) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return image_size, image_size
+    if len(image_size) != 2 or min(int(s) for s in image_size) <= 0:
+        raise ValueError(f"image_size: expected an int or (H, W) of positive ints, got {image_size!r}")
+    return int(image_size[0]), int(image_size[1])
+
+
+def _frontal_rotation(batch_size: int, device, dtype) -> torch.Tensor:
+    # world +x -> camera +x (right), world +y -> camera -y (up in the image), world +z -> camera -z (toward us)
+    R = torch.diag(torch.tensor([1.0, -1.0, -1.0], device=device, dtype=dtype))
+    return R.expand(batch_size, 3, 3).clone()
+
+
+def look_at_camera(
+    distance_mm: float,
+    focal_px: float,
+    image_size,
+    batch_size: int = 1,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> Camera:
+    """Frontal perspective camera on the world +z axis, ``distance_mm`` from the origin, looking at it.
+
+    image_size: int or (H, W); the principal point is the image centre ``(W / 2, H / 2)``.
+    Returns a Camera with R (B, 3, 3) = diag(1, -1, -1), t (B, 3) = (0, 0, distance_mm).
+    """
+    H, W = _size_hw(image_size)
+    if distance_mm <= 0 or focal_px <= 0:
+        raise ValueError(f"look_at_camera: expected positive distance and focal, got {distance_mm}, {focal_px}")
+    R = _frontal_rotation(batch_size, device, dtype)
+    t = torch.tensor([0.0, 0.0, float(distance_mm)], device=device, dtype=dtype).expand(batch_size, 3).clone()
+    focal = torch.full((batch_size,), float(focal_px), device=device, dtype=dtype)
+    principal = torch.tensor([W / 2.0, H / 2.0], device=device, dtype=dtype).expand(batch_size, 2).clone()
+    return Camera(R=R, t=t, focal=focal, principal=principal, kind="perspective")
+
+
+def weak_perspective_camera(
+    scale: torch.Tensor, translation: torch.Tensor, R: torch.Tensor | None = None, depth_offset_mm: float = 1000.0
+) -> Camera:
+    """Weak-perspective camera: ``x_px = scale * x_cam + translation``.
+
+    scale: (B,) px/mm; translation: (B, 2) pixels; R: (B, 3, 3) or None for the frontal rotation.
+    ``depth_offset_mm`` only shifts depth so it stays positive for the z-test.
+    """
+    if scale.ndim != 1 or translation.shape != (scale.shape[0], 2):
+        raise ValueError(
+            f"weak_perspective_camera: expected scale (B,) and translation (B, 2), got "
+            f"{tuple(scale.shape)} and {tuple(translation.shape)}"
+        )
+    B = scale.shape[0]
+    R = _frontal_rotation(B, scale.device, scale.dtype) if R is None else R
+    t = torch.zeros(B, 3, device=scale.device, dtype=scale.dtype)
+    t[:, 2] = depth_offset_mm
+    return Camera(R=R, t=t, focal=torch.ones_like(scale), principal=translation, kind="weak", scale=scale)
+
+
+def project_points(points: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """World points (B, N, 3) mm -> screen (B, N, 3) = [x_px (right), y_px (down), depth_mm (farther = larger)]."""
+    if points.ndim != 3 or points.shape[-1] != 3:
+        raise ValueError(f"points: expected (B, N, 3), got {tuple(points.shape)}")
+    if points.shape[0] != camera.batch_size:
+        raise ValueError(f"points batch {points.shape[0]} != camera batch {camera.batch_size}")
+    cam = points @ camera.R.transpose(1, 2) + camera.t[:, None, :]
+    depth = cam[..., 2]
+    if camera.is_perspective:
+        xy = camera.focal[:, None, None] * cam[..., :2] / depth[..., None]
+    else:
+        xy = camera.scale[:, None, None] * cam[..., :2]
+    xy = xy + camera.principal[:, None, :]
+    return torch.cat([xy, depth[..., None]], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------- rasterizer
+@dataclass
+class Fragments:
+    """Per-pixel rasterization result (see the module docstring for exact conventions).
+
+    pix_to_face: (B, H, W, 1) long, packed face index ``b * F + f``, -1 background.
+    bary_coords: (B, H, W, 1, 3) perspective-correct barycentrics (zeros on background), differentiable.
+    zbuf: (B, H, W, 1) depth in mm of the surface point, -1 background, differentiable.
+    alpha: (B, H, W) soft coverage in [0, 1], differentiable w.r.t. screen vertices.
+    fringe_face: (B, H, W, 1) long, nearest face for pixels in the anti-aliased fringe outside the mesh, else -1.
+    fringe_bary: (B, H, W, 1, 3) barycentrics clipped to that face, else zeros.
+    """
+
+    pix_to_face: torch.Tensor
+    bary_coords: torch.Tensor
+    zbuf: torch.Tensor
+    alpha: torch.Tensor
+    fringe_face: torch.Tensor
+    fringe_bary: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, H, W) bool, pixels whose centre lies on a face."""
+        return self.pix_to_face[..., 0] >= 0
+
+
+def _check_mesh(screen_vertices: torch.Tensor, faces: torch.Tensor) -> None:
+    if screen_vertices.ndim != 3 or screen_vertices.shape[-1] != 3:
+        raise ValueError(f"screen_vertices: expected (B, V, 3), got {tuple(screen_vertices.shape)}")
+    if faces.ndim != 2 or faces.shape[-1] != 3 or faces.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"faces: expected (F, 3) integer tensor, got {tuple(faces.shape)} {faces.dtype}")
+    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= screen_vertices.shape[1]):
+        raise ValueError(
+            f"faces: indices must lie in [0, {screen_vertices.shape[1]}), found "
+            f"[{int(faces.min())}, {int(faces.max())}]"
+        )
+
+
+def _packed_triangles(screen_vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """screen_vertices (B, V, 3), faces (F, 3) -> packed triangles (B * F, 3 corners, 3)."""
+    B = screen_vertices.shape[0]
+    return screen_vertices[:, faces.long()].reshape(B * faces.shape[0], 3, 3)
+
+
+def _barycentric(
+    tri: torch.Tensor, px: torch.Tensor, perspective_correct: bool, clip: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Barycentrics of 2D points in screen triangles.
+
+    tri: (P, 3, 3) screen corners; px: (P, 2) points -> (bary (P, 3), depth (P,)).
+    ``clip`` clamps negative weights to 0 and renormalises (pytorch3d's clip_barycentric_coords).
+    """
+    x, y, z = tri.unbind(-1)  # each (P, 3)
+    # l_k = signed area of the sub-triangle opposite corner k / signed area of the triangle
+    x0, x1, x2 = x.unbind(-1)
+    y0, y1, y2 = y.unbind(-1)
+    px_x, px_y = px.unbind(-1)
+    area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+    w0 = (x1 - px_x) * (y2 - px_y) - (x2 - px_x) * (y1 - px_y)
+    w1 = (x2 - px_x) * (y0 - px_y) - (x0 - px_x) * (y2 - px_y)
+    w2 = (x0 - px_x) * (y1 - px_y) - (x1 - px_x) * (y0 - px_y)
+    bary = torch.stack([w0, w1, w2], dim=-1) / area[:, None]
+    if clip:
+        bary = bary.clamp_min(0.0)
+        bary = bary / bary.sum(-1, keepdim=True).clamp_min(1e-12)
+    if perspective_correct:
+        # screen-linear weights interpolate 1/z; dividing by z_k turns them into 3D surface weights
+        weighted = bary / z
+        inv_depth = weighted.sum(-1)
+        bary = weighted / inv_depth[:, None]
+    depth = (bary * z).sum(-1)
+    return bary, depth
+
+
+def _edge_geometry(tri2d: torch.Tensor, px: torch.Tensor):
+    """Distances from points to the edges of screen triangles; edge k runs from corner k to corner k+1.
+
+    tri2d: (P, 3, 2), px: (P, 2) -> line_dist (P, 3) signed distance to each edge LINE (inside positive),
+    seg_dist2 (P, 3) squared distance to each edge SEGMENT, foot (P, 3, 2) nearest point on each segment,
+    outward (P, 3, 2) unit outward normal of each edge.
+    """
+    a = tri2d
+    e = tri2d.roll(-1, dims=1) - a  # (P, 3, 2)
+    rel = px[:, None, :] - a  # (P, 3, 2)
+    area = e[:, 0, 0] * (-e[:, 2, 1]) - e[:, 0, 1] * (-e[:, 2, 0])  # cross(p1 - p0, p2 - p0)
+    orient = torch.sign(area)[:, None]
+    edge_len = (e * e).sum(-1).clamp_min(1e-24).sqrt()
+    # cross(e, rel) has the sign of the triangle's area on the inner side of the edge
+    line_dist = (e[..., 0] * rel[..., 1] - e[..., 1] * rel[..., 0]) * orient / edge_len
+    s = ((rel * e).sum(-1) / (edge_len * edge_len)).clamp(0.0, 1.0)
+    foot = a + s[..., None] * e
+    seg = px[:, None, :] - foot
+    seg_dist2 = (seg * seg).sum(-1)
+    outward = torch.stack([e[..., 1], -e[..., 0]], dim=-1) * (orient / edge_len)[..., None]
+    return line_dist, seg_dist2, foot, outward
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    # clamp keeps the gradient finite at 0 (a pixel centre exactly on an edge)
+    return x.clamp_min(1e-20).sqrt()
+
+
+def _signed_distance(tri2d: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+    """Signed distance (pixels, inside positive) from points to screen triangles. (P, 3, 2), (P, 2) -> (P,).
+
+    Inside: distance to the nearest edge line; outside: minus the distance to the nearest edge segment.
+    Continuous and zero on the boundary.
+    """
+    line_dist, seg_dist2, _, _ = _edge_geometry(tri2d, px)
+    inside = line_dist.amin(-1)
+    return torch.where(inside >= 0, inside, -_safe_sqrt(seg_dist2.amin(-1)))
+
+
+def _edge_twins(faces: torch.Tensor) -> torch.Tensor:
+    """Neighbour across each edge. faces (F, 3) -> (F, 3) long face index, -1 on open or non-manifold edges.
+
+    Edge k of face f runs from corner k to corner k+1 (half-edge id ``3 f + k``).
+    """
+    faces = faces.long()
+    u, v = faces, faces.roll(-1, dims=1)
+    n_vertices = int(faces.max()) + 1 if faces.numel() else 1
+    key = (torch.minimum(u, v) * n_vertices + torch.maximum(u, v)).reshape(-1)
+    order = torch.argsort(key, stable=True)
+    sorted_key = key[order]
+    _, inverse, counts = torch.unique_consecutive(sorted_key, return_inverse=True, return_counts=True)
+    paired = counts[inverse] == 2
+    n = key.numel()
+    pos = torch.arange(n, device=faces.device)
+    with_next = torch.zeros(n, dtype=torch.bool, device=faces.device)
+    with_next[:-1] = sorted_key[:-1] == sorted_key[1:]
+    partner_pos = torch.where(with_next, pos + 1, pos - 1)
+    twin_sorted = torch.where(paired, order[partner_pos.clamp(0, max(n - 1, 0))], -1)
+    twin = torch.empty_like(twin_sorted)
+    twin[order] = twin_sorted
+    return torch.where(twin >= 0, twin // 3, -1).reshape(faces.shape)
+
+
+@torch.no_grad()
+def _contour_edges(faces: torch.Tensor, clockwise: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Screen-space contour edges: open edges, or edges whose two faces face opposite ways on screen.
+
+    faces (F, 3); clockwise, valid: (B * F,) per packed face -> (B * F, 3) bool.
+    """
+    F = faces.shape[0]
+    B = clockwise.shape[0] // max(F, 1)
+    twin = _edge_twins(faces)  # (F, 3)
+    packed_twin = (twin[None] + F * torch.arange(B, device=faces.device)[:, None, None]).reshape(B * F, 3)
+    has_twin = (twin >= 0)[None].expand(B, F, 3).reshape(B * F, 3)
+    safe = torch.where(has_twin, packed_twin, 0)
+    flipped = clockwise[safe] != clockwise[:, None]
+    return ~has_twin | flipped | ~valid[safe]
+
+
+def _smoothstep_coverage(signed_distance: torch.Tensor, radius: float) -> torch.Tensor:
+    """Cubic smoothstep of the signed distance over [-radius, radius]: 0 outside, 1 deep inside, C1.
+
+    S(-d) = 1 - S(d), so two faces sharing an edge sum to exactly 1 across it (no seams in ``alpha``).
+    """
+    u = ((signed_distance + radius) / (2.0 * radius)).clamp(0.0, 1.0)
+    return u * u * (3.0 - 2.0 * u)
+
+
+def _face_pixel_ranges(tri: torch.Tensor, H: int, W: int, margin: float):
+    """Inclusive pixel index ranges of each packed face's bbox grown by ``margin`` px, clamped to the image.
+
+    tri: (P, 3, 3) -> col0, row0, ncols, nrows, each (P,) long (zero counts for faces off-screen).
+    """
+    xmin = tri[..., 0].amin(-1) - margin
+    xmax = tri[..., 0].amax(-1) + margin
+    ymin = tri[..., 1].amin(-1) - margin
+    ymax = tri[..., 1].amax(-1) + margin
+    # pixel j has its centre at j + 0.5: j in [ceil(xmin - 0.5), floor(xmax - 0.5)]
+    big = float(max(H, W) + 2)
+    col0 = torch.ceil(xmin - 0.5).clamp(-1, big).long().clamp_min(0)
+    col1 = torch.floor(xmax - 0.5).clamp(-1, big).long().clamp_max(W - 1)
+    row0 = torch.ceil(ymin - 0.5).clamp(-1, big).long().clamp_min(0)
+    row1 = torch.floor(ymax - 0.5).clamp(-1, big).long().clamp_max(H - 1)
+    ncols = (col1 - col0 + 1).clamp_min(0)
+    nrows = (row1 - row0 + 1).clamp_min(0)
+    return col0, row0, ncols, nrows
+
+
+@dataclass
+class _Candidates:
+    """(pixel, face) pairs found without grad. pixel: flat index ``b*H*W + row*W + col``; face: packed id."""
+
+    pixel: torch.Tensor
+    face: torch.Tensor
+    depth: torch.Tensor  # (N,) depth at the pixel centre, +inf when the centre is outside the face
+    approx_distance: torch.Tensor  # (N,) min signed distance to the edge LINES (exact inside, bound outside)
+    clockwise: torch.Tensor  # (P,) bool per packed face: negative signed area in screen space
+    valid: torch.Tensor  # (P,) bool per packed face: rasterized at all (finite, not degenerate, in front)
+
+
+@torch.no_grad()
+def _enumerate_candidates(
+    tri: torch.Tensor, H: int, W: int, faces_per_mesh: int, margin: float, perspective_correct: bool
+) -> _Candidates:
+    """All (pixel, face) pairs whose pixel centre lies within ``margin`` px of the face's bbox.
+
+    tri: (B*F, 3, 3) packed screen triangles (detached). Vectorised over faces and pixels in chunks.
+    """
+    device = tri.device
+    x, y, z = tri[..., 0], tri[..., 1], tri[..., 2]
+    area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
+    valid = torch.isfinite(tri).all(-1).all(-1) & (area.abs() > 1e-12)
+    if perspective_correct:
+        valid &= (z > 0).all(-1)  # no near-plane clipping: faces touching or behind the camera are dropped
+    col0, row0, ncols, nrows = _face_pixel_ranges(torch.where(valid[:, None, None], tri, 0.0), H, W, margin)
+    counts = torch.where(valid, ncols * nrows, 0)
+    face_ids = torch.nonzero(counts, as_tuple=True)[0]
+    # l_k(p) = a_k * p_x + b_k * p_y + c_k: barycentric k as an affine function of the pixel centre
+    x1, x2, y1, y2 = x.roll(-1, 1), x.roll(-2, 1), y.roll(-1, 1), y.roll(-2, 1)
+    a = (y1 - y2) / area[:, None]
+    b = (x2 - x1) / area[:, None]
+    c = (x1 * y2 - x2 * y1) / area[:, None]
+    # height of corner k over the opposite edge: turns l_k into a signed distance in pixels
+    height = area.abs()[:, None] / torch.sqrt((x1 - x2) ** 2 + (y1 - y2) ** 2).clamp_min(1e-12)
+    depth_coef = 1.0 / z if perspective_correct else z
+
+    # one gather per candidate instead of one per coefficient: indexing dominates the cost on CPU
+    table = torch.cat(
+        [a, b, c, height, depth_coef, torch.stack([col0, row0, ncols], -1).to(tri.dtype)], dim=-1
+    )  # (P, 18)
+
+    pixels, faces_out, depths, dists = [], [], [], []
+    cum = torch.cumsum(counts[face_ids], 0)
+    start = 0
+    while start < face_ids.numel():
+        # largest run of faces whose candidates fit in one chunk (at least one face)
+        done_before = int(cum[start - 1]) if start > 0 else 0
+        stop = int(torch.searchsorted(cum, done_before + _MAX_CANDIDATES_PER_CHUNK, right=True))
+        stop = max(stop, start + 1)
+        fid = face_ids[start:stop]
+        cnt = counts[fid]
+        rep = torch.repeat_interleave(torch.arange(fid.numel(), device=device), cnt)
+        offsets = torch.cumsum(cnt, 0) - cnt
+        local = torch.arange(rep.numel(), device=device) - offsets[rep]
+        f = fid[rep]
+        t = table[f]
+        nc = t[:, 17].long()
+        q = local // nc
+        col = t[:, 15].long() + (local - q * nc)
+        row = t[:, 16].long() + q
+        pcx = col.to(tri.dtype) + 0.5
+        pcy = row.to(tri.dtype) + 0.5
+        lam = t[:, 0:3] * pcx[:, None] + t[:, 3:6] * pcy[:, None] + t[:, 6:9]  # (N, 3)
+        dist = (lam * t[:, 9:12]).amin(-1)
+        inside = lam.amin(-1) >= 0
+        weighted = (lam * t[:, 12:15]).sum(-1)
+        depth = 1.0 / weighted if perspective_correct else weighted
+        depth = torch.where(inside, depth, torch.full_like(depth, float("inf")))
+        batch = f // faces_per_mesh
+        pixels.append(batch * (H * W) + row * W + col)
+        faces_out.append(f)
+        depths.append(depth)
+        dists.append(dist)
+        start = stop
+    if not pixels:
+        empty_l = torch.zeros(0, dtype=torch.long, device=device)
+        empty_f = torch.zeros(0, dtype=tri.dtype, device=device)
+        return _Candidates(empty_l, empty_l, empty_f, empty_f, area < 0, valid)
+    return _Candidates(torch.cat(pixels), torch.cat(faces_out), torch.cat(depths), torch.cat(dists), area < 0, valid)
+
+
+@torch.no_grad()
+def _select_per_pixel(pixel: torch.Tensor, key: torch.Tensor, n_pixels: int, largest: bool) -> torch.Tensor:
+    """Per pixel, the candidate with the smallest (or largest) key; ties -> the largest candidate index.
+
+    pixel, key: (N,) -> (n_pixels,) long index into the candidates, -1 where a pixel has none.
+    """
+    fill = float("-inf") if largest else float("inf")
+    best = torch.full((n_pixels,), fill, dtype=key.dtype, device=key.device)
+    best.scatter_reduce_(0, pixel, key, reduce="amax" if largest else "amin", include_self=True)
+    winner = torch.nonzero(key == best[pixel], as_tuple=True)[0]
+    out = torch.full((n_pixels,), -1, dtype=torch.long, device=key.device)
+    out.scatter_reduce_(0, pixel[winner], winner, reduce="amax", include_self=True)
+    return out
+
+
+def _pixel_centres(flat_pixels: torch.Tensor, H: int, W: int, dtype) -> torch.Tensor:
+    """flat pixel ids (P,) ``b*H*W + row*W + col`` -> centres (P, 2) = (col + 0.5, row + 0.5)."""
+    rem = flat_pixels % (H * W)
+    return torch.stack([(rem % W).to(dtype) + 0.5, (rem // W).to(dtype) + 0.5], dim=-1)
+
+
+def _pytorch3d_pix_to_face(screen_vertices: torch.Tensor, faces: torch.Tensor, H: int, W: int, perspective_correct: bool):
+    """Hard visibility from pytorch3d's rasterizer, converted to our screen convention. -> (B*H*W,) long."""
+    try:
+        from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
+        from pytorch3d.structures import Meshes
+    except ImportError as err:
+        raise ImportError(
+            "backend='pytorch3d' needs pytorch3d, which is optional and not installable from pip on CPU "
+            "machines. On a GPU node install it with conda (`conda install pytorch3d -c pytorch3d`) or build "
+            "it from source (https://github.com/facebookresearch/pytorch3d/blob/main/INSTALL.md); otherwise use "
+            "backend='torch'."
+        ) from err
+    s = float(min(H, W))
+    # pytorch3d NDC: +x left, +y up, the shorter side spans [-1, 1]; its pixel (i, j) centre maps to our
+    # (j + 0.5, i + 0.5) under ndc_x = (W - 2 x_px) / s, ndc_y = (H - 2 y_px) / s
+    ndc = torch.stack(
+        [(W - 2.0 * screen_vertices[..., 0]) / s, (H - 2.0 * screen_vertices[..., 1]) / s, screen_vertices[..., 2]],
+        dim=-1,
+    ).detach()
+    B = screen_vertices.shape[0]
+    meshes = Meshes(verts=list(ndc), faces=[faces.long()] * B)
+    pix_to_face, _, _, _ = rasterize_meshes(
+        meshes, image_size=(H, W), blur_radius=0.0, faces_per_pixel=1, perspective_correct=perspective_correct,
+        clip_barycentric_coords=False, cull_backfaces=False,
+    )
+    return pix_to_face.reshape(-1)
+
+
+def rasterize(
+    screen_vertices: torch.Tensor,
+    faces: torch.Tensor,
+    image_size,
+    blur_radius_px: float = 1.0,
+    perspective_correct: bool = True,
+    backend: str = "torch",
+) -> Fragments:
+    """Rasterize screen-space meshes into :class:`Fragments` (one face per pixel, nearest depth wins).
+
+    screen_vertices: (B, V, 3) ``[x_px, y_px, depth]`` from :func:`project_points`; faces: (F, 3) long, shared
+    by the batch; image_size: int or (H, W).
+    blur_radius_px: half-width r of the anti-aliasing band. ``alpha = S(D)`` where D is the signed distance
+    (pixels, inside positive) from the pixel centre to the silhouette and S the cubic smoothstep rising from
+    0 at ``D = -r`` to 1 at ``D = r`` (SoftRas-style soft coverage, but with compact support and symmetric,
+    ``S(-D) = 1 - S(D)``, so the alpha-weighted area of a straight edge is exact). Outside the mesh D is minus
+    the distance to the nearest face (exact for the union of all faces). On covered pixels D is the distance
+    to the nearest screen-space contour edge (an open edge, or one between a front- and a back-facing face)
+    whose outer side is background; internal edges and occluded folds never lower alpha, so there are no
+    seams. ``alpha`` is differentiable w.r.t. the screen vertices; r must be > 0.
+    perspective_correct: use it for perspective cameras (barycentrics weight the 3D surface point);
+    False for weak perspective (depth is then interpolated linearly in screen space). With it, faces with a
+    corner at depth <= 0 are dropped (no near-plane clipping).
+    backend: "torch" (this file) or "pytorch3d" (hard visibility from pytorch3d's rasterizer; barycentrics,
+    depth and alpha still come from here, so both backends return the same structure and gradients).
+    Returns Fragments with pix_to_face (B, H, W, 1), bary_coords (B, H, W, 1, 3), zbuf (B, H, W, 1),
+    alpha (B, H, W), fringe_face (B, H, W, 1), fringe_bary (B, H, W, 1, 3).
+    """
+    _check_mesh(screen_vertices, faces)
+    if backend not in ("torch", "pytorch3d"):
+        raise ValueError(f"backend: expected 'torch' or 'pytorch3d', got {backend!r}")
+    if not blur_radius_px > 0:
+        raise ValueError(f"blur_radius_px: expected > 0 (the anti-aliasing band), got {blur_radius_px}")
+    H, W = _size_hw(image_size)
+    B, F = screen_vertices.shape[0], faces.shape[0]
+    dtype, device = screen_vertices.dtype, screen_vertices.device
+    n_pixels = B * H * W
+    tri = _packed_triangles(screen_vertices, faces)  # (B*F, 3, 3), carries grad
+
+    cand = _enumerate_candidates(tri.detach(), H, W, F, blur_radius_px, perspective_correct)
+    with torch.no_grad():
+        if backend == "pytorch3d":
+            p2f_flat = _pytorch3d_pix_to_face(screen_vertices, faces, H, W, perspective_correct)
+        else:
+            inside = torch.nonzero(torch.isfinite(cand.depth), as_tuple=True)[0]
+            pick = _select_per_pixel(cand.pixel[inside], cand.depth[inside], n_pixels, largest=False)
+            p2f_flat = torch.where(pick >= 0, cand.face[inside][pick.clamp_min(0)], -1)
+        covered = p2f_flat >= 0
+        # a signed distance within the band: the outside bound only over-includes, never misses a pair
+        active = (cand.approx_distance > -blur_radius_px) & (cand.approx_distance < blur_radius_px)
+        act_pixel, act_face = cand.pixel[active], cand.face[active]
+        contour = _contour_edges(faces, cand.clockwise, cand.valid)
+
+    # differentiable part: barycentrics and depth of the visible faces, recomputed from the vertices
+    fg = torch.nonzero(covered, as_tuple=True)[0]
+    bary_fg, depth_fg = _barycentric(tri[p2f_flat[fg]], _pixel_centres(fg, H, W, dtype), perspective_correct)
+    bary = torch.zeros(n_pixels, 3, dtype=dtype, device=device).index_put((fg,), bary_fg)
+    zbuf = torch.full((n_pixels,), -1.0, dtype=dtype, device=device).index_put((fg,), depth_fg)
+
+    # soft coverage = S(signed distance to the silhouette), from the faces near each pixel
+    centres = _pixel_centres(act_pixel, H, W, dtype)
+    line_dist, seg_dist2, foot, outward = _edge_geometry(tri[act_face][..., :2], centres)
+    inner = line_dist.amin(-1)
+    signed = torch.where(inner >= 0, inner, -_safe_sqrt(seg_dist2.amin(-1)))
+
+    with torch.no_grad():
+        # outside the mesh: the nearest face gives the exact distance to the union of all faces
+        out_pair = torch.nonzero(~covered[act_pixel] & (signed > -blur_radius_px), as_tuple=True)[0]
+        pick = _select_per_pixel(act_pixel[out_pair], signed.detach()[out_pair], n_pixels, largest=True)
+        fr = torch.nonzero(pick >= 0, as_tuple=True)[0]
+        fringe_pair = out_pair[pick[fr]]
+        fringe_flat = torch.full((n_pixels,), -1, dtype=torch.long, device=device)
+        fringe_flat[fr] = act_face[fringe_pair]
+        # inside: distance to the nearest contour edge whose outer side is background (folds such as the
+        # nose over the cheek are contours too, but the surface behind them keeps those pixels covered)
+        probe = (foot + outward).detach()  # one pixel beyond the edge: a pixel centre on its outer side
+        pcol, prow = torch.floor(probe[..., 0]), torch.floor(probe[..., 1])
+        in_image = (pcol >= 0) & (pcol < W) & (prow >= 0) & (prow < H)
+        batch = (act_pixel // (H * W))[:, None]
+        probe_flat = batch * (H * W) + prow.clamp(0, H - 1).long() * W + pcol.clamp(0, W - 1).long()
+        silhouette = contour[act_face] & ~(in_image & covered[probe_flat])
+        qualifies = (
+            covered[act_pixel][:, None] & silhouette & (line_dist >= 0) & (seg_dist2 < blur_radius_px**2)
+        ).detach()
+        edge_pair = torch.nonzero(qualifies.reshape(-1), as_tuple=True)[0]
+        pick = _select_per_pixel(act_pixel[edge_pair // 3], seg_dist2.detach().reshape(-1)[edge_pair], n_pixels, False)
+        near_edge = torch.nonzero(pick >= 0, as_tuple=True)[0]
+        edge_pair = edge_pair[pick[near_edge]]
+
+    alpha = covered.to(dtype)
+    alpha = alpha.index_put(
+        (near_edge,), _smoothstep_coverage(_safe_sqrt(seg_dist2.reshape(-1)[edge_pair]), blur_radius_px)
+    )
+    alpha = alpha.index_put((fr,), _smoothstep_coverage(signed[fringe_pair], blur_radius_px))
+
+    # the fringe is shaded like the nearest face, barycentrics clipped to it
+    fr_bary, _ = _barycentric(tri[fringe_flat[fr]], _pixel_centres(fr, H, W, dtype), perspective_correct, clip=True)
+    fringe_bary = torch.zeros(n_pixels, 3, dtype=dtype, device=device).index_put((fr,), fr_bary)
+
+    return Fragments(
+        pix_to_face=p2f_flat.reshape(B, H, W, 1),
+        bary_coords=bary.reshape(B, H, W, 1, 3),
+        zbuf=zbuf.reshape(B, H, W, 1),
+        alpha=alpha.reshape(B, H, W),
+        fringe_face=fringe_flat.reshape(B, H, W, 1),
+        fringe_bary=fringe_bary.reshape(B, H, W, 1, 3),
+    )
+
+
+def interpolate_vertex_attributes(
+    fragments: Fragments, faces: torch.Tensor, vertex_attributes: torch.Tensor, include_fringe: bool = False
+) -> torch.Tensor:
+    """Barycentric interpolation of per-vertex attributes at each pixel.
+
+    fragments: from :func:`rasterize` with faces (F, 3); vertex_attributes: (B, V, C) or (V, C) shared.
+    Returns (B, H, W, C), differentiable w.r.t. the attributes and (through the barycentrics) the vertices;
+    zero on background. ``include_fringe`` also fills the anti-aliased fringe from ``fringe_face``.
+    """
+    B, H, W, _ = fragments.pix_to_face.shape
+    if vertex_attributes.ndim == 2:
+        vertex_attributes = vertex_attributes.expand(B, *vertex_attributes.shape)
+    if vertex_attributes.ndim != 3 or vertex_attributes.shape[0] not in (1, B):
+        raise ValueError(f"vertex_attributes: expected ({B}, V, C) or (V, C), got {tuple(vertex_attributes.shape)}")
+    vertex_attributes = vertex_attributes.expand(B, -1, -1)
+    C = vertex_attributes.shape[-1]
+    # attrs[b * F + f, k] = vertex_attributes[b, faces[f, k]]: packed like pix_to_face
+    face_attrs = vertex_attributes[:, faces.long()].reshape(B * faces.shape[0], 3, C)
+    p2f = fragments.pix_to_face.reshape(-1)
+    bary = fragments.bary_coords.reshape(-1, 3)
+    if include_fringe:
+        fringe = fragments.fringe_face.reshape(-1)
+        bary = torch.where((fringe >= 0)[:, None], fragments.fringe_bary.reshape(-1, 3), bary)
+        p2f = torch.where(fringe >= 0, fringe, p2f)
+    fg = torch.nonzero(p2f >= 0, as_tuple=True)[0]
+    values = torch.einsum("pk,pkc->pc", bary[fg], face_attrs[p2f[fg]])
+    out = torch.zeros(B * H * W, C, dtype=values.dtype, device=values.device).index_put((fg,), values)
+    return out.reshape(B, H, W, C)
+
+
+# ------------------------------------------------------------------------------------------- shading
+# Real SH basis up to l = 2 in the order (l, m) = (0,0) (1,-1) (1,0) (1,1) (2,-2) (2,-1) (2,0) (2,1) (2,2):
+#   Y = [c0, c1 y, c1 z, c1 x, c2 xy, c2 yz, c3 (3z^2 - 1), c2 xz, c4 (x^2 - y^2)]
+#   c0 = 1 / (2 sqrt(pi)), c1 = sqrt(3 / (4 pi)), c2 = sqrt(15 / (4 pi)), c3 = sqrt(5 / (16 pi)),
+#   c4 = sqrt(15 / (16 pi)) (orthonormal on the sphere).
+# Lambertian convolution (Ramamoorthi & Hanrahan 2001) scales band l by A_l / pi with A_0 = pi,
+# A_1 = 2 pi / 3, A_2 = pi / 4, so the outgoing radiance is albedo * sum_k sh_k * (A_l / pi) * Y_k(n),
+# where sh_k are the SH coefficients of the incoming radiance. SH_BASIS_CONSTANTS are c * A_l / pi.
+_C0 = 1.0 / (2.0 * math.sqrt(math.pi))
+_C1 = math.sqrt(3.0 / (4.0 * math.pi))
+_C2 = math.sqrt(15.0 / (4.0 * math.pi))
+_C3 = math.sqrt(5.0 / (16.0 * math.pi))
+_C4 = math.sqrt(15.0 / (16.0 * math.pi))
+SH_BASIS_CONSTANTS = (
+    _C0,
+    _C1 * 2 / 3,
+    _C1 * 2 / 3,
+    _C1 * 2 / 3,
+    _C2 / 4,
+    _C2 / 4,
+    _C3 / 4,
+    _C2 / 4,
+    _C4 / 4,
+)
+
+
+def sh_basis(normals: torch.Tensor) -> torch.Tensor:
+    """Lambertian-convolved SH basis (see SH_BASIS_CONSTANTS). normals (..., 3) unit, world frame -> (..., 9)."""
+    x, y, z = normals.unbind(-1)
+    k = SH_BASIS_CONSTANTS
+    return torch.stack(
+        [
+            torch.full_like(x, k[0]),
+            k[1] * y,
+            k[2] * z,
+            k[3] * x,
+            k[4] * x * y,
+            k[5] * y * z,
+            k[6] * (3.0 * z * z - 1.0),
+            k[7] * x * z,
+            k[8] * (x * x - y * y),
+        ],
+        dim=-1,
+    )
+
+
+def sh_constant(batch_size: int, irradiance: float = 1.0, device=None, dtype=torch.float32) -> torch.Tensor:
+    """DC-only SH (B, 9, 3) whose shading is exactly ``albedo * irradiance`` for every normal."""
+    sh = torch.zeros(batch_size, 9, 3, device=device, dtype=dtype)
+    sh[:, 0, :] = irradiance / SH_BASIS_CONSTANTS[0]
+    return sh
+
+
+def shade_sh(normals: torch.Tensor, albedo: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
+    """Lambertian shading under 2nd-order SH lighting, in the world frame.
+
+    normals: (B, H, W, 3) unit (any (B, ..., 3) works); albedo: same shape; sh: (B, 9, 3) coefficients of the
+    incoming radiance per colour channel. Returns ``albedo * (sh_basis(normals) @ sh)``, (B, H, W, 3).
+    """
+    if normals.shape != albedo.shape or normals.shape[-1] != 3:
+        raise ValueError(
+            f"normals and albedo: expected the same (B, H, W, 3), got {tuple(normals.shape)} and {tuple(albedo.shape)}"
+        )
+    if sh.ndim != 3 or sh.shape[1:] != (9, 3) or sh.shape[0] != normals.shape[0]:
+        raise ValueError(f"sh: expected ({normals.shape[0]}, 9, 3), got {tuple(sh.shape)}")
+    # shading[b, ..., c] = sum_k basis[b, ..., k] * sh[b, k, c]
+    basis = sh_basis(normals)
+    flat = basis.reshape(basis.shape[0], -1, 9)
+    shading = torch.bmm(flat, sh).reshape(normals.shape)
+    return albedo * shading
+
+
+def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear texture lookup. texture (B, C, Ht, Wt), uv (B, H, W, 2) -> (B, H, W, C).
+
+    UV convention (MediaPipe's canonical UVs): u in [0, 1] left -> right, v in [0, 1] TOP -> bottom of the
+    texture image. For OBJ / pytorch3d UVs (v up) pass ``1 - v``.
+    """
+    if texture.ndim != 4 or uv.ndim != 4 or uv.shape[-1] != 2 or texture.shape[0] != uv.shape[0]:
+        raise ValueError(
+            f"sample_texture: expected texture (B, C, Ht, Wt) and uv (B, H, W, 2), got "
+            f"{tuple(texture.shape)} and {tuple(uv.shape)}"
+        )
+    grid = uv * 2.0 - 1.0
+    sampled = F_nn.grid_sample(texture, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return sampled.permute(0, 2, 3, 1)
+
+
+# ------------------------------------------------------------------------------------------ renderer
+@dataclass
+class RenderOutput:
+    """image: (B, 3, H, W) composited over the background; alpha: (B, 1, H, W) soft coverage;
+    mask: (B, 1, H, W) bool hard coverage; fragments: Fragments; screen_vertices: (B, V, 3)."""
+
+    image: torch.Tensor
+    alpha: torch.Tensor
+    mask: torch.Tensor
+    fragments: Fragments
+    screen_vertices: torch.Tensor
+
+
+def _background_image(background, B: int, H: int, W: int, ref: torch.Tensor) -> torch.Tensor:
+    if background is None:
+        return torch.zeros(B, H, W, 3, dtype=ref.dtype, device=ref.device)
+    bg = torch.as_tensor(background, dtype=ref.dtype, device=ref.device)
+    if bg.ndim <= 1:  # scalar or (3,) colour
+        return bg.expand(B, H, W, 3)
+    if bg.ndim == 4 and bg.shape[1] == 3 and bg.shape[2:] == (H, W):
+        return bg.permute(0, 2, 3, 1).expand(B, H, W, 3)
+    raise ValueError(f"background: expected None, a scalar, (3,) or (B, 3, {H}, {W}), got {tuple(bg.shape)}")
+
+
+def shade_mesh(
+    fragments: Fragments,
+    vertices_world: torch.Tensor,
+    faces: torch.Tensor,
+    albedo: torch.Tensor,
+    sh: torch.Tensor,
+    background=None,
+    uvs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SH-Lambertian shading of fragments, composited with alpha over the background.
+
+    vertices_world: (B, V, 3) mm (normals come from them, world frame); faces (F, 3);
+    albedo: per-vertex (B, V, 3) or a texture (B, 3, Ht, Wt) sampled at per-vertex ``uvs`` (V, 2);
+    sh: (B, 9, 3). Returns the image (B, 3, H, W).
+    """
+    B, H, W, _ = fragments.pix_to_face.shape
+    normals = vertex_normals(vertices_world, faces)
+    pixel_normals = F_nn.normalize(
+        interpolate_vertex_attributes(fragments, faces, normals, include_fringe=True), dim=-1, eps=1e-12
+    )
+    if albedo.ndim == 3 and albedo.shape[-1] == 3 and albedo.shape[1] == vertices_world.shape[1]:
+        pixel_albedo = interpolate_vertex_attributes(fragments, faces, albedo, include_fringe=True)
+    elif albedo.ndim == 4 and albedo.shape[1] == 3:
+        if uvs is None or uvs.shape != (vertices_world.shape[1], 2):
+            found = None if uvs is None else tuple(uvs.shape)
+            raise ValueError(f"a texture albedo needs uvs ({vertices_world.shape[1]}, 2), got {found}")
+        pixel_uv = interpolate_vertex_attributes(fragments, faces, uvs.to(albedo.dtype), include_fringe=True)
+        pixel_albedo = sample_texture(albedo.expand(B, -1, -1, -1), pixel_uv)
+    else:
+        raise ValueError(
+            f"albedo: expected per-vertex (B, {vertices_world.shape[1]}, 3) or a texture (B, 3, Ht, Wt), "
+            f"got {tuple(albedo.shape)}"
+        )
+    colour = shade_sh(pixel_normals, pixel_albedo, sh)
+    alpha = fragments.alpha[..., None]
+    image = alpha * colour + (1.0 - alpha) * _background_image(background, B, H, W, colour)
+    return image.permute(0, 3, 1, 2)
+
+
+class MeshRenderer(nn.Module):
+    """Projection + rasterization + SH shading (pytorch3d-style composition; holds only settings).
+
+    forward(vertices_world (B, V, 3) mm, faces (F, 3), camera, albedo (B, V, 3) | (B, 3, Ht, Wt),
+    sh (B, 9, 3), image_size int | (H, W), background None | float | (3,) | (B, 3, H, W), uvs (V, 2) | None)
+    -> RenderOutput. Perspective-correct barycentrics follow the camera kind.
+    """
+
+    def __init__(self, blur_radius_px: float = 1.0, backend: str = "torch") -> None:
+        super().__init__()
+        if backend not in ("torch", "pytorch3d"):
+            raise ValueError(f"backend: expected 'torch' or 'pytorch3d', got {backend!r}")
+        self.blur_radius_px = float(blur_radius_px)
+        self.backend = backend
+
+    def forward(self, vertices_world, faces, camera: Camera, albedo, sh, image_size, background=None, uvs=None):
+        screen = project_points(vertices_world, camera)
+        fragments = rasterize(screen, faces, image_size, self.blur_radius_px, camera.is_perspective, self.backend)
+        image = shade_mesh(fragments, vertices_world, faces, albedo, sh, background, uvs)
+        return RenderOutput(
+            image=image,
+            alpha=fragments.alpha[:, None],
+            mask=fragments.mask[:, None],
+            fragments=fragments,
+            screen_vertices=screen,
+        )
