@@ -7,7 +7,8 @@ Frame a = warp_image(face, flow_true), frame b = face, so ``flow_true`` is the f
 
 With ``--synth ROOT``: the synthetic benchmark's ground truth instead, ROOT/ground_truth/sub*/EP*.npz key
 "flow" (T-1, H, W, 2), the forward flow from frame t to t+1 in pixels, with frames
-ROOT/subXX/EPxx_xx/img{N}.jpg (N from 1), masked by key "flow_mask" (T-1, H, W) when present, else by
+ROOT/subXX/EPxx_xx/img{N}.jpg, N = the key "frame_numbers" (T,) when present (the benchmark keeps CASME II's
+numbering), else the folder's img*.jpg in numeric order; masked by key "flow_mask" (T-1, H, W) when present, else by
 "mask" (T, H, W) of frame t, else unmasked.
 
     python benchmarks/bench_flow.py                       # astronaut, 8 seeds
@@ -31,10 +32,10 @@ METHODS = [  # (row name, compute_flow kwargs or None for zero flow)
     ("zero flow (predict nothing)", None),
     ("DIS ultrafast, stock (finest scale 2)", dict(method="dis", dis_preset="ultrafast", dis_finest_scale=None)),
     ("DIS fast, stock (finest scale 2)", dict(method="dis", dis_preset="fast", dis_finest_scale=None)),
-    ("DIS medium, stock (finest scale 1)", dict(method="dis", dis_preset="medium", dis_finest_scale=None)),
+    ("DIS medium, stock (finest scale 1) (default)", dict(method="dis", dis_preset="medium", dis_finest_scale=None)),
     ("DIS ultrafast, finest scale 0", dict(method="dis", dis_preset="ultrafast", dis_finest_scale=0)),
     ("DIS fast, finest scale 0", dict(method="dis", dis_preset="fast", dis_finest_scale=0)),
-    ("DIS medium, finest scale 0 (default)", dict(method="dis", dis_preset="medium", dis_finest_scale=0)),
+    ("DIS medium, finest scale 0", dict(method="dis", dis_preset="medium", dis_finest_scale=0)),
     ("Dual TV-L1 (cv2.optflow)", dict(method="tvl1")),
 ]
 
@@ -69,13 +70,16 @@ def synth_pairs(root: Path, max_pairs: int):
             if "flow" not in data:
                 raise KeyError(f"{gt} has no 'flow' (keys: {sorted(data.files)})")
             flows = data["flow"]
+            numbers = [int(n) for n in data["frame_numbers"]] if "frame_numbers" in data else None
             # flow_mask (T-1, H, W) is the flow's own validity; else the mask of the source frame t
             masks = data["flow_mask"] if "flow_mask" in data else data["mask"][:-1] if "mask" in data else None
         clip = root / gt.parent.name / gt.stem
+        if numbers is None:  # no numbering stored: the folder's frames in numeric order
+            numbers = sorted(int(p.stem[3:]) for p in clip.glob("img*.jpg"))
         for t in range(flows.shape[0]):
             if count >= max_pairs:
                 return
-            frame_a, frame_b = _read_gray(clip / f"img{t + 1}.jpg"), _read_gray(clip / f"img{t + 2}.jpg")
+            frame_a, frame_b = _read_gray(clip / f"img{numbers[t]}.jpg"), _read_gray(clip / f"img{numbers[t + 1]}.jpg")
             yield frame_a, frame_b, flows[t].astype(np.float32), None if masks is None else masks[t].astype(bool)
             count += 1
 

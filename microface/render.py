@@ -350,7 +350,8 @@ def _contour_edges(faces: torch.Tensor, clockwise: torch.Tensor, valid: torch.Te
 def _smoothstep_coverage(signed_distance: torch.Tensor, radius: float) -> torch.Tensor:
     """Cubic smoothstep of the signed distance over [-radius, radius]: 0 outside, 1 deep inside, C1.
 
-    S(-d) = 1 - S(d), so two faces sharing an edge sum to exactly 1 across it (no seams in ``alpha``).
+    Symmetric, S(-d) = 1 - S(d): what it adds just outside an edge it removes just inside, so the
+    alpha-weighted area of a straight edge is exact. signed_distance (...) -> (...).
     """
     u = ((signed_distance + radius) / (2.0 * radius)).clamp(0.0, 1.0)
     return u * u * (3.0 - 2.0 * u)
@@ -480,7 +481,9 @@ def _pixel_centres(flat_pixels: torch.Tensor, H: int, W: int, dtype) -> torch.Te
     return torch.stack([(rem % W).to(dtype) + 0.5, (rem // W).to(dtype) + 0.5], dim=-1)
 
 
-def _pytorch3d_pix_to_face(screen_vertices: torch.Tensor, faces: torch.Tensor, H: int, W: int, perspective_correct: bool):
+def _pytorch3d_pix_to_face(
+    screen_vertices: torch.Tensor, faces: torch.Tensor, H: int, W: int, perspective_correct: bool
+):
     """Hard visibility from pytorch3d's rasterizer, converted to our screen convention. -> (B*H*W,) long."""
     try:
         from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
@@ -556,10 +559,12 @@ def rasterize(
             pick = _select_per_pixel(cand.pixel[inside], cand.depth[inside], n_pixels, largest=False)
             p2f_flat = torch.where(pick >= 0, cand.face[inside][pick.clamp_min(0)], -1)
         covered = p2f_flat >= 0
-        # a signed distance within the band: the outside bound only over-includes, never misses a pair
-        active = (cand.approx_distance > -blur_radius_px) & (cand.approx_distance < blur_radius_px)
-        act_pixel, act_face = cand.pixel[active], cand.face[active]
         contour = _contour_edges(faces, cand.clockwise, cand.valid)
+        # a signed distance within the band (the outside bound only over-includes, never misses a pair);
+        # covered pixels only need faces with a contour edge, which drops most pairs of dense meshes
+        active = (cand.approx_distance > -blur_radius_px) & (cand.approx_distance < blur_radius_px)
+        active &= ~covered[cand.pixel] | contour.any(-1)[cand.face]
+        act_pixel, act_face = cand.pixel[active], cand.face[active]
 
     # differentiable part: barycentrics and depth of the visible faces, recomputed from the vertices
     fg = torch.nonzero(covered, as_tuple=True)[0]
@@ -593,7 +598,8 @@ def rasterize(
             covered[act_pixel][:, None] & silhouette & (line_dist >= 0) & (seg_dist2 < blur_radius_px**2)
         ).detach()
         edge_pair = torch.nonzero(qualifies.reshape(-1), as_tuple=True)[0]
-        pick = _select_per_pixel(act_pixel[edge_pair // 3], seg_dist2.detach().reshape(-1)[edge_pair], n_pixels, False)
+        edge_key = seg_dist2.detach().reshape(-1)[edge_pair]
+        pick = _select_per_pixel(act_pixel[edge_pair // 3], edge_key, n_pixels, largest=False)
         near_edge = torch.nonzero(pick >= 0, as_tuple=True)[0]
         edge_pair = edge_pair[pick[near_edge]]
 

@@ -329,3 +329,25 @@ def test_cli_prepare(tmp_path, clips, monkeypatch):
     data = load_clip(next((tmp_path / "cache").rglob("*.npz")))
     assert data["frames"].shape == (3, 32, 32) and data["flow"].shape == (2, 32, 32, 2)
     assert data["meta"]["landmark_source"] == "ground_truth"  # synth falls back when the detector is unavailable
+
+
+def test_changed_record_labels_redo_the_cached_clip(tmp_path):
+    """A class map applied after a first prepare must not leave stale labels in the cache."""
+    from dataclasses import replace
+
+    from microface.data.preprocess import load_clip, load_manifest, prepare
+    from microface.synth import config_for_profile, generate
+    from microface.data.datasets import load_dataset
+
+    root = generate(tmp_path / "synth", config_for_profile("smoke", subjects=2, clips=1, macro_clips=0, image_size=48,
+                                                           micro_duration_s=(0.05, 0.06)), show_progress=False)
+    records = load_dataset("synth", root)
+    out = tmp_path / "prepared"
+    prepare(records, out, size=48, flow_method=None)
+    labelled = [replace(r, label="happiness") for r in records]
+    summary = prepare(labelled, out, size=48, flow_method=None)
+    assert sorted(summary.prepared) == sorted(r.key for r in records)
+    manifest = load_manifest(out)
+    for record in labelled:
+        assert load_clip(out / manifest["clips"][record.key]["file"])["meta"]["record"]["label"] == "happiness"
+    assert prepare(labelled, out, size=48, flow_method=None).nothing_to_do

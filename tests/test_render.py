@@ -373,6 +373,12 @@ def test_render_open_model_mesh():
     face_x = verts[0, faces[hit[mask]]].mean(1)[:, 0]
     assert (face_x[cols >= 72] > 0).float().mean() > 0.95
     assert (out.image[0, :, mask] > 0).all()
+    # soft coverage only along the outer silhouette: no seams at internal edges, no halo at folds (nose)
+    partial = (out.alpha[0, 0] < 1) & mask
+    assert partial.sum() > 100
+    background = torch.nn.functional.pad((~mask).float()[None, None], (2, 2, 2, 2), value=1.0)  # off-image too
+    near_background = torch.nn.functional.max_pool2d(background, 5, 1)[0, 0] > 0
+    assert near_background[partial].all()
 
 
 # ---------------------------------------------------------------------------------------- errors

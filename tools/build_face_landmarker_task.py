@@ -1,12 +1,15 @@
 """Build MediaPipe's ``face_landmarker.task`` bundle offline, from the mediapipe 0.10.21 wheel on PyPI.
 
-Why: mediapipe 1.2.2 (the version that imports with numpy 2) ships no models, and the official
-``face_landmarker.task`` is served from a Google storage bucket that a package-registry-only machine cannot
-reach. The 0.10.21 wheel (Apache-2.0) ships the two networks the Tasks ``FaceLandmarker`` needs; a ``.task``
-file is a plain zip holding them under fixed names:
+Why: no registry package ships MediaPipe's official ``face_landmarker.task`` (it is served from a storage
+bucket a package-registry-only machine cannot reach), but the mediapipe 0.10.21 wheel (Apache-2.0) ships the
+face detector and the 468-point face-mesh network. They are packed into a zip under the names the official
+bundle uses, and run by ``microface.data.landmarks.FaceLandmarker`` on LiteRT (``ai-edge-litert``):
 
     face_detector.tflite            <- mediapipe/modules/face_detection/face_detection_short_range.tflite
-    face_landmarks_detector.tflite  <- mediapipe/modules/face_landmark/face_landmark.tflite (478 points, iris)
+    face_landmarks_detector.tflite  <- mediapipe/modules/face_landmark/face_landmark.tflite (468 points)
+
+Do not feed this bundle to ``mediapipe.tasks`` ``FaceLandmarker``: that graph assumes 478 outputs and
+misreads this network's 468 x 3 values as 478 (x, y) pairs (see microface/data/landmarks.py).
 
 The wheel is only downloaded (``pip download --no-deps``) into a temporary folder and read as a zip; it is
 never installed (it pins numpy<2). The bundle is not package data and is never committed: it goes to

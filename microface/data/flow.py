@@ -4,14 +4,19 @@ Convention (OpenCV's): ``flow = compute_flow(frame_a, frame_b)`` is the forward 
 ``flow[y, x] = (dx, dy)`` with ``frame_a(x, y) ≈ frame_b(x + dx, y + dy)``. Hence ``warp_image(frame_b, flow)``
 (a backward warp) reconstructs ``frame_a``: that is how flows are checked without ground truth.
 
-DIS default: the ``medium`` preset with ``finest_scale=0``, i.e. patches refined down to full resolution.
-OpenCV's presets stop at scale 1 (medium) or 2 (ultrafast, fast), half or quarter resolution, which caps
-the precision where micro-expressions live (motion well below a pixel). Measured by
-``benchmarks/bench_flow.py`` (results in benchmarks/results/flow.md): on a real face warped by known smooth
-local fields of at most 0.8 px, mean EPE zero flow 0.069, DIS stock presets 0.037 (ultrafast) / 0.029 (fast)
-/ 0.017 (medium), the same with ``finest_scale=0`` 0.016 / 0.013 / 0.013, Dual TV-L1 0.029 at roughly ten
-times the cost of full-resolution DIS medium. Measure on your own data before trusting a method: at this
-scale a careless one is easily no better than predicting zero flow.
+DIS default: the ``medium`` preset as OpenCV ships it (finest pyramid scale 1, half resolution).
+``dis_finest_scale=0`` refines down to full resolution. Measured by ``benchmarks/bench_flow.py``
+(benchmarks/results/flow.md), mean end-point error in px:
+
+- a clean real face (astronaut) warped by known smooth local fields of at most 0.8 px: zero flow 0.069;
+  DIS stock ultrafast / fast / medium 0.037 / 0.029 / 0.017; with finest_scale=0 0.016 / 0.013 / 0.013;
+  Dual TV-L1 0.029, about 10x the time of full-resolution DIS medium;
+- the synthetic benchmark's consecutive frames (smoke profile: 96 px, sensor noise, JPEG; true motion
+  ~0.01 px): zero flow 0.009; DIS stock 0.064 / 0.045 / 0.055; finest_scale=0 0.164 / 0.105 / 0.101;
+  TV-L1 0.016. Below the noise floor nothing beats predicting no motion, and full-resolution DIS fits noise.
+
+So full resolution wins on clean sub-pixel motion and loses badly on noisy near-static pairs; stock medium
+is the compromise, and the default. Measure on your own data (``--synth ROOT``) before trusting a method.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ def _check_gray_pair(frame_a: np.ndarray, frame_b: np.ndarray) -> None:
 
 
 def compute_flow(frame_a: np.ndarray, frame_b: np.ndarray, method: str = "dis", dis_preset: str = "medium",
-                 dis_finest_scale: int | None = 0) -> np.ndarray:
+                 dis_finest_scale: int | None = None) -> np.ndarray:
     """Forward optical flow from ``frame_a`` to ``frame_b``.
 
     frame_a, frame_b: (H, W) uint8 gray -> (H, W, 2) float32 pixels (dx, dy); see the module doc for the convention.

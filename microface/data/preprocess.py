@@ -192,7 +192,7 @@ class PrepareConfig:
     flow_method: str | None = "dis"
     flow_mode: str = "onset"
     dis_preset: str = "medium"
-    dis_finest_scale: int | None = 0
+    dis_finest_scale: int | None = None  # None: the preset's own (see microface.data.flow)
     flow_dtype: str = "float16"
     landmarks: str = "auto"  # "auto" | "detector" | "ground_truth"
     compress: bool = False
@@ -383,6 +383,11 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool) -> Non
         raise
 
 
+def record_hash(record: ClipRecord) -> str:
+    """Fingerprint of what the cache copies from the record (labels, timing, frames): a change redoes the clip."""
+    return hashlib.sha256(json.dumps(record.to_row(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _prepare_and_write(record: ClipRecord, config: PrepareConfig, out_dir: Path) -> tuple[str, dict | None, str | None]:
     """Worker: (key, manifest entry, None) on success, (key, None, message) on a ClipError."""
     try:
@@ -395,6 +400,7 @@ def _prepare_and_write(record: ClipRecord, config: PrepareConfig, out_dir: Path)
     entry = {
         "file": str(path.relative_to(out_dir)),
         "config_hash": config.hash(),
+        "record_hash": record_hash(record),
         "n_frames": int(arrays["frames"].shape[0]),
         "flow_shape": list(arrays["flow"].shape) if "flow" in arrays else None,
         "landmark_source": meta["landmark_source"],
@@ -465,7 +471,8 @@ def prepare(records: Iterable[ClipRecord], out_dir: str | Path, size: int = 224,
     for record in records:
         entry = manifest["clips"].get(record.key)
         skipped = manifest["skipped"].get(record.key)
-        if entry and entry.get("config_hash") == config_hash and (out_dir / entry["file"]).is_file():
+        if (entry and entry.get("config_hash") == config_hash and entry.get("record_hash") == record_hash(record)
+                and (out_dir / entry["file"]).is_file()):
             summary.already_done.append(record.key)
         elif skipped and skipped.get("config_hash") == config_hash and not retry_skipped:
             summary.previously_skipped.append(record.key)

@@ -441,7 +441,7 @@ def evaluate_geometry(dem: DEM, face_model: FaceModel, clips: list[ClipTensors],
         batch = collate_clips([clip])
         recon = reconstruct(dem, face_model, batch.frames, batch.flow, batch.times)
         T = clip.frames.shape[0]
-        zero_pose = torch.zeros(T, 6, dtype=clip.frames.dtype)
+        zero_pose = torch.zeros(T, 6, dtype=clip.frames.dtype, device=clip.frames.device)
         gt_shape = clip.shape[None].expand(T, -1).to(clip.frames.dtype)
         truth = face_model(gt_shape, clip.expression.to(clip.frames.dtype), zero_pose).vertices
         full = face_model(recon.shape.expand(T, -1), recon.output.expression[0], zero_pose).vertices

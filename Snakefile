@@ -1,0 +1,63 @@
+# microface: the reproduce chain. `snakemake all --cores 2` runs the smoke profile; choose another with
+# `--configfile config/cpu.yaml` (or full.yaml on GPU nodes with `--profile profiles/slurm`).
+from snakemake.utils import validate
+
+configfile: "config/smoke.yaml"
+validate(config, "config/schema.yaml")
+
+PROFILE = config["profile"]
+RESULTS = f"results/{PROFILE}"
+CONFIG_FILE = f"config/{PROFILE}.yaml"
+NOTEBOOKS = f"{RESULTS}/notebooks"
+PAPERMILL = "papermill --log-output --no-progress-bar -k microface"
+
+
+rule all:
+    input:
+        f"{NOTEBOOKS}/00_data.ipynb",
+        f"{NOTEBOOKS}/01_dem_pretrain.ipynb",
+        f"{NOTEBOOKS}/03_mer.ipynb",
+
+
+rule data:
+    input:
+        notebook="notebooks/00_data.ipynb",
+        config=CONFIG_FILE,
+    output:
+        notebook=f"{NOTEBOOKS}/00_data.ipynb",
+        index=f"{RESULTS}/index.csv",
+    log:
+        f"{RESULTS}/logs/00_data.log",
+    shell:
+        "{PAPERMILL} {input.notebook} {output.notebook} -f {input.config} -p results_dir {RESULTS} > {log} 2>&1"
+
+
+rule dem_pretrain:
+    input:
+        notebook="notebooks/01_dem_pretrain.ipynb",
+        config=CONFIG_FILE,
+        index=rules.data.output.index,
+    output:
+        notebook=f"{NOTEBOOKS}/01_dem_pretrain.ipynb",
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/01_dem_pretrain.log",
+    shell:
+        "{PAPERMILL} {input.notebook} {output.notebook} -f {input.config} -p results_dir {RESULTS} > {log} 2>&1"
+
+
+rule mer:
+    input:
+        notebook="notebooks/03_mer.ipynb",
+        config=CONFIG_FILE,
+        index=rules.data.output.index,
+    output:
+        notebook=f"{NOTEBOOKS}/03_mer.ipynb",
+        table=f"{RESULTS}/mer/mer_table.csv",
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/03_mer.log",
+    shell:
+        "{PAPERMILL} {input.notebook} {output.notebook} -f {input.config} -p results_dir {RESULTS} > {log} 2>&1"

@@ -1,0 +1,526 @@
+"""DGMD, dynamic-guided mesh deformation: the fine stage that adds small per-vertex offsets to a coarse mesh.
+
+Given the coarse mesh of frame t (from DEM), the coarse mesh of the onset frame, the camera, the dense optical
+flow onset->t (pixels) and the detected 2D landmarks of frame t, DGMD builds per-vertex cues
+
+- geometry (9): centred position / ``position_scale_mm``, unit normal, UNIFORM Laplacian coordinates
+  ``v_i - mean_{j in N(i)} v_j`` / ``laplacian_scale_mm`` (``config.laplacian = "cotangent"`` switches to
+  clamped cotangent weights computed on the coarse mesh itself);
+- landmark (2): the residual ``detected - projected`` of the 68 landmarks, spread to every vertex by a fixed
+  Gaussian kernel of 3D distance on the template (see :func:`landmark_spread_weights`);
+- flow (4): the flow sampled bilinearly at each vertex's onset projection, and a pooled flow: either the mean
+  flow of the face REGION the vertex belongs to (pixels -> faces via the rasterizer's ``pix_to_face``, faces ->
+  regions by majority vote of their vertices; the "region-based pixel-vertex correspondence"), or, for the
+  "per-pixel mapping" ablation, the mean flow of the pixels whose face contains the vertex;
+
+fuses them with a per-vertex MLP, runs gated residual graph convolutions over the mesh edges and decodes
+``offsets = max_offset_mm * tanh(head(h)) * a``, where the motion-attention gate
+``a = tanh(motion / gate_scale_px) * sigmoid(MLP(motion magnitudes))`` is EXACTLY zero for a vertex with no
+flow and no landmark residual (``motion`` = sum of the enabled cue magnitudes in pixels). The same gate
+multiplies every graph-convolution update, so static vertices keep the coarse geometry.
+
+Ablation switches (``DGMDConfig``): use_geometry, use_landmarks, use_flow, use_attention (off: a = 1),
+mapping "region" | "per_pixel". With neither motion cue enabled there is nothing to attend to and a = 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F_nn
+from torch import nn
+
+from microface.face.model import FaceModel, vertex_normals
+from microface.models import config_from_dict
+from microface.render import Camera, project_points, rasterize
+
+MAPPINGS = ("region", "per_pixel")
+LAPLACIANS = ("uniform", "cotangent")
+
+
+@dataclass
+class DGMDConfig:
+    """Sizes, scales and ablation switches of DGMD.
+
+    hidden: MLP / GCN width; gcn_layers: gated graph-convolution layers; max_offset_mm: bound of every offset
+    component (tanh); use_geometry / use_landmarks / use_flow: cue switches; use_attention: motion-attention gate
+    (off: a = 1); mapping: "region" (region-pooled flow) | "per_pixel" (per-vertex pixel average);
+    laplacian: "uniform" | "cotangent"; landmark_sigma_mm: width of the landmark spreading kernel on the template;
+    flow_scale_px: pixels of flow / landmark residual mapped to 1.0 in the features; gate_scale_px: motion (px)
+    at which the gate's magnitude term reaches tanh(1) = 0.76; position_scale_mm, laplacian_scale_mm: feature
+    normalisers; render_blur_px: blur radius of the internal rasterization (only when pix_to_face is not given).
+    """
+
+    hidden: int = 64
+    gcn_layers: int = 2
+    max_offset_mm: float = 2.0
+    use_geometry: bool = True
+    use_landmarks: bool = True
+    use_flow: bool = True
+    use_attention: bool = True
+    mapping: str = "region"
+    laplacian: str = "uniform"
+    landmark_sigma_mm: float = 8.0
+    flow_scale_px: float = 1.0
+    gate_scale_px: float = 0.05
+    position_scale_mm: float = 80.0
+    laplacian_scale_mm: float = 1.0
+    render_blur_px: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.mapping not in MAPPINGS:
+            raise ValueError(f"dgmd mapping: expected one of {MAPPINGS}, got {self.mapping!r}")
+        if self.laplacian not in LAPLACIANS:
+            raise ValueError(f"dgmd laplacian: expected one of {LAPLACIANS}, got {self.laplacian!r}")
+        if not (self.use_geometry or self.use_landmarks or self.use_flow):
+            raise ValueError("dgmd: every cue is switched off (use_geometry, use_landmarks, use_flow); enable one")
+        for name in ("max_offset_mm", "landmark_sigma_mm", "flow_scale_px", "gate_scale_px", "position_scale_mm",
+                     "laplacian_scale_mm", "render_blur_px"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"dgmd {name}: expected > 0, got {getattr(self, name)}")
+        if self.hidden < 1 or self.gcn_layers < 0:
+            raise ValueError(f"dgmd: expected hidden >= 1 and gcn_layers >= 0, got {self.hidden}, {self.gcn_layers}")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "DGMDConfig":
+        """Build from a config mapping (keys as the fields); unknown keys raise ValueError."""
+        return config_from_dict(cls, values, "dgmd")
+
+
+# ------------------------------------------------------------------------------------------ mesh topology
+def mesh_edges(faces: torch.Tensor) -> torch.Tensor:
+    """Unique undirected edges of a triangle mesh. faces (F, 3) long -> (2, E) long with edges[0] < edges[1]."""
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"faces: expected (F, 3), got {tuple(faces.shape)}")
+    faces = faces.long()
+    pairs = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], dim=0)
+    pairs = torch.sort(pairs, dim=1).values
+    return torch.unique(pairs, dim=0).T.contiguous()
+
+
+def face_adjacency(faces: torch.Tensor) -> torch.Tensor:
+    """Pairs of faces sharing an edge. faces (F, 3) -> (2, P) long face indices.
+
+    A non-manifold edge shared by k > 2 faces contributes its k - 1 consecutive pairs.
+    """
+    faces = faces.long()
+    n_faces = faces.shape[0]
+    n_vertices = int(faces.max()) + 1 if faces.numel() else 1
+    u = torch.cat([faces[:, 0], faces[:, 1], faces[:, 2]])
+    v = torch.cat([faces[:, 1], faces[:, 2], faces[:, 0]])
+    key = torch.minimum(u, v) * n_vertices + torch.maximum(u, v)
+    owner = torch.arange(n_faces, device=faces.device).repeat(3)
+    order = torch.argsort(key, stable=True)
+    key, owner = key[order], owner[order]
+    same = key[1:] == key[:-1]
+    return torch.stack([owner[:-1][same], owner[1:][same]])
+
+
+def uniform_laplacian_coordinates(vertices: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """delta_i = v_i - mean of the neighbours of i. vertices (B, V, 3), edges (2, E) undirected -> (B, V, 3).
+
+    Isolated vertices get delta = 0.
+    """
+    src = torch.cat([edges[0], edges[1]])
+    dst = torch.cat([edges[1], edges[0]])
+    V = vertices.shape[1]
+    neighbour_sum = torch.zeros_like(vertices).index_add(1, dst, vertices[:, src])
+    degree = torch.zeros(V, dtype=vertices.dtype, device=vertices.device).index_add(
+        0, dst, torch.ones_like(dst, dtype=vertices.dtype))
+    mean = neighbour_sum / degree.clamp_min(1.0)[None, :, None]
+    return torch.where((degree > 0)[None, :, None], vertices - mean, torch.zeros_like(vertices))
+
+
+def cotangent_laplacian_coordinates(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """delta_i = v_i - sum_j w_ij v_j / sum_j w_ij with cotangent weights of the mesh itself.
+
+    vertices (B, V, 3), faces (F, 3) -> (B, V, 3). w_ij = (cot alpha + cot beta) / 2, clamped at 0: obtuse
+    triangles give negative weights whose normalisation can blow up, and a Laplacian feature only needs to
+    be a stable smoothness descriptor.
+    """
+    faces = faces.long()
+    delta_sum = torch.zeros_like(vertices)
+    weight_sum = torch.zeros(vertices.shape[:2], dtype=vertices.dtype, device=vertices.device)
+    corners = [vertices[:, faces[:, k]] for k in range(3)]  # each (B, F, 3)
+    for k in range(3):
+        i, j = (k + 1) % 3, (k + 2) % 3  # edge (i, j) is opposite corner k
+        a, b = corners[i] - corners[k], corners[j] - corners[k]
+        cot = (a * b).sum(-1) / torch.cross(a, b, dim=-1).norm(dim=-1).clamp_min(1e-12)
+        w = (0.5 * cot).clamp_min(0.0)  # (B, F)
+        for s, t in ((i, j), (j, i)):
+            delta_sum = delta_sum.index_add(1, faces[:, s], w[..., None] * corners[t])
+            weight_sum = weight_sum.index_add(1, faces[:, s], w)
+    mean = delta_sum / weight_sum.clamp_min(1e-12)[..., None]
+    return torch.where((weight_sum > 0)[..., None], vertices - mean, torch.zeros_like(vertices))
+
+
+def normalized_adjacency(edges: torch.Tensor, n_vertices: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kipf & Welling's D^-1/2 (A + I) D^-1/2 as a sparse list.
+
+    edges (2, E) undirected -> (index (2, 2E + V) [source, target], weight (2E + V,)).
+    """
+    loops = torch.arange(n_vertices, device=edges.device)
+    src = torch.cat([edges[0], edges[1], loops])
+    dst = torch.cat([edges[1], edges[0], loops])
+    degree = torch.zeros(n_vertices, device=edges.device).index_add(0, dst, torch.ones(dst.shape[0], device=edges.device))
+    weight = degree[src].rsqrt() * degree[dst].rsqrt()
+    return torch.stack([src, dst]), weight
+
+
+def propagate(features: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Sparse neighbourhood aggregation out[:, t] = sum_s weight[s->t] * features[:, s].
+
+    features (B, V, C), index (2, N) [source, target], weight (N,) -> (B, V, C).
+    """
+    messages = features[:, index[0]] * weight.to(features.dtype)[None, :, None]
+    return torch.zeros_like(features).index_add(1, index[1], messages)
+
+
+# ------------------------------------------------------------------------------------------ regions
+def vertex_region_labels(regions: dict[str, torch.Tensor], n_vertices: int) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """Region index of every vertex. regions: name -> (K,) vertex indices -> (labels (V,) long, names (R,)).
+
+    Vertices in no region get an extra last region "other" (only added when some vertex needs it); a vertex
+    listed in several regions keeps the first.
+    """
+    labels = torch.full((n_vertices,), -1, dtype=torch.long)
+    names = list(regions)
+    for r, name in enumerate(names):
+        idx = torch.as_tensor(regions[name], dtype=torch.long).cpu()
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_vertices):
+            raise ValueError(f"region {name!r}: indices must lie in [0, {n_vertices}), found "
+                             f"[{int(idx.min())}, {int(idx.max())}]")
+        free = idx[labels[idx] < 0]
+        labels[free] = r
+    if bool((labels < 0).any()):
+        labels[labels < 0] = len(names)
+        names.append("other")
+    return labels, tuple(names)
+
+
+def face_region_map(faces: torch.Tensor, vertex_region: torch.Tensor, n_regions: int) -> torch.Tensor:
+    """Region of each face by majority vote of its three vertices, ties to the smallest region index.
+
+    faces (F, 3), vertex_region (V,) long in [0, n_regions) -> (F,) long.
+    """
+    labels = vertex_region.to(faces.device)[faces.long()]  # (F, 3)
+    votes = F_nn.one_hot(labels, n_regions).sum(1)  # (F, R)
+    return votes.argmax(dim=1)  # argmax returns the first maximum: the smallest region index on ties
+
+
+# ------------------------------------------------------------------------------------------ cues
+def _check_flow(flow: torch.Tensor) -> None:
+    if flow.ndim != 4 or flow.shape[1] != 2:
+        raise ValueError(f"flow: expected (B, 2, H, W) onset->t in pixels, got {tuple(flow.shape)}")
+
+
+def _check_pix_to_face(pix_to_face: torch.Tensor, flow: torch.Tensor) -> None:
+    B, _, H, W = flow.shape
+    if pix_to_face.shape != (B, H, W, 1):
+        raise ValueError(f"pix_to_face: expected ({B}, {H}, {W}, 1) to match the flow, got {tuple(pix_to_face.shape)}")
+
+
+def sample_at_points(image: torch.Tensor, points_px: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup of a per-pixel field at sub-pixel points, zero outside the image.
+
+    image (B, C, H, W); points_px (B, N, 2) as (x right, y down) pixels, pixel (i, j) centred at (j+0.5, i+0.5)
+    -> (B, N, C). Differentiable w.r.t. the image and the points.
+    """
+    if image.ndim != 4 or points_px.ndim != 3 or points_px.shape[-1] != 2 or points_px.shape[0] != image.shape[0]:
+        raise ValueError(f"sample_at_points: expected image (B, C, H, W) and points (B, N, 2), got "
+                         f"{tuple(image.shape)} and {tuple(points_px.shape)}")
+    H, W = image.shape[-2:]
+    # align_corners=False puts -1 / +1 on the outer pixel edges, i.e. x_norm = 2 x_px / W - 1
+    grid = torch.stack([2.0 * points_px[..., 0] / W - 1.0, 2.0 * points_px[..., 1] / H - 1.0], dim=-1)
+    sampled = F_nn.grid_sample(image, grid[:, :, None].to(image.dtype), mode="bilinear", padding_mode="zeros",
+                               align_corners=False)
+    return sampled[..., 0].transpose(1, 2)
+
+
+def region_pool_flow(flow: torch.Tensor, pix_to_face: torch.Tensor, face_region: torch.Tensor,
+                     n_regions: int) -> torch.Tensor:
+    """Mean flow over the pixels each face region covers.
+
+    flow (B, 2, H, W); pix_to_face (B, H, W, 1) packed ``b * F + f``, -1 background; face_region (F,) long in
+    [0, n_regions) -> (B, R, 2). A region covering no pixel gets 0. Differentiable w.r.t. the flow.
+    """
+    _check_flow(flow)
+    _check_pix_to_face(pix_to_face, flow)
+    B, _, H, W = flow.shape
+    n_faces = face_region.shape[0]
+    p2f = pix_to_face.reshape(-1)
+    fg = torch.nonzero(p2f >= 0, as_tuple=True)[0]
+    if fg.numel() and int(p2f[fg].max()) >= B * n_faces:
+        raise ValueError(f"pix_to_face holds index {int(p2f[fg].max())} >= B * F = {B * n_faces}: "
+                         "face_region does not match the rasterized mesh")
+    batch = p2f[fg] // n_faces
+    slot = batch * n_regions + face_region.to(p2f.device)[p2f[fg] % n_faces]  # (P,) in [0, B*R)
+    values = flow.permute(0, 2, 3, 1).reshape(-1, 2)[fg]
+    sums = torch.zeros(B * n_regions, 2, dtype=flow.dtype, device=flow.device).index_add(0, slot, values)
+    counts = torch.zeros(B * n_regions, dtype=flow.dtype, device=flow.device).index_add(
+        0, slot, torch.ones_like(slot, dtype=flow.dtype))
+    return (sums / counts.clamp_min(1.0)[:, None]).reshape(B, n_regions, 2)
+
+
+def per_pixel_vertex_flow(flow: torch.Tensor, pix_to_face: torch.Tensor, faces: torch.Tensor,
+                          n_vertices: int) -> torch.Tensor:
+    """Per-pixel mapping (ablation): each vertex averages the flow of the pixels whose face contains it.
+
+    flow (B, 2, H, W); pix_to_face (B, H, W, 1) packed, -1 background; faces (F, 3) -> (B, V, 2); vertices on
+    no visible face get 0. Differentiable w.r.t. the flow.
+    """
+    _check_flow(flow)
+    _check_pix_to_face(pix_to_face, flow)
+    B = flow.shape[0]
+    n_faces = faces.shape[0]
+    p2f = pix_to_face.reshape(-1)
+    fg = torch.nonzero(p2f >= 0, as_tuple=True)[0]
+    batch = p2f[fg] // n_faces
+    corners = faces.long().to(p2f.device)[p2f[fg] % n_faces]  # (P, 3)
+    slot = (batch[:, None] * n_vertices + corners).reshape(-1)  # (3P,)
+    values = flow.permute(0, 2, 3, 1).reshape(-1, 2)[fg].repeat_interleave(3, dim=0)
+    sums = torch.zeros(B * n_vertices, 2, dtype=flow.dtype, device=flow.device).index_add(0, slot, values)
+    counts = torch.zeros(B * n_vertices, dtype=flow.dtype, device=flow.device).index_add(
+        0, slot, torch.ones_like(slot, dtype=flow.dtype))
+    return (sums / counts.clamp_min(1.0)[:, None]).reshape(B, n_vertices, 2)
+
+
+def landmark_spread_weights(template: torch.Tensor, landmark_vertices: torch.Tensor, sigma_mm: float) -> torch.Tensor:
+    """Fixed kernel spreading the 68 landmark residuals to the mesh.
+
+    template (V, 3) mm, landmark_vertices (L,) vertex indices -> (V, L) weights
+    ``g_vl / max(sum_l g_vl, 1)`` with ``g_vl = exp(-|x_v - x_l|^2 / (2 sigma^2))``: near landmarks a weighted
+    average of their residuals, far from every landmark the weights (and the cue) fade to zero.
+    """
+    distance2 = (template[:, None, :] - template[landmark_vertices][None, :, :]).pow(2).sum(-1)
+    g = torch.exp(-distance2 / (2.0 * sigma_mm**2))
+    return g / g.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+def spread_landmark_residual(residual: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """residual (B, L, 2) pixels, weights (V, L) -> per-vertex residual (B, V, 2) pixels."""
+    if residual.ndim != 3 or residual.shape[-1] != 2 or residual.shape[1] != weights.shape[1]:
+        raise ValueError(f"residual: expected (B, {weights.shape[1]}, 2), got {tuple(residual.shape)}")
+    # out[b, v, k] = sum_l weights[v, l] * residual[b, l, k]
+    return torch.einsum("vl,blk->bvk", weights.to(residual.dtype), residual)
+
+
+def landmark_anchor_vertices(face_model: FaceModel) -> torch.Tensor:
+    """Vertex index standing for each landmark: ``face_model.landmark_indices`` when the model has them
+    (the open model), else the template vertex nearest each neutral landmark (FLAME's barycentric ones). -> (L,)."""
+    indices = getattr(face_model, "landmark_indices", None)
+    if isinstance(indices, torch.Tensor):
+        return indices.long().cpu()
+    with torch.no_grad():
+        shape, expression, pose = face_model.zero_params(1)
+        landmarks = face_model(shape, expression, pose).landmarks[0]
+    if not bool(torch.isfinite(landmarks).all()):
+        raise ValueError("landmark_anchor_vertices: the face model's landmarks are NaN (no landmark embedding); "
+                         "set dgmd use_landmarks: false or supply the model's landmark file")
+    return torch.cdist(landmarks.float(), face_model.v_template.float()).argmin(dim=1).cpu()
+
+
+@dataclass
+class VertexCues:
+    """Per-vertex inputs of DGMD (None where switched off).
+
+    geometry (B, V, 9): position / scale, normal, Laplacian coordinates / scale; landmark (B, V, 2) px: spread
+    landmark residual; vertex_flow (B, V, 2) px: flow at the onset projection; pooled_flow (B, V, 2) px: region
+    (or per-pixel) pooled flow.
+    """
+
+    geometry: torch.Tensor | None
+    landmark: torch.Tensor | None
+    vertex_flow: torch.Tensor | None
+    pooled_flow: torch.Tensor | None
+
+    def motion_magnitudes(self) -> torch.Tensor | None:
+        """|cue| in pixels of each enabled motion cue, (B, V, K), or None without motion cues."""
+        mags = [c.norm(dim=-1) for c in (self.landmark, self.vertex_flow, self.pooled_flow) if c is not None]
+        return torch.stack(mags, dim=-1) if mags else None
+
+
+# ------------------------------------------------------------------------------------------ modules
+class GatedGraphConv(nn.Module):
+    """h + gate * SiLU(A_hat h W + b), A_hat the normalised adjacency (Kipf & Welling).
+
+    Hand-written rather than torch-geometric's GCNConv: the topology is fixed and shared by the whole batch,
+    so one precomputed sparse list serves (B, V, C) directly, with no per-graph batching.
+    h (B, V, C), gate (B, V), index (2, N), weight (N,) -> (B, V, C).
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.linear = nn.Linear(channels, channels)
+
+    def forward(self, h: torch.Tensor, gate: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return h + gate[..., None] * F_nn.silu(propagate(self.linear(h), index, weight))
+
+
+class MotionAttention(nn.Module):
+    """a = tanh(sum(magnitudes) / gate_scale) * sigmoid(MLP(magnitudes / flow_scale)); magnitudes (B, V, K) px
+    -> (B, V) in [0, 1), exactly 0 where every magnitude is 0."""
+
+    def __init__(self, n_cues: int, hidden: int, gate_scale_px: float, flow_scale_px: float):
+        super().__init__()
+        self.gate_scale_px = gate_scale_px
+        self.flow_scale_px = flow_scale_px
+        self.mlp = nn.Sequential(nn.Linear(n_cues, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def forward(self, magnitudes: torch.Tensor) -> torch.Tensor:
+        strength = torch.tanh(magnitudes.sum(-1) / self.gate_scale_px)
+        return strength * torch.sigmoid(self.mlp(magnitudes / self.flow_scale_px))[..., 0]
+
+
+@dataclass
+class DGMDOutput:
+    """vertices (B, V, 3) refined mm; offsets (B, V, 3) mm; gate (B, V) motion attention; cues: VertexCues."""
+
+    vertices: torch.Tensor
+    offsets: torch.Tensor
+    gate: torch.Tensor
+    cues: VertexCues
+
+
+class DGMD(nn.Module):
+    """Dynamic-guided mesh deformation on a fixed face-model topology (see the module docstring).
+
+    forward(coarse_vertices (B,V,3) mm world, camera (batch B), flow_onset_to_t (B,2,H,W) px | None,
+    landmarks2d (B,68,2) px | None, onset_vertices (B,V,3) | None, pix_to_face (B,H,W,1) | None) -> DGMDOutput.
+    """
+
+    def __init__(self, face_model: FaceModel, config: DGMDConfig | None = None):
+        super().__init__()
+        self.config = config = config if config is not None else DGMDConfig()
+        faces = face_model.faces.detach().long().cpu()
+        template = face_model.v_template.detach().float().cpu()
+        n_vertices = template.shape[0]
+        self.n_vertices = n_vertices
+        edges = mesh_edges(faces)
+        gcn_index, gcn_weight = normalized_adjacency(edges, n_vertices)
+        vertex_region, self.region_names = vertex_region_labels(face_model.regions, n_vertices)
+        self.n_regions = len(self.region_names)
+        self.register_buffer("faces", faces)
+        self.register_buffer("edges", edges)
+        self.register_buffer("gcn_index", gcn_index)
+        self.register_buffer("gcn_weight", gcn_weight)
+        self.register_buffer("vertex_region", vertex_region)
+        self.register_buffer("face_region", face_region_map(faces, vertex_region, self.n_regions))
+        try:
+            anchors = landmark_anchor_vertices(face_model)
+        except ValueError:
+            if config.use_landmarks:
+                raise
+            anchors = None  # no landmark cue and no landmark loss for this model
+        self.register_buffer("landmark_vertices", anchors)
+        if config.use_landmarks:
+            self.register_buffer("landmark_weights", landmark_spread_weights(template, anchors, config.landmark_sigma_mm))
+        in_features = 9 * config.use_geometry + 2 * config.use_landmarks + 4 * config.use_flow
+        n_motion = 1 * config.use_landmarks + 2 * config.use_flow
+        self.fusion = nn.Sequential(nn.Linear(in_features, config.hidden), nn.SiLU(),
+                                    nn.Linear(config.hidden, config.hidden), nn.SiLU())
+        self.layers = nn.ModuleList(GatedGraphConv(config.hidden) for _ in range(config.gcn_layers))
+        self.attention = (MotionAttention(n_motion, config.hidden, config.gate_scale_px, config.flow_scale_px)
+                          if config.use_attention and n_motion > 0 else None)
+        self.head = nn.Linear(config.hidden, 3)
+        # small initial offsets: an untrained DGMD stays close to the coarse mesh
+        with torch.no_grad():
+            self.head.weight.mul_(0.1)
+            self.head.bias.zero_()
+
+    # -------------------------------------------------------------------------------------- cues
+    def rasterize_faces(self, vertices: torch.Tensor, camera: Camera, image_size: tuple[int, int]) -> torch.Tensor:
+        """pix_to_face (B, H, W, 1) of the mesh ``vertices`` (B, V, 3) seen by ``camera`` (no gradient)."""
+        with torch.no_grad():
+            screen = project_points(vertices.detach(), camera)
+            return rasterize(screen, self.faces, image_size, self.config.render_blur_px, camera.is_perspective).pix_to_face
+
+    def geometry_cue(self, vertices: torch.Tensor) -> torch.Tensor:
+        """vertices (B, V, 3) mm -> (B, V, 9) [centred position / scale, normal, Laplacian / scale]."""
+        c = self.config
+        if c.laplacian == "uniform":
+            laplacian = uniform_laplacian_coordinates(vertices, self.edges)
+        else:
+            laplacian = cotangent_laplacian_coordinates(vertices, self.faces)
+        position = (vertices - vertices.mean(dim=1, keepdim=True)) / c.position_scale_mm
+        return torch.cat([position, vertex_normals(vertices, self.faces), laplacian / c.laplacian_scale_mm], dim=-1)
+
+    def landmark_cue(self, vertices: torch.Tensor, camera: Camera, landmarks2d: torch.Tensor) -> torch.Tensor:
+        """Spread residual (B, V, 2) px of detected landmarks2d (B, L, 2) vs the projected anchors of ``vertices``."""
+        anchors = self.landmark_vertices
+        if landmarks2d.shape != (vertices.shape[0], anchors.shape[0], 2):
+            raise ValueError(f"landmarks2d: expected ({vertices.shape[0]}, {anchors.shape[0]}, 2) pixels, got "
+                             f"{tuple(landmarks2d.shape)}")
+        projected = project_points(vertices[:, anchors], camera)[..., :2]
+        return spread_landmark_residual(landmarks2d.to(projected.dtype) - projected, self.landmark_weights)
+
+    def flow_cues(self, onset_vertices: torch.Tensor, camera: Camera, flow: torch.Tensor,
+                  pix_to_face: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vertex flow (B, V, 2), pooled flow (B, V, 2)) px from flow (B, 2, H, W) anchored at the onset mesh."""
+        _check_flow(flow)
+        if flow.shape[0] != onset_vertices.shape[0]:
+            raise ValueError(f"flow: expected batch {onset_vertices.shape[0]}, got {flow.shape[0]}")
+        if pix_to_face is None:
+            pix_to_face = self.rasterize_faces(onset_vertices, camera, tuple(flow.shape[-2:]))
+        onset_px = project_points(onset_vertices, camera)[..., :2].detach()
+        vertex_flow = sample_at_points(flow, onset_px)
+        if self.config.mapping == "region":
+            pooled = region_pool_flow(flow, pix_to_face, self.face_region, self.n_regions)[:, self.vertex_region]
+        else:
+            pooled = per_pixel_vertex_flow(flow, pix_to_face, self.faces, self.n_vertices)
+        return vertex_flow, pooled
+
+    def cues(self, coarse_vertices: torch.Tensor, camera: Camera, flow_onset_to_t: torch.Tensor | None = None,
+             landmarks2d: torch.Tensor | None = None, onset_vertices: torch.Tensor | None = None,
+             pix_to_face: torch.Tensor | None = None) -> VertexCues:
+        """All enabled cues (see ``VertexCues``). A switched-on cue whose input is None raises ValueError."""
+        c = self.config
+        if coarse_vertices.ndim != 3 or coarse_vertices.shape[1:] != (self.n_vertices, 3):
+            raise ValueError(f"coarse_vertices: expected (B, {self.n_vertices}, 3), got {tuple(coarse_vertices.shape)}")
+        if camera.batch_size != coarse_vertices.shape[0]:
+            raise ValueError(f"camera: expected batch {coarse_vertices.shape[0]}, got {camera.batch_size}")
+        onset_vertices = coarse_vertices if onset_vertices is None else onset_vertices
+        if onset_vertices.shape != coarse_vertices.shape:
+            raise ValueError(f"onset_vertices: expected {tuple(coarse_vertices.shape)}, got {tuple(onset_vertices.shape)}")
+        geometry = self.geometry_cue(coarse_vertices) if c.use_geometry else None
+        landmark = vertex_flow = pooled = None
+        if c.use_landmarks:
+            if landmarks2d is None:
+                raise ValueError("dgmd: use_landmarks is on but landmarks2d is None; pass (B, 68, 2) detections")
+            landmark = self.landmark_cue(coarse_vertices, camera, landmarks2d)
+        if c.use_flow:
+            if flow_onset_to_t is None:
+                raise ValueError("dgmd: use_flow is on but flow_onset_to_t is None; pass (B, 2, H, W) flow")
+            vertex_flow, pooled = self.flow_cues(onset_vertices, camera, flow_onset_to_t.to(coarse_vertices.dtype),
+                                                 pix_to_face)
+        return VertexCues(geometry=geometry, landmark=landmark, vertex_flow=vertex_flow, pooled_flow=pooled)
+
+    # -------------------------------------------------------------------------------------- forward
+    def gate(self, cues: VertexCues, like: torch.Tensor) -> torch.Tensor:
+        """Motion-attention gate (B, V); ones when attention is off or there is no motion cue."""
+        magnitudes = cues.motion_magnitudes()
+        if self.attention is None or magnitudes is None:
+            return torch.ones(like.shape[:2], dtype=like.dtype, device=like.device)
+        return self.attention(magnitudes)
+
+    def forward(self, coarse_vertices: torch.Tensor, camera: Camera, flow_onset_to_t: torch.Tensor | None = None,
+                landmarks2d: torch.Tensor | None = None, onset_vertices: torch.Tensor | None = None,
+                pix_to_face: torch.Tensor | None = None) -> DGMDOutput:
+        cues = self.cues(coarse_vertices, camera, flow_onset_to_t, landmarks2d, onset_vertices, pix_to_face)
+        scale = self.config.flow_scale_px
+        parts = [cues.geometry] + [x / scale for x in (cues.landmark, cues.vertex_flow, cues.pooled_flow) if x is not None]
+        h = self.fusion(torch.cat([p for p in parts if p is not None], dim=-1))
+        gate = self.gate(cues, coarse_vertices)
+        for layer in self.layers:
+            h = layer(h, gate, self.gcn_index, self.gcn_weight)
+        offsets = self.config.max_offset_mm * torch.tanh(self.head(h)) * gate[..., None]
+        return DGMDOutput(vertices=coarse_vertices + offsets, offsets=offsets, gate=gate, cues=cues)
+
+
+def build_dgmd(face_model: FaceModel, config: dict | DGMDConfig | None = None, seed: int = 0) -> DGMD:
+    """A seeded DGMD for ``face_model`` from a config mapping (DGMDConfig keys) or a DGMDConfig."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    cfg = config if isinstance(config, DGMDConfig) else DGMDConfig.from_dict(config)
+    return DGMD(face_model, cfg)
