@@ -35,7 +35,8 @@ def _vertex_map_figure(vertices, faces, values, title: str, label: str, cmap: st
     import matplotlib.pyplot as plt
     from matplotlib.tri import Triangulation
 
-    vertices, faces, values = _as_numpy(vertices).astype(float), _as_numpy(faces).astype(int), _as_numpy(values).astype(float)
+    vertices, faces = _as_numpy(vertices).astype(float), _as_numpy(faces).astype(int)
+    values = _as_numpy(values).astype(float)
     _check_mesh(vertices, faces, values)
     depth = vertices[faces, 2].mean(axis=1)
     order = np.argsort(depth)  # back to front: tripcolor paints in triangle order
@@ -110,7 +111,8 @@ def mesh_sequence_html(vertices, faces, path, values=None, title: str = "", incl
 
     frames = [go.Frame(data=[mesh(t)], name=str(t)) for t in range(T)]
     steps = [dict(method="animate", label=str(t),
-                  args=[[str(t)], dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))])
+                  args=[[str(t)], dict(mode="immediate", frame=dict(duration=0, redraw=True),
+                                       transition=dict(duration=0))])
              for t in range(T)]
     play = dict(type="buttons", showactive=False, x=0.0, y=0.0, xanchor="left", yanchor="top",
                 buttons=[dict(label="play", method="animate",

@@ -68,8 +68,9 @@ def projected_displacement(vertices_t: torch.Tensor, vertices_onset: torch.Tenso
     return project_points(vertices_t, camera)[..., :2] - project_points(vertices_onset, camera)[..., :2]
 
 
-def flow_guided_loss(refined_t: torch.Tensor, refined_onset: torch.Tensor, camera: Camera, flow_onset_to_t: torch.Tensor,
-                     visible: torch.Tensor | None = None, eps: float = 1e-3) -> torch.Tensor:
+def flow_guided_loss(refined_t: torch.Tensor, refined_onset: torch.Tensor, camera: Camera,
+                     flow_onset_to_t: torch.Tensor, visible: torch.Tensor | None = None,
+                     eps: float = 1e-3) -> torch.Tensor:
     """Projected motion of the refined mesh vs the observed flow, over visible vertices.
 
     refined_t, refined_onset (B, V, 3) mm; camera (batch B); flow_onset_to_t (B, 2, H, W) px, sampled at each
@@ -80,7 +81,8 @@ def flow_guided_loss(refined_t: torch.Tensor, refined_onset: torch.Tensor, camer
     """
     _check_meshes(refined_t, refined_onset)
     if flow_onset_to_t.ndim != 4 or flow_onset_to_t.shape[:2] != (refined_t.shape[0], 2):
-        raise ValueError(f"flow_onset_to_t: expected ({refined_t.shape[0]}, 2, H, W), got {tuple(flow_onset_to_t.shape)}")
+        raise ValueError(f"flow_onset_to_t: expected ({refined_t.shape[0]}, 2, H, W), got "
+                         f"{tuple(flow_onset_to_t.shape)}")
     onset_px = project_points(refined_onset, camera)[..., :2]
     motion = project_points(refined_t, camera)[..., :2] - onset_px
     observed = sample_at_points(flow_onset_to_t.to(motion.dtype), onset_px.detach())
@@ -95,7 +97,8 @@ def flow_guided_loss(refined_t: torch.Tensor, refined_onset: torch.Tensor, camer
     return (per_vertex * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def vertex_visibility(vertices: torch.Tensor, camera: Camera, zbuf: torch.Tensor, tolerance_mm: float = 1.5) -> torch.Tensor:
+def vertex_visibility(vertices: torch.Tensor, camera: Camera, zbuf: torch.Tensor,
+                      tolerance_mm: float = 1.5) -> torch.Tensor:
     """Vertices that project inside the image and are not hidden in the depth buffer.
 
     vertices (B, V, 3) mm; camera (batch B); zbuf (B, H, W, 1) from ``rasterize`` of the same mesh -> (B, V) bool.

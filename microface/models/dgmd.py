@@ -163,7 +163,8 @@ def normalized_adjacency(edges: torch.Tensor, n_vertices: int) -> tuple[torch.Te
     loops = torch.arange(n_vertices, device=edges.device)
     src = torch.cat([edges[0], edges[1], loops])
     dst = torch.cat([edges[1], edges[0], loops])
-    degree = torch.zeros(n_vertices, device=edges.device).index_add(0, dst, torch.ones(dst.shape[0], device=edges.device))
+    ones = torch.ones(dst.shape[0], device=edges.device)
+    degree = torch.zeros(n_vertices, device=edges.device).index_add(0, dst, ones)
     weight = degree[src].rsqrt() * degree[dst].rsqrt()
     return torch.stack([src, dst]), weight
 
@@ -415,7 +416,8 @@ class DGMD(nn.Module):
             anchors = None  # no landmark cue and no landmark loss for this model
         self.register_buffer("landmark_vertices", anchors)
         if config.use_landmarks:
-            self.register_buffer("landmark_weights", landmark_spread_weights(template, anchors, config.landmark_sigma_mm))
+            spread = landmark_spread_weights(template, anchors, config.landmark_sigma_mm)
+            self.register_buffer("landmark_weights", spread)
         in_features = 9 * config.use_geometry + 2 * config.use_landmarks + 4 * config.use_flow
         n_motion = 1 * config.use_landmarks + 2 * config.use_flow
         self.fusion = nn.Sequential(nn.Linear(in_features, config.hidden), nn.SiLU(),
@@ -434,7 +436,8 @@ class DGMD(nn.Module):
         """pix_to_face (B, H, W, 1) of the mesh ``vertices`` (B, V, 3) seen by ``camera`` (no gradient)."""
         with torch.no_grad():
             screen = project_points(vertices.detach(), camera)
-            return rasterize(screen, self.faces, image_size, self.config.render_blur_px, camera.is_perspective).pix_to_face
+            fragments = rasterize(screen, self.faces, image_size, self.config.render_blur_px, camera.is_perspective)
+            return fragments.pix_to_face
 
     def geometry_cue(self, vertices: torch.Tensor) -> torch.Tensor:
         """vertices (B, V, 3) mm -> (B, V, 9) [centred position / scale, normal, Laplacian / scale]."""
@@ -482,7 +485,8 @@ class DGMD(nn.Module):
             raise ValueError(f"camera: expected batch {coarse_vertices.shape[0]}, got {camera.batch_size}")
         onset_vertices = coarse_vertices if onset_vertices is None else onset_vertices
         if onset_vertices.shape != coarse_vertices.shape:
-            raise ValueError(f"onset_vertices: expected {tuple(coarse_vertices.shape)}, got {tuple(onset_vertices.shape)}")
+            raise ValueError(f"onset_vertices: expected {tuple(coarse_vertices.shape)}, got "
+                             f"{tuple(onset_vertices.shape)}")
         geometry = self.geometry_cue(coarse_vertices) if c.use_geometry else None
         landmark = vertex_flow = pooled = None
         if c.use_landmarks:
@@ -509,7 +513,8 @@ class DGMD(nn.Module):
                 pix_to_face: torch.Tensor | None = None) -> DGMDOutput:
         cues = self.cues(coarse_vertices, camera, flow_onset_to_t, landmarks2d, onset_vertices, pix_to_face)
         scale = self.config.flow_scale_px
-        parts = [cues.geometry] + [x / scale for x in (cues.landmark, cues.vertex_flow, cues.pooled_flow) if x is not None]
+        motion_cues = (cues.landmark, cues.vertex_flow, cues.pooled_flow)
+        parts = [cues.geometry] + [x / scale for x in motion_cues if x is not None]
         h = self.fusion(torch.cat([p for p in parts if p is not None], dim=-1))
         gate = self.gate(cues, coarse_vertices)
         for layer in self.layers:

