@@ -1,5 +1,7 @@
 # microface: the reproduce chain. `snakemake all --cores 2` runs the smoke profile; choose another with
 # `--configfile config/cpu.yaml` (or full.yaml on GPU nodes with `--profile profiles/slurm`).
+import os
+
 from snakemake.utils import validate
 
 configfile: "config/smoke.yaml"
@@ -10,6 +12,11 @@ RESULTS = f"results/{PROFILE}"
 CONFIG_FILE = f"config/{PROFILE}.yaml"
 NOTEBOOKS = f"{RESULTS}/notebooks"
 PAPERMILL = "papermill --log-output --no-progress-bar -k microface"
+
+
+def results_folder(wildcards, output):
+    """results/<profile>, inferred from the executed notebook's path (results/<profile>/notebooks/NAME)."""
+    return os.path.dirname(os.path.dirname(output.notebook))
 
 
 rule all:
@@ -28,8 +35,13 @@ rule data:
         index=f"{RESULTS}/index.csv",
     log:
         f"{RESULTS}/logs/00_data.log",
+    params:
+        papermill=PAPERMILL,
+        results=results_folder,
+    conda:
+        "environment.yml"
     shell:
-        "{PAPERMILL} {input.notebook} {output.notebook} -f {input.config} -p results_dir {RESULTS} > {log} 2>&1"
+        "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
 
 
 rule dem_pretrain:
@@ -43,8 +55,13 @@ rule dem_pretrain:
         gpu=1,
     log:
         f"{RESULTS}/logs/01_dem_pretrain.log",
+    params:
+        papermill=PAPERMILL,
+        results=results_folder,
+    conda:
+        "environment.yml"
     shell:
-        "{PAPERMILL} {input.notebook} {output.notebook} -f {input.config} -p results_dir {RESULTS} > {log} 2>&1"
+        "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
 
 
 rule mer:
@@ -59,5 +76,10 @@ rule mer:
         gpu=1,
     log:
         f"{RESULTS}/logs/03_mer.log",
+    params:
+        papermill=PAPERMILL,
+        results=results_folder,
+    conda:
+        "environment.yml"
     shell:
-        "{PAPERMILL} {input.notebook} {output.notebook} -f {input.config} -p results_dir {RESULTS} > {log} 2>&1"
+        "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"

@@ -65,7 +65,7 @@ def test_every_numbered_notebook_has_a_papermill_rule():
     snakefile = (ROOT / "Snakefile").read_text()
     for path in notebooks():
         assert f'notebook="notebooks/{path.name}"' in snakefile, f"{path.name} has no Snakemake rule"
-    assert snakefile.count("{PAPERMILL}") == len(notebooks())
+    assert snakefile.count("{params.papermill}") == len(notebooks())
 
 
 def test_project_root_found_from_notebooks_folder():
