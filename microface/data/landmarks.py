@@ -30,18 +30,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from microface.face.open_model import IBUG68_FROM_MEDIAPIPE as _IBUG68_INDICES
+
 N_MESH_LANDMARKS = 468
 
 # MediaPipe face-mesh index for each of the 68 iBUG points, in iBUG order. The face model imports it from here.
-IBUG68_FROM_MEDIAPIPE = np.array(
-    [127, 234, 93, 132, 58, 136, 150, 176, 152, 400, 379, 365, 288, 361, 323, 454, 356]  # contour 0-16
-    + [70, 63, 105, 66, 107, 336, 296, 334, 293, 300]  # brows 17-26
-    + [168, 197, 5, 4, 75, 97, 2, 326, 305]  # nose 27-35
-    + [33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380]  # eyes 36-47
-    + [61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91]  # outer mouth 48-59
-    + [78, 81, 13, 311, 308, 402, 14, 178],  # inner mouth 60-67
-    dtype=np.int64,
-)
+# The face model owns the mesh-to-iBUG mapping (its vertices are MediaPipe's landmark indices).
+IBUG68_FROM_MEDIAPIPE = np.asarray(_IBUG68_INDICES, dtype=np.int64)
 
 # iBUG index sets used for alignment: the eye on the image's left and the one on the image's right.
 IBUG_EYE_IMAGE_LEFT = np.arange(36, 42)
