@@ -297,7 +297,18 @@ def write_table(table: pd.DataFrame, out_dir: Path, name: str, markdown: bool = 
     """``table`` as ``out_dir/name.csv`` (and ``name.md``), each written to a temp file and renamed."""
     _write_text_atomic(table.to_csv(index=False), Path(out_dir) / f"{name}.csv")
     if markdown:
-        _write_text_atomic(table.to_markdown(index=False, floatfmt=".4f") + "\n", Path(out_dir) / f"{name}.md")
+        _write_text_atomic(markdown_table(table), Path(out_dir) / f"{name}.md")
+
+
+def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table (numbers right-aligned, floats with ``digits`` decimals)."""
+    def cell(value) -> str:
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    align = ["---:" if pd.api.types.is_numeric_dtype(table[c]) else ":---" for c in table.columns]
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
 
 
 def _check_run_description(out_dir: Path, description: dict) -> None:

@@ -15,6 +15,7 @@ from microface.coarse_benchmark import (
 )
 from microface.data.datasets import load_dataset
 from microface.face.open_model import OpenFaceModel
+from microface.models.dem_training import build_dem
 from microface.synth import config_for_profile, generate
 
 TINY = {
@@ -103,6 +104,10 @@ def test_per_frame_baseline_sees_one_frame_at_a_time():
         shuffled = model(frames[:, order], torch.zeros(1, 4, 2, 24, 24), times).expression
     assert out.shape == (1, 4, face_model.n_expression)
     torch.testing.assert_close(shuffled, out[:, order])
+    # baseline and DEM start from one seeded encoder, so only training tells them apart
+    dem_encoder = build_dem(face_model, {"channels": [8, 8], "hidden": 16}, None, seed=0).coarse_encoder.state_dict()
+    for name, value in model.coarse_encoder.state_dict().items():
+        torch.testing.assert_close(value, dem_encoder[name])
 
 
 def test_benchmark_end_to_end_and_resume(synth_root, tmp_path):
