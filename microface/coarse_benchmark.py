@@ -543,8 +543,9 @@ def plot_training_curves(curves: pd.DataFrame, path=None, terms: tuple[str, ...]
         axis.set_title(term)
         axis.set_xlabel("epoch (fine-tuning continues pretraining)")
         axis.set_yscale("log")
-    axes[0][0].legend(fontsize=7)
-    figure.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     if path is not None:
         _save_figure(figure, Path(path))
     return figure
