@@ -182,6 +182,21 @@ def parse_aus(value) -> tuple[list[str], list[str]]:
     return aus, sides
 
 
+def parse_timing(row, clip: str, where: str, names: tuple[str, str] = ("onset", "offset")) -> tuple[int, int | None, int]:
+    """(onset, apex, offset) frame numbers of a sheet row with ``onset``/``apex``/``offset`` fields.
+
+    apex may be None (a missing mark, filled later); a malformed value or a missing onset/offset raises a
+    ClipError naming the clip, the column names as the sheet spells them (``names``) and the sheet (``where``).
+    """
+    try:
+        onset, apex, offset = (parse_frame_value(v) for v in (row.onset, row.apex, row.offset))
+    except ValueError as err:
+        raise ClipError(clip, str(err)) from None
+    if onset is None or offset is None:
+        raise ClipError(clip, f"{names[0]} {row.onset!r} / {names[1]} {row.offset!r} missing in {where}")
+    return onset, apex, offset
+
+
 def clean_text(value) -> str:
     """A spreadsheet text cell, stripped and lower case ('' for an empty cell)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

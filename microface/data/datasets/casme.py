@@ -30,7 +30,7 @@ import pandas as pd
 from microface.data.clip import ClipRecord
 from microface.data.datasets._common import (
     ClassMap, ClipError, LoadReport, apply_class_map, build_record, check_on_error, check_root, clean_text,
-    find_frames_root, finish, guarded, list_frames, natural_key, parse_aus, parse_frame_value, resolve_class_map,
+    find_frames_root, finish, guarded, list_frames, natural_key, parse_aus, parse_timing, resolve_class_map,
     subject_number,
 )
 
@@ -107,12 +107,7 @@ def load_casme(root, *, frames_dir: str | Path | None = None, sheets: list[str] 
         def make(row=row, filename=filename, label=label) -> ClipRecord:
             subject = f"sub{subject_number(row.subject, label):02d}"
             key = f"casme/{subject}/{filename}"
-            try:
-                onset, apex, offset = (parse_frame_value(v) for v in (row.onset, row.apex, row.offset))
-            except ValueError as err:
-                raise ClipError(key, str(err)) from None
-            if onset is None or offset is None:
-                raise ClipError(key, f"OnsetF {row.onset!r} / OffsetF {row.offset!r} missing in {row.sheet}")
+            onset, apex, offset = parse_timing(row, key, str(row.sheet), ("OnsetF", "OffsetF"))
             frames, numbers = list_frames(frames_root / subject / filename, key)
             aus, sides = parse_aus(row.aus)
             return build_record(

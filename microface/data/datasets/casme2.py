@@ -36,7 +36,7 @@ import pandas as pd
 from microface.data.clip import ClipRecord
 from microface.data.datasets._common import (
     ClassMap, ClipError, LoadReport, apply_class_map, build_record, check_on_error, check_root, clean_text,
-    find_file, find_frames_root, finish, guarded, list_frames, natural_key, parse_aus, parse_frame_value,
+    find_file, find_frames_root, finish, guarded, list_frames, natural_key, parse_aus, parse_timing, 
     resolve_class_map, subject_number,
 )
 
@@ -104,12 +104,7 @@ def clip_records(table: pd.DataFrame, frames_root: Path, *, dataset: str = "casm
         def make(row=row, filename=filename, label=label) -> ClipRecord:
             subject = f"sub{subject_number(row.subject, label):02d}"
             key = f"{dataset}/{subject}/{filename}"
-            try:
-                onset, apex, offset = (parse_frame_value(v) for v in (row.onset, row.apex, row.offset))
-            except ValueError as err:
-                raise ClipError(key, str(err)) from None
-            if onset is None or offset is None:
-                raise ClipError(key, f"onset {row.onset!r} / offset {row.offset!r} missing in the coding sheet")
+            onset, apex, offset = parse_timing(row, key, "the coding sheet")
             frames, numbers = list_frames(frames_root / subject / filename, key)
             aus, sides = parse_aus(row.aus)
             return build_record(

@@ -28,7 +28,7 @@ import pandas as pd
 from microface.data.clip import ClipRecord
 from microface.data.datasets._common import (
     ClassMap, ClipError, LoadReport, apply_class_map, build_record, check_on_error, check_root, clean_text,
-    find_file, find_frames_root, finish, guarded, list_frames, natural_key, parse_aus, parse_frame_value,
+    find_file, find_frames_root, finish, guarded, list_frames, natural_key, parse_aus, parse_timing, 
     resolve_class_map, subject_number,
 )
 
@@ -108,12 +108,7 @@ def load_casme2x(root, *, kind: str = "micro", frames_dir: str | Path | None = N
                 folder = subject_folders.get(number, subject_folders.get(str(row.participant).strip()))
             subject = folder or f"s{number:02d}"
             key = f"casme2x/{subject}/{video}"
-            try:
-                onset, apex, offset = (parse_frame_value(v) for v in (row.onset, row.apex, row.offset))
-            except ValueError as err:
-                raise ClipError(key, str(err)) from None
-            if onset is None or offset is None:
-                raise ClipError(key, f"onset {row.onset!r} / offset {row.offset!r} missing in the code sheet")
+            onset, apex, offset = parse_timing(row, key, "the code sheet")
             frames, numbers = list_frames(_video_folder(frames_root / subject, video, key, video_folders), key)
             aus, sides = parse_aus(row.aus)
             return build_record(

@@ -28,7 +28,7 @@ import pandas as pd
 from microface.data.clip import ClipRecord
 from microface.data.datasets._common import (
     ClassMap, ClipError, LoadReport, apply_class_map, build_record, check_on_error, check_root, clean_text,
-    find_file, find_frames_root, finish, guarded, list_frames, natural_key, parse_aus, parse_frame_value,
+    find_file, find_frames_root, finish, guarded, list_frames, natural_key, parse_aus, parse_timing, 
     resolve_class_map,
 )
 
@@ -98,12 +98,7 @@ def load_casme3(root, *, kind: str = "micro", sheet_file: str = SHEET, sheet_nam
         label = f"casme3/row{row_no}/{subject}/{filename}"
 
         def make(row=row, subject=subject, filename=filename, label=label) -> ClipRecord:
-            try:
-                onset, apex, offset = (parse_frame_value(v) for v in (row.onset, row.apex, row.offset))
-            except ValueError as err:
-                raise ClipError(label, str(err)) from None
-            if onset is None or offset is None:
-                raise ClipError(label, f"Onset {row.onset!r} / Offset {row.offset!r} missing in the label sheet")
+            onset, apex, offset = parse_timing(row, label, "the label sheet", ("Onset", "Offset"))
             clip_id = f"{filename}_{onset}"
             key = f"casme3/{subject}/{clip_id}"
             video = frames_root / subject / filename
