@@ -23,6 +23,7 @@ rule all:
     input:
         f"{NOTEBOOKS}/00_data.ipynb",
         f"{NOTEBOOKS}/01_dem_pretrain.ipynb",
+        f"{NOTEBOOKS}/02_dgmd_refine.ipynb",
         f"{NOTEBOOKS}/03_mer.ipynb",
 
 
@@ -51,10 +52,32 @@ rule dem_pretrain:
         index=rules.data.output.index,
     output:
         notebook=f"{NOTEBOOKS}/01_dem_pretrain.ipynb",
+        table=f"{RESULTS}/dem/coarse_table.csv",
     resources:
         gpu=1,
     log:
         f"{RESULTS}/logs/01_dem_pretrain.log",
+    params:
+        papermill=PAPERMILL,
+        results=results_folder,
+    conda:
+        "environment.yml"
+    shell:
+        "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
+
+
+rule dgmd_refine:
+    input:
+        notebook="notebooks/02_dgmd_refine.ipynb",
+        config=CONFIG_FILE,
+        coarse=rules.dem_pretrain.output.table,
+    output:
+        notebook=f"{NOTEBOOKS}/02_dgmd_refine.ipynb",
+        table=f"{RESULTS}/dgmd/refine_table.csv",
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/02_dgmd_refine.log",
     params:
         papermill=PAPERMILL,
         results=results_folder,

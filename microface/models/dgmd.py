@@ -15,8 +15,11 @@ flow onset->t (pixels) and the detected 2D landmarks of frame t, DGMD builds per
 
 fuses them with a per-vertex MLP, runs gated residual graph convolutions over the mesh edges and decodes
 ``offsets = max_offset_mm * tanh(head(h)) * a``, where the motion-attention gate
-``a = tanh(motion / gate_scale_px) * sigmoid(MLP(motion magnitudes))`` is EXACTLY zero for a vertex with no
-flow and no landmark residual (``motion`` = sum of the enabled cue magnitudes in pixels). The same gate
+``a = tanh(relu(motion - gate_floor_px) / gate_scale_px) * sigmoid(MLP(motion magnitudes))`` is EXACTLY zero for
+a vertex whose motion cues are at most the floor (``motion`` = sum of the enabled cue magnitudes in pixels). By
+default (``motion_cues = "residual"``) the motion cues are what the coarse mesh does not explain: the flow minus
+the coarse mesh's own projected motion since the onset, and the change of the landmark residual since the onset;
+so where DEM already moves the face as the flow says, or nothing moves, DGMD leaves the mesh alone. The same gate
 multiplies every graph-convolution update, so static vertices keep the coarse geometry.
 
 Ablation switches (``DGMDConfig``): use_geometry, use_landmarks, use_flow, use_attention (off: a = 1),
@@ -37,6 +40,7 @@ from microface.render import Camera, project_points, rasterize
 
 MAPPINGS = ("region", "per_pixel")
 LAPLACIANS = ("uniform", "cotangent")
+MOTION_CUES = ("residual", "raw")
 
 
 @dataclass
@@ -49,7 +53,10 @@ class DGMDConfig:
     laplacian: "uniform" | "cotangent"; landmark_sigma_mm: width of the landmark spreading kernel on the template;
     flow_scale_px: pixels of flow / landmark residual mapped to 1.0 in the features; gate_scale_px: motion (px)
     at which the gate's magnitude term reaches tanh(1) = 0.76; position_scale_mm, laplacian_scale_mm: feature
-    normalisers; render_blur_px: blur radius of the internal rasterization (only when pix_to_face is not given).
+    normalisers; render_blur_px: blur radius of the internal rasterization (only when pix_to_face is not given);
+    motion_cues: "residual" (flow minus the coarse mesh's own projected motion onset->t, and the landmark residual
+    minus its onset value: what the coarse mesh has NOT explained) | "raw" (flow and landmark residual as given);
+    gate_floor_px: motion (px) below which the gate stays exactly shut (the noise level of the flow).
     """
 
     hidden: int = 64
@@ -67,10 +74,16 @@ class DGMDConfig:
     position_scale_mm: float = 80.0
     laplacian_scale_mm: float = 1.0
     render_blur_px: float = 0.5
+    motion_cues: str = "residual"
+    gate_floor_px: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mapping not in MAPPINGS:
             raise ValueError(f"dgmd mapping: expected one of {MAPPINGS}, got {self.mapping!r}")
+        if self.motion_cues not in MOTION_CUES:
+            raise ValueError(f"dgmd motion_cues: expected one of {MOTION_CUES}, got {self.motion_cues!r}")
+        if self.gate_floor_px < 0:
+            raise ValueError(f"dgmd gate_floor_px: expected >= 0, got {self.gate_floor_px}")
         if self.laplacian not in LAPLACIANS:
             raise ValueError(f"dgmd laplacian: expected one of {LAPLACIANS}, got {self.laplacian!r}")
         if not (self.use_geometry or self.use_landmarks or self.use_flow):
@@ -360,17 +373,18 @@ class GatedGraphConv(nn.Module):
 
 
 class MotionAttention(nn.Module):
-    """a = tanh(sum(magnitudes) / gate_scale) * sigmoid(MLP(magnitudes / flow_scale)); magnitudes (B, V, K) px
-    -> (B, V) in [0, 1), exactly 0 where every magnitude is 0."""
+    """a = tanh(relu(sum(magnitudes) - floor) / gate_scale) * sigmoid(MLP(magnitudes / flow_scale)); magnitudes
+    (B, V, K) px -> (B, V) in [0, 1), exactly 0 where the summed magnitude is at most ``floor_px``."""
 
-    def __init__(self, n_cues: int, hidden: int, gate_scale_px: float, flow_scale_px: float):
+    def __init__(self, n_cues: int, hidden: int, gate_scale_px: float, flow_scale_px: float, floor_px: float = 0.0):
         super().__init__()
         self.gate_scale_px = gate_scale_px
+        self.floor_px = floor_px
         self.flow_scale_px = flow_scale_px
         self.mlp = nn.Sequential(nn.Linear(n_cues, hidden), nn.SiLU(), nn.Linear(hidden, 1))
 
     def forward(self, magnitudes: torch.Tensor) -> torch.Tensor:
-        strength = torch.tanh(magnitudes.sum(-1) / self.gate_scale_px)
+        strength = torch.tanh(F_nn.relu(magnitudes.sum(-1) - self.floor_px) / self.gate_scale_px)
         return strength * torch.sigmoid(self.mlp(magnitudes / self.flow_scale_px))[..., 0]
 
 
@@ -388,7 +402,8 @@ class DGMD(nn.Module):
     """Dynamic-guided mesh deformation on a fixed face-model topology (see the module docstring).
 
     forward(coarse_vertices (B,V,3) mm world, camera (batch B), flow_onset_to_t (B,2,H,W) px | None,
-    landmarks2d (B,68,2) px | None, onset_vertices (B,V,3) | None, pix_to_face (B,H,W,1) | None) -> DGMDOutput.
+    landmarks2d (B,68,2) px | None, onset_vertices (B,V,3) | None, pix_to_face (B,H,W,1) | None,
+    onset_landmarks2d (B,68,2) px | None) -> DGMDOutput.
     """
 
     def __init__(self, face_model: FaceModel, config: DGMDConfig | None = None):
@@ -423,7 +438,8 @@ class DGMD(nn.Module):
         self.fusion = nn.Sequential(nn.Linear(in_features, config.hidden), nn.SiLU(),
                                     nn.Linear(config.hidden, config.hidden), nn.SiLU())
         self.layers = nn.ModuleList(GatedGraphConv(config.hidden) for _ in range(config.gcn_layers))
-        self.attention = (MotionAttention(n_motion, config.hidden, config.gate_scale_px, config.flow_scale_px)
+        self.attention = (MotionAttention(n_motion, config.hidden, config.gate_scale_px, config.flow_scale_px,
+                                          config.gate_floor_px)
                           if config.use_attention and n_motion > 0 else None)
         self.head = nn.Linear(config.hidden, 3)
         # small initial offsets: an untrained DGMD stays close to the coarse mesh
@@ -458,9 +474,24 @@ class DGMD(nn.Module):
         projected = project_points(vertices[:, anchors], camera)[..., :2]
         return spread_landmark_residual(landmarks2d.to(projected.dtype) - projected, self.landmark_weights)
 
+    def region_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean of per-vertex values (B, V, C) over each vertex's region, broadcast back -> (B, V, C)."""
+        B, V, C = values.shape
+        sums = values.new_zeros(B, self.n_regions, C).index_add_(1, self.vertex_region, values)
+        counts = torch.bincount(self.vertex_region, minlength=self.n_regions).clamp(min=1).to(values)
+        return (sums / counts[None, :, None])[:, self.vertex_region]
+
+    def coarse_motion_px(self, coarse_vertices: torch.Tensor, onset_vertices: torch.Tensor,
+                         camera: Camera) -> torch.Tensor:
+        """Projected motion onset -> t of the coarse mesh itself, (B, V, 2) px (no gradient: an input)."""
+        with torch.no_grad():
+            return (project_points(coarse_vertices, camera)[..., :2]
+                    - project_points(onset_vertices, camera)[..., :2])
+
     def flow_cues(self, onset_vertices: torch.Tensor, camera: Camera, flow: torch.Tensor,
                   pix_to_face: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vertex flow (B, V, 2), pooled flow (B, V, 2)) px from flow (B, 2, H, W) anchored at the onset mesh."""
+        """(vertex flow (B, V, 2), pooled flow (B, V, 2)) px from flow (B, 2, H, W) anchored at the onset mesh
+        (the raw flow; ``cues`` subtracts the coarse motion in "residual" mode)."""
         _check_flow(flow)
         if flow.shape[0] != onset_vertices.shape[0]:
             raise ValueError(f"flow: expected batch {onset_vertices.shape[0]}, got {flow.shape[0]}")
@@ -476,8 +507,13 @@ class DGMD(nn.Module):
 
     def cues(self, coarse_vertices: torch.Tensor, camera: Camera, flow_onset_to_t: torch.Tensor | None = None,
              landmarks2d: torch.Tensor | None = None, onset_vertices: torch.Tensor | None = None,
-             pix_to_face: torch.Tensor | None = None) -> VertexCues:
-        """All enabled cues (see ``VertexCues``). A switched-on cue whose input is None raises ValueError."""
+             pix_to_face: torch.Tensor | None = None, onset_landmarks2d: torch.Tensor | None = None) -> VertexCues:
+        """All enabled cues (see ``VertexCues``). A switched-on cue whose input is None raises ValueError.
+
+        In "residual" mode the flow cues are the flow minus the coarse mesh's own projected motion onset -> t
+        (region-averaged for the pooled cue), and, when ``onset_landmarks2d`` (B, 68, 2) is given, the landmark
+        cue is the residual at t minus the residual at the onset (a constant detector-vs-mesh bias cancels).
+        """
         c = self.config
         if coarse_vertices.ndim != 3 or coarse_vertices.shape[1:] != (self.n_vertices, 3):
             raise ValueError(f"coarse_vertices: expected (B, {self.n_vertices}, 3), got {tuple(coarse_vertices.shape)}")
@@ -493,11 +529,17 @@ class DGMD(nn.Module):
             if landmarks2d is None:
                 raise ValueError("dgmd: use_landmarks is on but landmarks2d is None; pass (B, 68, 2) detections")
             landmark = self.landmark_cue(coarse_vertices, camera, landmarks2d)
+            if c.motion_cues == "residual" and onset_landmarks2d is not None:
+                landmark = landmark - self.landmark_cue(onset_vertices, camera, onset_landmarks2d)
         if c.use_flow:
             if flow_onset_to_t is None:
                 raise ValueError("dgmd: use_flow is on but flow_onset_to_t is None; pass (B, 2, H, W) flow")
             vertex_flow, pooled = self.flow_cues(onset_vertices, camera, flow_onset_to_t.to(coarse_vertices.dtype),
                                                  pix_to_face)
+            if c.motion_cues == "residual":
+                explained = self.coarse_motion_px(coarse_vertices, onset_vertices, camera)
+                vertex_flow = vertex_flow - explained
+                pooled = pooled - (self.region_mean(explained) if c.mapping == "region" else explained)
         return VertexCues(geometry=geometry, landmark=landmark, vertex_flow=vertex_flow, pooled_flow=pooled)
 
     # -------------------------------------------------------------------------------------- forward
@@ -510,8 +552,9 @@ class DGMD(nn.Module):
 
     def forward(self, coarse_vertices: torch.Tensor, camera: Camera, flow_onset_to_t: torch.Tensor | None = None,
                 landmarks2d: torch.Tensor | None = None, onset_vertices: torch.Tensor | None = None,
-                pix_to_face: torch.Tensor | None = None) -> DGMDOutput:
-        cues = self.cues(coarse_vertices, camera, flow_onset_to_t, landmarks2d, onset_vertices, pix_to_face)
+                pix_to_face: torch.Tensor | None = None, onset_landmarks2d: torch.Tensor | None = None) -> DGMDOutput:
+        cues = self.cues(coarse_vertices, camera, flow_onset_to_t, landmarks2d, onset_vertices, pix_to_face,
+                         onset_landmarks2d)
         scale = self.config.flow_scale_px
         motion_cues = (cues.landmark, cues.vertex_flow, cues.pooled_flow)
         parts = [cues.geometry] + [x / scale for x in motion_cues if x is not None]

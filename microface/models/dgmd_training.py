@@ -403,8 +403,11 @@ def dgmd_losses(dgmd: DGMD, batch: FrameBatch, weights: DGMDLossWeights,
     if dgmd.config.use_landmarks and landmarks is None:
         raise ValueError("dgmd_losses: the landmark cue is on but the clips have no landmarks2d")
     pix_to_face = _packed(torch.cat([batch.pix_to_face, batch.pix_to_face]), n_faces)
-    out = dgmd(coarse, camera, flow, landmarks if dgmd.config.use_landmarks else None,
-               onset_vertices=torch.cat([batch.coarse_onset, batch.coarse_onset]), pix_to_face=pix_to_face)
+    onset_landmarks = None if landmarks is None else torch.cat([batch.landmarks_onset, batch.landmarks_onset])
+    use_landmarks = dgmd.config.use_landmarks
+    out = dgmd(coarse, camera, flow, landmarks if use_landmarks else None,
+               onset_vertices=torch.cat([batch.coarse_onset, batch.coarse_onset]), pix_to_face=pix_to_face,
+               onset_landmarks2d=onset_landmarks if use_landmarks else None)
     refined_t, refined_onset = out.vertices[:B], out.vertices[B:]
     terms: dict[str, torch.Tensor] = {}
     if weights.flow > 0:
@@ -465,10 +468,13 @@ def refine_clip(dgmd: DGMD, clip: RefineClip, batch_size: int = 16) -> ClipRefin
     for start in range(0, clip.n_frames, batch_size):
         index = torch.arange(start, min(start + batch_size, clip.n_frames))
         n = index.numel()
-        landmarks = clip.landmarks2d[index] if (dgmd.config.use_landmarks and clip.landmarks2d is not None) else None
+        with_landmarks = dgmd.config.use_landmarks and clip.landmarks2d is not None
+        landmarks = clip.landmarks2d[index] if with_landmarks else None
+        onset_landmarks = clip.landmarks2d[:1].expand(n, -1, -1) if with_landmarks else None
         parts.append(dgmd(clip.coarse_vertices[index], expand_camera(clip.camera, n), clip.flow_onset_to_t[index],
                           landmarks, onset_vertices=clip.coarse_vertices[:1].expand(n, -1, -1),
-                          pix_to_face=_packed(raster.pix_to_face.expand(n, -1, -1, -1), n_faces)))
+                          pix_to_face=_packed(raster.pix_to_face.expand(n, -1, -1, -1), n_faces),
+                          onset_landmarks2d=onset_landmarks))
     return ClipRefinement(vertices=torch.cat([p.vertices for p in parts]),
                           offsets=torch.cat([p.offsets for p in parts]), gate=torch.cat([p.gate for p in parts]))
 

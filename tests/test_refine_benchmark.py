@@ -1,0 +1,116 @@
+"""The fine-stage benchmark (notebook 02_dgmd_refine): offsets back to the model frame, the moving/static split,
+and an end-to-end run on a tiny coarse benchmark (consistent with notebook 01's DEM row, resumable)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from microface.coarse_benchmark import run_coarse_benchmark
+from microface.face.model import axis_angle_to_matrix
+from microface.face.open_model import OpenFaceModel
+from microface.refine_benchmark import (METHOD_COARSE, METHOD_REFINED, REFERENCE, EvalClip, load_refine_run,
+                                        model_frame_offsets, moving_mask, run_refine_benchmark, score_clip)
+from microface.synth import config_for_profile, generate
+
+TINY_DEM = {
+    "max_frames": 4, "test_fraction": 0.34, "pretrain_epochs": 1, "finetune_epochs": 1, "batch_size": 2,
+    "encoder": {"channels": [8, 8], "hidden": 16},
+    "model": {"code_dim": 17, "motion_dim": 8, "hidden": 16, "static_channels": [8], "motion_channels": [8],
+              "solver": "rk4", "step_size": 0.25},
+}
+TINY_DGMD = {"moving_threshold_mm": 0.1, "model": {"hidden": 8, "gcn_layers": 1, "gate_floor_px": 0.05},
+             "train": {"epochs": 1, "batch_size": 4}}
+
+
+def test_posed_offsets_map_back_to_the_model_frame():
+    model = OpenFaceModel()
+    torch.manual_seed(0)
+    T = 3
+    shape, expression = torch.randn(T, model.n_shape) * 0.3, torch.rand(T, model.n_expression) * 0.2
+    pose = torch.zeros(T, 6)
+    pose[:, :3] = torch.randn(T, 3) * 0.3
+    delta = torch.randn(T, model.n_vertices, 3) * 0.5  # a model-frame displacement
+    # the posed mesh is R (v - c) + c, so moving v by delta moves the posed mesh by R delta
+    rotation = axis_angle_to_matrix(pose[:, :3])
+    posed_delta = torch.einsum("tij,tvj->tvi", rotation, delta)
+    torch.testing.assert_close(model_frame_offsets(posed_delta, rotation), delta, atol=1e-5, rtol=1e-5)
+    # and through the face model itself: posing (v + delta) moves the posed mesh by R delta
+    moved = model(shape, expression, pose).vertices + posed_delta
+    canonical = model(shape, expression, torch.zeros(T, 6)).vertices
+    centre_free = torch.einsum("tji,tvj->tvi", rotation, moved - moved.mean(1, keepdim=True))
+    torch.testing.assert_close(centre_free, (canonical + delta) - (canonical + delta).mean(1, keepdim=True),
+                               atol=1e-3, rtol=1e-4)
+
+
+def test_moving_split_and_scores_by_hand():
+    truth = torch.zeros(3, 4, 3)
+    truth[1, 0, 0] = 0.3  # vertex 0 moves 0.3 mm at the apex (frame 1); vertex 1 only 0.05 mm
+    truth[1, 1, 0] = 0.05
+    moving = moving_mask(truth, apex=1, threshold_mm=0.1)
+    assert moving.tolist() == [True, False, False, False]
+    mesh = truth.clone()
+    mesh[:, 2, 1] = 0.2  # a static vertex off by 0.2 mm in every frame
+    clip = EvalClip(expression_only=mesh, truth=truth, neutral=torch.zeros_like(truth),
+                    rotation=torch.eye(3).expand(3, 3, 3), apex=1, key="k")
+    row = score_clip(mesh, clip, moving)
+    assert row["moving_apex_mm"] == 0.0
+    assert math.isclose(row["static_apex_mm"], 0.2 / 3, rel_tol=1e-6)
+    assert math.isclose(row["all_clip_mm"], 0.2 / 4, rel_tol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def coarse_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refine")
+    config = config_for_profile("smoke", subjects=3, clips=2, macro_clips=1, image_size=48,
+                                micro_duration_s=(0.05, 0.07), macro_duration_s=(0.3, 0.4))
+    synth = generate(root / "synth", config, show_progress=False)
+    table = run_coarse_benchmark(synth, root / "dem", TINY_DEM, seed=0, image_size=32, show_progress=False)
+    return synth, root / "dem", table
+
+
+def test_refine_benchmark_end_to_end_and_resume(coarse_run, tmp_path):
+    synth, coarse_dir, coarse_table = coarse_run
+    out = tmp_path / "dgmd"
+    table = run_refine_benchmark(synth, coarse_dir, out, TINY_DEM, TINY_DGMD, seed=0, image_size=32,
+                                 show_progress=False)
+    assert list(table["method"]) == [METHOD_COARSE, METHOD_REFINED, REFERENCE]
+    assert (table["n_test_clips"] == 2).all() and table["split"].iloc[0].startswith("test sub03")
+    for column in ("moving_apex_mm", "static_apex_mm", "all_clip_mm"):
+        assert np.isfinite(table[column]).all()
+    rows = table.set_index("method")
+    # the same expression-only meshes as notebook 01: DEM's error over all vertices is its coarse-table error
+    dem_coarse = coarse_table.set_index("method").loc["DEM"]
+    assert math.isclose(rows.loc[METHOD_COARSE, "all_apex_mm"], dem_coarse["apex_error_mm"], rel_tol=1e-4)
+    assert math.isclose(rows.loc[REFERENCE, "all_apex_mm"],
+                        coarse_table.iloc[-1]["apex_error_mm"], rel_tol=1e-4)
+    # DGMD is bounded and gated: its offsets are small and the gate is in [0, 1]
+    assert 0.0 <= rows.loc[METHOD_REFINED, "gate_all"] <= 1.0
+    assert rows.loc[METHOD_REFINED, "offset_mean_mm"] < 2.0
+    per_clip = pd.read_csv(out / "per_clip.csv")
+    assert set(per_clip["key"].str.split("/").str[1]) == {"sub03"}  # test subject only
+
+    checkpoint = out / "checkpoints" / "dgmd.pt"
+    stamp = checkpoint.stat().st_mtime_ns
+    again = run_refine_benchmark(synth, coarse_dir, out, TINY_DEM, TINY_DGMD, seed=0, image_size=32,
+                                 show_progress=False)
+    assert checkpoint.stat().st_mtime_ns == stamp  # nothing retrained
+    pd.testing.assert_frame_equal(again, table)
+    model, test_refine, test_scoring = load_refine_run(synth, coarse_dir, out, TINY_DEM, TINY_DGMD, 0, image_size=32)
+    assert len(test_refine) == len(test_scoring) == 2 and model.config.hidden == 8
+
+    other = {**TINY_DGMD, "model": {**TINY_DGMD["model"], "hidden": 4}}
+    with pytest.raises(ValueError, match="other settings"):
+        run_refine_benchmark(synth, coarse_dir, out, TINY_DEM, other, seed=0, image_size=32, show_progress=False)
+
+
+def test_refine_benchmark_needs_notebook_01(coarse_run, tmp_path):
+    synth, _, _ = coarse_run
+    with pytest.raises(FileNotFoundError, match="01_dem_pretrain"):
+        run_refine_benchmark(synth, tmp_path / "no_dem", tmp_path / "out", TINY_DEM, TINY_DGMD, show_progress=False)
+    with pytest.raises(ValueError, match="seed"):
+        run_refine_benchmark(synth, tmp_path / "no_dem", tmp_path / "out", TINY_DEM,
+                             {**TINY_DGMD, "train": {"seed": 3}}, show_progress=False)
