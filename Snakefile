@@ -25,6 +25,7 @@ rule all:
         f"{NOTEBOOKS}/01_dem_pretrain.ipynb",
         f"{NOTEBOOKS}/02_dgmd_refine.ipynb",
         f"{NOTEBOOKS}/03_mer.ipynb",
+        f"{NOTEBOOKS}/04_evaluate.ipynb",
 
 
 rule data:
@@ -99,6 +100,28 @@ rule mer:
         gpu=1,
     log:
         f"{RESULTS}/logs/03_mer.log",
+    params:
+        papermill=PAPERMILL,
+        results=results_folder,
+    conda:
+        "environment.yml"
+    shell:
+        "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        notebook="notebooks/04_evaluate.ipynb",
+        config=CONFIG_FILE,
+        coarse=rules.dem_pretrain.output.table,
+        refine=rules.dgmd_refine.output.table,
+    output:
+        notebook=f"{NOTEBOOKS}/04_evaluate.ipynb",
+        table=f"{RESULTS}/evaluate/main_table.csv",
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/04_evaluate.log",
     params:
         papermill=PAPERMILL,
         results=results_folder,

@@ -1,0 +1,276 @@
+"""The main table of notebook 04_evaluate: every reconstruction method scored the same way on the test subjects.
+
+Rows (all trained by notebooks 01 and 02 on the TRAINING subjects of their fixed split, except FIELDS, trained here on
+the same subjects): the per-frame baseline (a SMIRK-style per-frame encoder), baseline-FT, DEM, DEM + DGMD, and the
+FIELDS variant: DEM fine-tuned with direct 3D expression supervision and an intensity-aware emotion head,
+in the two-step schedule of ``microface.models.dem_training.fields_finetune``.
+
+Columns, on the TEST subjects' ME clips (kept frames as in notebook 01):
+- geometry: per-vertex error (mm) at the apex and over the clip on expression-only meshes (zero pose,
+  ground-truth shape, predicted expression, plus DGMD's offsets rotated into the model frame), and temporal jitter
+  of the same meshes (mm / kept-frame step^2), next to the ground truth's jitter;
+- images: each frame's mesh rendered with the onset frame's colours (``render_frames(albedo="onset")``) and
+  composited over the frame: photometric L1 inside the face, the Inception feature distance and FID (see
+  ``microface.image_metrics.METRIC_NAMES`` for the networks behind them);
+- recognition from reconstruction: the trajectory classifier (``microface.models.trajectory``) on each method's
+  expression trajectories, leave-one-subject-out over the TEST subjects only. Training-subject clips are excluded
+  because the FIELDS row saw their emotion labels. ACC, UF1, UAR and WF1 are reported with chance beside them.
+  DGMD moves vertices, not expression parameters, so its trajectory is DEM's expression plus the least-squares
+  projection of its model-frame offsets onto the face model's expression basis (the Jacobian at neutral).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from microface.coarse_benchmark import (CoarseBenchmarkSettings, _check_run_description, _to_device,
+                                        build_baseline, clip_tensors_from_synth, training_curves, write_table)
+from microface.metrics_geometry import temporal_jitter
+from microface.models import config_from_dict
+from microface.models.dem_training import (ClipTensors, TrainSettings, build_dem, collate_clips, fields_finetune,
+                                           reconstruct, render_frames)
+from microface.refine_benchmark import (RefineBenchmarkSettings, coarse_clips, load_split, model_frame_offsets,
+                                        moving_mask)
+from microface.train import load_checkpoint, progress
+
+TABLE_NAME = "main_table"
+METHODS = ("per-frame baseline", "baseline-FT", "DEM", "DEM + DGMD", "FIELDS")
+
+
+@dataclass
+class EvaluationSettings:
+    """The ``evaluate:`` section of a profile config.
+
+    fields: ``FieldsScheduleConfig`` keys (step1/step2 epochs and lr, step2_weights); emotion_hidden: width of the
+    FIELDS emotion head; recognition: ``microface.mer.MERRunConfig`` keys for the trajectory classifier (epochs,
+    batch_size, lr, model); image_batch_size: images per Inception forward pass.
+    """
+
+    fields: dict = field(default_factory=dict)
+    emotion_hidden: int = 64
+    recognition: dict = field(default_factory=dict)
+    image_batch_size: int = 16
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "EvaluationSettings":
+        return config_from_dict(cls, values, "evaluate")
+
+
+# ------------------------------------------------------------------------------------------------- data
+def labelled_clip_tensors(records, class_names: tuple[str, ...], image_size: int, flow_method: str, max_frames: int,
+                          device, show_progress: bool) -> list[ClipTensors]:
+    """ClipTensors of records (as notebook 01 builds them) with ``label`` set to the class index."""
+    clips = clip_tensors_from_synth(records, image_size, flow_method, max_frames, show_progress)
+    out = []
+    for record, clip in zip(records, clips):
+        if record.label not in class_names:
+            raise ValueError(f"clip {record.key}: label {record.label!r} is not one of {class_names}")
+        clip.label = class_names.index(record.label)
+        out.append(_to_device(clip, device))
+    return out
+
+
+def expression_basis(face_model, dtype=torch.float32) -> torch.Tensor:
+    """d vertices / d expression at the neutral face (zero shape, expression, pose): (V*3, E) mm per unit."""
+    E = face_model.n_expression
+    shape, _, pose = (torch.zeros(1, face_model.n_shape, dtype=dtype), None, torch.zeros(1, 6, dtype=dtype))
+
+    def vertices(expression: torch.Tensor) -> torch.Tensor:
+        return face_model(shape, expression[None], pose).vertices.reshape(-1)
+
+    return torch.autograd.functional.jacobian(vertices, torch.zeros(E, dtype=dtype))
+
+
+def resample_trajectory(values: torch.Tensor, n: int) -> torch.Tensor:
+    """(T, E) per kept frame -> (n, E), linear interpolation over the frame order (clips keep different T)."""
+    T = values.shape[0]
+    if T == n:
+        return values
+    position = torch.linspace(0, T - 1, n, dtype=values.dtype, device=values.device)
+    low = position.floor().long().clamp(max=T - 1)
+    high = (low + 1).clamp(max=T - 1)
+    weight = (position - low.to(values.dtype))[:, None]
+    return values[low] * (1 - weight) + values[high] * weight
+
+
+def offsets_to_expression(offsets: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Least-squares expression change explaining model-frame offsets: (T, V, 3), basis (V*3, E) -> (T, E)."""
+    T = offsets.shape[0]
+    solution = torch.linalg.lstsq(basis[None].expand(T, -1, -1), offsets.reshape(T, -1, 1)).solution
+    return solution[..., 0]
+
+
+# ---------------------------------------------------------------------------------------------- methods
+def load_methods(coarse_dir: Path, refine_dir: Path, out_dir: Path, face_model, dem_settings: dict,
+                 dgmd_settings: dict, settings: EvaluationSettings, train_clips: list[ClipTensors],
+                 n_classes: int, seed: int, device) -> tuple[dict, object, list[dict]]:
+    """The trained models: {method: coarse model (DEM interface)}, the DGMD, and FIELDS' training history
+    (FIELDS is trained here, from notebook 01's DEM, on the training subjects' ME clips; resumable)."""
+    from microface.models.dgmd import build_dgmd
+    from microface.models.fields import EmotionHead, FieldsScheduleConfig
+
+    config = CoarseBenchmarkSettings.from_dict(dem_settings)
+    checkpoints = Path(coarse_dir) / "checkpoints"
+    for name in ("baseline.pt", "baseline_ft.pt", "dem.pt"):
+        if not (checkpoints / name).is_file():
+            raise FileNotFoundError(f"{checkpoints / name} is missing: run notebook 01_dem_pretrain first")
+    dgmd_path = Path(refine_dir) / "checkpoints" / "dgmd.pt"
+    if not dgmd_path.is_file():
+        raise FileNotFoundError(f"{dgmd_path} is missing: run notebook 02_dgmd_refine first")
+    models = {}
+    for method, name in (("per-frame baseline", "baseline.pt"), ("baseline-FT", "baseline_ft.pt")):
+        model = build_baseline(face_model, config.encoder, seed).to(device)
+        load_checkpoint(checkpoints / name, model)
+        models[method] = model.eval()
+    dem = build_dem(face_model, config.encoder, config.model, seed).to(device)
+    load_checkpoint(checkpoints / "dem.pt", dem)
+    models["DEM"] = dem.eval()
+    dgmd = build_dgmd(face_model, RefineBenchmarkSettings.from_dict(dgmd_settings).model, seed).to(device)
+    load_checkpoint(dgmd_path, dgmd)
+
+    fields_dem = build_dem(face_model, config.encoder, config.model, seed).to(device)
+    load_checkpoint(checkpoints / "dem.pt", fields_dem)
+    torch.manual_seed(seed)
+    head = EmotionHead(face_model.n_expression, face_model.n_shape, n_classes, settings.emotion_hidden).to(device)
+    train = TrainSettings(epochs=1, lr=config.finetune_lr, seed=seed, batch_size=config.batch_size,
+                          weights=dict(config.weights), albedo=config.albedo)
+    history = fields_finetune(fields_dem, head, face_model, train_clips, train,
+                              FieldsScheduleConfig.from_dict(settings.fields), Path(out_dir) / "checkpoints")
+    models["FIELDS"] = fields_dem.eval()
+    return models, dgmd.eval(), history
+
+
+# -------------------------------------------------------------------------------------------- scoring
+@torch.no_grad()
+def score_method(method: str, model, dgmd, face_model, clips: list[ClipTensors], basis: torch.Tensor,
+                 renderer, moving_threshold_mm: float, n_frames: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Geometry rows per clip, and the method's images / trajectories: {"rendered" (N,3,H,W) composites,
+    "target" (N,3,H,W), "alpha" (N,1,H,W), "trajectory" (clips, n_frames, E) resampled uniformly in frame order}."""
+    refine, scoring = coarse_clips(model, face_model, clips)
+    rows, rendered, targets, alphas, trajectories = [], [], [], [], []
+    for clip, refine_clip_data, truth in zip(clips, refine, scoring):
+        batch = collate_clips([clip])
+        recon = reconstruct(model, face_model, batch.frames, batch.flow, batch.times)
+        mesh, expression = truth.expression_only, recon.output.expression[0]
+        if method == "DEM + DGMD":
+            from microface.models.dgmd_training import refine_clip
+
+            offsets = refine_clip(dgmd, refine_clip_data).offsets
+            model_offsets = model_frame_offsets(offsets, truth.rotation)
+            mesh = mesh + model_offsets
+            expression = expression + offsets_to_expression(model_offsets, basis)
+            recon.vertices = recon.vertices + offsets[None]
+        error = (mesh - truth.truth).norm(dim=-1)
+        moving = moving_mask(truth.truth, truth.apex, moving_threshold_mm)
+        rows.append({"method": method, "key": clip.key, "apex_error_mm": float(error[truth.apex].mean()),
+                     "clip_error_mm": float(error.mean()),
+                     "moving_apex_error_mm": float(error[truth.apex, moving].mean()) if moving.any() else float("nan"),
+                     "jitter_mm_per_frame2": float(temporal_jitter(mesh)),
+                     "gt_jitter_mm_per_frame2": float(temporal_jitter(truth.truth))})
+        out = render_frames(recon, face_model, batch.frames, renderer, "onset")
+        target = batch.frames[0]
+        rendered.append(out.alpha * out.image + (1 - out.alpha) * target)
+        targets.append(target)
+        alphas.append(out.alpha)
+        trajectories.append(resample_trajectory(expression, n_frames))
+    return rows, {"rendered": torch.cat(rendered), "target": torch.cat(targets), "alpha": torch.cat(alphas),
+                  "trajectory": torch.stack(trajectories)}
+
+
+def recognition_scores(method: str, trajectories: torch.Tensor, clips: list[ClipTensors], subjects: list[str],
+                       test_subjects: list[str], class_names: tuple[str, ...], settings: EvaluationSettings,
+                       out_dir: Path, seed: int, device) -> dict:
+    """Trajectory classifier, LOSO over every subject's clips (N, T, E), scored on the TEST subjects' folds only
+    (pooled ACC/UF1/UAR/WF1 of their predictions). A fold's classifier trains on the other subjects' trajectories;
+    the reconstruction models never saw a test subject's clips, so a scored fold has no leakage."""
+    from microface.mer import MERSamples, run_loso
+    from microface.metrics import mer_scores
+
+    samples = MERSamples(inputs={"trajectory": trajectories.cpu()},
+                         labels=torch.tensor([c.label for c in clips]), subjects=subjects,
+                         datasets=["synth"] * len(clips), clip_ids=[c.key for c in clips], class_names=class_names)
+    model = {"n_expression": int(trajectories.shape[-1]), **settings.recognition.get("model", {})}
+    config = {**settings.recognition, "model": model, "seed": seed}
+    result = run_loso("trajectory", samples, config, Path(out_dir) / "recognition" / method.replace(" ", "_"),
+                      device=device)
+    scored = result.predictions[result.predictions["subject"].isin(test_subjects)]
+    scores = mer_scores(scored["truth_index"].to_numpy(), scored["predicted_index"].to_numpy(),
+                        list(range(len(class_names))))
+    return {"mer_acc": scores.acc, "mer_uf1": scores.uf1, "mer_uar": scores.uar, "mer_wf1": scores.wf1}
+
+
+def run_evaluation(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dict, dgmd_settings: dict,
+                   eval_settings: dict, class_map: str = "5class", seed: int = 0, *, image_size: int = 64,
+                   flow_method: str = "dis", device="cpu", show_progress: bool = True) -> pd.DataFrame:
+    """Score every method (module docstring) and write ``main_table.csv`` / ``.md``, ``per_clip.csv`` under
+    ``out_dir``. Returns the table, one row per method."""
+    from microface.data.datasets import load_dataset
+    from microface.data.datasets.synth import CLASS_MAPS
+    from microface.face.open_model import OpenFaceModel
+    from microface.image_metrics import fid, perceptual_distance, photometric_l1
+    from microface.render import MeshRenderer
+
+    settings = EvaluationSettings.from_dict(eval_settings)
+    threshold = RefineBenchmarkSettings.from_dict(dgmd_settings).moving_threshold_mm
+    config = CoarseBenchmarkSettings.from_dict(dem_settings)
+    out_dir, device = Path(out_dir), torch.device(device)
+    split = load_split(coarse_dir)
+    _check_run_description(out_dir, {"evaluate": asdict(settings), "dem": dem_settings, "dgmd": dgmd_settings,
+                                     "seed": seed, "image_size": image_size, "flow_method": flow_method,
+                                     "class_map": class_map, "coarse_split": split["label"]})
+    class_names = tuple(CLASS_MAPS[class_map].order)
+    micro = {r.key: r for r in load_dataset("synth", Path(synth_root), kind="micro", class_map=class_map)}
+    train_records = [micro[k] for k in split["micro_train"] if k in micro]
+    test_records = [micro[k] for k in split["micro_test"] if k in micro]
+    train_clips = labelled_clip_tensors(train_records, class_names, image_size, flow_method, config.max_frames,
+                                        device, show_progress)
+    test_clips = labelled_clip_tensors(test_records, class_names, image_size, flow_method, config.max_frames,
+                                       device, show_progress)
+    face_model = OpenFaceModel().to(device)
+    models, dgmd, fields_history = load_methods(coarse_dir, refine_dir, out_dir, face_model, dem_settings,
+                                                dgmd_settings, settings, train_clips, len(class_names), seed, device)
+    basis = expression_basis(face_model).to(device)
+    renderer = MeshRenderer()
+    per_clip, rows = [], []
+    real = None
+    for method in progress(METHODS, desc="evaluate methods", disable=not show_progress):
+        model = models["DEM" if method == "DEM + DGMD" else method]
+        clip_rows, images = score_method(method, model, dgmd, face_model, test_clips, basis, renderer, threshold,
+                                           config.max_frames)
+        per_clip += clip_rows
+        frame = pd.DataFrame(clip_rows)
+        row = {"method": method, **frame.drop(columns=["method", "key"]).mean().to_dict(),
+               "apex_error_std_mm": float(frame["apex_error_mm"].std())}
+        row["photometric_l1"] = photometric_l1(images["rendered"], images["target"], images["alpha"])
+        row["perceptual"] = perceptual_distance(images["rendered"], images["target"], images["alpha"],
+                                                batch_size=settings.image_batch_size)
+        real = images["target"] if real is None else real
+        row["fid"] = fid(images["rendered"], real, batch_size=settings.image_batch_size, progress=False)
+        _, train_images = score_method(method, model, dgmd, face_model, train_clips, basis, renderer, threshold,
+                                           config.max_frames)
+        trajectories = torch.cat([train_images["trajectory"], images["trajectory"]])
+        subjects = [f"synth/{r.subject}" for r in train_records + test_records]
+        row.update(recognition_scores(method, trajectories, train_clips + test_clips, subjects,
+                                      [f"synth/{r.subject}" for r in test_records], class_names, settings, out_dir,
+                                      seed, device))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    labels = np.array([c.label for c in test_clips])
+    counts = np.bincount(labels, minlength=len(class_names))
+    table["mer_acc_majority"] = float(counts.max() / counts.sum())
+    table["mer_uar_chance"] = 1.0 / len(class_names)
+    table["n_test_clips"] = len(test_clips)
+    table["split"] = split["label"]
+    table["mer_protocol"] = (f"LOSO over all {len(set(subjects))} subjects, scored on the "
+                             f"{len(set(r.subject for r in test_records))} test subjects' folds (fixed-epoch)")
+    write_table(pd.DataFrame(per_clip), out_dir, "per_clip", markdown=False)
+    write_table(table, out_dir, TABLE_NAME)
+    stages: dict[str, list[dict]] = {}
+    for record in fields_history:
+        stages.setdefault(f"FIELDS {record['stage']}", []).append({k: v for k, v in record.items() if k != "stage"})
+    write_table(training_curves(stages), out_dir, "training_curves", markdown=False)
+    return table
