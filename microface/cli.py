@@ -135,5 +135,30 @@ def prepare(
         typer.echo(f"  skipped {key}: {reason}")
 
 
+@app.command()
+def reconstruct(
+    video: Path = typer.Argument(..., help="a video file OpenCV can read (mp4, avi, mov, ...) holding one face from frame 0"),
+    out: Path = typer.Option(..., "--out", help="output folder, written atomically (a previous reconstruction there is replaced)"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="model bundle (default: microface/assets/checkpoints/open_dem_dgmd.pt)"),
+    face_model: str = typer.Option("open", "--face-model", help="open | flame (the one the checkpoint was trained for)"),
+    flame: Optional[Path] = typer.Option(None, "--flame", help="FLAME model pickle, needed with --face-model flame"),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="read at most this many frames"),
+    window: int = typer.Option(16, "--window", help="frames per DEM clip; each window starts at its own onset"),
+    mesh_format: str = typer.Option("obj", "--format", help="per-frame mesh files: obj | ply"),
+    device: str = typer.Option("cpu", "--device", help="torch device of the models: cpu, cuda, ..."),
+) -> None:
+    """Reconstruct a 3D face mesh per video frame (coarse encoder -> DEM -> DGMD) into OUT."""
+    from microface.reconstruct import reconstruct_video, summary_lines
+
+    try:
+        summary = reconstruct_video(video, out, checkpoint=checkpoint, face_model=face_model, flame_path=flame,
+                                    max_frames=max_frames, window=window, mesh_format=mesh_format, device=device)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=1)
+    for line in summary_lines(summary, out):
+        typer.echo(line)
+
+
 if __name__ == "__main__":
     app()

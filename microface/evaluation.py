@@ -148,7 +148,7 @@ def load_methods(coarse_dir: Path, refine_dir: Path, out_dir: Path, face_model, 
 @torch.no_grad()
 def score_method(method: str, model, dgmd, face_model, clips: list[ClipTensors], basis: torch.Tensor,
                  renderer, moving_threshold_mm: float, n_frames: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """Geometry rows per clip, and the method's images / trajectories: {"rendered" (N,3,H,W) composites,
+    """Geometry rows per clip (refined by ``dgmd`` unless it is None), and the method's images / trajectories: {"rendered" (N,3,H,W) composites,
     "target" (N,3,H,W), "alpha" (N,1,H,W), "trajectory" (clips, n_frames, E) resampled uniformly in frame order}."""
     refine, scoring = coarse_clips(model, face_model, clips)
     rows, rendered, targets, alphas, trajectories = [], [], [], [], []
@@ -156,7 +156,7 @@ def score_method(method: str, model, dgmd, face_model, clips: list[ClipTensors],
         batch = collate_clips([clip])
         recon = reconstruct(model, face_model, batch.frames, batch.flow, batch.times)
         mesh, expression = truth.expression_only, recon.output.expression[0]
-        if method == "DEM + DGMD":
+        if dgmd is not None:
             from microface.models.dgmd_training import refine_clip
 
             offsets = refine_clip(dgmd, refine_clip_data).offsets
@@ -203,70 +203,126 @@ def recognition_scores(method: str, trajectories: torch.Tensor, clips: list[Clip
     return {"mer_acc": scores.acc, "mer_uf1": scores.uf1, "mer_uar": scores.uar, "mer_wf1": scores.wf1}
 
 
-def run_evaluation(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dict, dgmd_settings: dict,
-                   eval_settings: dict, class_map: str = "5class", seed: int = 0, *, image_size: int = 64,
-                   flow_method: str = "dis", device="cpu", show_progress: bool = True) -> pd.DataFrame:
-    """Score every method (module docstring) and write ``main_table.csv`` / ``.md``, ``per_clip.csv`` under
-    ``out_dir``. Returns the table, one row per method."""
+@dataclass
+class EvalData:
+    """What every scored method shares: the face model, labelled train / test clips and their records, the class
+    names, the expression basis, the renderer, the moving threshold, the trajectory length, and the real frames'
+    Inception features once computed (the FID reference)."""
+
+    face_model: object
+    train_records: list
+    test_records: list
+    train_clips: list[ClipTensors]
+    test_clips: list[ClipTensors]
+    class_names: tuple[str, ...]
+    basis: torch.Tensor
+    renderer: object
+    threshold_mm: float
+    n_frames: int
+    split_label: str
+    real_features: torch.Tensor | None = None
+
+    @property
+    def subjects(self) -> list[str]:
+        return [f"synth/{r.subject}" for r in self.train_records + self.test_records]
+
+    @property
+    def test_subjects(self) -> list[str]:
+        return [f"synth/{r.subject}" for r in self.test_records]
+
+
+def prepare_eval_data(synth_root, coarse_dir, dem_settings: dict, dgmd_settings: dict, class_map: str,
+                      image_size: int, flow_method: str, device, show_progress: bool = True) -> EvalData:
+    """Load the split's train / test ME clips with labels (the class map's order) and the shared pieces."""
     from microface.data.datasets import load_dataset
     from microface.data.datasets.synth import CLASS_MAPS
     from microface.face.open_model import OpenFaceModel
-    from microface.image_metrics import fid, perceptual_distance, photometric_l1
     from microface.render import MeshRenderer
 
-    settings = EvaluationSettings.from_dict(eval_settings)
-    threshold = RefineBenchmarkSettings.from_dict(dgmd_settings).moving_threshold_mm
     config = CoarseBenchmarkSettings.from_dict(dem_settings)
-    out_dir, device = Path(out_dir), torch.device(device)
     split = load_split(coarse_dir)
-    _check_run_description(out_dir, {"evaluate": asdict(settings), "dem": dem_settings, "dgmd": dgmd_settings,
-                                     "seed": seed, "image_size": image_size, "flow_method": flow_method,
-                                     "class_map": class_map, "coarse_split": split["label"]})
     class_names = tuple(CLASS_MAPS[class_map].order)
     micro = {r.key: r for r in load_dataset("synth", Path(synth_root), kind="micro", class_map=class_map)}
     train_records = [micro[k] for k in split["micro_train"] if k in micro]
     test_records = [micro[k] for k in split["micro_test"] if k in micro]
+    if not test_records:
+        raise ValueError(f"{coarse_dir}/split.json: none of its test clips carries a {class_map!r} label in {synth_root}")
     train_clips = labelled_clip_tensors(train_records, class_names, image_size, flow_method, config.max_frames,
                                         device, show_progress)
     test_clips = labelled_clip_tensors(test_records, class_names, image_size, flow_method, config.max_frames,
                                        device, show_progress)
     face_model = OpenFaceModel().to(device)
-    models, dgmd, fields_history = load_methods(coarse_dir, refine_dir, out_dir, face_model, dem_settings,
-                                                dgmd_settings, settings, train_clips, len(class_names), seed, device)
-    basis = expression_basis(face_model).to(device)
-    renderer = MeshRenderer()
-    per_clip, rows = [], []
-    real = None
-    for method in progress(METHODS, desc="evaluate methods", disable=not show_progress):
-        model = models["DEM" if method == "DEM + DGMD" else method]
-        clip_rows, images = score_method(method, model, dgmd, face_model, test_clips, basis, renderer, threshold,
-                                           config.max_frames)
-        per_clip += clip_rows
-        frame = pd.DataFrame(clip_rows)
-        row = {"method": method, **frame.drop(columns=["method", "key"]).mean().to_dict(),
-               "apex_error_std_mm": float(frame["apex_error_mm"].std())}
-        row["photometric_l1"] = photometric_l1(images["rendered"], images["target"], images["alpha"])
+    return EvalData(face_model=face_model, train_records=train_records, test_records=test_records,
+                    train_clips=train_clips, test_clips=test_clips, class_names=class_names,
+                    basis=expression_basis(face_model).to(device), renderer=MeshRenderer(),
+                    threshold_mm=RefineBenchmarkSettings.from_dict(dgmd_settings).moving_threshold_mm,
+                    n_frames=config.max_frames, split_label=split["label"])
+
+
+def method_row(method: str, model, dgmd, data: EvalData, settings: EvaluationSettings, out_dir: Path, seed: int,
+               device, image_metrics: bool = True, recognition: bool = True) -> tuple[dict, list[dict]]:
+    """One table row (geometry, image metrics, recognition from reconstruction) and its per-clip rows."""
+    from microface.image_metrics import fid_from_features, inception_pool_features, perceptual_distance, photometric_l1
+
+    clip_rows, images = score_method(method, model, dgmd, data.face_model, data.test_clips, data.basis, data.renderer,
+                                     data.threshold_mm, data.n_frames)
+    frame = pd.DataFrame(clip_rows)
+    row = {"method": method, **frame.drop(columns=["method", "key"]).mean().to_dict(),
+           "apex_error_std_mm": float(frame["apex_error_mm"].std())}
+    row["photometric_l1"] = photometric_l1(images["rendered"], images["target"], images["alpha"])
+    if image_metrics:
         row["perceptual"] = perceptual_distance(images["rendered"], images["target"], images["alpha"],
                                                 batch_size=settings.image_batch_size)
-        real = images["target"] if real is None else real
-        row["fid"] = fid(images["rendered"], real, batch_size=settings.image_batch_size, progress=False)
-        _, train_images = score_method(method, model, dgmd, face_model, train_clips, basis, renderer, threshold,
-                                           config.max_frames)
+        if data.real_features is None:
+            data.real_features = inception_pool_features(images["target"], settings.image_batch_size, progress=False)
+        rendered = inception_pool_features(images["rendered"], settings.image_batch_size, progress=False)
+        row["fid"] = fid_from_features(rendered, data.real_features)
+    if recognition:
+        _, train_images = score_method(method, model, dgmd, data.face_model, data.train_clips, data.basis,
+                                       data.renderer, data.threshold_mm, data.n_frames)
         trajectories = torch.cat([train_images["trajectory"], images["trajectory"]])
-        subjects = [f"synth/{r.subject}" for r in train_records + test_records]
-        row.update(recognition_scores(method, trajectories, train_clips + test_clips, subjects,
-                                      [f"synth/{r.subject}" for r in test_records], class_names, settings, out_dir,
-                                      seed, device))
-        rows.append(row)
+        row.update(recognition_scores(method, trajectories, data.train_clips + data.test_clips, data.subjects,
+                                      data.test_subjects, data.class_names, settings, out_dir, seed, device))
+    return row, clip_rows
+
+
+def finish_table(rows: list[dict], data: EvalData) -> pd.DataFrame:
+    """Rows -> table with the chance levels, the test-clip count, the split and the recognition protocol."""
     table = pd.DataFrame(rows)
-    labels = np.array([c.label for c in test_clips])
-    counts = np.bincount(labels, minlength=len(class_names))
+    labels = np.array([c.label for c in data.test_clips])
+    counts = np.bincount(labels, minlength=len(data.class_names))
     table["mer_acc_majority"] = float(counts.max() / counts.sum())
-    table["mer_uar_chance"] = 1.0 / len(class_names)
-    table["n_test_clips"] = len(test_clips)
-    table["split"] = split["label"]
-    table["mer_protocol"] = (f"LOSO over all {len(set(subjects))} subjects, scored on the "
-                             f"{len(set(r.subject for r in test_records))} test subjects' folds (fixed-epoch)")
+    table["mer_uar_chance"] = 1.0 / len(data.class_names)
+    table["n_test_clips"] = len(data.test_clips)
+    table["split"] = data.split_label
+    table["mer_protocol"] = (f"LOSO over all {len(set(data.subjects))} subjects, scored on the "
+                             f"{len(set(data.test_subjects))} test subjects' folds (fixed-epoch)")
+    return table
+
+
+def run_evaluation(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dict, dgmd_settings: dict,
+                   eval_settings: dict, class_map: str = "5class", seed: int = 0, *, image_size: int = 64,
+                   flow_method: str = "dis", device="cpu", show_progress: bool = True) -> pd.DataFrame:
+    """Score every method (module docstring) and write ``main_table.csv`` / ``.md``, ``per_clip.csv`` and the FIELDS
+    ``training_curves.csv`` under ``out_dir``. Returns the table, one row per method."""
+    settings = EvaluationSettings.from_dict(eval_settings)
+    out_dir, device = Path(out_dir), torch.device(device)
+    _check_run_description(out_dir, {"evaluate": asdict(settings), "dem": dem_settings, "dgmd": dgmd_settings,
+                                     "seed": seed, "image_size": image_size, "flow_method": flow_method,
+                                     "class_map": class_map, "coarse_split": load_split(coarse_dir)["label"]})
+    data = prepare_eval_data(synth_root, coarse_dir, dem_settings, dgmd_settings, class_map, image_size, flow_method,
+                             device, show_progress)
+    models, dgmd, fields_history = load_methods(coarse_dir, refine_dir, out_dir, data.face_model, dem_settings,
+                                                dgmd_settings, settings, data.train_clips, len(data.class_names), seed,
+                                                device)
+    per_clip, rows = [], []
+    for method in progress(METHODS, desc="evaluate methods", disable=not show_progress):
+        model = models["DEM" if method == "DEM + DGMD" else method]
+        row, clip_rows = method_row(method, model, dgmd if method == "DEM + DGMD" else None, data, settings, out_dir,
+                                    seed, device)
+        rows.append(row)
+        per_clip += clip_rows
+    table = finish_table(rows, data)
     write_table(pd.DataFrame(per_clip), out_dir, "per_clip", markdown=False)
     write_table(table, out_dir, TABLE_NAME)
     stages: dict[str, list[dict]] = {}

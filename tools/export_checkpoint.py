@@ -1,0 +1,161 @@
+"""Export trained DEM + DGMD checkpoints as one ``microface reconstruct`` bundle (``microface.reconstruct.save_bundle``).
+
+Inputs, all from a finished training run (e.g. ``snakemake all --cores 2 --configfile config/cpu.yaml``):
+
+- the profile config ``config/<profile>.yaml``: ``data.size`` (crop size), ``data.flow_method``, and the
+  ``dem:`` section's ``encoder`` and ``model`` subsections (how DEM was built);
+- the DEM training checkpoint, default ``results/<profile>/dem/checkpoints/dem.pt`` (``microface.train`` format,
+  notebook 01_dem_pretrain);
+- a DGMD training checkpoint (``--dgmd-checkpoint``, e.g. ``results/<profile>/dgmd/checkpoints/dgmd.pt``) and its
+  DGMD config: ``--dgmd-config FILE.json`` when given, else the config recorded in the checkpoint by
+  ``train_dgmd``, else the profile's ``dgmd.model`` section.
+
+Both models are rebuilt and the checkpoints loaded strictly, so a bundle that would not load is never written.
+Usage::
+
+    python tools/export_checkpoint.py --profile cpu --dgmd-checkpoint results/cpu/dgmd/checkpoints/dgmd.pt
+    python tools/export_checkpoint.py --profile cpu --dgmd-checkpoint D.pt --dgmd-config dgmd.json --out my.pt
+    python tools/export_checkpoint.py --face-model flame --flame ~/flame/generic_model.pkl ...
+
+Default output: ``microface/assets/checkpoints/open_dem_dgmd.pt`` (the checkpoint ``microface reconstruct`` uses).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _git_commit(folder: Path) -> str | None:
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
+
+def _section(config: dict, path: str, config_path: Path):
+    value = config
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise ValueError(f"{config_path} has no `{path}`; expected a profile config with data.size, "
+                             "data.flow_method, dem.encoder and dem.model")
+        value = value[key]
+    return value
+
+
+def _read_train_checkpoint(path: Path, what: str) -> dict:
+    import torch
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} checkpoint {path} not found: train it first (snakemake all with the profile's "
+                                "config) or pass its path")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"{what} checkpoint {path} could not be read ({type(err).__name__}); is it complete?") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path} is not a microface.train checkpoint (no 'model' entry)")
+    return state
+
+
+def dgmd_config_of(dgmd_state: dict, dgmd_config: Path | None, profile_config: dict) -> tuple[dict, str]:
+    """The DGMD config dict and where it came from: the JSON file, the checkpoint's record, or the profile."""
+    if dgmd_config is not None:
+        return json.loads(Path(dgmd_config).read_text()), str(dgmd_config)
+    recorded = ((dgmd_state.get("config") or {}).get("extra") or {}).get("dgmd")
+    if isinstance(recorded, dict):
+        return recorded, "recorded in the DGMD checkpoint"
+    section = (profile_config.get("dgmd") or {}).get("model")
+    if isinstance(section, dict):
+        return section, "the profile's dgmd.model section"
+    raise ValueError("no DGMD config: pass --dgmd-config FILE.json (DGMDConfig keys)")
+
+
+def export(profile: str, dgmd_checkpoint: Path, *, root: Path, config_path: Path | None = None,
+           dem_checkpoint: Path | None = None, dgmd_config: Path | None = None, face_model: str = "open",
+           flame: Path | None = None, out: Path | None = None, seed: int = 0) -> Path:
+    """Build the models, load the checkpoints and write the bundle; returns its path."""
+    from microface.models.dem_training import build_dem
+    from microface.models.dgmd import build_dgmd
+    from microface.reconstruct import build_face_model, default_checkpoint_path, save_bundle
+
+    config_path = Path(config_path) if config_path else root / "config" / f"{profile}.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"config {config_path} not found; pass --config or --profile smoke|cpu|full")
+    config = yaml.safe_load(config_path.read_text())
+    image_size = int(_section(config, "data.size", config_path))
+    flow_method = _section(config, "data.flow_method", config_path)
+    encoder_cfg = _section(config, "dem.encoder", config_path)
+    dem_cfg = _section(config, "dem.model", config_path)
+    dem_path = Path(dem_checkpoint) if dem_checkpoint else root / "results" / profile / "dem" / "checkpoints" / "dem.pt"
+    dem_state = _read_train_checkpoint(dem_path, "DEM")
+    dgmd_state = _read_train_checkpoint(Path(dgmd_checkpoint), "DGMD")
+    dgmd_cfg, dgmd_cfg_source = dgmd_config_of(dgmd_state, dgmd_config, config)
+
+    weights = dem_state["model"]
+    sizes = {"n_shape": weights["coarse_encoder.shape_head.weight"].shape[0],
+             "n_expression": weights["coarse_encoder.expression_head.weight"].shape[0]}
+    model = build_face_model(face_model, flame, **sizes)
+    dem = build_dem(model, encoder_cfg, dem_cfg, seed)
+    dgmd = build_dgmd(model, dgmd_cfg, seed)
+    try:
+        dem.load_state_dict(weights)
+        dgmd.load_state_dict(dgmd_state["model"])
+    except RuntimeError as err:
+        raise ValueError(f"the checkpoints do not fit the models built from {config_path} and the DGMD config "
+                         f"({dgmd_cfg_source}): {str(err).splitlines()[0]}") from None
+    provenance = {
+        "profile": profile,
+        "config": {"path": str(config_path), "sha256": _sha256(config_path)},
+        "dem_checkpoint": {"path": str(dem_path), "sha256": _sha256(dem_path), "epoch": dem_state.get("epoch"),
+                           "train_config": dem_state.get("config")},
+        "dgmd_checkpoint": {"path": str(dgmd_checkpoint), "sha256": _sha256(Path(dgmd_checkpoint)),
+                            "epoch": dgmd_state.get("epoch"), "train_config": dgmd_state.get("config")},
+        "dgmd_config_source": dgmd_cfg_source,
+        "git_commit": _git_commit(root),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    provenance = json.loads(json.dumps(provenance, default=str))  # training configs may hold non-JSON values
+    return save_bundle(out if out is not None else default_checkpoint_path(), face_model_name=face_model,
+                       image_size=image_size, flow_method=flow_method, encoder_cfg=encoder_cfg, dem_cfg=dem_cfg,
+                       dem_state=dem.state_dict(), dgmd_cfg=dgmd_cfg, dgmd_state=dgmd.state_dict(),
+                       provenance=provenance)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="cpu", help="profile whose config and results to read (default: cpu)")
+    parser.add_argument("--dgmd-checkpoint", type=Path, required=True, help="DGMD training checkpoint (microface.train)")
+    parser.add_argument("--dgmd-config", type=Path, default=None, help="DGMD config JSON (DGMDConfig keys)")
+    parser.add_argument("--dem-checkpoint", type=Path, default=None,
+                        help="DEM training checkpoint (default: results/<profile>/dem/checkpoints/dem.pt)")
+    parser.add_argument("--config", type=Path, default=None, help="profile config (default: config/<profile>.yaml)")
+    parser.add_argument("--face-model", default="open", choices=["open", "flame"])
+    parser.add_argument("--flame", type=Path, default=None, help="FLAME model pickle (with --face-model flame)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="bundle to write (default: microface/assets/checkpoints/open_dem_dgmd.pt)")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="compendium root (default: the current folder)")
+    args = parser.parse_args(argv)
+    try:
+        path = export(args.profile, args.dgmd_checkpoint, root=args.root, config_path=args.config,
+                      dem_checkpoint=args.dem_checkpoint, dgmd_config=args.dgmd_config, face_model=args.face_model,
+                      flame=args.flame, out=args.out)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
