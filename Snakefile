@@ -26,6 +26,7 @@ rule all:
         f"{NOTEBOOKS}/02_dgmd_refine.ipynb",
         f"{NOTEBOOKS}/03_mer.ipynb",
         f"{NOTEBOOKS}/04_evaluate.ipynb",
+        f"{NOTEBOOKS}/05_ablations.ipynb",
 
 
 rule data:
@@ -122,6 +123,28 @@ rule evaluate:
         gpu=1,
     log:
         f"{RESULTS}/logs/04_evaluate.log",
+    params:
+        papermill=PAPERMILL,
+        results=results_folder,
+    conda:
+        "environment.yml"
+    shell:
+        "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
+
+
+rule ablations:
+    input:
+        notebook="notebooks/05_ablations.ipynb",
+        config=CONFIG_FILE,
+        coarse=rules.dem_pretrain.output.table,
+        refine=rules.dgmd_refine.output.table,
+    output:
+        notebook=f"{NOTEBOOKS}/05_ablations.ipynb",
+        table=f"{RESULTS}/ablations/ablation_table.csv",
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/05_ablations.log",
     params:
         papermill=PAPERMILL,
         results=results_folder,
