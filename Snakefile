@@ -27,6 +27,7 @@ rule all:
         f"{NOTEBOOKS}/03_mer.ipynb",
         f"{NOTEBOOKS}/04_evaluate.ipynb",
         f"{NOTEBOOKS}/05_ablations.ipynb",
+        f"{NOTEBOOKS}/06_figures.ipynb",
 
 
 rule data:
@@ -145,6 +146,27 @@ rule ablations:
         gpu=1,
     log:
         f"{RESULTS}/logs/05_ablations.log",
+    params:
+        papermill=PAPERMILL,
+        results=results_folder,
+    conda:
+        "environment.yml"
+    shell:
+        "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        notebook="notebooks/06_figures.ipynb",
+        config=CONFIG_FILE,
+        main=rules.evaluate.output.table,
+        ablations=rules.ablations.output.table,
+        mer=rules.mer.output.table,
+    output:
+        notebook=f"{NOTEBOOKS}/06_figures.ipynb",
+        sequence=f"figures/{PROFILE}/qualitative_sequence.png",
+    log:
+        f"{RESULTS}/logs/06_figures.log",
     params:
         papermill=PAPERMILL,
         results=results_folder,

@@ -330,3 +330,56 @@ def run_evaluation(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: di
         stages.setdefault(f"FIELDS {record['stage']}", []).append({k: v for k, v in record.items() if k != "stage"})
     write_table(training_curves(stages), out_dir, "training_curves", markdown=False)
     return table
+
+
+@torch.no_grad()
+def qualitative_example(synth_root, coarse_dir, refine_dir, dem_settings: dict, dgmd_settings: dict,
+                        class_map: str = "5class", seed: int = 0, *, image_size: int = 64, flow_method: str = "dis",
+                        device="cpu", clip_index: int | None = None) -> dict:
+    """Arrays for the qualitative figures of one test clip (default: the one with the most moving vertices).
+
+    Returns frames / coarse / refined (T, H, W, 3) float in [0, 1] (renders composited over the frames), the
+    expression-only meshes: vertices_coarse / vertices_refined / vertices_truth (T, V, 3) mm, faces (F, 3),
+    error_coarse / error_refined (T, V) mm, gate (T, V), displacement_{truth,coarse,refined} (T,) mean displacement
+    of the moving vertices from the onset (mm), apex (kept-frame index), key.
+    """
+    from microface.models.dgmd import build_dgmd
+    from microface.models.dgmd_training import refine_clip
+    from microface.refine_benchmark import most_moving_clip
+
+    device = torch.device(device)
+    data = prepare_eval_data(synth_root, coarse_dir, dem_settings, dgmd_settings, class_map, image_size, flow_method,
+                             device, show_progress=False)
+    config = CoarseBenchmarkSettings.from_dict(dem_settings)
+    dem = build_dem(data.face_model, config.encoder, config.model, seed).to(device)
+    load_checkpoint(Path(coarse_dir) / "checkpoints" / "dem.pt", dem)
+    dgmd = build_dgmd(data.face_model, RefineBenchmarkSettings.from_dict(dgmd_settings).model, seed).to(device)
+    load_checkpoint(Path(refine_dir) / "checkpoints" / "dgmd.pt", dgmd)
+    dem.eval(), dgmd.eval()
+    refine, scoring = coarse_clips(dem, data.face_model, data.test_clips)
+    k = most_moving_clip(scoring, data.threshold_mm) if clip_index is None else clip_index
+    clip, truth = data.test_clips[k], scoring[k]
+    refinement = refine_clip(dgmd, refine[k])
+    refined_mesh = truth.expression_only + model_frame_offsets(refinement.offsets, truth.rotation)
+    batch = collate_clips([clip])
+    renders = {}
+    for name, offsets in (("coarse", None), ("refined", refinement.offsets)):
+        recon = reconstruct(dem, data.face_model, batch.frames, batch.flow, batch.times)
+        if offsets is not None:
+            recon.vertices = recon.vertices + offsets[None]
+        out = render_frames(recon, data.face_model, batch.frames, data.renderer, "onset")
+        renders[name] = (out.alpha * out.image + (1 - out.alpha) * batch.frames[0]).permute(0, 2, 3, 1).cpu().numpy()
+    moving = moving_mask(truth.truth, truth.apex, data.threshold_mm)
+
+    def displacement(mesh: torch.Tensor) -> np.ndarray:
+        return (mesh - mesh[:1]).norm(dim=-1)[:, moving].mean(-1).cpu().numpy()
+
+    return {"key": clip.key, "apex": truth.apex, "times": clip.times.cpu().numpy(),
+            "frames": batch.frames[0].permute(0, 2, 3, 1).cpu().numpy(), "coarse": renders["coarse"],
+            "refined": renders["refined"], "faces": data.face_model.faces.cpu().numpy(),
+            "vertices_coarse": truth.expression_only.cpu().numpy(), "vertices_refined": refined_mesh.cpu().numpy(),
+            "vertices_truth": truth.truth.cpu().numpy(),
+            "error_coarse": (truth.expression_only - truth.truth).norm(dim=-1).cpu().numpy(),
+            "error_refined": (refined_mesh - truth.truth).norm(dim=-1).cpu().numpy(),
+            "gate": refinement.gate.cpu().numpy(), "displacement_truth": displacement(truth.truth),
+            "displacement_coarse": displacement(truth.expression_only), "displacement_refined": displacement(refined_mesh)}
