@@ -336,3 +336,21 @@ def test_clip_from_benchmark_ground_truth(face_model, tmp_path):
                                atol=1e-2, rtol=0)
     with pytest.raises(ValueError, match="coarse_vertices"):
         clip_from_ground_truth(gt, coarse[:-1])
+
+
+def test_noise_adaptive_floor_shuts_the_gate_on_uniform_noise(face_model):
+    # uniform small flow everywhere (noise) plus a strong local motion: with gate_noise_factor the floor follows the
+    # frame's median motion, so only the strongly moving vertices open the gate
+    dgmd = build_dgmd(face_model, {**TINY, "use_landmarks": False, "gate_noise_factor": 3.0})
+    vertices = faces_of(face_model, 1)
+    cam = camera(1)
+    flow = torch.full((1, 2, SIZE, SIZE), 0.2)
+    flow[:, 1, SIZE * 2 // 3:, :] = 3.0
+    with torch.no_grad():
+        out = dgmd(vertices, cam, flow)
+    mouth, forehead = face_model.regions["mouth"], face_model.regions["forehead"]
+    assert float(out.gate[:, forehead].max()) == 0.0
+    assert float(out.gate[:, mouth].mean()) > 0.1
+    plain = build_dgmd(face_model, {**TINY, "use_landmarks": False})
+    with torch.no_grad():
+        assert float(plain(vertices, cam, flow).gate[:, forehead].min()) > 0.0  # no floor: noise opens the gate

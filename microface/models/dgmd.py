@@ -56,7 +56,9 @@ class DGMDConfig:
     normalisers; render_blur_px: blur radius of the internal rasterization (only when pix_to_face is not given);
     motion_cues: "residual" (flow minus the coarse mesh's own projected motion onset->t, and the landmark residual
     minus its onset value: what the coarse mesh has NOT explained) | "raw" (flow and landmark residual as given);
-    gate_floor_px: motion (px) below which the gate stays exactly shut (the noise level of the flow).
+    gate_floor_px: motion (px) below which the gate stays exactly shut (the noise level of the flow);
+    gate_noise_factor: when > 0, the floor of each frame is at least this factor times the MEDIAN motion over the
+    frame's vertices, an estimate of its noise (a micro-expression moves a minority of the face).
     """
 
     hidden: int = 64
@@ -76,12 +78,15 @@ class DGMDConfig:
     render_blur_px: float = 0.5
     motion_cues: str = "residual"
     gate_floor_px: float = 0.0
+    gate_noise_factor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mapping not in MAPPINGS:
             raise ValueError(f"dgmd mapping: expected one of {MAPPINGS}, got {self.mapping!r}")
         if self.motion_cues not in MOTION_CUES:
             raise ValueError(f"dgmd motion_cues: expected one of {MOTION_CUES}, got {self.motion_cues!r}")
+        if self.gate_noise_factor < 0:
+            raise ValueError(f"dgmd gate_noise_factor: expected >= 0, got {self.gate_noise_factor}")
         if self.gate_floor_px < 0:
             raise ValueError(f"dgmd gate_floor_px: expected >= 0, got {self.gate_floor_px}")
         if self.laplacian not in LAPLACIANS:
@@ -374,17 +379,24 @@ class GatedGraphConv(nn.Module):
 
 class MotionAttention(nn.Module):
     """a = tanh(relu(sum(magnitudes) - floor) / gate_scale) * sigmoid(MLP(magnitudes / flow_scale)); magnitudes
-    (B, V, K) px -> (B, V) in [0, 1), exactly 0 where the summed magnitude is at most ``floor_px``."""
+    (B, V, K) px -> (B, V) in [0, 1), exactly 0 where the summed magnitude is at most the floor: ``floor_px``, or
+    ``noise_factor`` x the frame's median summed magnitude when that is larger."""
 
-    def __init__(self, n_cues: int, hidden: int, gate_scale_px: float, flow_scale_px: float, floor_px: float = 0.0):
+    def __init__(self, n_cues: int, hidden: int, gate_scale_px: float, flow_scale_px: float, floor_px: float = 0.0,
+                 noise_factor: float = 0.0):
         super().__init__()
         self.gate_scale_px = gate_scale_px
         self.floor_px = floor_px
+        self.noise_factor = noise_factor
         self.flow_scale_px = flow_scale_px
         self.mlp = nn.Sequential(nn.Linear(n_cues, hidden), nn.SiLU(), nn.Linear(hidden, 1))
 
     def forward(self, magnitudes: torch.Tensor) -> torch.Tensor:
-        strength = torch.tanh(F_nn.relu(magnitudes.sum(-1) - self.floor_px) / self.gate_scale_px)
+        motion = magnitudes.sum(-1)
+        floor = torch.full_like(motion[:, :1], self.floor_px)
+        if self.noise_factor > 0:
+            floor = torch.maximum(floor, self.noise_factor * motion.detach().median(dim=1, keepdim=True).values)
+        strength = torch.tanh(F_nn.relu(motion - floor) / self.gate_scale_px)
         return strength * torch.sigmoid(self.mlp(magnitudes / self.flow_scale_px))[..., 0]
 
 
@@ -439,7 +451,7 @@ class DGMD(nn.Module):
                                     nn.Linear(config.hidden, config.hidden), nn.SiLU())
         self.layers = nn.ModuleList(GatedGraphConv(config.hidden) for _ in range(config.gcn_layers))
         self.attention = (MotionAttention(n_motion, config.hidden, config.gate_scale_px, config.flow_scale_px,
-                                          config.gate_floor_px)
+                                          config.gate_floor_px, config.gate_noise_factor)
                           if config.use_attention and n_motion > 0 else None)
         self.head = nn.Linear(config.hidden, 3)
         # small initial offsets: an untrained DGMD stays close to the coarse mesh
