@@ -796,3 +796,30 @@ def summary_lines(summary: dict, out: str | Path) -> list[str]:
                      f"frame): {shown}")
     lines.append(f"wrote {out}: meshes/, params.npz, landmarks.npz, viewer.html, summary.json")
     return lines
+
+
+def frames_to_video(frame_paths: list, out: str | Path, fps: float = 30.0) -> Path:
+    """Write image files (same size, in order) as an mp4v video at ``out`` (temp file, then rename) -> the path.
+
+    For demos and tests: e.g. one clip of the synthetic benchmark (``microface synth``) as a short video.
+    """
+    out = Path(out)
+    if not frame_paths:
+        raise ValueError("frames_to_video: no frames given")
+    first = cv2.imread(str(frame_paths[0]), cv2.IMREAD_COLOR)
+    if first is None:
+        raise ValueError(f"frames_to_video: {frame_paths[0]} could not be read as an image")
+    height, width = first.shape[:2]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+    try:
+        for path in frame_paths:
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None or image.shape[:2] != (height, width):
+                raise ValueError(f"frames_to_video: {path} is unreadable or not {width}x{height}")
+            writer.write(image)
+    finally:
+        writer.release()
+    os.replace(tmp, out)
+    return out
