@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 PROFILE ?= smoke
 CORES ?= 2
 STAMP := $(VENV)/.microface-installed
+# Snakemake's shell rules call papermill (and the kernel runs python): the venv must come first on PATH
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: reproduce setup test unit nbval lint benchmarks clean-results
 
