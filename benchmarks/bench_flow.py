@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from microface.atomic import write_text_atomic
 from microface.data.flow import compute_flow, endpoint_error, synthetic_flow, warp_pair
 
 METHODS = [  # (row name, compute_flow kwargs or None for zero flow)
@@ -119,10 +120,7 @@ def write_markdown(path: Path, rows, n_pairs: int, shape, magnitude: float, sour
     ]
     lines += [f"| {name} | {ms:.1f} | {epe:.4f} |" for name, epe, ms in rows]
     lines += ["", f"Command: `{command}`", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_text_atomic("\n".join(lines), path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from microface.atomic import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "reconstruct.md"
 MODEL_STAGES = ("per-frame", "coarse", "dem", "dgmd")
@@ -275,10 +277,7 @@ def write_markdown(path: Path, results: dict[str, dict], args, source: str, comm
         f"Command: `{command}`",
         "",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_text_atomic("\n".join(lines), path)
 
 
 def main(argv: list[str] | None = None) -> int:

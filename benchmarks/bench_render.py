@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from microface.atomic import write_text_atomic
 from microface.render import MeshRenderer, look_at_camera, sh_constant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,9 +102,7 @@ def main() -> None:
     for name, nv, nf, size, coverage, fwd, fwd_bwd in rows:
         lines.append(f"| {name} | {nv} | {nf} | {size}x{size} | {coverage:.0%} | {fwd:.1f} | {fwd_bwd:.1f} |")
     RESULT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULT.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, RESULT)
+    write_text_atomic("\n".join(lines) + "\n", RESULT)
     print(f"wrote {RESULT}")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from microface.atomic import write_text_atomic
 from microface.synth import config_for_profile, generate
 
 
@@ -47,9 +48,7 @@ def main() -> None:
     ]
     lines += [f"| {p} | {s}² | {c} | {f} | {t:.1f} | {cps:.2f} | {fps:.1f} |" for p, s, c, f, t, cps, fps in rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, args.out)
+    write_text_atomic("\n".join(lines) + "\n", args.out)
     print("\n".join(lines))
 
 

@@ -28,11 +28,9 @@ def index(
     check_images: str = typer.Option("endpoints", "--check-images", help="none / endpoints / all: decode frames to catch corrupt files"),
 ) -> None:
     """Index a dataset: one CSV row per clip (written atomically), and counts per class and subject."""
-    import os
-    import tempfile
-
     import pandas as pd
 
+    from microface.atomic import atomic_path
     from microface.data.datasets import LoadReport, load_dataset
     from microface.data.datasets._common import natural_key
 
@@ -51,15 +49,8 @@ def index(
         typer.echo(f"error: no clips loaded from {root} ({report.summary()})", err=True)
         raise typer.Exit(code=1)
     table = pd.DataFrame([r.to_row() for r in records])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     typer.echo(report.summary())
     for reason_kind, items in (("skipped", report.skipped), ("excluded", report.excluded)):
         for clip, reason in items[:10]:

@@ -28,8 +28,6 @@ ODE gets the kept frames' true times. Everything is written under ``out_dir`` (c
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from microface.atomic import atomic_path, write_text_atomic
 from microface.data.clip import ClipRecord
 from microface.models import config_from_dict
 from microface.models.dem import DEMOutput, normalise_times
@@ -281,23 +280,11 @@ def build_baseline(face_model, encoder: dict | None = None, seed: int = 0) -> Pe
 
 
 # ----------------------------------------------------------------------------------------------- files
-def _write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_table(table: pd.DataFrame, out_dir: Path, name: str, markdown: bool = True) -> None:
     """``table`` as ``out_dir/name.csv`` (and ``name.md``), each written to a temp file and renamed."""
-    _write_text_atomic(table.to_csv(index=False), Path(out_dir) / f"{name}.csv")
+    write_text_atomic(table.to_csv(index=False), Path(out_dir) / f"{name}.csv")
     if markdown:
-        _write_text_atomic(markdown_table(table), Path(out_dir) / f"{name}.md")
+        write_text_atomic(markdown_table(table), Path(out_dir) / f"{name}.md")
 
 
 def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
@@ -318,10 +305,10 @@ def _check_run_description(out_dir: Path, description: dict) -> None:
     if path.is_file():
         found = json.loads(path.read_text())
         if found != json.loads(text):
-            raise ValueError(f"{out_dir} holds a coarse benchmark run with other settings ({path}); delete {out_dir} "
+            raise ValueError(f"{out_dir} holds a benchmark run with other settings ({path}); delete {out_dir} "
                              f"or choose another out_dir (found {found}, asked {json.loads(text)})")
         return
-    _write_text_atomic(text, path)
+    write_text_atomic(text, path)
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -441,7 +428,7 @@ def run_coarse_benchmark(synth_root, out_dir, settings: dict, seed: int = 0, *, 
     if not macro_train:
         raise ValueError(f"{synth_root}: no macro clips for the training subjects; generate with --macro-clips >= 1")
     split = split_label(train_subjects, test_subjects)
-    _write_text_atomic(json.dumps({"train_subjects": train_subjects, "test_subjects": test_subjects,
+    write_text_atomic(json.dumps({"train_subjects": train_subjects, "test_subjects": test_subjects,
                                    "macro_train": [r.key for r in macro_train],
                                    "micro_train": [r.key for r in micro_train],
                                    "micro_test": [r.key for r in micro_test], "label": split}, indent=2),
@@ -569,7 +556,5 @@ def plot_errors(per_clip: pd.DataFrame, path=None):
 
 
 def _save_figure(figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    figure.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120)

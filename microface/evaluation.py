@@ -20,6 +20,7 @@ Columns, on the TEST subjects' ME clips (kept frames as in notebook 01):
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,9 +33,9 @@ from microface.coarse_benchmark import (CoarseBenchmarkSettings, _check_run_desc
 from microface.metrics_geometry import temporal_jitter
 from microface.models import config_from_dict
 from microface.models.dem_training import (ClipTensors, TrainSettings, build_dem, collate_clips, fields_finetune,
-                                           reconstruct, render_frames)
-from microface.refine_benchmark import (RefineBenchmarkSettings, coarse_clips, load_split, model_frame_offsets,
-                                        moving_mask)
+                                           render_frames)
+from microface.models.dgmd_training import moving_vertices
+from microface.refine_benchmark import RefineBenchmarkSettings, coarse_clips, load_split, model_frame_offsets
 from microface.train import load_checkpoint, progress
 
 TABLE_NAME = "main_table"
@@ -154,7 +155,7 @@ def score_method(method: str, model, dgmd, face_model, clips: list[ClipTensors],
     rows, rendered, targets, alphas, trajectories = [], [], [], [], []
     for clip, refine_clip_data, truth in zip(clips, refine, scoring):
         batch = collate_clips([clip])
-        recon = reconstruct(model, face_model, batch.frames, batch.flow, batch.times)
+        recon = truth.reconstruction  # coarse_clips ran the model once; reuse it
         mesh, expression = truth.expression_only, recon.output.expression[0]
         if dgmd is not None:
             from microface.models.dgmd_training import refine_clip
@@ -163,9 +164,9 @@ def score_method(method: str, model, dgmd, face_model, clips: list[ClipTensors],
             model_offsets = model_frame_offsets(offsets, truth.rotation)
             mesh = mesh + model_offsets
             expression = expression + offsets_to_expression(model_offsets, basis)
-            recon.vertices = recon.vertices + offsets[None]
+            recon = dataclasses.replace(recon, vertices=recon.vertices + offsets[None])
         error = (mesh - truth.truth).norm(dim=-1)
-        moving = moving_mask(truth.truth, truth.apex, moving_threshold_mm)
+        moving = moving_vertices(truth.truth, truth.apex, moving_threshold_mm)
         rows.append({"method": method, "key": clip.key, "apex_error_mm": float(error[truth.apex].mean()),
                      "clip_error_mm": float(error.mean()),
                      "moving_apex_error_mm": float(error[truth.apex, moving].mean()) if moving.any() else float("nan"),
@@ -364,12 +365,12 @@ def qualitative_example(synth_root, coarse_dir, refine_dir, dem_settings: dict, 
     batch = collate_clips([clip])
     renders = {}
     for name, offsets in (("coarse", None), ("refined", refinement.offsets)):
-        recon = reconstruct(dem, data.face_model, batch.frames, batch.flow, batch.times)
+        recon = truth.reconstruction
         if offsets is not None:
-            recon.vertices = recon.vertices + offsets[None]
+            recon = dataclasses.replace(recon, vertices=recon.vertices + offsets[None])
         out = render_frames(recon, data.face_model, batch.frames, data.renderer, "onset")
         renders[name] = (out.alpha * out.image + (1 - out.alpha) * batch.frames[0]).permute(0, 2, 3, 1).cpu().numpy()
-    moving = moving_mask(truth.truth, truth.apex, data.threshold_mm)
+    moving = moving_vertices(truth.truth, truth.apex, data.threshold_mm)
 
     def displacement(mesh: torch.Tensor) -> np.ndarray:
         return (mesh - mesh[:1]).norm(dim=-1)[:, moving].mean(-1).cpu().numpy()

@@ -1,7 +1,6 @@
 """Static figures of the embedded default and of prepared clips (matplotlib); saved as PNG and PDF."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -11,17 +10,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.tri import Triangulation  # noqa: E402
 
+from microface.atomic import atomic_path  # noqa: E402
+
 
 def save_figure(figure, path: str | Path) -> list[Path]:
     """Write ``path`` (PNG) and its PDF twin, each via a temporary file and a rename. -> the two paths."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix in (".png", ".pdf"):
         target = path.with_suffix(suffix)
-        tmp = target.with_name(target.stem + ".tmp" + suffix)
-        figure.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            figure.savefig(tmp, dpi=150, bbox_inches="tight")
         written.append(target)
     return written
 

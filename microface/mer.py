@@ -19,9 +19,7 @@ per-epoch test logits in ``peek/<subject>/epoch_XXXX.pt``.
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from microface.atomic import atomic_path
 from microface.data.folds import check_protocol, label_table, loso_folds, select_epoch
 from microface.metrics import confusion_table, mer_breakdown, mer_scores
 from microface.models import config_from_dict
@@ -215,16 +214,8 @@ def _safe_name(text: str) -> str:
 
 def write_csv_atomic(df: pd.DataFrame, path: Path, index: bool = False) -> None:
     """DataFrame.to_csv to a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=index)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @torch.no_grad()

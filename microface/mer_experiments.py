@@ -1,11 +1,12 @@
 """Settings and tables of the recognition experiment (notebook 03_mer): which inputs and model size per profile."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from microface.atomic import write_text_atomic
 
 # Model sizes per profile: small enough for 2 CPU cores in `smoke` and `cpu`, paper scale on GPU nodes.
 MODEL_SIZES = {
@@ -58,12 +59,7 @@ def chance_level(samples) -> dict[str, float]:
 def write_mer_table(table: pd.DataFrame, chance: dict, path: str | Path) -> pd.DataFrame:
     """Add the chance level beside the scores and write CSV + Markdown atomically. -> the table written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = table.assign(chance_acc=round(chance["acc_majority"], 4), chance_uar=round(chance["uar_uniform"], 4))
-    tmp = path.with_suffix(".tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    md = path.with_suffix(".md")
-    md.with_suffix(".tmp").write_text(table.to_markdown(index=False))
-    os.replace(md.with_suffix(".tmp"), md)
+    write_text_atomic(table.to_csv(index=False), path)
+    write_text_atomic(table.to_markdown(index=False), path.with_suffix(".md"))
     return table

@@ -60,6 +60,8 @@ import cv2
 import numpy as np
 import torch
 
+from microface.atomic import atomic_path
+
 BUNDLE_FORMAT = "microface-reconstruct-v1"
 OUTPUT_FORMAT = "microface-reconstruction-v1"
 FACE_MODELS = ("open", "flame")
@@ -810,16 +812,14 @@ def frames_to_video(frame_paths: list, out: str | Path, fps: float = 30.0) -> Pa
     if first is None:
         raise ValueError(f"frames_to_video: {frame_paths[0]} could not be read as an image")
     height, width = first.shape[:2]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
-    try:
-        for path in frame_paths:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None or image.shape[:2] != (height, width):
-                raise ValueError(f"frames_to_video: {path} is unreadable or not {width}x{height}")
-            writer.write(image)
-    finally:
-        writer.release()
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+        try:
+            for path in frame_paths:
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if image is None or image.shape[:2] != (height, width):
+                    raise ValueError(f"frames_to_video: {path} is unreadable or not {width}x{height}")
+                writer.write(image)
+        finally:
+            writer.release()
     return out

@@ -31,8 +31,9 @@ from microface.coarse_benchmark import (CoarseBenchmarkSettings, _check_run_desc
                                         clip_tensors_from_synth, training_curves, write_table)
 from microface.face.model import axis_angle_to_matrix
 from microface.models import config_from_dict
-from microface.models.dem_training import ClipTensors, build_dem, collate_clips, reconstruct
-from microface.models.dgmd_training import RefineClip, refine_clip, train_dgmd, DGMDTrainSettings
+from microface.models.dem_training import ClipTensors, Reconstruction, build_dem, collate_clips, reconstruct
+from microface.models.dgmd_training import (DGMDTrainSettings, RefineClip, masked_mean, moving_vertices,
+                                             refine_clip, train_dgmd)
 from microface.models.dgmd import DGMDConfig, build_dgmd
 from microface.models.encoder import to_render_camera
 from microface.train import load_checkpoint
@@ -78,7 +79,8 @@ class EvalClip:
 
     expression_only (T, V, 3): DEM's expression on the ground-truth shape at zero pose; truth (T, V, 3): the
     ground truth at zero pose; neutral (T, V, 3): ground-truth shape, no expression; rotation (T, 3, 3): DEM's
-    predicted global rotation per frame (maps model-frame offsets to the posed frame); apex: kept-frame index.
+    predicted global rotation per frame (maps model-frame offsets to the posed frame); apex: kept-frame index;
+    reconstruction: DEM's ``Reconstruction`` of the clip (batch 1), for rendering.
     """
 
     expression_only: torch.Tensor
@@ -87,6 +89,7 @@ class EvalClip:
     rotation: torch.Tensor
     apex: int
     key: str
+    reconstruction: Reconstruction | None = None
 
 
 @torch.no_grad()
@@ -111,7 +114,7 @@ def coarse_clips(dem, face_model, clips: list[ClipTensors]) -> tuple[list[Refine
         scoring.append(EvalClip(
             expression_only=face_model(gt_shape, recon.output.expression[0], zero_pose).vertices, truth=truth,
             neutral=neutral, rotation=axis_angle_to_matrix(recon.output.coarse.pose[0, :, :3]), apex=apex,
-            key=clip.key))
+            key=clip.key, reconstruction=recon))
     return refine, scoring
 
 
@@ -121,26 +124,16 @@ def model_frame_offsets(offsets: torch.Tensor, rotation: torch.Tensor) -> torch.
     return torch.einsum("tji,tvj->tvi", rotation, offsets)
 
 
-def moving_mask(truth: torch.Tensor, apex: int, threshold_mm: float) -> torch.Tensor:
-    """(T, V, 3) ground truth at zero pose -> (V,) bool: displacement from the onset (frame 0) at the apex above
-    threshold_mm."""
-    return (truth[apex] - truth[0]).norm(dim=-1) > threshold_mm
-
-
-def _masked(values: torch.Tensor, mask: torch.Tensor) -> float:
-    return float(values[..., mask].mean()) if bool(mask.any()) else float("nan")
-
-
 def score_clip(mesh: torch.Tensor, scoring: EvalClip, moving: torch.Tensor, gate: torch.Tensor | None = None) -> dict:
     """Per-vertex errors of ``mesh`` (T, V, 3) against the clip's truth, split by ``moving`` (V,) bool; the mean
     gate (T, V) on each part when given."""
     error = (mesh - scoring.truth).norm(dim=-1)  # (T, V)
     row = {}
     for part, mask in (("moving", moving), ("static", ~moving), ("all", torch.ones_like(moving))):
-        row[f"{part}_apex_mm"] = _masked(error[scoring.apex], mask)
-        row[f"{part}_clip_mm"] = _masked(error, mask)
+        row[f"{part}_apex_mm"] = masked_mean(error[scoring.apex], mask)
+        row[f"{part}_clip_mm"] = masked_mean(error, mask)
         if gate is not None:
-            row[f"gate_{part}"] = _masked(gate, mask)
+            row[f"gate_{part}"] = masked_mean(gate, mask)
     return row
 
 
@@ -170,7 +163,7 @@ def refine_and_score(dgmd, refine: list[RefineClip], scoring: list[EvalClip], th
     for clip, truth in zip(refine, scoring):
         refined = refine_clip(dgmd, clip)
         mesh = truth.expression_only + model_frame_offsets(refined.offsets, truth.rotation)
-        moving = moving_mask(truth.truth, truth.apex, threshold_mm)
+        moving = moving_vertices(truth.truth, truth.apex, threshold_mm)
         rows.append({"method": method, "key": clip.key, "n_moving": int(moving.sum()),
                      **score_clip(mesh, truth, moving, refined.gate),
                      "offset_mean_mm": float(refined.offsets.norm(dim=-1).mean())})
@@ -181,7 +174,7 @@ def unrefined_rows(scoring: list[EvalClip], threshold_mm: float) -> list[dict]:
     """Rows for DEM alone and for the neutral face (both without DGMD)."""
     rows = []
     for truth in scoring:
-        moving = moving_mask(truth.truth, truth.apex, threshold_mm)
+        moving = moving_vertices(truth.truth, truth.apex, threshold_mm)
         for method, mesh in ((METHOD_COARSE, truth.expression_only), (REFERENCE, truth.neutral)):
             rows.append({"method": method, "key": truth.key, "n_moving": int(moving.sum()),
                          **score_clip(mesh, truth, moving)})
@@ -282,7 +275,7 @@ def example_refinement(dgmd, refine: RefineClip, scoring: EvalClip, threshold_mm
     displacement from the onset of the moving vertices: truth / coarse / refined (T,) mm."""
     refined = refine_clip(dgmd, refine)
     mesh = scoring.expression_only + model_frame_offsets(refined.offsets, scoring.rotation)
-    moving = moving_mask(scoring.truth, scoring.apex, threshold_mm)
+    moving = moving_vertices(scoring.truth, scoring.apex, threshold_mm)
     a = scoring.apex
 
     def displacement(x: torch.Tensor) -> np.ndarray:
@@ -317,4 +310,4 @@ def most_moving_clip(scoring: list[EvalClip], threshold_mm: float) -> int:
     """Index of the test clip with the most moving vertices (the clearest example for a figure)."""
     if not scoring:
         raise ValueError("most_moving_clip: no clips")
-    return int(np.argmax([int(moving_mask(s.truth, s.apex, threshold_mm).sum()) for s in scoring]))
+    return int(np.argmax([int(moving_vertices(s.truth, s.apex, threshold_mm).sum()) for s in scoring]))

@@ -6,11 +6,11 @@ surface is drawn last.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from microface.atomic import write_text_atomic
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -68,18 +68,6 @@ def attention_map_figure(vertices, faces, gate, title: str = "motion attention")
     return _vertex_map_figure(vertices, faces, gate, title, "gate a", "magma", 0.0, 1.0)
 
 
-def _atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def mesh_sequence_html(vertices, faces, path, values=None, title: str = "", include_plotlyjs: bool | str = True,
                        value_label: str = "mm") -> Path:
     """Interactive plotly page of a mesh sequence (one frame per slider step, with play / pause).
@@ -126,5 +114,5 @@ def mesh_sequence_html(vertices, faces, path, values=None, title: str = "", incl
         scene=dict(aspectmode="data", camera=dict(eye=dict(x=0.0, y=0.0, z=2.0), up=dict(x=0, y=1, z=0))),
         margin=dict(l=0, r=0, t=40, b=0),
     )
-    _atomic_write_text(figure.to_html(include_plotlyjs=include_plotlyjs, full_html=True), path)
+    write_text_atomic(figure.to_html(include_plotlyjs=include_plotlyjs, full_html=True), path)
     return path

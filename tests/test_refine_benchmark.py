@@ -13,7 +13,8 @@ from microface.coarse_benchmark import run_coarse_benchmark
 from microface.face.model import axis_angle_to_matrix
 from microface.face.open_model import OpenFaceModel
 from microface.refine_benchmark import (METHOD_COARSE, METHOD_REFINED, REFERENCE, EvalClip, load_refine_run,
-                                        model_frame_offsets, moving_mask, run_refine_benchmark, score_clip)
+                                        model_frame_offsets, run_refine_benchmark, score_clip)
+from microface.models.dgmd_training import moving_vertices
 from microface.synth import config_for_profile, generate
 
 TINY_DEM = {
@@ -50,7 +51,7 @@ def test_moving_split_and_scores_by_hand():
     truth = torch.zeros(3, 4, 3)
     truth[1, 0, 0] = 0.3  # vertex 0 moves 0.3 mm at the apex (frame 1); vertex 1 only 0.05 mm
     truth[1, 1, 0] = 0.05
-    moving = moving_mask(truth, apex=1, threshold_mm=0.1)
+    moving = moving_vertices(truth, apex=1, threshold_mm=0.1)
     assert moving.tolist() == [True, False, False, False]
     mesh = truth.clone()
     mesh[:, 2, 1] = 0.2  # a static vertex off by 0.2 mm in every frame

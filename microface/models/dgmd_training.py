@@ -3,7 +3,7 @@
 Data: ``RefineClip`` (one clip from its onset: coarse meshes (T,V,3) mm, flow onset->t (T,2,H,W) px with frame 0
 the onset, one camera for the clip, optional landmarks and ground truth). Build them from the synthetic
 benchmark's ground-truth npz with :func:`clip_from_ground_truth` (coarse meshes given as tensors: DEM's, or
-any ground-truth-free stand-in) or from a trained DEM with :func:`clips_from_dem`.
+any ground-truth-free stand-in) or from a trained DEM with ``microface.refine_benchmark.coarse_clips``.
 
 Losses per training frame t (every term used when its weight is > 0 and its data exist); DGMD is run on frame t
 AND on the onset (zero flow), so a static correction that landmarks ask for at both cancels in the motion:
@@ -228,37 +228,6 @@ def clip_from_ground_truth(gt: dict, coarse_vertices: torch.Tensor, key: str = "
         truth_motion_vertices=(None if canonical is None
                                else torch.as_tensor(np.asarray(canonical), dtype=torch.float32)[window]),
         apex=apex if 0 <= apex <= stop - onset else None, key=key)
-
-
-@torch.no_grad()
-def clips_from_dem(dem, face_model, clips: list) -> list[RefineClip]:
-    """RefineClips from a trained DEM on ``microface.models.dem_training.ClipTensors`` (frame 0 = onset).
-
-    Coarse meshes are DEM's (model frame, encoder pose); the camera is the encoder's weak-perspective camera of
-    the onset frame, held for the clip (head motion is carried by the pose). Ground truth, where the clip has
-    expression and shape, is the pose-free model mesh (evaluate with ``align=True``).
-    """
-    from microface.models.dem_training import collate_clips, reconstruct
-    from microface.models.encoder import to_render_camera
-
-    dem.eval()
-    out = []
-    for clip in clips:
-        batch = collate_clips([clip])
-        recon = reconstruct(dem, face_model, batch.frames, batch.flow, batch.times)
-        H, W = clip.frames.shape[-2:]
-        camera = to_render_camera(recon.output.coarse.camera[:, 0], (H, W))
-        truth = None
-        if clip.expression is not None and clip.shape is not None:
-            T = clip.frames.shape[0]
-            pose = torch.zeros(T, 6, dtype=clip.frames.dtype)
-            if clip.pose is not None:
-                pose[:, 3:] = clip.pose[:, 3:]  # keep the jaw, drop the global head pose
-            truth = face_model(clip.shape[None].expand(T, -1).to(pose), clip.expression.to(pose), pose).vertices
-        out.append(RefineClip(coarse_vertices=recon.vertices[0], flow_onset_to_t=clip.flow, camera=camera,
-                              landmarks2d=clip.landmarks2d, truth_vertices=truth, truth_motion_vertices=truth,
-                              apex=clip.apex, key=clip.key))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -498,7 +467,8 @@ def moving_vertices(motion_vertices: torch.Tensor, apex: int, threshold_mm: floa
     return (motion_vertices[apex] - motion_vertices[0]).norm(dim=-1) > threshold_mm
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean of ``values[..., mask]`` (mask (V,) bool over the last axis); NaN when the mask is empty."""
     return float(values[..., mask].mean()) if bool(mask.any()) else float("nan")
 
 
@@ -532,9 +502,9 @@ def evaluate_dgmd(dgmd: DGMD, clips: list[RefineClip], moving_threshold_mm: floa
             error = (mesh - truth).norm(dim=-1)  # (T, V)
             motion_error = ((mesh[apex] - mesh[0]) - truth_motion).norm(dim=-1)
             for part, mask in (("moving", moving), ("static", ~moving), ("all", torch.ones_like(moving))):
-                row[f"{name}_{part}_apex_mm"] = _masked_mean(error[apex], mask)
-                row[f"{name}_{part}_clip_mm"] = _masked_mean(error, mask)
-                row[f"{name}_motion_{part}_apex_mm"] = _masked_mean(motion_error, mask)
+                row[f"{name}_{part}_apex_mm"] = masked_mean(error[apex], mask)
+                row[f"{name}_{part}_clip_mm"] = masked_mean(error, mask)
+                row[f"{name}_motion_{part}_apex_mm"] = masked_mean(motion_error, mask)
         rows.append(row)
     return rows
 
