@@ -16,7 +16,7 @@ ME clips with ``microface.evaluation.method_row`` (the same columns as the main 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -27,12 +27,13 @@ from microface.coarse_benchmark import (CoarseBenchmarkSettings, _check_run_desc
 from microface.evaluation import EvaluationSettings, finish_table, method_row, prepare_eval_data
 from microface.models import config_from_dict
 from microface.models.dem_training import build_dem, train_dem
+from microface.models.dgmd_training import DGMDLossWeights
 from microface.refine_benchmark import RefineBenchmarkSettings, coarse_clips, train_variant
 from microface.train import load_checkpoint, progress
 
 TABLE_NAME = "ablation_table"
 CUES = {"geometry": "use_geometry", "landmarks": "use_landmarks", "flow": "use_flow"}
-DGMD_LOSS_TERMS = ("flow", "landmark", "laplacian", "normal", "offset")
+DGMD_LOSS_TERMS = tuple(f.name for f in fields(DGMDLossWeights))
 
 
 @dataclass
@@ -97,7 +98,7 @@ def run_ablations(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dic
         raise FileNotFoundError(f"{full_dgmd_path} is missing: run notebook 02_dgmd_refine first")
 
     def refine_clips_of(model):
-        return coarse_clips(model, face_model, data.train_clips)[0]
+        return coarse_clips(model, face_model, data.train_clips, data.train_refine_inputs)[0]
 
     dem_train = refine_clips_of(dem)
 

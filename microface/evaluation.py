@@ -148,10 +148,12 @@ def load_methods(coarse_dir: Path, refine_dir: Path, out_dir: Path, face_model, 
 # -------------------------------------------------------------------------------------------- scoring
 @torch.no_grad()
 def score_method(method: str, model, dgmd, face_model, clips: list[ClipTensors], basis: torch.Tensor,
-                 renderer, moving_threshold_mm: float, n_frames: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """Geometry rows per clip (refined by ``dgmd`` unless it is None), and the method's images / trajectories: {"rendered" (N,3,H,W) composites,
-    "target" (N,3,H,W), "alpha" (N,1,H,W), "trajectory" (clips, n_frames, E) resampled uniformly in frame order}."""
-    refine, scoring = coarse_clips(model, face_model, clips)
+                 renderer, moving_threshold_mm: float, n_frames: int,
+                 refine_inputs: list[ClipTensors] | None = None) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Geometry rows per clip (refined by ``dgmd`` unless it is None), and the method's images / trajectories:
+    {"rendered" (N,3,H,W) composites, "target" (N,3,H,W), "alpha" (N,1,H,W), "trajectory" (clips, n_frames, E)
+    resampled uniformly in frame order}. refine_inputs: the clips at DGMD's resolution (None: the same)."""
+    refine, scoring = coarse_clips(model, face_model, clips, refine_inputs)
     rows, rendered, targets, alphas, trajectories = [], [], [], [], []
     for clip, refine_clip_data, truth in zip(clips, refine, scoring):
         batch = collate_clips([clip])
@@ -208,7 +210,8 @@ def recognition_scores(method: str, trajectories: torch.Tensor, clips: list[Clip
 class EvalData:
     """What every scored method shares: the face model, labelled train / test clips and their records, the class
     names, the expression basis, the renderer, the moving threshold, the trajectory length, and the real frames'
-    Inception features once computed (the FID reference)."""
+    Inception features once computed (the FID reference); train / test_refine_inputs: the same clips at DGMD's
+    resolution when it differs from DEM's (else None)."""
 
     face_model: object
     train_records: list
@@ -222,6 +225,8 @@ class EvalData:
     n_frames: int
     split_label: str
     real_features: torch.Tensor | None = None
+    train_refine_inputs: list[ClipTensors] | None = None
+    test_refine_inputs: list[ClipTensors] | None = None
 
     @property
     def subjects(self) -> list[str]:
@@ -252,12 +257,20 @@ def prepare_eval_data(synth_root, coarse_dir, dem_settings: dict, dgmd_settings:
                                         device, show_progress)
     test_clips = labelled_clip_tensors(test_records, class_names, image_size, flow_method, config.max_frames,
                                        device, show_progress)
+    refine_settings = RefineBenchmarkSettings.from_dict(dgmd_settings)
+    refine_size = refine_settings.image_size
+    train_refine = test_refine = None
+    if refine_size not in (None, image_size):
+        train_refine = labelled_clip_tensors(train_records, class_names, refine_size, flow_method, config.max_frames,
+                                             device, show_progress)
+        test_refine = labelled_clip_tensors(test_records, class_names, refine_size, flow_method, config.max_frames,
+                                            device, show_progress)
     face_model = OpenFaceModel().to(device)
     return EvalData(face_model=face_model, train_records=train_records, test_records=test_records,
                     train_clips=train_clips, test_clips=test_clips, class_names=class_names,
                     basis=expression_basis(face_model).to(device), renderer=MeshRenderer(),
-                    threshold_mm=RefineBenchmarkSettings.from_dict(dgmd_settings).moving_threshold_mm,
-                    n_frames=config.max_frames, split_label=split["label"])
+                    threshold_mm=refine_settings.moving_threshold_mm, n_frames=config.max_frames,
+                    split_label=split["label"], train_refine_inputs=train_refine, test_refine_inputs=test_refine)
 
 
 def method_row(method: str, model, dgmd, data: EvalData, settings: EvaluationSettings, out_dir: Path, seed: int,
@@ -266,7 +279,7 @@ def method_row(method: str, model, dgmd, data: EvalData, settings: EvaluationSet
     from microface.image_metrics import fid_from_features, inception_pool_features, perceptual_distance, photometric_l1
 
     clip_rows, images = score_method(method, model, dgmd, data.face_model, data.test_clips, data.basis, data.renderer,
-                                     data.threshold_mm, data.n_frames)
+                                     data.threshold_mm, data.n_frames, data.test_refine_inputs)
     frame = pd.DataFrame(clip_rows)
     row = {"method": method, **frame.drop(columns=["method", "key"]).mean().to_dict(),
            "apex_error_std_mm": float(frame["apex_error_mm"].std())}
@@ -280,7 +293,7 @@ def method_row(method: str, model, dgmd, data: EvalData, settings: EvaluationSet
         row["fid"] = fid_from_features(rendered, data.real_features)
     if recognition:
         _, train_images = score_method(method, model, dgmd, data.face_model, data.train_clips, data.basis,
-                                       data.renderer, data.threshold_mm, data.n_frames)
+                                       data.renderer, data.threshold_mm, data.n_frames, data.train_refine_inputs)
         trajectories = torch.cat([train_images["trajectory"], images["trajectory"]])
         row.update(recognition_scores(method, trajectories, data.train_clips + data.test_clips, data.subjects,
                                       data.test_subjects, data.class_names, settings, out_dir, seed, device))
@@ -357,7 +370,7 @@ def qualitative_example(synth_root, coarse_dir, refine_dir, dem_settings: dict, 
     dgmd = build_dgmd(data.face_model, RefineBenchmarkSettings.from_dict(dgmd_settings).model, seed).to(device)
     load_checkpoint(Path(refine_dir) / "checkpoints" / "dgmd.pt", dgmd)
     dem.eval(), dgmd.eval()
-    refine, scoring = coarse_clips(dem, data.face_model, data.test_clips)
+    refine, scoring = coarse_clips(dem, data.face_model, data.test_clips, data.test_refine_inputs)
     k = most_moving_clip(scoring, data.threshold_mm) if clip_index is None else clip_index
     clip, truth = data.test_clips[k], scoring[k]
     refinement = refine_clip(dgmd, refine[k])

@@ -48,17 +48,22 @@ REFERENCE = "reference: neutral face (no expression)"
 class RefineBenchmarkSettings:
     """The ``dgmd:`` section of a profile config.
 
-    moving_threshold_mm: ground-truth apex displacement above which a vertex counts as moving; model:
-    ``DGMDConfig`` keys; train: ``DGMDTrainSettings`` keys except ``seed`` (the profile's seed is used).
+    moving_threshold_mm: ground-truth apex displacement above which a vertex counts as moving; image_size: DGMD's
+    own resolution for flow, landmarks and rasterization (None: DEM's, ``data.size``; fine motion needs more
+    pixels than the coarse encoder); model: ``DGMDConfig`` keys; train: ``DGMDTrainSettings`` keys except ``seed``
+    (the profile's seed is used).
     """
 
     moving_threshold_mm: float = 0.1
+    image_size: int | None = None
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.moving_threshold_mm > 0:
             raise ValueError(f"dgmd.moving_threshold_mm: expected > 0, got {self.moving_threshold_mm}")
+        if self.image_size is not None and int(self.image_size) < 8:
+            raise ValueError(f"dgmd.image_size: expected >= 8 pixels or null, got {self.image_size}")
         if "seed" in self.train:
             raise ValueError("dgmd.train.seed: not a setting here; the profile's top-level seed is used")
         DGMDConfig.from_dict(self.model)
@@ -93,28 +98,38 @@ class EvalClip:
 
 
 @torch.no_grad()
-def coarse_clips(dem, face_model, clips: list[ClipTensors]) -> tuple[list[RefineClip], list[EvalClip]]:
+def coarse_clips(dem, face_model, clips: list[ClipTensors],
+                 refine_inputs: list[ClipTensors] | None = None) -> tuple[list[RefineClip], list[EvalClip]]:
     """Run DEM on each clip: RefineClips (DEM's posed meshes, the onset's weak-perspective camera, the clip's
-    flow and landmarks) and the matching EvalClips (see ``EvalClip``)."""
+    flow and landmarks) and the matching EvalClips (see ``EvalClip``). refine_inputs: the same clips at DGMD's
+    own resolution (flow, landmarks and camera are taken from them; None: DEM's resolution)."""
     dem.eval()
+    if refine_inputs is not None and len(refine_inputs) != len(clips):
+        raise ValueError(f"coarse_clips: {len(refine_inputs)} refine inputs for {len(clips)} clips")
     refine, scoring = [], []
-    for clip in clips:
+    for i, clip in enumerate(clips):
         batch = collate_clips([clip])
         recon = reconstruct(dem, face_model, batch.frames, batch.flow, batch.times)
         T = clip.frames.shape[0]
-        H, W = clip.frames.shape[-2:]
+        cues = clip if refine_inputs is None else refine_inputs[i]
+        if cues.key != clip.key or cues.frames.shape[0] != T:
+            raise ValueError(f"coarse_clips: refine input {cues.key!r} ({cues.frames.shape[0]} frames) does not "
+                             f"match clip {clip.key!r} ({T} frames)")
+        H, W = cues.frames.shape[-2:]
         camera = to_render_camera(recon.output.coarse.camera[:, 0], (H, W))
-        refine.append(RefineClip(coarse_vertices=recon.vertices[0], flow_onset_to_t=clip.flow, camera=camera,
-                                 landmarks2d=clip.landmarks2d, apex=clip.apex, key=clip.key))
         zero_pose = torch.zeros(T, 6, dtype=clip.frames.dtype, device=clip.frames.device)
         gt_shape = clip.shape[None].expand(T, -1).to(zero_pose)
         truth = face_model(gt_shape, clip.expression.to(zero_pose), zero_pose).vertices
         neutral = face_model(gt_shape, torch.zeros_like(clip.expression).to(zero_pose), zero_pose).vertices
         apex = clip.apex if clip.apex is not None else int((truth - neutral).norm(dim=-1).mean(-1).argmax())
-        scoring.append(EvalClip(
-            expression_only=face_model(gt_shape, recon.output.expression[0], zero_pose).vertices, truth=truth,
-            neutral=neutral, rotation=axis_angle_to_matrix(recon.output.coarse.pose[0, :, :3]), apex=apex,
-            key=clip.key, reconstruction=recon))
+        expression_only = face_model(gt_shape, recon.output.expression[0], zero_pose).vertices
+        rotation = axis_angle_to_matrix(recon.output.coarse.pose[0, :, :3])
+        # posed displacement = R (model displacement): the inverse of model_frame_offsets
+        target = torch.einsum("tij,tvj->tvi", rotation, truth - expression_only)
+        refine.append(RefineClip(coarse_vertices=recon.vertices[0], flow_onset_to_t=cues.flow, camera=camera,
+                                 landmarks2d=cues.landmarks2d, apex=clip.apex, key=clip.key, target_offsets=target))
+        scoring.append(EvalClip(expression_only=expression_only, truth=truth, neutral=neutral, rotation=rotation,
+                                apex=apex, key=clip.key, reconstruction=recon))
     return refine, scoring
 
 
@@ -195,8 +210,9 @@ def summary_table(per_clip: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def prepare_refine_data(synth_root, coarse_dir, dem_settings: dict, seed: int, image_size: int, flow_method: str,
-                        device, show_progress: bool = True):
-    """Everything the DGMD runs share: (face_model, train RefineClips, test RefineClips, test EvalClips, split)."""
+                        device, show_progress: bool = True, refine_size: int | None = None):
+    """Everything the DGMD runs share: (face_model, train RefineClips, test RefineClips, test EvalClips, split).
+    image_size: DEM's input size; refine_size: DGMD's flow / landmark resolution (None: image_size)."""
     from microface.data.datasets import load_dataset
     from microface.face.open_model import OpenFaceModel
 
@@ -211,13 +227,18 @@ def prepare_refine_data(synth_root, coarse_dir, dem_settings: dict, seed: int, i
     face_model = OpenFaceModel().to(device)
     dem = load_trained_dem(coarse_dir, face_model, dem_settings, seed, device)
 
-    def tensors(keys: list[str]) -> list[ClipTensors]:
-        clips = clip_tensors_from_synth([micro[k] for k in keys], image_size, flow_method, config.max_frames,
+    def tensors(keys: list[str], size: int) -> list[ClipTensors]:
+        clips = clip_tensors_from_synth([micro[k] for k in keys], size, flow_method, config.max_frames,
                                         show_progress)
         return [_to_device(c, device) for c in clips]
 
-    train_refine, _ = coarse_clips(dem, face_model, tensors(split["micro_train"]))
-    test_refine, test_scoring = coarse_clips(dem, face_model, tensors(split["micro_test"]))
+    def refine_inputs(keys: list[str]) -> list[ClipTensors] | None:
+        return None if refine_size in (None, image_size) else tensors(keys, refine_size)
+
+    train_refine, _ = coarse_clips(dem, face_model, tensors(split["micro_train"], image_size),
+                                   refine_inputs(split["micro_train"]))
+    test_refine, test_scoring = coarse_clips(dem, face_model, tensors(split["micro_test"], image_size),
+                                             refine_inputs(split["micro_test"]))
     return face_model, train_refine, test_refine, test_scoring, split
 
 
@@ -251,7 +272,8 @@ def run_refine_benchmark(synth_root, coarse_dir, out_dir, dem_settings: dict, dg
                                      "image_size": image_size, "flow_method": flow_method,
                                      "coarse_split": load_split(coarse_dir)["label"]})
     face_model, train_refine, test_refine, test_scoring, split = prepare_refine_data(
-        synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device, show_progress)
+        synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device, show_progress,
+        refine_size=settings.image_size)
     dgmd, history = train_variant(face_model, train_refine, settings, seed, out_dir / "checkpoints" / "dgmd.pt",
                                   "dgmd", device=device)
     rows = unrefined_rows(test_scoring, settings.moving_threshold_mm)
@@ -300,7 +322,8 @@ def load_refine_run(synth_root, coarse_dir, out_dir, dem_settings: dict, dgmd_se
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run run_refine_benchmark (notebook 02_dgmd_refine) first")
     face_model, _, test_refine, test_scoring, _ = prepare_refine_data(
-        synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device, show_progress)
+        synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device, show_progress,
+        refine_size=settings.image_size)
     dgmd = build_dgmd(face_model, settings.model, seed).to(torch.device(device))
     load_checkpoint(path, dgmd)
     return dgmd.eval(), test_refine, test_scoring

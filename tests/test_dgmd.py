@@ -354,3 +354,37 @@ def test_noise_adaptive_floor_shuts_the_gate_on_uniform_noise(face_model):
     plain = build_dgmd(face_model, {**TINY, "use_landmarks": False})
     with torch.no_grad():
         assert float(plain(vertices, cam, flow).gate[:, forehead].min()) > 0.0  # no floor: noise opens the gate
+
+
+def test_attention_context_lets_the_gate_depend_on_where_a_vertex_is(face_model):
+    vertices = faces_of(face_model, 1)
+    cam = camera(1)
+    landmarks = projected_landmarks(face_model, vertices, cam)
+    flow = torch.zeros(1, 2, SIZE, SIZE)
+    flow[:, 1] = 0.5  # the same motion everywhere
+    plain = build_dgmd(face_model, {**TINY, "attention_context": False}, seed=0)
+    context = build_dgmd(face_model, {**TINY, "attention_context": True}, seed=0)
+    assert context.attention.mlp[0].in_features == plain.attention.mlp[0].in_features + TINY["hidden"]
+    with torch.no_grad():
+        gate = context(vertices, cam, flow, landmarks).gate
+        still = context(vertices, cam, torch.zeros_like(flow), landmarks).gate
+    assert float(still.abs().max()) == 0.0  # the magnitude term still shuts it without motion
+    assert float(gate.std()) > 0  # same motion, different vertices: the learned term differs per vertex
+    with pytest.raises(ValueError, match="context"):
+        context.attention(torch.ones(1, 3, 3))
+
+
+def test_vertex_loss_pulls_offsets_onto_ground_truth_targets(face_model):
+    clip = micro_clip(face_model)
+    target = clip.truth_vertices - clip.coarse_vertices  # what would take each coarse vertex to the truth
+    supervised = RefineClip(**{**clip.__dict__, "target_offsets": target})
+    settings = DGMDTrainSettings(epochs=6, batch_size=4, lr=3e-3, seed=0,
+                                 weights={"flow": 0.0, "landmark": 0.0, "laplacian": 0.0, "normal": 0.0,
+                                          "offset": 0.0, "vertex": 1.0})
+    dgmd = build_dgmd(face_model, {**TINY, "gate_floor_px": 0.0}, seed=0)
+    history = train_dgmd(dgmd, [supervised], settings)
+    assert history[-1]["vertex"] < history[0]["vertex"]
+    with pytest.raises(ValueError, match="target_offsets"):
+        train_dgmd(build_dgmd(face_model, TINY), [clip], settings)
+    with pytest.raises(ValueError, match="target_offsets"):
+        RefineClip(**{**clip.__dict__, "target_offsets": target[:, :10]})

@@ -115,3 +115,27 @@ def test_refine_benchmark_needs_notebook_01(coarse_run, tmp_path):
     with pytest.raises(ValueError, match="seed"):
         run_refine_benchmark(synth, tmp_path / "no_dem", tmp_path / "out", TINY_DEM,
                              {**TINY_DGMD, "train": {"seed": 3}}, show_progress=False)
+
+
+def test_dgmd_at_its_own_resolution_and_ground_truth_targets(coarse_run):
+    from microface.refine_benchmark import prepare_refine_data
+
+    synth, coarse_dir, _ = coarse_run
+    same = prepare_refine_data(synth, coarse_dir, TINY_DEM, 0, 32, "dis", "cpu", show_progress=False)
+    finer = prepare_refine_data(synth, coarse_dir, TINY_DEM, 0, 32, "dis", "cpu", show_progress=False,
+                                refine_size=64)
+    for a, b, truth in zip(same[2], finer[2], same[3]):
+        assert a.key == b.key
+        # DEM ran at 32 px both times: the same coarse meshes; DGMD's inputs are at 64 px
+        torch.testing.assert_close(a.coarse_vertices, b.coarse_vertices)
+        assert a.image_size == (32, 32) and b.image_size == (64, 64)
+        assert b.landmarks2d is not None and float(b.landmarks2d.max()) > 32  # landmarks in 64-px pixels
+        # the same camera, in twice the pixels
+        torch.testing.assert_close(b.camera.scale, 2 * a.camera.scale)
+        torch.testing.assert_close(b.camera.principal, 2 * a.camera.principal)
+        # the vertex-loss targets are the truth minus DEM's expression-only mesh, in the posed frame
+        torch.testing.assert_close(model_frame_offsets(a.target_offsets, truth.rotation),
+                                   truth.truth - truth.expression_only, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="image_size"):
+        run_refine_benchmark(synth, coarse_dir, "unused", TINY_DEM, {**TINY_DGMD, "image_size": 4}, seed=0,
+                             image_size=32, show_progress=False)

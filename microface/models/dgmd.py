@@ -58,7 +58,9 @@ class DGMDConfig:
     minus its onset value: what the coarse mesh has NOT explained) | "raw" (flow and landmark residual as given);
     gate_floor_px: motion (px) below which the gate stays exactly shut (the noise level of the flow);
     gate_noise_factor: when > 0, the floor of each frame is at least this factor times the MEDIAN motion over the
-    frame's vertices, an estimate of its noise (a micro-expression moves a minority of the face).
+    frame's vertices, an estimate of its noise (a micro-expression moves a minority of the face);
+    attention_context: the gate's learned term also sees each vertex's fused features (geometry and cues), so it
+    can learn WHERE a face moves as well as how much (off: the motion magnitudes alone).
     """
 
     hidden: int = 64
@@ -79,6 +81,7 @@ class DGMDConfig:
     motion_cues: str = "residual"
     gate_floor_px: float = 0.0
     gate_noise_factor: float = 0.0
+    attention_context: bool = False
 
     def __post_init__(self) -> None:
         if self.mapping not in MAPPINGS:
@@ -383,21 +386,29 @@ class MotionAttention(nn.Module):
     ``noise_factor`` x the frame's median summed magnitude when that is larger."""
 
     def __init__(self, n_cues: int, hidden: int, gate_scale_px: float, flow_scale_px: float, floor_px: float = 0.0,
-                 noise_factor: float = 0.0):
+                 noise_factor: float = 0.0, n_context: int = 0):
         super().__init__()
+        self.n_context = n_context
         self.gate_scale_px = gate_scale_px
         self.floor_px = floor_px
         self.noise_factor = noise_factor
         self.flow_scale_px = flow_scale_px
-        self.mlp = nn.Sequential(nn.Linear(n_cues, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.mlp = nn.Sequential(nn.Linear(n_cues + n_context, hidden), nn.SiLU(), nn.Linear(hidden, 1))
 
-    def forward(self, magnitudes: torch.Tensor) -> torch.Tensor:
+    def forward(self, magnitudes: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """magnitudes (B, V, K) px; context (B, V, n_context) or None (required when n_context > 0) -> (B, V)."""
         motion = magnitudes.sum(-1)
         floor = torch.full_like(motion[:, :1], self.floor_px)
         if self.noise_factor > 0:
             floor = torch.maximum(floor, self.noise_factor * motion.detach().median(dim=1, keepdim=True).values)
         strength = torch.tanh(F_nn.relu(motion - floor) / self.gate_scale_px)
-        return strength * torch.sigmoid(self.mlp(magnitudes / self.flow_scale_px))[..., 0]
+        inputs = magnitudes / self.flow_scale_px
+        if self.n_context:
+            if context is None or context.shape[-1] != self.n_context:
+                raise ValueError(f"motion attention: expected context (B, V, {self.n_context}), got "
+                                 f"{None if context is None else tuple(context.shape)}")
+            inputs = torch.cat([inputs, context], dim=-1)
+        return strength * torch.sigmoid(self.mlp(inputs))[..., 0]
 
 
 @dataclass
@@ -451,7 +462,8 @@ class DGMD(nn.Module):
                                     nn.Linear(config.hidden, config.hidden), nn.SiLU())
         self.layers = nn.ModuleList(GatedGraphConv(config.hidden) for _ in range(config.gcn_layers))
         self.attention = (MotionAttention(n_motion, config.hidden, config.gate_scale_px, config.flow_scale_px,
-                                          config.gate_floor_px, config.gate_noise_factor)
+                                          config.gate_floor_px, config.gate_noise_factor,
+                                          n_context=config.hidden if config.attention_context else 0)
                           if config.use_attention and n_motion > 0 else None)
         self.head = nn.Linear(config.hidden, 3)
         # small initial offsets: an untrained DGMD stays close to the coarse mesh
@@ -555,12 +567,13 @@ class DGMD(nn.Module):
         return VertexCues(geometry=geometry, landmark=landmark, vertex_flow=vertex_flow, pooled_flow=pooled)
 
     # -------------------------------------------------------------------------------------- forward
-    def gate(self, cues: VertexCues, like: torch.Tensor) -> torch.Tensor:
-        """Motion-attention gate (B, V); ones when attention is off or there is no motion cue."""
+    def gate(self, cues: VertexCues, like: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Motion-attention gate (B, V); ones when attention is off or there is no motion cue. context (B, V, hidden):
+        the fused features, used when ``attention_context`` is on."""
         magnitudes = cues.motion_magnitudes()
         if self.attention is None or magnitudes is None:
             return torch.ones(like.shape[:2], dtype=like.dtype, device=like.device)
-        return self.attention(magnitudes)
+        return self.attention(magnitudes, context if self.config.attention_context else None)
 
     def forward(self, coarse_vertices: torch.Tensor, camera: Camera, flow_onset_to_t: torch.Tensor | None = None,
                 landmarks2d: torch.Tensor | None = None, onset_vertices: torch.Tensor | None = None,
@@ -571,7 +584,7 @@ class DGMD(nn.Module):
         motion_cues = (cues.landmark, cues.vertex_flow, cues.pooled_flow)
         parts = [cues.geometry] + [x / scale for x in motion_cues if x is not None]
         h = self.fusion(torch.cat([p for p in parts if p is not None], dim=-1))
-        gate = self.gate(cues, coarse_vertices)
+        gate = self.gate(cues, coarse_vertices, h)
         for layer in self.layers:
             h = layer(h, gate, self.gcn_index, self.gcn_weight)
         offsets = self.config.max_offset_mm * torch.tanh(self.head(h)) * gate[..., None]

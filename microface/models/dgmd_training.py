@@ -67,7 +67,9 @@ class RefineClip:
     camera: batch-1 Camera shared by the clip's frames; landmarks2d (T, 68, 2) px or None; truth_vertices
     (T, V, 3) mm (same frame as coarse, or any frame when evaluating with ``align=True``) or None;
     truth_motion_vertices (T, V, 3): pose-free truth deciding which vertices move (None: truth_vertices);
-    apex: frame index within the clip (None: largest ground-truth motion, else largest mean flow).
+    apex: frame index within the clip (None: largest ground-truth motion, else largest mean flow);
+    target_offsets (T, V, 3) mm or None: where 3D ground truth exists (synthetic training subjects), the offsets
+    that would take each coarse vertex to the truth, in the coarse mesh's posed frame (the ``vertex`` loss).
     """
 
     coarse_vertices: torch.Tensor
@@ -78,6 +80,7 @@ class RefineClip:
     truth_motion_vertices: torch.Tensor | None = None
     apex: int | None = None
     key: str = ""
+    target_offsets: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.coarse_vertices.ndim != 3 or self.coarse_vertices.shape[-1] != 3:
@@ -90,7 +93,7 @@ class RefineClip:
         if self.camera.batch_size != 1:
             raise ValueError(f"clip {self.key!r} camera: expected batch 1 (one camera per clip), got "
                              f"{self.camera.batch_size}")
-        for name in ("truth_vertices", "truth_motion_vertices"):
+        for name in ("truth_vertices", "truth_motion_vertices", "target_offsets"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (T, V, 3):
                 raise ValueError(f"clip {self.key!r} {name}: expected ({T}, {V}, 3), got {tuple(value.shape)}")
@@ -240,6 +243,7 @@ class DGMDLossWeights:
     laplacian: float = 1.0
     normal: float = 1.0
     offset: float = 1e-3
+    vertex: float = 0.0
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "DGMDLossWeights":
@@ -316,6 +320,7 @@ class FrameBatch:
     camera: Camera
     pix_to_face: torch.Tensor
     visible: torch.Tensor
+    target_offsets: torch.Tensor | None = None
 
 
 def _packed(pix_to_face: torch.Tensor, n_faces: int) -> torch.Tensor:
@@ -328,6 +333,7 @@ def collate_frames(clips: list[RefineClip], rasters: list[OnsetRaster], items: l
     """Stack (clip index, frame index) items of one image size into a FrameBatch."""
     chosen = [clips[c] for c, _ in items]
     has_landmarks = all(c.landmarks2d is not None for c in chosen)
+    has_targets = all(c.target_offsets is not None for c in chosen)
     return FrameBatch(
         coarse=torch.stack([clips[c].coarse_vertices[t] for c, t in items]),
         coarse_onset=torch.stack([clips[c].coarse_vertices[0] for c, _ in items]),
@@ -337,6 +343,7 @@ def collate_frames(clips: list[RefineClip], rasters: list[OnsetRaster], items: l
         camera=concat_cameras([clips[c].camera for c, _ in items]),
         pix_to_face=torch.cat([rasters[c].pix_to_face for c, _ in items]),
         visible=torch.cat([rasters[c].visible for c, _ in items]),
+        target_offsets=torch.stack([clips[c].target_offsets[t] for c, t in items]) if has_targets else None,
     )
 
 
@@ -391,6 +398,11 @@ def dgmd_losses(dgmd: DGMD, batch: FrameBatch, weights: DGMDLossWeights,
         terms["normal"] = normal_consistency(out.vertices, dgmd.faces, coarse, adjacency)
     if weights.offset > 0:
         terms["offset"] = out.offsets.pow(2).sum(-1).mean()
+    if weights.vertex > 0:
+        if batch.target_offsets is None:
+            raise ValueError("dgmd_losses: the vertex loss is on but the clips carry no target_offsets (3D ground "
+                             "truth); set its weight to 0 for data without it")
+        terms["vertex"] = (out.offsets[:B] - batch.target_offsets.to(out.offsets)).norm(dim=-1).mean()
     if not terms:
         raise ValueError("dgmd_losses: no loss term is active (all weights 0 or no data for them)")
     total = sum(getattr(weights, name) * value for name, value in terms.items())
