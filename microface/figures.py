@@ -3,14 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt  # no backend forced: a notebook kernel shows figures inline, headless runs get Agg
+import numpy as np
+from matplotlib.tri import Triangulation
 
-matplotlib.use("Agg")  # figures are files first; notebooks display them inline anyway
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.tri import Triangulation  # noqa: E402
-
-from microface.atomic import atomic_path  # noqa: E402
+from microface.atomic import atomic_path
 
 
 def save_figure(figure, path: str | Path) -> list[Path]:

@@ -1,9 +1,8 @@
 """Paper-style figures: a qualitative sequence grid, AU displacement curves, and a metric bar chart (matplotlib).
 
 Every function returns a matplotlib Figure; save it with :func:`save_figure` (re-exported from
-:mod:`microface.figures`: PNG and PDF, each written to a temporary file and renamed). Importing this module
-selects the Agg backend (through :mod:`microface.figures`), so it runs headless; in a notebook run
-``%matplotlib inline`` after the import to see figures inline (under Agg a returned Figure shows only as text).
+:mod:`microface.figures`: PNG and PDF, each written to a temporary file and renamed). No backend is forced:
+a notebook kernel shows the figures inline, and a headless run falls back to Agg.
 Meshes are drawn as :mod:`microface.viz` draws them: frontal, +x (subject's left) to the
 right, +y up, triangles painted back to front by depth (+z toward the viewer).
 """
@@ -13,11 +12,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from microface.figures import save_figure  # noqa: F401  (re-exported; also selects the Agg backend)
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.tri import Triangulation  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.tri import Triangulation
+
+from microface.figures import save_figure  # noqa: F401  (re-exported)
 
 ROW_TITLES = ("input", "coarse", "refined", "error (mm)")
 BEST_COLOUR, OTHER_COLOUR = "tab:orange", "0.65"

@@ -29,9 +29,6 @@ def _check_mesh(vertices: np.ndarray, faces: np.ndarray, values: np.ndarray | No
 
 
 def _vertex_map_figure(vertices, faces, values, title: str, label: str, cmap: str, vmin=None, vmax=None):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.tri import Triangulation
 

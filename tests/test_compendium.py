@@ -61,6 +61,20 @@ def test_notebook_has_parameters_cell_and_no_outputs(path):
     assert notebook["metadata"]["kernelspec"]["name"] == "microface"
 
 
+@pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.name)
+def test_parameters_cell_holds_the_smoke_profile(path):
+    """What nbval and "Run all" use is what papermill injects in the smoke chain (tools/sync_notebook_parameters.py
+    rewrites the cells after a config change)."""
+    import ast
+
+    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    notebook = json.loads(path.read_text())
+    cell = next(c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    values = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse("".join(cell["source"])).body}
+    stale = sorted(name for name, value in values.items() if name in config and value != config[name])
+    assert not stale, f"{path.name}: parameters {stale} differ from config/smoke.yaml; run tools/sync_notebook_parameters.py"
+
+
 def test_every_numbered_notebook_has_a_papermill_rule():
     snakefile = (ROOT / "Snakefile").read_text()
     for path in notebooks():
