@@ -14,12 +14,16 @@ Pipeline, per video (one face, filmed roughly frontally):
    window, as DEM needs two frames per clip). Each window is a clip whose onset is its first frame, the
    micro-expression convention the models were trained with: one eye-aligned crop transform per window,
    from the onset frame's 68 landmarks (``microface.data.preprocess.eye_alignment_transform``), fixed over
-   the window so that the optical flow sees the face move; crops are the checkpoint's image size;
-4. optical flow onset -> t per window (``microface.data.flow.clip_flow``, method from the checkpoint);
+   the window so that the optical flow sees the face move; crops are the checkpoint's image size S (DEM's input);
+   when DGMD has its own resolution R != S (the bundle's ``refine_size``), each window is also cropped at R x R
+   with the same eye-aligned framing (the crop transform scaled by R / S);
+4. optical flow onset -> t per window (``microface.data.flow.clip_flow``, method from the checkpoint), on the
+   S crops for DEM and, when R != S, on the R crops for DGMD;
 5. coarse encoder + DEM (``microface.models.dem_training.reconstruct``): per-frame expression from DEM, pose
    and weak-perspective camera from the coarse encoder, one identity (shape) per window;
 6. DGMD (``microface.models.dgmd_training.refine_clip``) adds small per-vertex offsets guided by the flow and
-   by the detected landmarks (in crop pixels), with the onset frame's camera held for the window.
+   by the detected landmarks (in crop pixels), with the onset frame's camera held for the window; all three at
+   DGMD's resolution R (the weak-perspective camera is resolution-free: it is rendered at R x R).
 
 Windows are reconstructed independently, like the clips DEM was trained on, so the mesh may step at a window
 boundary (identity and expression restart from the new onset).
@@ -37,7 +41,8 @@ a previous reconstruction)::
 
 Checkpoint bundle (``save_bundle`` / ``load_bundle``): one ``torch.save`` dict, ``"format":
 "microface-reconstruct-v1"``, holding the face model's name and sizes, the crop size, the flow method, the
-encoder / DEM / DGMD configs and state dicts, and a free provenance dict. ``tools/export_checkpoint.py``
+encoder / DEM / DGMD configs and state dicts, and a free provenance dict; ``"refine_size"`` is DGMD's own crop
+size (a bundle without it, written before DGMD had one, means the crop size). ``tools/export_checkpoint.py``
 writes it from a training run's checkpoints. The default is ``default_checkpoint_path()``
 (``microface/assets/checkpoints/open_dem_dgmd.pt``, package data once exported).
 """
@@ -84,7 +89,8 @@ PARAMS_KEYS = {
     "pose": "(T, 6) global + jaw axis-angle (coarse encoder)",
     "camera": "(T, 3) weak perspective (s, tx, ty) in crop NDC (coarse encoder)",
     "crop_transform": "(T, 2, 3) video pixels -> crop pixels of each frame's window",
-    "image_size": "() crop size in pixels",
+    "image_size": "() DEM's crop size S in pixels (that of crop_transform and landmarks68_crop)",
+    "refine_size": "() DGMD's crop size R in pixels (stage 'dgmd'; its crop transform is crop_transform * R / S)",
     "coarse_vertices": "(T, V, 3) mm, DGMD's input: DEM's mesh (the encoder's for stage 'coarse')",
     "vertices": "(T, V, 3) mm, the final (refined) mesh, as in meshes/",
     "dgmd_gate": "(T, V) DGMD motion-attention gate in [0, 1) (stage 'dgmd' only)",
@@ -125,10 +131,11 @@ def _state_size(state: dict, key: str, path: Path | str, axis: int = 0) -> int:
 
 def save_bundle(path: str | Path, *, face_model_name: str, image_size: int, flow_method: str, encoder_cfg: dict,
                 dem_cfg: dict, dem_state: dict, dgmd_cfg: dict, dgmd_state: dict, provenance: dict,
-                flow_options: dict | None = None) -> Path:
+                flow_options: dict | None = None, refine_size: int | None = None) -> Path:
     """Write a reconstruction checkpoint bundle (atomically) and return its path.
 
-    face_model_name: "open" | "flame"; image_size: crop size S the models were trained on (S x S); flow_method:
+    face_model_name: "open" | "flame"; image_size: crop size S DEM was trained on (S x S); refine_size: DGMD's
+    own crop size R (its flow, landmarks and rasterization; the profile's ``dgmd.image_size``), None: S; flow_method:
     "dis" | "tvl1" (flow_options: extra ``compute_flow`` keywords, e.g. dis_preset); encoder_cfg / dem_cfg: the
     ``build_dem`` arguments; dem_state: ``DEM.state_dict()``; dgmd_cfg: ``DGMDConfig`` keys; dgmd_state:
     ``DGMD.state_dict()``; provenance: JSON-able dict (what was trained on what, by which command). The face
@@ -143,6 +150,9 @@ def save_bundle(path: str | Path, *, face_model_name: str, image_size: int, flow
         raise ValueError(f"face_model_name: expected one of {FACE_MODELS}, got {face_model_name!r}")
     if int(image_size) < 8:
         raise ValueError(f"image_size: expected >= 8 pixels, got {image_size}")
+    refine_size = int(image_size) if refine_size is None else int(refine_size)
+    if refine_size < 8:
+        raise ValueError(f"refine_size: expected >= 8 pixels (or None: image_size), got {refine_size}")
     if flow_method not in FLOW_METHODS:
         raise ValueError(f"flow_method: expected one of {FLOW_METHODS} (a flow real videos can have), got {flow_method!r}")
     json.dumps(provenance)  # fail now, not when someone reads summary.json
@@ -155,6 +165,7 @@ def save_bundle(path: str | Path, *, face_model_name: str, image_size: int, flow
             "n_vertices": _state_size(dgmd_state, "vertex_region", path),
         },
         "image_size": int(image_size),
+        "refine_size": refine_size,
         "flow": {"method": flow_method, "options": _plain(dict(flow_options or {}))},
         "encoder_cfg": _plain(dict(encoder_cfg or {})),
         "dem_cfg": _plain(dem_cfg or {}),
@@ -173,6 +184,7 @@ def save_bundle(path: str | Path, *, face_model_name: str, image_size: int, flow
 def read_bundle(path: str | Path) -> dict:
     """Read and check a bundle written by ``save_bundle`` -> its dict (plus "sha256" and "path" of the file).
 
+    An older bundle without "refine_size" gets refine_size = image_size (DGMD then ran at DEM's crop size).
     Missing file -> FileNotFoundError saying how to produce one; anything else unusable -> ReconstructionError.
     """
     path = Path(path).expanduser()
@@ -195,9 +207,22 @@ def read_bundle(path: str | Path) -> dict:
                       "dgmd_state", "provenance"} - set(bundle))
     if missing:
         raise ReconstructionError(f"checkpoint {path} lacks {missing}; re-export it with tools/export_checkpoint.py")
+    bundle["refine_size"] = bundle_refine_size(bundle, path)
     bundle["path"] = str(path)
     bundle["sha256"] = hashlib.sha256(data).hexdigest()
     return bundle
+
+
+def bundle_refine_size(bundle: dict, source: str | Path | None = None) -> int:
+    """DGMD's crop size R of a bundle dict: its "refine_size", or its "image_size" when absent or None (bundles
+    written before DGMD had its own resolution). A value below 8 -> ReconstructionError naming ``source``."""
+    value = bundle.get("refine_size")
+    size = bundle["image_size"] if value is None else value
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) < 8:
+        raise ReconstructionError(f"checkpoint {source or bundle.get('path', 'the bundle')} has refine_size "
+                                  f"{size!r}, expected an int >= 8 pixels; re-export it with "
+                                  "tools/export_checkpoint.py")
+    return int(size)
 
 
 def bundle_meta(bundle: dict) -> dict:
@@ -208,6 +233,7 @@ def bundle_meta(bundle: dict) -> dict:
 def models_from_bundle(bundle: dict, face_model) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
     """(DEM, DGMD, meta) from a ``read_bundle`` dict, in eval mode on the face model's device.
 
+    meta: ``bundle_meta`` (no weights), with "image_size" (DEM's crop size S) and "refine_size" (DGMD's, R).
     Raises ReconstructionError when the face model does not match the one the bundle was trained for.
     """
     from microface.models.dem_training import build_dem
@@ -231,7 +257,8 @@ def models_from_bundle(bundle: dict, face_model) -> tuple[torch.nn.Module, torch
         raise ReconstructionError(f"checkpoint {source} does not fit the current model code ({err}); re-export it "
                                   "with tools/export_checkpoint.py from its training checkpoints") from None
     device = face_model.v_template.device
-    return dem.to(device).eval(), dgmd.to(device).eval(), bundle_meta(bundle)
+    meta = {**bundle_meta(bundle), "refine_size": bundle_refine_size(bundle, source)}
+    return dem.to(device).eval(), dgmd.to(device).eval(), meta
 
 
 def load_bundle(path: str | Path, face_model) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
@@ -428,6 +455,55 @@ def window_flow(crops: np.ndarray, method: str = "dis", **options) -> np.ndarray
 
 
 @dataclass
+class WindowInputs:
+    """What the models see of one window of T frames, made by ``prepare_window``.
+
+    crops (T, S, S, 3) uint8, transform (2, 3) video -> crop pixels, landmarks_crop (T, 68, 2) crop pixels, flow
+    (T, S, S, 2) px onset -> t or None (stage "coarse"): DEM's inputs at its crop size S. refine_flow (T, R, R, 2)
+    and refine_landmarks (T, 68, 2) R-crop pixels: DGMD's at its own size R, None when R = S or without DGMD
+    (DGMD then takes flow and landmarks_crop)."""
+
+    crops: np.ndarray
+    transform: np.ndarray
+    landmarks_crop: np.ndarray
+    flow: np.ndarray | None = None
+    refine_flow: np.ndarray | None = None
+    refine_landmarks: np.ndarray | None = None
+
+
+def _timed(timings: dict, key: str, function, *args, **kwargs):
+    tic = time.perf_counter()
+    try:
+        return function(*args, **kwargs)
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - tic
+
+
+def prepare_window(images: np.ndarray, landmarks68: np.ndarray, image_size: int, stage: str = "dgmd",
+                   flow_method: str = "dis", flow_options: dict | None = None, refine_size: int | None = None,
+                   timings: dict | None = None) -> WindowInputs:
+    """Crops, landmarks and flows of one window for ``run_window``.
+
+    images (T, H, W, 3) uint8 and landmarks68 (T, 68, 2) video pixels; image_size S (DEM's crop); refine_size R
+    (DGMD's, None: S); stage: flow only for "dem" / "dgmd", R crops only for "dgmd" with R != S. The R inputs are
+    cropped and flowed from the video frames again rather than resized from the S ones: that is how DGMD's
+    training clips were made (crops and flow computed at R), with no second interpolation. timings: "crop" and
+    "flow" entries increased by the seconds spent (both sizes included).
+    """
+    timings = {} if timings is None else timings
+    options = dict(flow_options or {})
+    crops, transform, landmarks_crop = _timed(timings, "crop", crop_window, images, landmarks68, image_size)
+    inputs = WindowInputs(crops=crops, transform=transform, landmarks_crop=landmarks_crop)
+    if stage != "coarse":
+        inputs.flow = _timed(timings, "flow", window_flow, crops, flow_method, **options)
+    if stage == "dgmd" and refine_size is not None and int(refine_size) != int(image_size):
+        refine_crops, _, inputs.refine_landmarks = _timed(timings, "crop", crop_window, images, landmarks68,
+                                                          int(refine_size))
+        inputs.refine_flow = _timed(timings, "flow", window_flow, refine_crops, flow_method, **options)
+    return inputs
+
+
+@dataclass
 class WindowResult:
     """Outputs for one window of T frames (numpy, float32): shape (S,); expression, encoder_expression (T, E);
     pose (T, 6); camera (T, 3); coarse_vertices, vertices (T, V, 3) mm; gate (T, V) or None (no DGMD);
@@ -448,14 +524,53 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().float().cpu().numpy()
 
 
+def _flow_tensor(flow: np.ndarray, device, dtype) -> torch.Tensor:
+    """(T, H, W, 2) numpy px -> (T, 2, H, W) tensor."""
+    return torch.from_numpy(np.ascontiguousarray(flow)).to(device=device, dtype=dtype).permute(0, 3, 1, 2)
+
+
+def _refine_inputs(flow: np.ndarray | None, landmarks_crop: np.ndarray | None, refine_flow: np.ndarray | None,
+                   refine_landmarks: np.ndarray | None, n_frames: int) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """DGMD's (flow (T, R, R, 2), landmarks (T, 68, 2) or None, R): the refine inputs when given, else DEM's.
+
+    Raises ValueError for a refine flow that is not (T, R, R, 2), refine landmarks without a refine flow (or
+    the reverse while DEM's landmarks are given: they are in S-crop pixels, not R-crop ones) or of a wrong shape.
+    """
+    if refine_flow is None:
+        if refine_landmarks is not None:
+            raise ValueError("refine_landmarks given without refine_flow: DGMD's resolution is that of its flow; "
+                             "pass both (R-crop inputs) or neither (DGMD at the crop size)")
+        return flow, landmarks_crop, int(np.asarray(flow).shape[1])
+    refine_flow = np.asarray(refine_flow)
+    if refine_flow.ndim != 4 or refine_flow.shape[0] != n_frames or refine_flow.shape[-1] != 2 \
+            or refine_flow.shape[1] != refine_flow.shape[2]:
+        raise ValueError(f"refine_flow: expected ({n_frames}, R, R, 2) px onset -> t at DGMD's resolution R "
+                         f"(channels last, square), got {refine_flow.shape}")
+    size = int(refine_flow.shape[1])
+    if refine_landmarks is None:
+        if landmarks_crop is not None:
+            raise ValueError(f"refine_landmarks: needed with refine_flow ({size}x{size}) when landmarks_crop is "
+                             "given: those are in DEM's crop pixels, DGMD needs them at its own size")
+        return refine_flow, None, size
+    refine_landmarks = np.asarray(refine_landmarks)
+    if refine_landmarks.ndim != 3 or refine_landmarks.shape[0] != n_frames or refine_landmarks.shape[-1] != 2:
+        raise ValueError(f"refine_landmarks: expected ({n_frames}, 68, 2) pixels of the {size}x{size} crop, got "
+                         f"{refine_landmarks.shape}")
+    return refine_flow, refine_landmarks, size
+
+
 @torch.no_grad()
 def run_window(dem, dgmd, face_model, crops: np.ndarray, flow: np.ndarray | None, times: np.ndarray,
-               landmarks_crop: np.ndarray | None, stage: str = "dgmd") -> WindowResult:
+               landmarks_crop: np.ndarray | None, stage: str = "dgmd", *, refine_flow: np.ndarray | None = None,
+               refine_landmarks: np.ndarray | None = None) -> WindowResult:
     """Reconstruct one window (a clip from its onset, frame 0).
 
     crops (T, S, S, 3) uint8; flow (T, S, S, 2) px onset -> t (needed for stages "dem" and "dgmd"); times (T,)
     strictly increasing seconds; landmarks_crop (T, 68, 2) crop pixels (DGMD's landmark cue); stage:
-    "coarse" (per-frame coarse encoder), "dem" (+ DEM) or "dgmd" (+ DGMD). Runs on the models' device.
+    "coarse" (per-frame coarse encoder), "dem" (+ DEM) or "dgmd" (+ DGMD). refine_flow (T, R, R, 2) px and
+    refine_landmarks (T, 68, 2) pixels of the R x R crop (same framing): DGMD's inputs at its own resolution R,
+    read off the flow's shape, and its camera rendered at R x R (stage "dgmd" only; None: DGMD takes flow and
+    landmarks_crop at S). Runs on the models' device.
     """
     from microface.models.dem_training import reconstruct
     from microface.models.dgmd_training import RefineClip, refine_clip
@@ -467,6 +582,12 @@ def run_window(dem, dgmd, face_model, crops: np.ndarray, flow: np.ndarray | None
     if crops.ndim != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:
         raise ValueError(f"crops: expected (T, S, S, 3), got {crops.shape}")
     n_frames, size = crops.shape[0], crops.shape[1]
+    if stage != "coarse" and (flow is None or np.asarray(flow).shape != (n_frames, size, size, 2)):
+        raise ValueError(f"flow: expected ({n_frames}, {size}, {size}, 2) for stage {stage!r}, got "
+                         f"{None if flow is None else np.asarray(flow).shape}")
+    if stage == "dgmd":
+        dgmd_flow, dgmd_landmarks, refine_size = _refine_inputs(flow, landmarks_crop, refine_flow, refine_landmarks,
+                                                                n_frames)
     parameter = next(dem.parameters())
     device, dtype = parameter.device, parameter.dtype
     frames = torch.from_numpy(np.ascontiguousarray(crops)).to(device=device, dtype=dtype).permute(0, 3, 1, 2)[None] / 255.0
@@ -478,10 +599,7 @@ def run_window(dem, dgmd, face_model, crops: np.ndarray, flow: np.ndarray | None
         face = face_model(shape.expand(n_frames, -1), coarse.expression[0], coarse.pose[0])
         coarse_vertices = face.vertices
     else:
-        if flow is None or np.asarray(flow).shape != (n_frames, size, size, 2):
-            raise ValueError(f"flow: expected ({n_frames}, {size}, {size}, 2) for stage {stage!r}, got "
-                             f"{None if flow is None else np.asarray(flow).shape}")
-        flow_t = torch.from_numpy(np.ascontiguousarray(flow)).to(device=device, dtype=dtype).permute(0, 3, 1, 2)
+        flow_t = _flow_tensor(flow, device, dtype)
         times_t = torch.as_tensor(np.asarray(times, dtype=np.float64), device=device).to(dtype)[None]
         recon = reconstruct(dem, face_model, frames, flow_t[None], times_t)
         coarse, shape, expression = recon.output.coarse, recon.shape, recon.output.expression
@@ -490,10 +608,12 @@ def run_window(dem, dgmd, face_model, crops: np.ndarray, flow: np.ndarray | None
     vertices, gate = coarse_vertices, None
     if stage == "dgmd":
         start = time.perf_counter()
-        landmarks = None if landmarks_crop is None else torch.as_tensor(np.asarray(landmarks_crop), device=device,
+        landmarks = None if dgmd_landmarks is None else torch.as_tensor(np.asarray(dgmd_landmarks), device=device,
                                                                          dtype=dtype)
-        clip = RefineClip(coarse_vertices=coarse_vertices, flow_onset_to_t=flow_t,
-                          camera=to_render_camera(coarse.camera[:, 0], (size, size)), landmarks2d=landmarks)
+        clip = RefineClip(coarse_vertices=coarse_vertices,
+                          flow_onset_to_t=flow_t if dgmd_flow is flow else _flow_tensor(dgmd_flow, device, dtype),
+                          camera=to_render_camera(coarse.camera[:, 0], (refine_size, refine_size)),
+                          landmarks2d=landmarks)
         refined = refine_clip(dgmd, clip)
         vertices, gate = refined.vertices, _numpy(refined.gate)
         seconds["dgmd"] = time.perf_counter() - start
@@ -613,12 +733,15 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez_compressed(handle, **arrays)
 
 
-def write_arrays(folder: Path, arrays: dict[str, np.ndarray], fps: float, image_size: int, faces: np.ndarray) -> None:
-    """params.npz and landmarks.npz from the per-frame columns (T leading) gathered by ``reconstruct_video``."""
+def write_arrays(folder: Path, arrays: dict[str, np.ndarray], fps: float, image_size: int, faces: np.ndarray,
+                 refine_size: int | None = None) -> None:
+    """params.npz and landmarks.npz from the per-frame columns (T leading) gathered by ``reconstruct_video``;
+    image_size S and refine_size R (None: S) as in ``PARAMS_KEYS``."""
     from microface.data.landmarks import to_ibug68
 
     params = {k: arrays[k] for k in PARAMS_KEYS if k in arrays}
-    params.update(time_s=arrays["frame_index"] / fps, fps=np.float64(fps), image_size=np.int64(image_size), faces=faces)
+    params.update(time_s=arrays["frame_index"] / fps, fps=np.float64(fps), image_size=np.int64(image_size),
+                  refine_size=np.int64(image_size if refine_size is None else refine_size), faces=faces)
     _save_npz(folder / "params.npz", params)
     _save_npz(folder / "landmarks.npz", {
         "frame_index": arrays["frame_index"], "landmarks68": to_ibug68(arrays["mesh"])[..., :2],
@@ -680,7 +803,7 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
     model = build_face_model(face_model, flame_path, bundle["face_model"]["n_shape"],
                              bundle["face_model"]["n_expression"]).to(torch_device)
     dem, dgmd, meta = models_from_bundle(bundle, model)
-    image_size, flow_cfg = int(meta["image_size"]), meta["flow"]
+    image_size, refine_size, flow_cfg = int(meta["image_size"]), int(meta["refine_size"]), meta["flow"]
     faces = model.faces.detach().cpu().numpy().astype(np.int64)
 
     capture, info = open_video(video)
@@ -711,16 +834,12 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
                 n = len(items)
                 images = np.stack([f.image for f in items])
                 mesh = np.stack([f.mesh for f in items]).astype(np.float32)
-                tic = time.perf_counter()
-                crops, transform, landmarks_crop = crop_window(images, to_ibug68(mesh)[..., :2], image_size)
-                timings["crop"] = timings.get("crop", 0.0) + time.perf_counter() - tic
-                flow = None
-                if stage != "coarse":
-                    tic = time.perf_counter()
-                    flow = window_flow(crops, flow_cfg["method"], **flow_cfg.get("options", {}))
-                    timings["flow"] = timings.get("flow", 0.0) + time.perf_counter() - tic
+                inputs = prepare_window(images, to_ibug68(mesh)[..., :2], image_size, stage, flow_cfg["method"],
+                                        flow_cfg.get("options", {}), refine_size, timings)
                 index = np.array([f.index for f in items], dtype=np.int64)
-                result = run_window(dem, dgmd, model, crops, flow, index / info.fps, landmarks_crop, stage)
+                result = run_window(dem, dgmd, model, inputs.crops, inputs.flow, index / info.fps,
+                                    inputs.landmarks_crop, stage, refine_flow=inputs.refine_flow,
+                                    refine_landmarks=inputs.refine_landmarks)
                 for key, seconds in result.seconds.items():
                     timings[key] = timings.get(key, 0.0) + seconds
                 tic = time.perf_counter()
@@ -732,16 +851,17 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
                                    ("window_start", np.full(n, start, np.int64)),
                                    ("shape", np.repeat(result.shape[None], n, 0)), ("expression", result.expression),
                                    ("encoder_expression", result.encoder_expression), ("pose", result.pose),
-                                   ("camera", result.camera), ("crop_transform", np.repeat(transform[None], n, 0)),
+                                   ("camera", result.camera),
+                                   ("crop_transform", np.repeat(inputs.transform[None], n, 0)),
                                    ("coarse_vertices", result.coarse_vertices), ("vertices", result.vertices),
                                    ("dgmd_gate", result.gate), ("mesh", mesh),
                                    ("detected", np.array([f.detected for f in items])),
-                                   ("landmarks68_crop", landmarks_crop)):
+                                   ("landmarks68_crop", inputs.landmarks_crop)):
                     columns[key].append(value)
                 bar.update(n)
         arrays = {k: np.concatenate(v) for k, v in columns.items() if v and v[0] is not None}
         tic = time.perf_counter()
-        write_arrays(staging, arrays, info.fps, image_size, faces)
+        write_arrays(staging, arrays, info.fps, image_size, faces, refine_size)
         n_frames = len(arrays["frame_index"])
         shown = np.unique(np.linspace(0, n_frames - 1, min(n_frames, viewer_max_frames)).round().astype(int))
         write_viewer(staging / "viewer.html", arrays, shown, faces, f"{Path(info.path).name}: {stage} meshes",
@@ -758,6 +878,8 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
                                     "policy": "frame 0 must hold a face; elsewhere the previous landmarks are held"},
             "windows": {"size": window, "count": len(windows), "starts_and_lengths": windows},
             "stage": stage,
+            "image_size": image_size,
+            "refine_size": refine_size,
             "mesh_format": mesh_format,
             "viewer_frames": [int(i) for i in arrays["frame_index"][shown]],
             "checkpoint": bundle_meta(bundle),

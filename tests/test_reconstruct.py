@@ -34,6 +34,7 @@ DEM_CFG = {"code_dim": 24, "motion_dim": 8, "hidden": 16, "static_channels": [8,
            "solver": "rk4", "step_size": 0.25}
 DGMD_CFG = {"hidden": 16, "gcn_layers": 1, "max_offset_mm": 1.5}
 SIZE = 64
+REFINE = 2 * SIZE  # DGMD at its own, higher resolution
 N_FRAMES = 7
 runner = CliRunner()
 
@@ -51,6 +52,16 @@ def bundle(tmp_path_factory, face_model) -> Path:
     return rec.save_bundle(path, face_model_name="open", image_size=SIZE, flow_method="dis", encoder_cfg=ENCODER,
                            dem_cfg=DEM_CFG, dem_state=dem.state_dict(), dgmd_cfg=DGMD_CFG, dgmd_state=dgmd.state_dict(),
                            provenance={"note": "seeded, untrained: for I/O tests"})
+
+
+@pytest.fixture(scope="module")
+def refine_bundle(tmp_path_factory, face_model) -> Path:
+    """A seeded bundle whose DGMD runs at REFINE x REFINE while DEM takes SIZE x SIZE crops."""
+    path = tmp_path_factory.mktemp("bundle") / "seeded_refine.pt"
+    return rec.save_bundle(path, face_model_name="open", image_size=SIZE, flow_method="dis", encoder_cfg=ENCODER,
+                           dem_cfg=DEM_CFG, dem_state=build_dem(face_model, ENCODER, DEM_CFG, seed=0).state_dict(),
+                           dgmd_cfg=DGMD_CFG, dgmd_state=build_dgmd(face_model, DGMD_CFG, seed=0).state_dict(),
+                           provenance={"note": "seeded, untrained, DGMD at 2x"}, refine_size=REFINE)
 
 
 def astronaut_frames(n: int, size: int = 224) -> list[np.ndarray]:
@@ -166,20 +177,137 @@ def test_bundle_errors_name_the_file(tmp_path, face_model):
         rec.read_bundle(training)
 
 
-def test_export_tool_writes_a_bundle_that_loads(tmp_path, face_model):
-    from microface.train import TrainConfig, save_checkpoint
+def test_bundle_with_its_own_refine_size_round_trips(refine_bundle, bundle, face_model):
+    raw = rec.read_bundle(refine_bundle)
+    assert raw["image_size"] == SIZE and raw["refine_size"] == REFINE
+    _, _, meta = rec.load_bundle(refine_bundle, face_model)
+    assert meta["image_size"] == SIZE and meta["refine_size"] == REFINE
+    _, _, meta = rec.load_bundle(bundle, face_model)  # refine_size=None: DGMD at the crop size
+    assert meta["refine_size"] == SIZE
 
+
+def test_refine_size_below_eight_is_refused(tmp_path, face_model):
+    dem, dgmd = build_dem(face_model, ENCODER, DEM_CFG), build_dgmd(face_model, DGMD_CFG)
+    with pytest.raises(ValueError, match="refine_size: expected >= 8"):
+        rec.save_bundle(tmp_path / "b.pt", face_model_name="open", image_size=SIZE, flow_method="dis",
+                        encoder_cfg=ENCODER, dem_cfg=DEM_CFG, dem_state=dem.state_dict(), dgmd_cfg=DGMD_CFG,
+                        dgmd_state=dgmd.state_dict(), provenance={}, refine_size=4)
+    assert not (tmp_path / "b.pt").exists()
+
+
+def test_old_bundle_without_refine_size_loads_at_the_crop_size(tmp_path, refine_bundle, face_model):
+    old = torch.load(refine_bundle, map_location="cpu", weights_only=True)
+    del old["refine_size"]  # as written before DGMD had its own resolution
+    torch.save(old, tmp_path / "old.pt")
+    assert rec.read_bundle(tmp_path / "old.pt")["refine_size"] == SIZE
+    _, _, meta = rec.load_bundle(tmp_path / "old.pt", face_model)
+    assert meta["refine_size"] == SIZE == meta["image_size"]
+    _, _, meta = rec.models_from_bundle(old, face_model)  # a dict that did not go through read_bundle
+    assert meta["refine_size"] == SIZE
+    torch.save({**old, "refine_size": 2}, tmp_path / "bad.pt")
+    with pytest.raises(rec.ReconstructionError, match=r"bad\.pt has refine_size 2"):
+        rec.read_bundle(tmp_path / "bad.pt")
+
+
+def window_inputs(n: int = 3, size: int = SIZE, refine: int = REFINE, seed: int = 0) -> dict:
+    """Random run_window inputs of n frames: crops and flow at size, refine flow and landmarks at refine."""
+    rng = np.random.default_rng(seed)
+    landmarks = rng.uniform(0.25, 0.75, (n, 68, 2)).astype(np.float32)
+    return {"crops": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+            "flow": rng.normal(0, 0.5, (n, size, size, 2)).astype(np.float32),
+            "times": np.arange(n) / 25.0, "landmarks_crop": landmarks * size,
+            "refine_flow": rng.normal(0, 1.0, (n, refine, refine, 2)).astype(np.float32),
+            "refine_landmarks": landmarks * refine}
+
+
+def test_run_window_refines_at_its_own_resolution(face_model):
+    dem = build_dem(face_model, ENCODER, DEM_CFG, seed=0).eval()
+    dgmd = build_dgmd(face_model, DGMD_CFG, seed=0).eval()
+    x = window_inputs()
+    base = (dem, dgmd, face_model, x["crops"], x["flow"], x["times"], x["landmarks_crop"])
+    result = rec.run_window(*base, "dgmd", refine_flow=x["refine_flow"], refine_landmarks=x["refine_landmarks"])
+    n, V = 3, face_model.v_template.shape[0]
+    assert result.vertices.shape == result.coarse_vertices.shape == (n, V, 3) and result.gate.shape == (n, V)
+    assert np.isfinite(result.vertices).all()
+    assert np.abs(result.vertices - result.coarse_vertices).max() <= DGMD_CFG["max_offset_mm"] + 1e-6
+    # DEM sees the SIZE inputs either way: only DGMD's part depends on the refine inputs
+    dem_only = rec.run_window(*base, "dem")
+    np.testing.assert_allclose(result.coarse_vertices, dem_only.coarse_vertices, atol=1e-5)
+    at_crop_size = rec.run_window(*base, "dgmd")
+    np.testing.assert_allclose(at_crop_size.coarse_vertices, dem_only.coarse_vertices, atol=1e-5)
+    assert not np.allclose(at_crop_size.vertices, result.vertices)  # DGMD did take the refine inputs
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"refine_flow": np.zeros((3, REFINE, SIZE, 2), np.float32)}, r"refine_flow: expected \(3, R, R, 2\)"),
+    ({"refine_flow": np.zeros((3, 2, REFINE, REFINE), np.float32)}, r"refine_flow: expected \(3, R, R, 2\)"),
+    ({"refine_flow": np.zeros((2, REFINE, REFINE, 2), np.float32)}, r"refine_flow: expected \(3, R, R, 2\)"),
+    ({"refine_landmarks": None}, "refine_landmarks: needed with refine_flow"),
+    ({"refine_flow": None}, "refine_landmarks given without refine_flow"),
+    ({"refine_landmarks": np.zeros((3, 68), np.float32)}, r"refine_landmarks: expected \(3, 68, 2\)"),
+])
+def test_run_window_refuses_wrong_refine_inputs(face_model, change, message):
+    dem = build_dem(face_model, ENCODER, DEM_CFG, seed=0).eval()
+    dgmd = build_dgmd(face_model, DGMD_CFG, seed=0).eval()
+    x = {**window_inputs(), **change}
+    with pytest.raises(ValueError, match=message):
+        rec.run_window(dem, dgmd, face_model, x["crops"], x["flow"], x["times"], x["landmarks_crop"], "dgmd",
+                       refine_flow=x["refine_flow"], refine_landmarks=x["refine_landmarks"])
+
+
+def fake_landmarks(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 68, 2) video pixels with the eyes where a 224 x 224 astronaut frame has them, more or less."""
+    points = rng.uniform(60, 160, (n, 68, 2))
+    points[:, 36:42] = np.array([90.0, 70.0]) + rng.normal(0, 1, (n, 6, 2))
+    points[:, 42:48] = np.array([130.0, 70.0]) + rng.normal(0, 1, (n, 6, 2))
+    return points
+
+
+def test_prepare_window_crops_and_flows_each_model_at_its_size():
+    images = np.stack(astronaut_frames(4))
+    landmarks = fake_landmarks(4, np.random.default_rng(0))
+    timings: dict = {}
+    x = rec.prepare_window(images, landmarks, SIZE, "dgmd", refine_size=REFINE, timings=timings)
+    assert x.crops.shape == (4, SIZE, SIZE, 3) and x.flow.shape == (4, SIZE, SIZE, 2)
+    assert x.landmarks_crop.shape == (4, 68, 2)
+    assert x.refine_flow.shape == (4, REFINE, REFINE, 2)
+    # the same eye-aligned framing, only at the larger size
+    np.testing.assert_allclose(x.refine_landmarks, x.landmarks_crop * REFINE / SIZE, atol=1e-3)
+    same = rec.crop_window(images, landmarks, SIZE)
+    np.testing.assert_array_equal(x.crops, same[0])
+    np.testing.assert_allclose(x.transform, same[1])
+    assert set(timings) == {"crop", "flow"}
+    for stage, refine in (("dgmd", SIZE), ("dgmd", None), ("dem", REFINE), ("coarse", REFINE)):
+        other = rec.prepare_window(images, landmarks, SIZE, stage, refine_size=refine)
+        assert other.refine_flow is None and other.refine_landmarks is None
+        assert (other.flow is None) == (stage == "coarse")
+
+
+def export_tool():
     spec = importlib.util.spec_from_file_location("export_checkpoint", ROOT / "tools" / "export_checkpoint.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    (tmp_path / "config").mkdir()
-    (tmp_path / "config" / "tiny.yaml").write_text(json.dumps(
-        {"data": {"size": SIZE, "flow_method": "dis"}, "dem": {"encoder": ENCODER, "model": DEM_CFG}}))
+    return tool
+
+
+def write_training_run(root: Path, face_model, config: dict, profile: str = "tiny") -> tuple:
+    """A profile config and seeded DEM / DGMD training checkpoints under root -> (dem, dgmd, dgmd checkpoint)."""
+    from microface.train import TrainConfig, save_checkpoint
+
+    (root / "config").mkdir(exist_ok=True)
+    (root / "config" / f"{profile}.yaml").write_text(json.dumps(config))
     dem = build_dem(face_model, ENCODER, DEM_CFG, seed=3)
     dgmd = build_dgmd(face_model, DGMD_CFG, seed=3)
-    dem_path = tmp_path / "results" / "tiny" / "dem" / "checkpoints" / "dem.pt"
+    dem_path = root / "results" / profile / "dem" / "checkpoints" / "dem.pt"
     save_checkpoint(dem_path, dem, None, 4, [], TrainConfig(epochs=5))
-    save_checkpoint(tmp_path / "dgmd.pt", dgmd, None, 1, [], TrainConfig(epochs=2, extra={"dgmd": DGMD_CFG}))
+    save_checkpoint(root / "dgmd.pt", dgmd, None, 1, [], TrainConfig(epochs=2, extra={"dgmd": DGMD_CFG}))
+    return dem, dgmd, root / "dgmd.pt"
+
+
+def test_export_tool_writes_a_bundle_that_loads(tmp_path, face_model):
+    tool = export_tool()
+    dem, dgmd, _ = write_training_run(tmp_path, face_model, {"data": {"size": SIZE, "flow_method": "dis"},
+                                                             "dem": {"encoder": ENCODER, "model": DEM_CFG}})
     out = tmp_path / "bundle.pt"
     code = tool.main(["--profile", "tiny", "--root", str(tmp_path), "--dgmd-checkpoint", str(tmp_path / "dgmd.pt"),
                       "--out", str(out)])
@@ -190,9 +318,33 @@ def test_export_tool_writes_a_bundle_that_loads(tmp_path, face_model):
     torch.testing.assert_close(loaded_dem.state_dict()["decoder.weight"], dem.state_dict()["decoder.weight"])
     assert meta["provenance"]["dem_checkpoint"]["epoch"] == 4
     assert meta["provenance"]["dgmd_config_source"] == "recorded in the DGMD checkpoint"
+    assert meta["refine_size"] == SIZE  # no dgmd.image_size in the profile: DGMD at data.size
     wrong = tool.main(["--profile", "tiny", "--root", str(tmp_path), "--dgmd-checkpoint", str(tmp_path / "none.pt"),
                        "--out", str(tmp_path / "b2.pt")])
     assert wrong == 1 and not (tmp_path / "b2.pt").exists()
+
+
+@pytest.mark.parametrize("dgmd_section, expected", [({"image_size": REFINE}, REFINE), ({"image_size": None}, SIZE),
+                                                     ({"moving_threshold_mm": 0.1}, SIZE)])
+def test_export_tool_reads_dgmd_image_size(tmp_path, face_model, dgmd_section, expected):
+    config = {"data": {"size": SIZE, "flow_method": "dis"}, "dem": {"encoder": ENCODER, "model": DEM_CFG},
+              "dgmd": dgmd_section}
+    _, _, dgmd_path = write_training_run(tmp_path, face_model, config)
+    out = tmp_path / "bundle.pt"
+    assert export_tool().main(["--profile", "tiny", "--root", str(tmp_path), "--dgmd-checkpoint", str(dgmd_path),
+                               "--out", str(out)]) == 0
+    _, _, meta = rec.load_bundle(out, face_model)
+    assert meta["image_size"] == SIZE and meta["refine_size"] == expected
+
+
+def test_export_tool_refuses_a_bad_dgmd_image_size(tmp_path, face_model, capsys):
+    config = {"data": {"size": SIZE, "flow_method": "dis"}, "dem": {"encoder": ENCODER, "model": DEM_CFG},
+              "dgmd": {"image_size": "large"}}
+    _, _, dgmd_path = write_training_run(tmp_path, face_model, config)
+    assert export_tool().main(["--profile", "tiny", "--root", str(tmp_path), "--dgmd-checkpoint", str(dgmd_path),
+                               "--out", str(tmp_path / "bundle.pt")]) == 1
+    assert "tiny.yaml: dgmd.image_size must be an int >= 8" in capsys.readouterr().err
+    assert not (tmp_path / "bundle.pt").exists()
 
 
 # ----------------------------------------------------------------------------------------------- end to end
@@ -245,6 +397,37 @@ def test_reconstruct_writes_every_output(tmp_path, bundle, face_video, face_mode
     assert summary["checkpoint"]["provenance"]["note"].startswith("seeded")
     assert "plotly" in (out / "viewer.html").read_text()[:200000].lower()
     assert leftovers(tmp_path) == []
+
+
+@needs_landmarker
+def test_reconstruct_runs_dgmd_at_the_bundles_refine_size(tmp_path, refine_bundle, face_video, monkeypatch):
+    calls = []
+    original = rec.run_window
+
+    def spy(dem, dgmd, face_model, crops, flow, times, landmarks_crop, stage="dgmd", **refine):
+        calls.append({"crops": crops.shape, "flow": None if flow is None else flow.shape, "stage": stage,
+                      "landmarks_crop": landmarks_crop, **refine})
+        return original(dem, dgmd, face_model, crops, flow, times, landmarks_crop, stage, **refine)
+
+    monkeypatch.setattr(rec, "run_window", spy)
+    summary = rec.reconstruct_video(face_video, tmp_path / "out", checkpoint=refine_bundle, window=4,
+                                    show_progress=False)
+    assert [c["crops"] for c in calls] == [(4, SIZE, SIZE, 3), (3, SIZE, SIZE, 3)]
+    assert [c["flow"] for c in calls] == [(4, SIZE, SIZE, 2), (3, SIZE, SIZE, 2)]
+    assert [c["refine_flow"].shape for c in calls] == [(4, REFINE, REFINE, 2), (3, REFINE, REFINE, 2)]
+    for call in calls:  # the same crop framing at twice the size
+        np.testing.assert_allclose(call["refine_landmarks"], call["landmarks_crop"] * REFINE / SIZE, atol=1e-3)
+    params = np.load(tmp_path / "out" / "params.npz")
+    assert int(params["image_size"]) == SIZE and int(params["refine_size"]) == REFINE
+    assert params["vertices"].shape == (N_FRAMES, 468, 3)
+    assert summary["image_size"] == SIZE and summary["refine_size"] == REFINE
+    assert summary["checkpoint"]["refine_size"] == REFINE
+    assert {"crop", "flow", "coarse_dem", "dgmd"} <= set(summary["timings_s"])
+
+    calls.clear()  # DEM alone needs no refine crops
+    rec.reconstruct_video(face_video, tmp_path / "dem", checkpoint=refine_bundle, window=4, stage="dem",
+                          show_progress=False)
+    assert all(c["refine_flow"] is None and c["refine_landmarks"] is None for c in calls)
 
 
 @needs_landmarker

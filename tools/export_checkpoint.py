@@ -2,8 +2,9 @@
 
 Inputs, all from a finished training run (e.g. ``snakemake all --cores 2 --configfile config/cpu.yaml``):
 
-- the profile config ``config/<profile>.yaml``: ``data.size`` (crop size), ``data.flow_method``, and the
-  ``dem:`` section's ``encoder`` and ``model`` subsections (how DEM was built);
+- the profile config ``config/<profile>.yaml``: ``data.size`` (DEM's crop size), ``data.flow_method``, the
+  ``dem:`` section's ``encoder`` and ``model`` subsections (how DEM was built), and ``dgmd.image_size`` (DGMD's
+  own crop size, the bundle's ``refine_size``; absent or null: ``data.size``);
 - the DEM training checkpoint, default ``results/<profile>/dem/checkpoints/dem.pt`` (``microface.train`` format,
   notebook 01_dem_pretrain);
 - a DGMD training checkpoint (``--dgmd-checkpoint``, e.g. ``results/<profile>/dgmd/checkpoints/dgmd.pt``) and its
@@ -53,6 +54,19 @@ def _section(config: dict, path: str, config_path: Path):
     return value
 
 
+def refine_size_of(config: dict, config_path: Path, image_size: int) -> int:
+    """DGMD's crop size from a profile config: ``dgmd.image_size``, or ``image_size`` (data.size) when the key is
+    absent or null. Anything but an int >= 8 -> ValueError naming the config file."""
+    section = config.get("dgmd")
+    value = section.get("image_size") if isinstance(section, dict) else None
+    if value is None:
+        return int(image_size)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 8:
+        raise ValueError(f"{config_path}: dgmd.image_size must be an int >= 8 pixels (DGMD's crop size) or null "
+                         f"(data.size), got {value!r}")
+    return value
+
+
 def _read_train_checkpoint(path: Path, what: str) -> dict:
     import torch
 
@@ -94,6 +108,7 @@ def export(profile: str, dgmd_checkpoint: Path, *, root: Path, config_path: Path
         raise FileNotFoundError(f"config {config_path} not found; pass --config or --profile smoke|cpu|full")
     config = yaml.safe_load(config_path.read_text())
     image_size = int(_section(config, "data.size", config_path))
+    refine_size = refine_size_of(config, config_path, image_size)
     flow_method = _section(config, "data.flow_method", config_path)
     encoder_cfg = _section(config, "dem.encoder", config_path)
     dem_cfg = _section(config, "dem.model", config_path)
@@ -129,7 +144,7 @@ def export(profile: str, dgmd_checkpoint: Path, *, root: Path, config_path: Path
     return save_bundle(out if out is not None else default_checkpoint_path(), face_model_name=face_model,
                        image_size=image_size, flow_method=flow_method, encoder_cfg=encoder_cfg, dem_cfg=dem_cfg,
                        dem_state=dem.state_dict(), dgmd_cfg=dgmd_cfg, dgmd_state=dgmd.state_dict(),
-                       provenance=provenance)
+                       provenance=provenance, refine_size=refine_size)
 
 
 def main(argv: list[str] | None = None) -> int:
