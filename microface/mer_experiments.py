@@ -56,10 +56,20 @@ def chance_level(samples) -> dict[str, float]:
             "n_classes": len(samples.class_names)}
 
 
+TIMING_COLUMNS = ("seconds", "train_s_per_fold")
+
+
 def write_mer_table(table: pd.DataFrame, chance: dict, path: str | Path) -> pd.DataFrame:
-    """Add the chance level beside the scores and write CSV + Markdown atomically. -> the table written."""
+    """Add the chance level beside the scores and write CSV + Markdown atomically; wall-clock columns
+    (``TIMING_COLUMNS``) go to ``<stem>_timings.csv`` instead, so two runs of one config give identical tables.
+    -> the table written plus its timing columns (for display)."""
     path = Path(path)
     table = table.assign(chance_acc=round(chance["acc_majority"], 4), chance_uar=round(chance["uar_uniform"], 4))
-    write_text_atomic(table.to_csv(index=False), path)
-    write_text_atomic(table.to_markdown(index=False), path.with_suffix(".md"))
+    timing = [c for c in TIMING_COLUMNS if c in table.columns]
+    scores = table.drop(columns=timing)
+    write_text_atomic(scores.to_csv(index=False), path)
+    write_text_atomic(scores.to_markdown(index=False), path.with_suffix(".md"))
+    if timing:
+        keys = [c for c in ("protocol", "model", "group") if c in table.columns]
+        write_text_atomic(table[keys + timing].to_csv(index=False), path.with_name(f"{path.stem}_timings.csv"))
     return table

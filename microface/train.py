@@ -34,8 +34,21 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def use_deterministic_kernels() -> None:
+    """Make torch pick deterministic kernels (same config -> bitwise the same numbers).
+
+    Needed on CPU too: the backward of advanced indexing (``index_put_`` with accumulate, used by every
+    ``x[:, index]`` gather here) is order-dependent across threads otherwise. ``warn_only``: an op with no
+    deterministic kernel (some CUDA ones) warns instead of stopping a GPU run.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on GPU nodes
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a torch Generator seeded the same way for data order."""
+    """Seed Python, NumPy and torch and switch to deterministic kernels; return a torch Generator seeded the
+    same way for data order."""
+    use_deterministic_kernels()
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

@@ -285,3 +285,17 @@ def test_samples_from_prepared_reads_the_cache(tmp_path):
         samples_from_prepared(root, ["video"])
     with pytest.raises(ValueError, match="not in class_names"):
         samples_from_prepared(root, ["pair"], class_names=("positive", "negative"))
+
+
+def test_mer_table_keeps_wall_clock_out_of_the_scores(tmp_path):
+    from microface.mer_experiments import write_mer_table
+
+    table = pd.DataFrame({"protocol": ["fixed-epoch"], "model": ["fdp"], "group": ["all"], "uf1": [0.5],
+                          "seconds": [12.3], "train_s_per_fold": [2.1]})
+    shown = write_mer_table(table, {"acc_majority": 0.2, "uar_uniform": 0.2}, tmp_path / "mer_table.csv")
+    scores = pd.read_csv(tmp_path / "mer_table.csv")
+    assert "seconds" not in scores and "train_s_per_fold" not in scores and scores["chance_uar"].iloc[0] == 0.2
+    assert "seconds" not in (tmp_path / "mer_table.md").read_text()
+    timings = pd.read_csv(tmp_path / "mer_table_timings.csv")
+    assert list(timings.columns) == ["protocol", "model", "group", "seconds", "train_s_per_fold"]
+    assert shown["seconds"].iloc[0] == 12.3  # the notebook still shows them
