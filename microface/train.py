@@ -62,6 +62,9 @@ def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
     kwargs.setdefault("dynamic_ncols", False)
     kwargs.setdefault("file", sys.stdout)
     kwargs.setdefault("disable", os.environ.get("MICROFACE_NO_PROGRESS") == "1")
+    stream = kwargs["file"]
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        kwargs.setdefault("position", 0)  # a log, not a terminal: nested bars print lines, no cursor-up escapes
     return tqdm(iterable, **kwargs)
 
 
