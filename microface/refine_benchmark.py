@@ -62,8 +62,10 @@ class RefineBenchmarkSettings:
     def __post_init__(self) -> None:
         if not self.moving_threshold_mm > 0:
             raise ValueError(f"dgmd.moving_threshold_mm: expected > 0, got {self.moving_threshold_mm}")
-        if self.image_size is not None and int(self.image_size) < 8:
-            raise ValueError(f"dgmd.image_size: expected >= 8 pixels or null, got {self.image_size}")
+        size = self.image_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
+            raise ValueError(f"dgmd.image_size must be an int >= 8 pixels (DGMD's crop size) or null (data.size), "
+                             f"got {size!r}")
         if "seed" in self.train:
             raise ValueError("dgmd.train.seed: not a setting here; the profile's top-level seed is used")
         DGMDConfig.from_dict(self.model)

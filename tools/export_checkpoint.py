@@ -56,15 +56,15 @@ def _section(config: dict, path: str, config_path: Path):
 
 def refine_size_of(config: dict, config_path: Path, image_size: int) -> int:
     """DGMD's crop size from a profile config: ``dgmd.image_size``, or ``image_size`` (data.size) when the key is
-    absent or null. Anything but an int >= 8 -> ValueError naming the config file."""
+    absent or null; checked as notebook 02 checks it (``RefineBenchmarkSettings``), errors naming the config file."""
+    from microface.refine_benchmark import RefineBenchmarkSettings
+
     section = config.get("dgmd")
-    value = section.get("image_size") if isinstance(section, dict) else None
-    if value is None:
-        return int(image_size)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 8:
-        raise ValueError(f"{config_path}: dgmd.image_size must be an int >= 8 pixels (DGMD's crop size) or null "
-                         f"(data.size), got {value!r}")
-    return value
+    try:
+        size = RefineBenchmarkSettings(image_size=section.get("image_size") if isinstance(section, dict) else None)
+    except ValueError as err:
+        raise ValueError(f"{config_path}: {err}") from None
+    return int(image_size) if size.image_size is None else size.image_size
 
 
 def _read_train_checkpoint(path: Path, what: str) -> dict:
