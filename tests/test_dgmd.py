@@ -8,7 +8,7 @@ import torch
 from microface.face.open_model import OpenFaceModel
 from microface.losses.geometry import (flow_guided_loss, laplacian_smoothness, normal_consistency,
                                        projected_displacement)
-from microface.models.dgmd import (DGMDConfig, build_dgmd, face_region_map, mesh_edges,
+from microface.models.dgmd import (DGMDConfig, build_dgmd, face_region_map, mesh_edges, temporal_low_rank,
                                    per_pixel_vertex_flow, region_pool_flow, uniform_laplacian_coordinates,
                                    cotangent_laplacian_coordinates)
 from microface.models.dgmd_training import (DGMDTrainSettings, RefineClip, accumulate_flow, clip_from_ground_truth,
@@ -388,3 +388,73 @@ def test_vertex_loss_pulls_offsets_onto_ground_truth_targets(face_model):
         train_dgmd(build_dgmd(face_model, TINY), [clip], settings)
     with pytest.raises(ValueError, match="target_offsets"):
         RefineClip(**{**clip.__dict__, "target_offsets": target[:, :10]})
+
+
+def test_temporal_low_rank_keeps_a_rising_motion_and_removes_frame_noise():
+    g = torch.Generator().manual_seed(0)
+    field = torch.randn(2, 16, 16, generator=g)
+    profile = torch.tensor([0.0, 0.2, 0.6, 1.0, 0.7, 0.3])  # onset -> apex -> offset
+    clean = profile[:, None, None, None] * field  # (T, 2, H, W): one displacement field scaled over time
+    torch.testing.assert_close(temporal_low_rank(clean, 1), clean)  # already rank 1: unchanged
+    noisy = clean + 0.3 * torch.randn(clean.shape, generator=g)
+    noisy[0] = 0.0  # the onset's flow is zero by definition
+    denoised = temporal_low_rank(noisy, 1)
+    assert float(denoised[0].abs().max()) == 0.0  # the onset stays exactly zero
+    assert float((denoised - clean).norm()) < 0.6 * float((noisy - clean).norm())
+    assert torch.equal(temporal_low_rank(noisy, 6), noisy)  # rank >= T: nothing to truncate
+    with pytest.raises(ValueError, match="rank"):
+        temporal_low_rank(noisy, 0)
+    with pytest.raises(ValueError, match=r"\(T, \.\.\.\)"):
+        temporal_low_rank(torch.zeros(5), 1)
+
+
+def test_clip_cues_equal_per_frame_cues_without_denoising(face_model):
+    clip = micro_clip(face_model)
+    clip.flow_onset_to_t[1:] += 0.05 * torch.randn(clip.flow_onset_to_t[1:].shape,
+                                                    generator=torch.Generator().manual_seed(1))
+    dgmd = build_dgmd(face_model, TINY)
+    T = clip.n_frames
+    cues = dgmd.clip_cues(clip.coarse_vertices, clip.camera, clip.flow_onset_to_t, clip.landmarks2d)
+    assert cues.geometry is None and cues.landmark.shape == (T, face_model.n_vertices, 2)
+    per_frame = dgmd.cues(clip.coarse_vertices, expand_camera(clip.camera, T), clip.flow_onset_to_t,
+                          clip.landmarks2d, clip.coarse_vertices[:1].expand(T, -1, -1),
+                          onset_landmarks2d=clip.landmarks2d[:1].expand(T, -1, -1))
+    for a, b in zip(cues.motion(), per_frame.motion()):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # forward on precomputed cues == forward computing them itself
+        given = dgmd(clip.coarse_vertices, expand_camera(clip.camera, T), cues=cues)
+        computed = dgmd(clip.coarse_vertices, expand_camera(clip.camera, T), clip.flow_onset_to_t, clip.landmarks2d,
+                        clip.coarse_vertices[:1].expand(T, -1, -1),
+                        onset_landmarks2d=clip.landmarks2d[:1].expand(T, -1, -1))
+    torch.testing.assert_close(given.offsets, computed.offsets)
+    torch.testing.assert_close(refine_clip(dgmd, clip, batch_size=2).offsets, computed.offsets)
+    with pytest.raises(ValueError, match="cues.landmark"):
+        dgmd(clip.coarse_vertices, expand_camera(clip.camera, T), cues=cues.frames(slice(0, 2)))
+    with pytest.raises(ValueError, match="batch 1"):
+        dgmd.clip_cues(clip.coarse_vertices, expand_camera(clip.camera, T), clip.flow_onset_to_t, clip.landmarks2d)
+
+
+def test_temporal_rank_denoises_the_flow_cue_of_static_vertices(face_model):
+    # AU12 rises over the clip; independent flow noise in every frame. Rank-1 denoising over time keeps the lip
+    # corners' motion and shrinks the noise the static forehead reads; the cues need the whole clip.
+    clip = micro_clip(face_model, T=8, size=48, peak=1.0)
+    noise = 0.3 * torch.randn(clip.flow_onset_to_t.shape, generator=torch.Generator().manual_seed(0))
+    noise[0] = 0.0
+    clip.flow_onset_to_t += noise
+    config = {**TINY, "use_landmarks": False}
+    raw = build_dgmd(face_model, config).clip_cues(clip.coarse_vertices, clip.camera, clip.flow_onset_to_t)
+    rank1 = build_dgmd(face_model, {**config, "temporal_rank": 1})
+    denoised = rank1.clip_cues(clip.coarse_vertices, clip.camera, clip.flow_onset_to_t)
+    forehead, corner = face_model.regions["forehead"], 61
+    assert float(denoised.vertex_flow[:, forehead].norm(dim=-1).mean()) < 0.5 * float(
+        raw.vertex_flow[:, forehead].norm(dim=-1).mean())
+    apex_motion = float(raw.vertex_flow[-1, corner].norm())
+    assert apex_motion > 0.3 and float((denoised.vertex_flow[-1, corner] - raw.vertex_flow[-1, corner]).norm()) < (
+        0.5 * apex_motion)
+    assert float(denoised.vertex_flow[0].abs().max()) == 0.0
+    T = clip.n_frames
+    with pytest.raises(ValueError, match="temporal_rank=1"):
+        rank1(clip.coarse_vertices, expand_camera(clip.camera, T), clip.flow_onset_to_t)
+    assert refine_clip(rank1, clip).offsets.shape == (T, face_model.n_vertices, 3)
+    with pytest.raises(ValueError, match="temporal_rank"):
+        DGMDConfig(temporal_rank=-1)

@@ -22,6 +22,13 @@ the coarse mesh's own projected motion since the onset, and the change of the la
 so where DEM already moves the face as the flow says, or nothing moves, DGMD leaves the mesh alone. The same gate
 multiplies every graph-convolution update, so static vertices keep the coarse geometry.
 
+Clip-level flow denoising (``temporal_rank`` > 0, in :meth:`DGMD.clip_cues`, which sees a whole clip): before
+the flow cues are read, the clip's flow fields onset -> t, as a (T, H * W * 2) matrix of frames, are replaced by
+their best rank-k approximation (truncated SVD, :func:`temporal_low_rank`). A micro-expression is one action-unit
+pattern that rises and falls, so its flow is close to one displacement field scaled over time, while the flow
+estimator's noise is independent from frame to frame and falls mostly outside it. The flow-guided loss still
+compares with the observed flow. Written here rather than taken from a library: it is one SVD.
+
 Ablation switches (``DGMDConfig``): use_geometry, use_landmarks, use_flow, use_attention (off: a = 1),
 mapping "region" | "per_pixel". With neither motion cue enabled there is nothing to attend to and a = 1.
 """
@@ -60,7 +67,10 @@ class DGMDConfig:
     gate_noise_factor: when > 0, the floor of each frame is at least this factor times the MEDIAN motion over the
     frame's vertices, an estimate of its noise (a micro-expression moves a minority of the face);
     attention_context: the gate's learned term also sees each vertex's fused features (geometry and cues), so it
-    can learn WHERE a face moves as well as how much (off: the motion magnitudes alone).
+    can learn WHERE a face moves as well as how much (off: the motion magnitudes alone);
+    temporal_rank: rank of the clip-level denoising of the flow over time before the flow cues are read (0: off,
+    each frame's flow as estimated). When > 0, cues must come from ``DGMD.clip_cues`` over a whole clip
+    (``refine_clip`` and training do this).
     """
 
     hidden: int = 64
@@ -82,8 +92,11 @@ class DGMDConfig:
     gate_floor_px: float = 0.0
     gate_noise_factor: float = 0.0
     attention_context: bool = False
+    temporal_rank: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.temporal_rank, bool) or not isinstance(self.temporal_rank, int) or self.temporal_rank < 0:
+            raise ValueError(f"dgmd temporal_rank: expected an int >= 0 (0: off), got {self.temporal_rank!r}")
         if self.mapping not in MAPPINGS:
             raise ValueError(f"dgmd mapping: expected one of {MAPPINGS}, got {self.mapping!r}")
         if self.motion_cues not in MOTION_CUES:
@@ -343,6 +356,45 @@ def landmark_anchor_vertices(face_model: FaceModel) -> torch.Tensor:
     return torch.cdist(landmarks.float(), face_model.v_template.float()).argmin(dim=1).cpu()
 
 
+def temporal_low_rank(frames: torch.Tensor, rank: int) -> torch.Tensor:
+    """Best rank-``rank`` approximation over time of one clip's frames (T, ...) -> (T, ...), e.g. flows (T, 2, H, W).
+
+    The (T, prod(...)) matrix of frames is truncated to its ``rank`` largest singular values (Eckart-Young). A
+    frame that is all zeros (the onset's flow, zero by definition) is kept exactly zero, not rounded to 1e-7.
+    rank >= T returns the frames unchanged.
+    """
+    if frames.ndim < 2:
+        raise ValueError(f"temporal_low_rank: expected a clip's frames (T, ...), got {tuple(frames.shape)}")
+    if rank < 1:
+        raise ValueError(f"temporal_low_rank: expected rank >= 1, got {rank}")
+    T = frames.shape[0]
+    if rank >= T:
+        return frames
+    matrix = frames.reshape(T, -1)
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    low_rank = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    zero_frames = (matrix == 0).all(dim=1, keepdim=True)
+    return torch.where(zero_frames, torch.zeros_like(low_rank), low_rank).reshape(frames.shape)
+
+
+def expand_camera(camera: Camera, n: int) -> Camera:
+    """A batch-1 camera repeated n times (or a batch-n camera unchanged) -> Camera with batch n."""
+    if camera.batch_size == n:
+        return camera
+    if camera.batch_size != 1:
+        raise ValueError(f"camera: expected batch 1 or {n}, got {camera.batch_size}")
+    scale = None if camera.scale is None else camera.scale.expand(n)
+    return Camera(R=camera.R.expand(n, 3, 3), t=camera.t.expand(n, 3), focal=camera.focal.expand(n),
+                  principal=camera.principal.expand(n, 2), kind=camera.kind, scale=scale)
+
+
+def packed_pix_to_face(pix_to_face: torch.Tensor, n_faces: int) -> torch.Tensor:
+    """Re-pack per-image face indices (B, H, W, 1), each rasterized alone (b = 0), as ``b * F + f``."""
+    offset = torch.arange(pix_to_face.shape[0], device=pix_to_face.device)[:, None, None, None] * n_faces
+    return torch.where(pix_to_face >= 0, pix_to_face + offset, pix_to_face)
+
+
+
 @dataclass
 class VertexCues:
     """Per-vertex inputs of DGMD (None where switched off).
@@ -357,9 +409,17 @@ class VertexCues:
     vertex_flow: torch.Tensor | None
     pooled_flow: torch.Tensor | None
 
+    def frames(self, index) -> "VertexCues":
+        """The cues of some frames (any index of the batch dimension) -> VertexCues."""
+        return VertexCues(*(None if c is None else c[index] for c in (self.geometry, *self.motion())))
+
+    def motion(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(landmark, vertex_flow, pooled_flow), None where switched off."""
+        return self.landmark, self.vertex_flow, self.pooled_flow
+
     def motion_magnitudes(self) -> torch.Tensor | None:
         """|cue| in pixels of each enabled motion cue, (B, V, K), or None without motion cues."""
-        mags = [c.norm(dim=-1) for c in (self.landmark, self.vertex_flow, self.pooled_flow) if c is not None]
+        mags = [c.norm(dim=-1) for c in self.motion() if c is not None]
         return torch.stack(mags, dim=-1) if mags else None
 
 
@@ -426,7 +486,7 @@ class DGMD(nn.Module):
 
     forward(coarse_vertices (B,V,3) mm world, camera (batch B), flow_onset_to_t (B,2,H,W) px | None,
     landmarks2d (B,68,2) px | None, onset_vertices (B,V,3) | None, pix_to_face (B,H,W,1) | None,
-    onset_landmarks2d (B,68,2) px | None) -> DGMDOutput.
+    onset_landmarks2d (B,68,2) px | None, cues: VertexCues (motion cues from ``clip_cues``) | None) -> DGMDOutput.
     """
 
     def __init__(self, face_model: FaceModel, config: DGMDConfig | None = None):
@@ -531,8 +591,10 @@ class DGMD(nn.Module):
 
     def cues(self, coarse_vertices: torch.Tensor, camera: Camera, flow_onset_to_t: torch.Tensor | None = None,
              landmarks2d: torch.Tensor | None = None, onset_vertices: torch.Tensor | None = None,
-             pix_to_face: torch.Tensor | None = None, onset_landmarks2d: torch.Tensor | None = None) -> VertexCues:
-        """All enabled cues (see ``VertexCues``). A switched-on cue whose input is None raises ValueError.
+             pix_to_face: torch.Tensor | None = None, onset_landmarks2d: torch.Tensor | None = None,
+             with_geometry: bool = True) -> VertexCues:
+        """All enabled cues (see ``VertexCues``; geometry None when ``with_geometry`` is False). A switched-on cue
+        whose input is None raises ValueError.
 
         In "residual" mode the flow cues are the flow minus the coarse mesh's own projected motion onset -> t
         (region-averaged for the pooled cue), and, when ``onset_landmarks2d`` (B, 68, 2) is given, the landmark
@@ -547,7 +609,7 @@ class DGMD(nn.Module):
         if onset_vertices.shape != coarse_vertices.shape:
             raise ValueError(f"onset_vertices: expected {tuple(coarse_vertices.shape)}, got "
                              f"{tuple(onset_vertices.shape)}")
-        geometry = self.geometry_cue(coarse_vertices) if c.use_geometry else None
+        geometry = self.geometry_cue(coarse_vertices) if c.use_geometry and with_geometry else None
         landmark = vertex_flow = pooled = None
         if c.use_landmarks:
             if landmarks2d is None:
@@ -575,20 +637,66 @@ class DGMD(nn.Module):
             return torch.ones(like.shape[:2], dtype=like.dtype, device=like.device)
         return self.attention(magnitudes, context if self.config.attention_context else None)
 
+    def clip_cues(self, coarse_vertices: torch.Tensor, camera: Camera, flow_onset_to_t: torch.Tensor | None = None,
+                  landmarks2d: torch.Tensor | None = None, pix_to_face: torch.Tensor | None = None) -> VertexCues:
+        """Motion cues of ONE clip whose frame 0 is the onset, its flow denoised over time when ``temporal_rank`` > 0.
+
+        coarse_vertices (T, V, 3) mm; camera: batch 1, shared by the frames; flow_onset_to_t (T, 2, H, W) px;
+        landmarks2d (T, 68, 2) px; pix_to_face (1, H, W, 1) of the onset mesh or None (rasterized here) ->
+        VertexCues with geometry None and motion cues (T, V, 2) (pass them to ``forward`` as ``cues``).
+        """
+        T = coarse_vertices.shape[0]
+        if camera.batch_size != 1:
+            raise ValueError(f"clip_cues: expected one camera for the clip (batch 1), got batch {camera.batch_size}")
+        onset = coarse_vertices[:1].expand(T, -1, -1)
+        onset_landmarks = None if landmarks2d is None else landmarks2d[:1].expand(T, -1, -1)
+        packed = None if pix_to_face is None else packed_pix_to_face(pix_to_face.expand(T, -1, -1, -1),
+                                                                     self.faces.shape[0])
+        rank = self.config.temporal_rank
+        with torch.no_grad():  # cues are inputs: nothing here depends on parameters
+            if rank > 0 and flow_onset_to_t is not None:
+                flow_onset_to_t = temporal_low_rank(flow_onset_to_t, rank)
+            cues = self.cues(coarse_vertices, expand_camera(camera, T), flow_onset_to_t, landmarks2d, onset, packed,
+                             onset_landmarks, with_geometry=False)
+        return VertexCues(None, *cues.motion())
+
     def forward(self, coarse_vertices: torch.Tensor, camera: Camera, flow_onset_to_t: torch.Tensor | None = None,
                 landmarks2d: torch.Tensor | None = None, onset_vertices: torch.Tensor | None = None,
-                pix_to_face: torch.Tensor | None = None, onset_landmarks2d: torch.Tensor | None = None) -> DGMDOutput:
-        cues = self.cues(coarse_vertices, camera, flow_onset_to_t, landmarks2d, onset_vertices, pix_to_face,
-                         onset_landmarks2d)
+                pix_to_face: torch.Tensor | None = None, onset_landmarks2d: torch.Tensor | None = None,
+                cues: VertexCues | None = None) -> DGMDOutput:
+        """cues: precomputed motion cues (B, V, 2) of these frames (``clip_cues``; then flow, landmarks,
+        onset and pix_to_face are not read); required when ``temporal_rank`` > 0."""
+        if cues is None:
+            if self.config.temporal_rank > 0:
+                raise ValueError(f"dgmd temporal_rank={self.config.temporal_rank} denoises cues over a whole clip: "
+                                 "compute them with DGMD.clip_cues and pass cues= (refine_clip does this)")
+            cues = self.cues(coarse_vertices, camera, flow_onset_to_t, landmarks2d, onset_vertices, pix_to_face,
+                             onset_landmarks2d)
+        else:
+            cues = self.with_geometry(cues, coarse_vertices)
         scale = self.config.flow_scale_px
-        motion_cues = (cues.landmark, cues.vertex_flow, cues.pooled_flow)
-        parts = [cues.geometry] + [x / scale for x in motion_cues if x is not None]
+        parts = [cues.geometry] + [x / scale for x in cues.motion() if x is not None]
         h = self.fusion(torch.cat([p for p in parts if p is not None], dim=-1))
         gate = self.gate(cues, coarse_vertices, h)
         for layer in self.layers:
             h = layer(h, gate, self.gcn_index, self.gcn_weight)
         offsets = self.config.max_offset_mm * torch.tanh(self.head(h)) * gate[..., None]
         return DGMDOutput(vertices=coarse_vertices + offsets, offsets=offsets, gate=gate, cues=cues)
+
+    def with_geometry(self, precomputed: VertexCues, coarse_vertices: torch.Tensor) -> VertexCues:
+        """Precomputed motion cues checked against the enabled switches, plus the geometry cue of
+        ``coarse_vertices`` (B, V, 3)."""
+        c = self.config
+        expected = (coarse_vertices.shape[0], self.n_vertices, 2)
+        for name, enabled, value in zip(("landmark", "vertex_flow", "pooled_flow"),
+                                        (c.use_landmarks, c.use_flow, c.use_flow), precomputed.motion()):
+            if enabled and (value is None or tuple(value.shape) != expected):
+                raise ValueError(f"cues.{name}: expected {expected} (the cue is switched on), got "
+                                 f"{None if value is None else tuple(value.shape)}")
+            if not enabled and value is not None:
+                raise ValueError(f"cues.{name}: the cue is switched off but a value was given")
+        geometry = self.geometry_cue(coarse_vertices) if c.use_geometry else None
+        return VertexCues(geometry, *(None if v is None else v.to(coarse_vertices) for v in precomputed.motion()))
 
 
 def build_dgmd(face_model: FaceModel, config: dict | DGMDConfig | None = None, seed: int = 0) -> DGMD:

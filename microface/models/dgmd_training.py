@@ -31,23 +31,12 @@ import torch.nn.functional as F_nn
 from microface.losses.geometry import flow_guided_loss, laplacian_smoothness, normal_consistency, vertex_visibility
 from microface.losses.landmark import landmark_loss
 from microface.models import config_from_dict
-from microface.models.dgmd import DGMD, face_adjacency
+from microface.models.dgmd import DGMD, VertexCues, expand_camera, face_adjacency
 from microface.render import Camera, project_points, rasterize
 from microface.train import TrainConfig, fit, progress
 
 
 # ------------------------------------------------------------------------------------------------- data
-def expand_camera(camera: Camera, n: int) -> Camera:
-    """A batch-1 camera repeated n times (or a batch-n camera unchanged) -> Camera with batch n."""
-    if camera.batch_size == n:
-        return camera
-    if camera.batch_size != 1:
-        raise ValueError(f"camera: expected batch 1 or {n}, got {camera.batch_size}")
-    scale = None if camera.scale is None else camera.scale.expand(n)
-    return Camera(R=camera.R.expand(n, 3, 3), t=camera.t.expand(n, 3), focal=camera.focal.expand(n),
-                  principal=camera.principal.expand(n, 2), kind=camera.kind, scale=scale)
-
-
 def concat_cameras(cameras: list[Camera]) -> Camera:
     """Cameras of one kind concatenated along the batch -> Camera."""
     kinds = {c.kind for c in cameras}
@@ -309,8 +298,9 @@ def onset_raster(dgmd: DGMD, clip: RefineClip, tolerance_mm: float = 1.5) -> Ons
 @dataclass
 class FrameBatch:
     """B training frames. coarse (B,V,3) at t, coarse_onset (B,V,3), flow (B,2,H,W) onset->t, landmarks (B,L,2) |
-    None, landmarks_onset (B,L,2) | None, camera (batch B), pix_to_face (B,H,W,1) face index of each onset mesh
-    rasterized alone (NOT packed; -1 background), visible (B,V) bool at the onset."""
+    None, landmarks_onset (B,L,2) | None, camera (batch B), visible (B,V) bool at the onset, cues / onset_cues: the
+    motion cues (B,V,2) of frame t and of the onset (``DGMD.clip_cues`` of each frame's clip), target_offsets
+    (B,V,3) | None."""
 
     coarse: torch.Tensor
     coarse_onset: torch.Tensor
@@ -318,19 +308,33 @@ class FrameBatch:
     landmarks: torch.Tensor | None
     landmarks_onset: torch.Tensor | None
     camera: Camera
-    pix_to_face: torch.Tensor
     visible: torch.Tensor
+    cues: VertexCues
+    onset_cues: VertexCues
     target_offsets: torch.Tensor | None = None
 
 
-def _packed(pix_to_face: torch.Tensor, n_faces: int) -> torch.Tensor:
-    """Re-pack per-image face indices (B, H, W, 1), each rasterized alone (b = 0), as ``b * F + f``."""
-    offset = torch.arange(pix_to_face.shape[0], device=pix_to_face.device)[:, None, None, None] * n_faces
-    return torch.where(pix_to_face >= 0, pix_to_face + offset, pix_to_face)
+def clip_motion_cues(dgmd: DGMD, clip: RefineClip, raster: OnsetRaster) -> VertexCues:
+    """``DGMD.clip_cues`` of a RefineClip (motion cues (T, V, 2) of every frame, frame 0 the onset)."""
+    landmarks = clip.landmarks2d if dgmd.config.use_landmarks else None
+    if dgmd.config.use_landmarks and landmarks is None:
+        raise ValueError(f"clip {clip.key!r}: the DGMD landmark cue is on but the clip has no landmarks2d")
+    return dgmd.clip_cues(clip.coarse_vertices, clip.camera, clip.flow_onset_to_t, landmarks, raster.pix_to_face)
 
 
-def collate_frames(clips: list[RefineClip], rasters: list[OnsetRaster], items: list[tuple[int, int]]) -> FrameBatch:
-    """Stack (clip index, frame index) items of one image size into a FrameBatch."""
+def _stack_cues(cues: list[VertexCues], items: list[tuple[int, int]]) -> VertexCues:
+    """Motion cues of (clip index, frame index) items -> VertexCues (B, V, 2) (geometry None)."""
+    motion = []
+    for k in range(3):
+        parts = [cues[c].motion()[k] for c, _ in items]
+        motion.append(None if parts[0] is None else torch.stack([p[t] for p, (_, t) in zip(parts, items)]))
+    return VertexCues(None, *motion)
+
+
+def collate_frames(clips: list[RefineClip], rasters: list[OnsetRaster], items: list[tuple[int, int]],
+                   cues: list[VertexCues]) -> FrameBatch:
+    """Stack (clip index, frame index) items of one image size into a FrameBatch; cues: each clip's
+    ``clip_motion_cues``."""
     chosen = [clips[c] for c, _ in items]
     has_landmarks = all(c.landmarks2d is not None for c in chosen)
     has_targets = all(c.target_offsets is not None for c in chosen)
@@ -341,14 +345,14 @@ def collate_frames(clips: list[RefineClip], rasters: list[OnsetRaster], items: l
         landmarks=torch.stack([clips[c].landmarks2d[t] for c, t in items]) if has_landmarks else None,
         landmarks_onset=torch.stack([clips[c].landmarks2d[0] for c, _ in items]) if has_landmarks else None,
         camera=concat_cameras([clips[c].camera for c, _ in items]),
-        pix_to_face=torch.cat([rasters[c].pix_to_face for c, _ in items]),
         visible=torch.cat([rasters[c].visible for c, _ in items]),
+        cues=_stack_cues(cues, items), onset_cues=_stack_cues(cues, [(c, 0) for c, _ in items]),
         target_offsets=torch.stack([clips[c].target_offsets[t] for c, t in items]) if has_targets else None,
     )
 
 
-def frame_batches(clips: list[RefineClip], rasters: list[OnsetRaster], batch_size: int, seed: int, epoch: int,
-                  frames_per_clip: int | None = None) -> Iterator[FrameBatch]:
+def frame_batches(clips: list[RefineClip], rasters: list[OnsetRaster], cues: list[VertexCues], batch_size: int,
+                  seed: int, epoch: int, frames_per_clip: int | None = None) -> Iterator[FrameBatch]:
     """The epoch's batches of frames t >= 1, in an order seeded by (seed, epoch), grouped by image size."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     items = []
@@ -363,7 +367,7 @@ def frame_batches(clips: list[RefineClip], rasters: list[OnsetRaster], batch_siz
         groups.setdefault(clips[items[i][0]].image_size, []).append(items[i])
     for members in groups.values():
         for start in range(0, len(members), batch_size):
-            yield collate_frames(clips, rasters, members[start: start + batch_size])
+            yield collate_frames(clips, rasters, members[start: start + batch_size], cues)
 
 
 # ------------------------------------------------------------------------------------------------- losses
@@ -371,19 +375,12 @@ def dgmd_losses(dgmd: DGMD, batch: FrameBatch, weights: DGMDLossWeights,
                 adjacency: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """All DGMD loss terms for one FrameBatch: {"loss": weighted total, term: value} (scalars)."""
     B = batch.coarse.shape[0]
-    n_faces = dgmd.faces.shape[0]
     coarse = torch.cat([batch.coarse, batch.coarse_onset])
     camera = concat_cameras([batch.camera, batch.camera])
-    flow = torch.cat([batch.flow, torch.zeros_like(batch.flow)])
     landmarks = None if batch.landmarks is None else torch.cat([batch.landmarks, batch.landmarks_onset])
-    if dgmd.config.use_landmarks and landmarks is None:
-        raise ValueError("dgmd_losses: the landmark cue is on but the clips have no landmarks2d")
-    pix_to_face = _packed(torch.cat([batch.pix_to_face, batch.pix_to_face]), n_faces)
-    onset_landmarks = None if landmarks is None else torch.cat([batch.landmarks_onset, batch.landmarks_onset])
-    use_landmarks = dgmd.config.use_landmarks
-    out = dgmd(coarse, camera, flow, landmarks if use_landmarks else None,
-               onset_vertices=torch.cat([batch.coarse_onset, batch.coarse_onset]), pix_to_face=pix_to_face,
-               onset_landmarks2d=onset_landmarks if use_landmarks else None)
+    cues = VertexCues(None, *(None if a is None else torch.cat([a, b])
+                              for a, b in zip(batch.cues.motion(), batch.onset_cues.motion())))
+    out = dgmd(coarse, camera, cues=cues)
     refined_t, refined_onset = out.vertices[:B], out.vertices[B:]
     terms: dict[str, torch.Tensor] = {}
     if weights.flow > 0:
@@ -418,13 +415,15 @@ def train_dgmd(dgmd: DGMD, clips: list[RefineClip], settings: DGMDTrainSettings,
         raise ValueError("train_dgmd: expected at least one RefineClip, got none")
     weights = settings.loss_weights
     rasters = [onset_raster(dgmd, clip, settings.visibility_tolerance_mm) for clip in clips]
+    cues = [clip_motion_cues(dgmd, clip, raster) for clip, raster in zip(clips, rasters)]  # inputs: computed once
     adjacency = face_adjacency(dgmd.faces)
 
     def step(model: DGMD, batch: FrameBatch) -> dict[str, torch.Tensor]:
         return dgmd_losses(model, batch, weights, adjacency)
 
     def batches(epoch: int) -> Iterator[FrameBatch]:
-        return frame_batches(clips, rasters, settings.batch_size, settings.seed, epoch, settings.frames_per_clip)
+        return frame_batches(clips, rasters, cues, settings.batch_size, settings.seed, epoch,
+                             settings.frames_per_clip)
 
     extra = {"desc": desc, "dgmd": asdict(dgmd.config)}
     return fit(dgmd, step, batches, settings.train_config(**extra), checkpoint_path, desc=desc)
@@ -443,19 +442,12 @@ class ClipRefinement:
 def refine_clip(dgmd: DGMD, clip: RefineClip, batch_size: int = 16) -> ClipRefinement:
     """Run a trained DGMD on every frame of a clip (frame 0, the onset, included)."""
     dgmd.eval()
-    raster = onset_raster(dgmd, clip)
-    n_faces = dgmd.faces.shape[0]
+    cues = clip_motion_cues(dgmd, clip, onset_raster(dgmd, clip))
     parts = []
     for start in range(0, clip.n_frames, batch_size):
         index = torch.arange(start, min(start + batch_size, clip.n_frames))
-        n = index.numel()
-        with_landmarks = dgmd.config.use_landmarks and clip.landmarks2d is not None
-        landmarks = clip.landmarks2d[index] if with_landmarks else None
-        onset_landmarks = clip.landmarks2d[:1].expand(n, -1, -1) if with_landmarks else None
-        parts.append(dgmd(clip.coarse_vertices[index], expand_camera(clip.camera, n), clip.flow_onset_to_t[index],
-                          landmarks, onset_vertices=clip.coarse_vertices[:1].expand(n, -1, -1),
-                          pix_to_face=_packed(raster.pix_to_face.expand(n, -1, -1, -1), n_faces),
-                          onset_landmarks2d=onset_landmarks))
+        parts.append(dgmd(clip.coarse_vertices[index], expand_camera(clip.camera, index.numel()),
+                          cues=cues.frames(index)))
     return ClipRefinement(vertices=torch.cat([p.vertices for p in parts]),
                           offsets=torch.cat([p.offsets for p in parts]), gate=torch.cat([p.gate for p in parts]))
 
