@@ -215,6 +215,26 @@ def prepare_refine_data(synth_root, coarse_dir, dem_settings: dict, seed: int, i
                         device, show_progress: bool = True, refine_size: int | None = None):
     """Everything the DGMD runs share: (face_model, train RefineClips, test RefineClips, test EvalClips, split).
     image_size: DEM's input size; refine_size: DGMD's flow / landmark resolution (None: image_size)."""
+    data = _coarse_data(synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device, show_progress,
+                        refine_size)
+    return data.face_model, data.train_refine, data.test_refine, data.test_scoring, data.split
+
+
+@dataclass
+class CoarseData:
+    """DEM's coarse clips of both splits (``coarse_clips`` outputs) with each clip's subject."""
+
+    face_model: object
+    train_refine: list[RefineClip]
+    train_scoring: list[EvalClip]
+    train_subjects: list[str]
+    test_refine: list[RefineClip]
+    test_scoring: list[EvalClip]
+    split: dict
+
+
+def _coarse_data(synth_root, coarse_dir, dem_settings: dict, seed: int, image_size: int, flow_method: str, device,
+                 show_progress: bool, refine_size: int | None) -> CoarseData:
     from microface.data.datasets import load_dataset
     from microface.face.open_model import OpenFaceModel
 
@@ -237,15 +257,43 @@ def prepare_refine_data(synth_root, coarse_dir, dem_settings: dict, seed: int, i
     def refine_inputs(keys: list[str]) -> list[ClipTensors] | None:
         return None if refine_size in (None, image_size) else tensors(keys, refine_size)
 
-    train_refine, _ = coarse_clips(dem, face_model, tensors(split["micro_train"], image_size),
-                                   refine_inputs(split["micro_train"]))
+    train_refine, train_scoring = coarse_clips(dem, face_model, tensors(split["micro_train"], image_size),
+                                               refine_inputs(split["micro_train"]))
     test_refine, test_scoring = coarse_clips(dem, face_model, tensors(split["micro_test"], image_size),
                                              refine_inputs(split["micro_test"]))
-    return face_model, train_refine, test_refine, test_scoring, split
+    return CoarseData(face_model, train_refine, train_scoring, [micro[k].subject for k in split["micro_train"]],
+                      test_refine, test_scoring, split)
+
+
+def validate_on_training_subject(synth_root, coarse_dir, dem_settings: dict, dgmd_settings: dict, seed: int = 0, *,
+                                 image_size: int = 64, flow_method: str = "dis", device="cpu",
+                                 holdout: str | None = None, show_progress: bool = True) -> pd.DataFrame:
+    """Choose DGMD settings without the test subjects: train on every TRAINING subject but ``holdout`` (None: the
+    last one) and score DEM vs DEM + DGMD on the held-out subject's ME clips. Same arguments as
+    ``run_refine_benchmark`` (no out_dir: nothing is written, no checkpoint). Returns the per-clip rows' summary
+    (``summary_table``) with split "validation: held-out <subject>, trained on <others>"."""
+    settings = RefineBenchmarkSettings.from_dict(dgmd_settings)
+    data = _coarse_data(synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device, show_progress,
+                        settings.image_size)
+    subjects = sorted(set(data.train_subjects))
+    holdout = subjects[-1] if holdout is None else holdout
+    if holdout not in subjects or len(subjects) < 2:
+        raise ValueError(f"validation: held-out subject {holdout!r} must be one of at least two training subjects "
+                         f"{subjects} (the test subjects are never used here)")
+    keep = [i for i, s in enumerate(data.train_subjects) if s != holdout]
+    held = [i for i, s in enumerate(data.train_subjects) if s == holdout]
+    dgmd, _ = train_variant(data.face_model, [data.train_refine[i] for i in keep], settings, seed, None,
+                            f"dgmd (validation, without {holdout})", device=device)
+    scoring = [data.train_scoring[i] for i in held]
+    rows = unrefined_rows(scoring, settings.moving_threshold_mm)
+    rows += refine_and_score(dgmd, [data.train_refine[i] for i in held], scoring, settings.moving_threshold_mm,
+                             METHOD_REFINED)
+    others = ", ".join(s for s in subjects if s != holdout)
+    return summary_table(pd.DataFrame(rows), f"validation: held-out {holdout}, trained on {others}")
 
 
 def train_variant(face_model, train_refine: list[RefineClip], settings: RefineBenchmarkSettings, seed: int,
-                  checkpoint: Path, name: str, model_overrides: dict | None = None,
+                  checkpoint: Path | None, name: str, model_overrides: dict | None = None,
                   weight_overrides: dict | None = None, device="cpu"):
     """Train one DGMD (the config's, with overrides for ablations) -> (model, history)."""
     model_cfg = {**settings.model, **(model_overrides or {})}

@@ -139,3 +139,41 @@ def test_dgmd_at_its_own_resolution_and_ground_truth_targets(coarse_run):
     with pytest.raises(ValueError, match="image_size"):
         run_refine_benchmark(synth, coarse_dir, "unused", TINY_DEM, {**TINY_DGMD, "image_size": 4}, seed=0,
                              image_size=32, show_progress=False)
+
+
+def test_validation_holds_out_a_training_subject_and_never_reads_test_subjects(coarse_run):
+    from microface.refine_benchmark import load_split, validate_on_training_subject
+
+    synth, coarse_dir, _ = coarse_run
+    split = load_split(coarse_dir)
+    train_subjects, test_subjects = split["train_subjects"], split["test_subjects"]
+    assert len(train_subjects) >= 2
+    table = validate_on_training_subject(synth, coarse_dir, TINY_DEM, TINY_DGMD, seed=0, image_size=32,
+                                         show_progress=False)
+    held = train_subjects[-1]
+    assert table["split"].iloc[0].startswith(f"validation: held-out {held}, trained on ")
+    assert list(table["method"]) == [METHOD_COARSE, REFERENCE, METHOD_REFINED]
+    n_held = sum(k.split("/")[1] == held for k in split["micro_train"])
+    assert (table["n_test_clips"] == n_held).all()
+    again = validate_on_training_subject(synth, coarse_dir, TINY_DEM, TINY_DGMD, seed=0, image_size=32,
+                                         show_progress=False)
+    pd.testing.assert_frame_equal(table, again)  # seeded: the same numbers
+    with pytest.raises(ValueError, match="held-out subject"):
+        validate_on_training_subject(synth, coarse_dir, TINY_DEM, TINY_DGMD, image_size=32,
+                                     holdout=test_subjects[0], show_progress=False)
+
+
+def test_validate_tool_overrides_nested_keys():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "validate_dgmd.py"
+    spec = importlib.util.spec_from_file_location("validate_dgmd", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    section = {"model": {"temporal_rank": 1, "hidden": 8}, "train": {"epochs": 2}}
+    changed = tool.with_overrides(section, ["model.temporal_rank=0", "train.weights.vertex=0.5"])
+    assert changed["model"] == {"temporal_rank": 0, "hidden": 8} and changed["train"]["weights"] == {"vertex": 0.5}
+    assert section["model"]["temporal_rank"] == 1  # the profile's section is not modified
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        tool.with_overrides(section, ["model.temporal_rank"])
