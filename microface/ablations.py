@@ -106,7 +106,7 @@ def run_ablations(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dic
         return train_variant(face_model, train_clips, refine, seed, checkpoints / f"dgmd_{name}.pt", name,
                              model_overrides, weight_overrides, device)[0]
 
-    from microface.models.dgmd import build_dgmd
+    from microface.models.dgmd import DGMDConfig, build_dgmd
 
     full_dgmd = build_dgmd(face_model, refine.model, seed).to(device)
     load_checkpoint(full_dgmd_path, full_dgmd)  # notebook 02's DGMD
@@ -122,6 +122,9 @@ def run_ablations(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dic
         variants.append((f"DGMD w/o {cue} cue", "cue", dem, dgmd_variant(f"without_{cue}", dem_train, {switch: False})))
     variants.append(("DGMD w/o motion attention", "attention", dem,
                      dgmd_variant("without_attention", dem_train, {"use_attention": False})))
+    if DGMDConfig.from_dict(refine.model).temporal_rank > 0:
+        variants.append(("DGMD w/o temporal flow denoising", "denoising", dem,
+                         dgmd_variant("without_denoising", dem_train, {"temporal_rank": 0})))
     variants.append(("DGMD per-pixel mapping (not region-based)", "mapping", dem,
                      dgmd_variant("per_pixel", dem_train, {"mapping": "per_pixel"})))
     for term in settings.dgmd_loss_terms:
