@@ -23,7 +23,9 @@ Pipeline, per video (one face, filmed roughly frontally):
    and weak-perspective camera from the coarse encoder, one identity (shape) per window;
 6. DGMD (``microface.models.dgmd_training.refine_clip``) adds small per-vertex offsets guided by the flow and
    by the detected landmarks (in crop pixels), with the onset frame's camera held for the window; all three at
-   DGMD's resolution R (the weak-perspective camera is resolution-free: it is rendered at R x R).
+   DGMD's resolution R (the weak-perspective camera is resolution-free: it is rendered at R x R). When the
+   bundle's DGMD has ``temporal_rank`` > 0, its flow cues come from the WINDOW's flows reduced to their leading
+   temporal modes, so a window should hold one expression (as the ME clips DGMD was trained on do).
 
 Windows are reconstructed independently, like the clips DEM was trained on, so the mesh may step at a window
 boundary (identity and expression restart from the new onset).
