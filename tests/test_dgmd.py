@@ -8,7 +8,8 @@ import torch
 from microface.face.open_model import OpenFaceModel
 from microface.losses.geometry import (flow_guided_loss, laplacian_smoothness, normal_consistency,
                                        projected_displacement)
-from microface.models.dgmd import (DGMDConfig, build_dgmd, face_region_map, mesh_edges, temporal_low_rank,
+from microface.models.dgmd import (DGMDConfig, build_dgmd, face_region_map, mesh_edges, remove_affine_motion,
+                                   temporal_low_rank,
                                    per_pixel_vertex_flow, region_pool_flow, uniform_laplacian_coordinates,
                                    cotangent_laplacian_coordinates)
 from microface.models.dgmd_training import (DGMDTrainSettings, RefineClip, accumulate_flow, clip_from_ground_truth,
@@ -458,3 +459,37 @@ def test_temporal_rank_denoises_the_flow_cue_of_static_vertices(face_model):
     assert refine_clip(rank1, clip).offsets.shape == (T, face_model.n_vertices, 3)
     with pytest.raises(ValueError, match="temporal_rank"):
         DGMDConfig(temporal_rank=-1)
+
+
+def test_remove_affine_motion_keeps_only_local_motion():
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(2, 200, 2, generator=g) * 64
+    A = torch.tensor([[0.02, -0.01], [0.015, 0.03]])
+    affine = points @ A.T + torch.tensor([0.4, -0.3])  # shift + small rotation / scale / shear
+    torch.testing.assert_close(remove_affine_motion(affine, points), torch.zeros_like(affine), atol=1e-4, rtol=0)
+    bump = torch.zeros_like(points)
+    near = (points - 32).norm(dim=-1) < 6  # a local motion, as a micro-expression's
+    bump[near] = torch.tensor([0.0, 0.8])
+    local = remove_affine_motion(affine + bump, points)
+    assert float(local[near, 1].mean()) > 0.6 and float(local[~near].norm(dim=-1).mean()) < 0.1
+    assert float(remove_affine_motion(torch.zeros_like(points), points).abs().max()) == 0.0
+    with pytest.raises(ValueError, match=r"\(B, V, 2\)"):
+        remove_affine_motion(bump[..., :1], points)
+
+
+def test_flow_affine_free_ignores_a_global_misfit_of_the_coarse_pose(face_model):
+    # the whole face appears shifted by 0.6 px that the coarse mesh does not explain (a pose error): with
+    # flow_affine_free the flow cues vanish and the gate stays shut; without, the shift opens it everywhere
+    vertices = faces_of(face_model, 1)
+    cam = look_at_camera(600.0, SIZE * 600.0 / 400.0, (SIZE, SIZE), batch_size=1)  # the whole head in the image
+    assert bool(((project_points(vertices, cam)[..., :2] > 1) & (project_points(vertices, cam)[..., :2] < SIZE - 1)).all())
+    landmarks = projected_landmarks(face_model, vertices, cam)
+    flow = torch.zeros(1, 2, SIZE, SIZE)
+    flow[:, 0] = 0.6
+    config = {**TINY, "use_landmarks": False, "gate_floor_px": 0.1}
+    with torch.no_grad():
+        plain = build_dgmd(face_model, config)(vertices, cam, flow, landmarks)
+        free = build_dgmd(face_model, {**config, "flow_affine_free": True})(vertices, cam, flow, landmarks)
+    assert float(plain.gate.mean()) > 0.1
+    assert float(free.cues.vertex_flow.norm(dim=-1).max()) < 1e-3
+    assert float(free.gate.abs().max()) == 0.0

@@ -28,6 +28,8 @@ their best rank-k approximation (truncated SVD, :func:`temporal_low_rank`). A mi
 pattern that rises and falls, so its flow is close to one displacement field scaled over time, while the flow
 estimator's noise is independent from frame to frame and falls mostly outside it. The flow-guided loss still
 compares with the observed flow. Written here rather than taken from a library: it is one SVD.
+With ``flow_affine_free`` the flow cues also lose each frame's least-squares affine motion over the face
+(:func:`remove_affine_motion`): the coarse stage's pose misfit is global, a micro-expression is local.
 
 Ablation switches (``DGMDConfig``): use_geometry, use_landmarks, use_flow, use_attention (off: a = 1),
 mapping "region" | "per_pixel". With neither motion cue enabled there is nothing to attend to and a = 1.
@@ -70,7 +72,10 @@ class DGMDConfig:
     can learn WHERE a face moves as well as how much (off: the motion magnitudes alone);
     temporal_rank: rank of the clip-level denoising of the flow over time before the flow cues are read (0: off,
     each frame's flow as estimated). When > 0, cues must come from ``DGMD.clip_cues`` over a whole clip
-    (``refine_clip`` and training do this).
+    (``refine_clip`` and training do this);
+    flow_affine_free: remove from each frame's flow cues their least-squares 2D affine motion over the face (see
+    :func:`remove_affine_motion`): a global misfit between DEM's projected motion and the flow (the coarse stage's
+    pose or camera error) is not DGMD's to fix with local offsets, and it would open the gate everywhere.
     """
 
     hidden: int = 64
@@ -93,6 +98,7 @@ class DGMDConfig:
     gate_noise_factor: float = 0.0
     attention_context: bool = False
     temporal_rank: int = 0
+    flow_affine_free: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.temporal_rank, bool) or not isinstance(self.temporal_rank, int) or self.temporal_rank < 0:
@@ -377,6 +383,22 @@ def temporal_low_rank(frames: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.where(zero_frames, torch.zeros_like(low_rank), low_rank).reshape(frames.shape)
 
 
+def remove_affine_motion(field: torch.Tensor, points_px: torch.Tensor) -> torch.Tensor:
+    """field (B, V, 2) px at points (B, V, 2) px minus its least-squares affine fit ``A p + b`` per batch item.
+
+    What is left is the non-affine (local) part: a uniform shift, rotation, scaling or shear of the field
+    is removed exactly, and a field that is zero stays zero.
+    """
+    if field.shape != points_px.shape or field.ndim != 3 or field.shape[-1] != 2:
+        raise ValueError(f"remove_affine_motion: expected field and points (B, V, 2), got {tuple(field.shape)} "
+                         f"and {tuple(points_px.shape)}")
+    centred = points_px - points_px.mean(dim=1, keepdim=True)
+    scale = centred.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)  # conditioning only
+    design = torch.cat([centred / scale, torch.ones_like(centred[..., :1])], dim=-1)  # (B, V, 3)
+    coefficients = torch.linalg.lstsq(design, field).solution  # (B, 3, 2)
+    return field - design @ coefficients
+
+
 def expand_camera(camera: Camera, n: int) -> Camera:
     """A batch-1 camera repeated n times (or a batch-n camera unchanged) -> Camera with batch n."""
     if camera.batch_size == n:
@@ -626,6 +648,10 @@ class DGMD(nn.Module):
                 explained = self.coarse_motion_px(coarse_vertices, onset_vertices, camera)
                 vertex_flow = vertex_flow - explained
                 pooled = pooled - (self.region_mean(explained) if c.mapping == "region" else explained)
+            if c.flow_affine_free:
+                onset_px = project_points(onset_vertices, camera)[..., :2].detach()
+                vertex_flow = remove_affine_motion(vertex_flow, onset_px)
+                pooled = remove_affine_motion(pooled, onset_px)
         return VertexCues(geometry=geometry, landmark=landmark, vertex_flow=vertex_flow, pooled_flow=pooled)
 
     # -------------------------------------------------------------------------------------- forward
