@@ -122,9 +122,13 @@ def run_ablations(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dic
         variants.append((f"DGMD w/o {cue} cue", "cue", dem, dgmd_variant(f"without_{cue}", dem_train, {switch: False})))
     variants.append(("DGMD w/o motion attention", "attention", dem,
                      dgmd_variant("without_attention", dem_train, {"use_attention": False})))
-    if DGMDConfig.from_dict(refine.model).temporal_rank > 0:
+    full_config = DGMDConfig.from_dict(refine.model)
+    if full_config.temporal_rank > 0:
         variants.append(("DGMD w/o temporal flow denoising", "denoising", dem,
                          dgmd_variant("without_denoising", dem_train, {"temporal_rank": 0})))
+    if full_config.flow_affine_free:
+        variants.append(("DGMD w/o affine-free flow cues", "denoising", dem,
+                         dgmd_variant("without_affine_free", dem_train, {"flow_affine_free": False})))
     variants.append(("DGMD per-pixel mapping (not region-based)", "mapping", dem,
                      dgmd_variant("per_pixel", dem_train, {"mapping": "per_pixel"})))
     for term in settings.dgmd_loss_terms:
