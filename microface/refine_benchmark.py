@@ -7,7 +7,7 @@ its ``split.json``), same kept frames, and its trained DEM (``checkpoints/dem.pt
   Laplacian, normals, offset; ``microface.models.dgmd_training``) and, where the profile weights it, the
   supervised ``vertex`` loss on those subjects' 3D ground truth (the synthetic benchmark has it; the test
   subjects' never enters training). It trains a fixed number of epochs and the last one is scored: no epoch is
-  chosen on test subjects. Settings are chosen on a held-out TRAINING subject
+  chosen on test subjects. Settings are chosen on held-out TRAINING subjects
   (:func:`validate_on_training_subject`, ``tools/validate_dgmd.py``), never on the test subjects.
 - Scores are on the TEST subjects' ME clips, per-vertex errors (mm) against the ground truth, on the same
   "expression-only" meshes as notebook 01 (zero pose, ground-truth shape, predicted expression), so the DEM row
