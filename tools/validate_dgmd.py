@@ -13,6 +13,7 @@ synthetic benchmark. DGMD is trained on every training subject but one and score
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ COLUMNS = ["method", "moving_apex_mm", "moving_clip_mm", "static_apex_mm", "stat
 
 def with_overrides(section: dict, assignments: list[str]) -> dict:
     """A copy of a config section with ``a.b=value`` assignments applied (values parsed as YAML)."""
-    section = yaml.safe_load(yaml.safe_dump(section))
+    section = copy.deepcopy(section)
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
         if not sep or not key:

@@ -416,7 +416,6 @@ def packed_pix_to_face(pix_to_face: torch.Tensor, n_faces: int) -> torch.Tensor:
     return torch.where(pix_to_face >= 0, pix_to_face + offset, pix_to_face)
 
 
-
 @dataclass
 class VertexCues:
     """Per-vertex inputs of DGMD (None where switched off).
@@ -668,7 +667,7 @@ class DGMD(nn.Module):
         """Motion cues of ONE clip whose frame 0 is the onset, its flow denoised over time when ``temporal_rank`` > 0.
 
         coarse_vertices (T, V, 3) mm; camera: batch 1, shared by the frames; flow_onset_to_t (T, 2, H, W) px;
-        landmarks2d (T, 68, 2) px; pix_to_face (1, H, W, 1) of the onset mesh or None (rasterized here) ->
+        landmarks2d (T, 68, 2) px; pix_to_face (1, H, W, 1) of the onset mesh or None (rasterized here, once) ->
         VertexCues with geometry None and motion cues (T, V, 2) (pass them to ``forward`` as ``cues``).
         """
         T = coarse_vertices.shape[0]
@@ -676,6 +675,8 @@ class DGMD(nn.Module):
             raise ValueError(f"clip_cues: expected one camera for the clip (batch 1), got batch {camera.batch_size}")
         onset = coarse_vertices[:1].expand(T, -1, -1)
         onset_landmarks = None if landmarks2d is None else landmarks2d[:1].expand(T, -1, -1)
+        if pix_to_face is None and flow_onset_to_t is not None and self.config.use_flow:
+            pix_to_face = self.rasterize_faces(coarse_vertices[:1], camera, tuple(flow_onset_to_t.shape[-2:]))
         packed = None if pix_to_face is None else packed_pix_to_face(pix_to_face.expand(T, -1, -1, -1),
                                                                      self.faces.shape[0])
         rank = self.config.temporal_rank
