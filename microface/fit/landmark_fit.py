@@ -1,0 +1,390 @@
+"""The landmark fit: a face model fitted to a video's detected MediaPipe meshes (the real-face coarse stage).
+
+Input: MediaPipe's 468 points per frame, ``(T, 468, 3)`` in image pixels (x right, y down, z relative depth in
+x's scale, smaller = closer; see ``microface.data.landmarks``), and which frames hold a face. Output: one
+identity per video, and per frame the AU expression, the pose (global + jaw axis-angle) and a camera.
+
+Camera: scaled orthographic (scale in px/mm + 2D translation). MediaPipe's landmark network predicts x, y and z
+from one crop under a weak-perspective model, with z in x's scale, so a 3D similarity (s, R, t) maps the model
+onto all three coordinates exactly; a perspective camera would add a focal length the points cannot determine.
+
+Objective, in the model's frame (mm, so every weight below is scale-free):
+    sum_t sum_n w_tn ||Q_tn - X_n(shape, expr_t, jaw_t)||^2            robust data term (Huber by IRLS)
+  + identity_prior ||shape||^2 + expression_prior ||expr_t||^2 + jaw prior (Tikhonov)
+  + temporal_expression ||expr_t - expr_{t-1}||^2 + temporal_jaw ||jaw_t - jaw_{t-1}||^2
+  + AUs held in their valid range (active-set penalty, then clipped),
+where ``Q_t = R_t^T (P_t - t_t) / s_t`` is frame t's detection brought into the model frame by its similarity.
+The solver alternates closed-form steps: per-frame weighted Umeyama for (s, R, t), followed by a temporal
+smoother on the pose; one Gauss-Newton step for identity (shared), AUs and jaw (per frame) which is a single
+block-tridiagonal linear solve with the identity eliminated by its Schur complement (AUs and identity are linear
+given the jaw; the jaw is linearised); Huber weights from the residuals. Deterministic: no randomness, float64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from microface.fit.landmark_basis import N_MEDIAPIPE, MediapipeEmbedding, landmark_basis, rotation_matrices
+from microface.fit.procrustes import rotation_to_axis_angle, weighted_similarity
+
+# MediaPipe's image axes (x right, y down, z away from the camera) -> the model's (x to the subject's left = image
+# right, y up, z toward the camera): a rotation by pi about x, so the similarity stays proper.
+IMAGE_TO_MODEL = np.array([1.0, -1.0, -1.0])
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Weights of the landmark fit. Data residuals are in mm; AUs in model units (1 = strong); jaw in radians.
+
+    Temporal weights are per frame step (a higher frame rate moves less per frame: scale them with it if needed).
+    """
+
+    iterations: int = 8
+    huber_mm: float = 2.0  # residuals beyond this (mm, in the model frame) are down-weighted as huber_mm / r
+    identity_prior: float = 200.0  # mm^2 per unit^2 of identity coefficient
+    expression_prior: float = 5.0  # mm^2 per unit^2 of AU
+    jaw_prior: tuple[float, float, float] = (2.0e3, 2.0e5, 2.0e5)  # mm^2 per rad^2; opening (x) is cheap
+    temporal_expression: float = 20.0  # mm^2 per unit^2 of AU change between consecutive frames
+    temporal_jaw: float = 2.0e4  # mm^2 per rad^2 of jaw change between consecutive frames
+    temporal_pose: float = 0.5  # smoothing of log-scale, rotation and translation (ratio to a frame's data weight)
+    au_range: tuple[float, float] = (0.0, 1.0)  # the valid AU intensities; FACS intensities are >= 0
+    jaw_opening_range: tuple[float, float] = (-0.05, 0.5)  # radians about x; positive opens the mouth
+    bound_penalty: float = 1.0e5  # weight pulling an AU / the jaw that reached its bound back onto it
+
+
+@dataclass
+class LandmarkFit:
+    """A face model fitted to a video's MediaPipe meshes.
+
+    shape: (S,) identity, one per video. expression: (T, E) AU activations in ``au_range``.
+    pose: (T, 6) global axis-angle (3) + jaw axis-angle (3), radians, the FaceModel convention.
+    camera: (T, 3) scale (px per mm), tx, ty (px): ``vertices_px = scale * (V_x, -V_y) + (tx, ty)`` for the
+        model's posed vertices V (mm), see ``project_to_pixels``.
+    valid: (T,) bool, frames that held a face (the others are interpolated by the temporal prior).
+    point_weights: (T, N) final robust weight per landmark in [0, 1] (0 on invalid frames): low = occluded/outlier.
+    residual_px: (T,) weighted RMS distance (px, x-y-z) between the detections and the fitted points (NaN if invalid).
+    landmark_indices: (N,) the MediaPipe indices that were fitted.
+    All tensors are float32 on the CPU (``valid`` bool, ``landmark_indices`` long).
+    """
+
+    shape: torch.Tensor
+    expression: torch.Tensor
+    pose: torch.Tensor
+    camera: torch.Tensor
+    valid: torch.Tensor
+    point_weights: torch.Tensor
+    residual_px: torch.Tensor
+    landmark_indices: torch.Tensor
+    settings: FitSettings = field(default_factory=FitSettings)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.expression.shape[0])
+
+    def vertices(self, model) -> torch.Tensor:
+        """Posed model vertices (T, V, 3) in mm (the FaceModel frame)."""
+        shape = self.shape[None].expand(self.n_frames, -1)
+        with torch.no_grad():
+            return model(shape, self.expression, self.pose).vertices
+
+    def vertices_px(self, model) -> torch.Tensor:
+        """Every model vertex in source-image pixels: (T, V, 2) (x right, y down)."""
+        return project_to_pixels(self.vertices(model), self.camera)
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """The fit as plain arrays (for ``np.savez``)."""
+        return {name: getattr(self, name).numpy() for name in
+                ("shape", "expression", "pose", "camera", "valid", "point_weights", "residual_px", "landmark_indices")}
+
+
+def project_to_pixels(vertices: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    """Scaled-orthographic projection into the source image.
+
+    Args:
+        vertices: (T, V, 3) mm in the FaceModel frame (+y up).
+        camera: (T, 3) scale (px/mm), tx, ty (px).
+    Returns:
+        (T, V, 2) pixels, x right, y down.
+    """
+    if vertices.ndim != 3 or vertices.shape[-1] != 3:
+        raise ValueError(f"vertices: expected (T, V, 3), got {tuple(vertices.shape)}")
+    if camera.shape != (vertices.shape[0], 3):
+        raise ValueError(f"camera: expected ({vertices.shape[0]}, 3), got {tuple(camera.shape)}")
+    camera = camera.to(vertices.dtype)
+    flip = torch.tensor([1.0, -1.0], dtype=vertices.dtype, device=vertices.device)
+    return camera[:, None, :1] * vertices[..., :2] * flip + camera[:, None, 1:]
+
+
+# ------------------------------------------------------------------------------------------------- input checks
+def _check_meshes(meshes, valid) -> tuple[np.ndarray, np.ndarray]:
+    meshes = meshes.detach().cpu().numpy() if isinstance(meshes, torch.Tensor) else np.asarray(meshes)
+    if meshes.ndim == 2:
+        meshes = meshes[None]  # one photo
+    if meshes.ndim != 3 or meshes.shape[1:] != (N_MEDIAPIPE, 3):
+        raise ValueError(f"meshes: expected MediaPipe meshes (T, {N_MEDIAPIPE}, 3) in pixels, got {meshes.shape}")
+    if not np.issubdtype(meshes.dtype, np.number):
+        raise ValueError(f"meshes: expected numbers, got dtype {meshes.dtype}")
+    meshes = meshes.astype(np.float64)
+    if valid is None:
+        valid = np.ones(len(meshes), dtype=bool)
+    else:
+        valid = valid.detach().cpu().numpy() if isinstance(valid, torch.Tensor) else np.asarray(valid)
+        if valid.shape != (len(meshes),):
+            raise ValueError(f"valid: expected ({len(meshes)},) one flag per frame, got {valid.shape}")
+        valid = valid.astype(bool)
+    if not valid.any():
+        raise ValueError(f"no valid frame among {len(meshes)}: at least one frame must hold a detected face")
+    bad = np.flatnonzero(valid & ~np.isfinite(meshes).all(axis=(1, 2)))
+    if len(bad):
+        raise ValueError(f"meshes: NaN or inf in {len(bad)} frame(s) marked valid (first: {bad[:5].tolist()}); "
+                         "mark frames without a face invalid with `valid`")
+    return meshes, valid
+
+
+# ------------------------------------------------------------------------------------------------- building blocks
+def huber_weights(residual: np.ndarray, threshold: float) -> np.ndarray:
+    """IRLS weights of the Huber loss: 1 inside ``threshold``, ``threshold / r`` beyond. residual (...) >= 0."""
+    return np.minimum(1.0, threshold / np.maximum(residual, 1e-12))
+
+
+def smooth_sequence(values: np.ndarray, confidence: np.ndarray, strength: float) -> np.ndarray:
+    """MAP estimate of a sequence under a first-difference (random-walk) prior.
+
+    Minimises ``sum_t c_t ||x_t - values_t||^2 + strength * sum_t ||x_t - x_{t-1}||^2``. Frames with zero
+    confidence are interpolated linearly between their neighbours (held constant at the ends).
+
+    Args:
+        values: (T, C); confidence: (T,) >= 0 with at least one positive; strength: >= 0.
+    Returns:
+        (T, C).
+    """
+    T = len(values)
+    values = np.where(confidence[:, None] > 0, values, 0.0)
+    lam = max(strength, 1e-6)  # a little coupling so frames without data are still defined
+    if T == 1:
+        return values.copy()
+    diag = confidence + lam * np.r_[1.0, np.full(T - 2, 2.0), 1.0]
+    ab = np.stack([np.r_[0.0, np.full(T - 1, -lam)], diag])  # upper banded form
+    return scipy.linalg.solveh_banded(ab, confidence[:, None] * values)
+
+
+def _pose_step(source: np.ndarray, target: np.ndarray, weights: np.ndarray, valid: np.ndarray, strength: float):
+    """Per-frame weighted similarity, then the temporal prior on (log scale, rotation, translation)."""
+    w = np.where(valid[:, None], weights, 1.0)
+    tgt = np.where(valid[:, None, None], target, source)
+    scale, rotation, translation = weighted_similarity(source, tgt, w)
+    confidence = valid * weights.mean(1)
+    packed = np.concatenate([np.log(np.maximum(scale, 1e-12))[:, None], rotation_to_axis_angle(rotation),
+                             translation], 1)
+    packed = smooth_sequence(packed, confidence, strength)
+    return np.exp(packed[:, 0]), rotation_matrices(packed[:, 1:4]), packed[:, 4:7]
+
+
+def _normal_equations(basis, weights: np.ndarray, residual_target: np.ndarray, dynamic_jac: np.ndarray):
+    """Per-frame Gauss-Newton normal equations of the data term.
+
+    Args:
+        weights: (T, N); residual_target: (T, N, 3) = Q - X + J theta0 (mm), the linearised target;
+        dynamic_jac: (T, m, 3, P) rows of ``basis.dynamic_rows``.
+    Returns:
+        H (T, P, P), g (T, P).
+    """
+    T = len(weights)
+    P = dynamic_jac.shape[-1]
+    SE = P - 3
+    H = np.zeros((T, P, P))
+    g = np.zeros((T, P))
+    st = basis.static_rows
+    if len(st):
+        B = basis.static_jacobian  # (n, 3, SE)
+        BtB = np.einsum("vkp,vkq->vpq", B, B).reshape(len(st), SE * SE)
+        # H[t, p, q] += sum_v w[t, v] * (B_v^T B_v)[p, q]
+        H[:, :SE, :SE] = (weights[:, st] @ BtB).reshape(T, SE, SE)
+        g[:, :SE] = (weights[:, st, None] * residual_target[:, st]).reshape(T, -1) @ B.reshape(-1, SE)
+    dy = basis.dynamic_rows
+    J = dynamic_jac.reshape(T, -1, P)
+    wJ = J * np.repeat(weights[:, dy], 3, axis=1)[..., None]
+    H += np.swapaxes(wJ, 1, 2) @ J
+    g += np.einsum("trp,tr->tp", wJ, residual_target[:, dy].reshape(T, -1))
+    return H, g
+
+
+def solve_block_tridiagonal(diagonal: np.ndarray, coupling: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve a symmetric positive-definite block-tridiagonal system by block elimination (block Thomas).
+
+    The matrix has diagonal blocks ``diagonal[t]`` and off-diagonal blocks ``-diag(coupling)`` (a first-difference
+    prior). Plain numpy on purpose: on 2 cores, LAPACK's banded solver from scipy's own OpenBLAS stalled for
+    seconds per call while numpy's OpenBLAS threads were still spinning (measured: 0.8 ms single-threaded,
+    0.1-15 s in the loop).
+
+    Args:
+        diagonal: (T, U, U); coupling: (U,) >= 0; rhs: (T, U, K).
+    Returns:
+        (T, U, K).
+    """
+    T = len(diagonal)
+    lam = coupling[:, None]
+    inv = np.empty_like(diagonal)
+    y = np.empty_like(rhs)
+    inv[0] = np.linalg.inv(diagonal[0])
+    y[0] = rhs[0]
+    for t in range(1, T):
+        # eliminate block (t, t-1) = -Lambda: M_t = D_t - Lambda M_{t-1}^-1 Lambda, y_t = r_t + Lambda M^-1 y_{t-1}
+        gain = lam * inv[t - 1]  # Lambda M_{t-1}^-1
+        inv[t] = np.linalg.inv(diagonal[t] - gain * coupling[None, :])
+        y[t] = rhs[t] + gain @ y[t - 1]
+    x = np.empty_like(rhs)
+    x[T - 1] = inv[T - 1] @ y[T - 1]
+    for t in range(T - 2, -1, -1):
+        x[t] = inv[t] @ (y[t] + lam * x[t + 1])
+    return x
+
+
+def _solve_parameters(H: np.ndarray, g: np.ndarray, n_shape: int, prior_diag: np.ndarray, prior_rhs: np.ndarray,
+                      temporal: np.ndarray, identity_prior: float):
+    """One joint solve for the shared identity and the per-frame (AUs, jaw) under the temporal prior.
+
+    Args:
+        H (T, P, P), g (T, P): data normal equations, P = S + U with U = E + 3 per-frame parameters.
+        prior_diag (T, U), prior_rhs (T, U): Tikhonov / bound terms on the per-frame parameters.
+        temporal (U,): first-difference weights of the per-frame parameters.
+    Returns:
+        shape (S,), per_frame (T, U).
+    """
+    T, P, _ = H.shape
+    S = n_shape
+    U = P - S
+    Huu = H[:, S:, S:].copy()
+    idx = np.arange(U)
+    Huu[:, idx, idx] += prior_diag
+    links = np.r_[1.0, np.full(T - 2, 2.0), 1.0] if T > 1 else np.zeros(1)
+    Huu[:, idx, idx] += links[:, None] * temporal[None]
+    gu = g[:, S:] + prior_rhs
+    C = H[:, S:, :S]  # (T, U, S) coupling of the per-frame parameters with the identity
+    rhs = np.concatenate([C, gu[..., None]], 2)  # (T, U, S + 1)
+    sol = solve_block_tridiagonal(Huu, temporal, rhs)
+    Z, z = sol[..., :S].reshape(T * U, S), sol[..., S].reshape(T * U)
+    C = C.reshape(T * U, S)
+    Hbb = H[:, :S, :S].sum(0) + identity_prior * np.eye(S)
+    gb = g[:, :S].sum(0)
+    shape = np.linalg.solve(Hbb - C.T @ Z, gb - C.T @ z)
+    per_frame = (z - Z @ shape).reshape(T, U)
+    return shape, per_frame
+
+
+# ------------------------------------------------------------------------------------------------- the fit
+def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None,
+                  mediapipe_embedding: str | Path | MediapipeEmbedding | None = None) -> LandmarkFit:
+    """Fit a face model to a video's (or a clip's, or a photo's) detected MediaPipe meshes.
+
+    Args:
+        meshes: (T, 468, 3) (or (468, 3) for one photo) MediaPipe points in pixels: x right, y down, z relative
+            depth in x's scale (``FaceLandmarker`` output). numpy or torch.
+        model: a FaceModel: the open model, or FLAME with ``mediapipe_embedding``.
+        valid: (T,) bool, False for frames without a face (their values are ignored and may be NaN); default all.
+        settings: weights and iterations (``FitSettings``).
+        mediapipe_embedding: for a model other than the open one (FLAME): the path of FLAME's
+            ``mediapipe_landmark_embedding.npz`` (or a loaded ``MediapipeEmbedding``).
+    Returns:
+        ``LandmarkFit``: shape (S,), expression (T, E), pose (T, 6), camera (T, 3), ...; ``fit.vertices_px(model)``
+        gives every vertex in pixels (T, V, 2).
+    Raises:
+        ValueError: wrong shapes, NaN in a valid frame, no valid frame, FLAME without the embedding.
+
+    >>> from microface.face import load_face_model                        # doctest: +SKIP
+    >>> fit = fit_landmarks(landmarker_points, load_face_model("open"))   # doctest: +SKIP
+    >>> fit.vertices_px(model).shape                                     # doctest: +SKIP
+    torch.Size([T, 468, 2])
+    """
+    settings = settings or FitSettings()
+    meshes, valid = _check_meshes(meshes, valid)
+    basis = landmark_basis(model, mediapipe_embedding)
+    T = len(meshes)
+    S, E = basis.n_shape, basis.n_expression
+    target = meshes[:, basis.landmark_indices] * IMAGE_TO_MODEL  # (T, N, 3) pixels, model-aligned axes
+    target = np.where(valid[:, None, None], target, 0.0)
+    N = target.shape[1]
+
+    shape = np.zeros(S)
+    expression = np.zeros((T, E))
+    jaw = np.zeros((T, 3))
+    weights = np.repeat(valid[:, None].astype(np.float64), N, 1)
+    lo, hi = settings.au_range
+    jaw_lo, jaw_hi = settings.jaw_opening_range
+    U = E + 3
+    temporal = np.r_[np.full(E, settings.temporal_expression), np.full(3, settings.temporal_jaw)]
+    ridge = np.r_[np.full(E, settings.expression_prior), np.asarray(settings.jaw_prior, dtype=np.float64)]
+    lower = np.r_[np.full(E, lo), jaw_lo]
+    upper = np.r_[np.full(E, hi), jaw_hi]
+    bounded = np.r_[np.arange(E), E]  # the AUs and the jaw opening
+    active_lo = np.zeros((T, E + 1), bool)
+    active_hi = np.zeros((T, E + 1), bool)
+
+    for iteration in range(settings.iterations):
+        points, dynamic_jac = basis.linearise(shape, expression, jaw)
+        scale, rotation, translation = _pose_step(points, target, weights, valid, settings.temporal_pose)
+        # detections in the model frame: Q = R^T (P - t) / s  (mm)
+        model_target = np.einsum("tji,tnj->tni", rotation, target - translation[:, None]) / scale[:, None, None]
+        residual = np.linalg.norm(model_target - points, axis=-1)
+        weights = valid[:, None] * huber_weights(residual, settings.huber_mm)
+        theta = np.concatenate([np.broadcast_to(shape, (T, S)), expression, jaw], 1)
+        lin_target = model_target - points
+        # J theta0, so that the solve is for absolute parameters (priors act on them directly)
+        lin_target[:, basis.static_rows] += np.einsum("vkp,tp->tvk", basis.static_jacobian, theta[:, :S + E])
+        lin_target[:, basis.dynamic_rows] += np.einsum("tvkp,tp->tvk", dynamic_jac, theta)
+        H, g = _normal_equations(basis, weights, lin_target, dynamic_jac)
+        # Tikhonov priors, plus a stiff pull onto the bound for the AUs / jaw opening that sit on it
+        prior_diag = np.broadcast_to(ridge, (T, U)).copy()
+        prior_rhs = np.zeros((T, U))
+        pen = settings.bound_penalty
+        prior_diag[:, bounded] += pen * (active_lo | active_hi)
+        prior_rhs[:, bounded] += pen * (active_lo * lower + active_hi * upper)
+        shape, per_frame = _solve_parameters(H, g, S, prior_diag, prior_rhs, temporal, settings.identity_prior)
+        expression = np.clip(per_frame[:, :E], lo, hi)
+        jaw = per_frame[:, E:].copy()
+        jaw[:, 0] = np.clip(jaw[:, 0], jaw_lo, jaw_hi)
+        values = np.concatenate([expression, jaw[:, :1]], 1)
+        tol = 1e-6
+        active_lo = values <= lower + tol
+        active_hi = values >= upper - tol
+
+    # final pose and weights for the final parameters
+    points = basis.points(shape, expression, jaw)
+    scale, rotation, translation = _pose_step(points, target, weights, valid, settings.temporal_pose)
+    model_target = np.einsum("tji,tnj->tni", rotation, target - translation[:, None]) / scale[:, None, None]
+    residual_mm = np.linalg.norm(model_target - points, axis=-1)
+    weights = valid[:, None] * huber_weights(residual_mm, settings.huber_mm)
+    wsum = weights.sum(1)
+    residual_px = np.where(valid, np.sqrt((weights * (residual_mm * scale[:, None]) ** 2).sum(1)
+                                          / np.maximum(wsum, 1e-12)), np.nan)
+    pose = np.concatenate([rotation_to_axis_angle(rotation), jaw], 1)
+    camera = _camera_for_forward(model, shape, expression, pose, scale, rotation, translation)
+    as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
+    return LandmarkFit(
+        shape=as_t(shape), expression=as_t(expression), pose=as_t(pose), camera=as_t(camera),
+        valid=torch.as_tensor(valid), point_weights=as_t(weights), residual_px=as_t(residual_px),
+        landmark_indices=torch.as_tensor(basis.landmark_indices, dtype=torch.long), settings=settings)
+
+
+def _camera_for_forward(model, shape, expression, pose, scale, rotation, translation) -> np.ndarray:
+    """(T, 3) scale, tx, ty such that ``project_to_pixels(model(...).vertices, camera)`` reproduces the fit.
+
+    The fit maps the unrotated model X to ``s R X + t``; ``model.forward`` rotates about its own centre (the head
+    centre, FLAME's root joint), ``V = R X + c'``, so the translation becomes ``t + s (R X - V)`` (any vertex).
+    """
+    T = len(expression)
+    dtype = torch.float64
+    sh = torch.as_tensor(shape, dtype=dtype)[None].expand(T, -1)
+    ex = torch.as_tensor(expression, dtype=dtype)
+    with torch.no_grad():
+        posed = model(sh, ex, torch.as_tensor(pose, dtype=dtype)).vertices.numpy()
+        unrotated_pose = pose.copy()
+        unrotated_pose[:, :3] = 0
+        rest = model(sh, ex, torch.as_tensor(unrotated_pose, dtype=dtype)).vertices.numpy()
+    offset = (np.einsum("tij,tvj->tvi", rotation, rest) - posed).mean(1)
+    t = translation + scale[:, None] * offset
+    return np.stack([scale, t[:, 0], -t[:, 1]], 1)  # back to image axes: y down
