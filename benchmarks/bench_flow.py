@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from microface.atomic import write_text_atomic
+from microface.utils.io import write_text_atomic
 from microface.data.flow import compute_flow, endpoint_error, synthetic_flow, warp_pair
 
 METHODS = [  # (row name, compute_flow kwargs or None for zero flow)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from microface.atomic import write_text_atomic
+from microface.utils.io import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "reconstruct.md"
@@ -81,9 +81,9 @@ def seeded_models(size: int, checkpoint: Path | None):
     import yaml
 
     from microface.face.open_model import OpenFaceModel
-    from microface.models.dem_training import build_dem
+    from microface.training.dem import build_dem
     from microface.models.dgmd import build_dgmd
-    from microface.reconstruct import models_from_bundle, read_bundle
+    from microface.reconstruct.bundle import models_from_bundle, read_bundle
 
     face_model = OpenFaceModel()
     if checkpoint is not None:
@@ -108,7 +108,8 @@ def seeded_models(size: int, checkpoint: Path | None):
 # ------------------------------------------------------------------------------------------- one stage
 def stage_frontend(args, work: Path) -> dict:
     from microface.data.landmarks import FaceLandmarker, to_ibug68
-    from microface.reconstruct import crop_window, iter_video_frames, iter_windows, open_video, track_face
+    from microface.reconstruct.pipeline import crop_window, iter_windows
+    from microface.reconstruct.video import iter_video_frames, open_video, track_face
 
     timings: dict[str, float] = {}
     capture, info = open_video(args.video)
@@ -135,7 +136,7 @@ def stage_frontend(args, work: Path) -> dict:
 
 
 def stage_flow(args, work: Path) -> dict:
-    from microface.reconstruct import window_flow
+    from microface.reconstruct.pipeline import window_flow
 
     data = np.load(work / "frontend.npz")
     crops, bounds = data["crops"], data["bounds"]
@@ -151,7 +152,7 @@ def stage_flow(args, work: Path) -> dict:
 def stage_models(args, work: Path, stage: str) -> dict:
     import torch
 
-    from microface.reconstruct import run_window
+    from microface.reconstruct.pipeline import run_window
 
     face_model, dem, dgmd, described, _ = seeded_models(args.size, args.checkpoint)
     data = np.load(work / "frontend.npz")
@@ -179,7 +180,8 @@ def stage_models(args, work: Path, stage: str) -> dict:
 
 
 def stage_command(args, work: Path) -> dict:
-    from microface.reconstruct import reconstruct_video, save_bundle
+    from microface.reconstruct.pipeline import reconstruct_video
+    from microface.reconstruct.bundle import save_bundle
 
     _, _, _, described, kwargs = seeded_models(args.size, args.checkpoint)
     checkpoint = args.checkpoint if kwargs is None else save_bundle(work / "seeded.pt", **kwargs)

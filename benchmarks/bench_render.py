@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from microface.atomic import write_text_atomic
-from microface.render import MeshRenderer, look_at_camera, sh_constant
+from microface.utils.io import write_text_atomic
+from microface.render.renderer import MeshRenderer
+from microface.render.camera import look_at_camera
+from microface.render.shading import sh_constant
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "render.md"

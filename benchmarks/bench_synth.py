@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from microface.atomic import write_text_atomic
-from microface.synth import config_for_profile, generate
+from microface.utils.io import write_text_atomic
+from microface.data.synth import config_for_profile, generate
 
 
 def main() -> None:

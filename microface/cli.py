@@ -30,9 +30,9 @@ def index(
     """Index a dataset: one CSV row per clip (written atomically), and counts per class and subject."""
     import pandas as pd
 
-    from microface.atomic import atomic_path
     from microface.data.datasets import LoadReport, load_dataset
     from microface.data.datasets._common import natural_key
+    from microface.utils.io import atomic_path
 
     options = {"on_error": on_error, "check_images": check_images}
     if class_map is not None:
@@ -78,7 +78,7 @@ def synth(
     profile: str = typer.Option("smoke", help="Size profile: smoke | cpu | full."),
 ) -> None:
     """Generate the synthetic micro-expression benchmark with 3D ground truth."""
-    from microface.synth import config_for_profile, generate
+    from microface.data.synth import config_for_profile, generate
 
     try:
         config = config_for_profile(profile, subjects=subjects, clips=clips, macro_clips=macro_clips, seed=seed)
@@ -139,7 +139,7 @@ def reconstruct(
     device: str = typer.Option("cpu", "--device", help="torch device of the models: cpu, cuda, ..."),
 ) -> None:
     """Reconstruct a 3D face mesh per video frame (coarse encoder -> DEM -> DGMD) into OUT."""
-    from microface.reconstruct import reconstruct_video, summary_lines
+    from microface.reconstruct.pipeline import reconstruct_video, summary_lines
 
     try:
         summary = reconstruct_video(video, out, checkpoint=checkpoint, face_model=face_model, flame_path=flame,

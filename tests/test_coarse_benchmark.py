@@ -9,14 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-from microface.coarse_benchmark import (
-    METHODS, REFERENCE, PerFrameBaseline, accumulate_flow, build_baseline, clip_tensors_from_synth,
-    read_training_curves, run_coarse_benchmark, subject_split, subsample_indices,
-)
+from microface.experiments.coarse import METHODS, REFERENCE, run_coarse_benchmark
+from microface.models.baseline import PerFrameBaseline, build_baseline
+from microface.data.clips import accumulate_flow, clip_tensors_from_synth, subsample_indices
+from microface.viz.curves import read_training_curves
+from microface.data.folds import subject_split
 from microface.data.datasets import load_dataset
 from microface.face.open_model import OpenFaceModel
-from microface.models.dem_training import build_dem
-from microface.synth import config_for_profile, generate
+from microface.training.dem import build_dem
+from microface.data.synth import config_for_profile, generate
 
 TINY = {
     "max_frames": 4, "test_fraction": 0.34, "pretrain_epochs": 1, "finetune_epochs": 1, "batch_size": 2,

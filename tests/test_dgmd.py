@@ -8,14 +8,16 @@ import torch
 from microface.face.open_model import OpenFaceModel
 from microface.losses.geometry import (flow_guided_loss, laplacian_smoothness, normal_consistency,
                                        projected_displacement)
-from microface.models.dgmd import (DGMDConfig, build_dgmd, face_region_map, mesh_edges, remove_affine_motion,
-                                   temporal_low_rank,
-                                   per_pixel_vertex_flow, region_pool_flow, uniform_laplacian_coordinates,
-                                   cotangent_laplacian_coordinates)
-from microface.models.dgmd_training import (DGMDTrainSettings, RefineClip, accumulate_flow, clip_from_ground_truth,
-                                            evaluate_dgmd, expand_camera, flow_from_vertices, refine_clip,
-                                            summarise_dgmd, train_dgmd)
-from microface.render import look_at_camera, project_points, rasterize, weak_perspective_camera
+from microface.models.dgmd import DGMDConfig, build_dgmd, per_pixel_vertex_flow, region_pool_flow
+from microface.mesh.regions import face_region_map
+from microface.mesh.topology import mesh_edges
+from microface.data.flow import remove_affine_motion, temporal_low_rank
+from microface.mesh.laplacian import uniform_laplacian_coordinates, cotangent_laplacian_coordinates
+from microface.training.dgmd import (DGMDTrainSettings, RefineClip, accumulate_flow, clip_from_ground_truth,
+                                     evaluate_dgmd, expand_camera, flow_from_vertices, refine_clip, summarise_dgmd,
+                                     train_dgmd)
+from microface.render.camera import look_at_camera, project_points, weak_perspective_camera
+from microface.render.rasterize import rasterize
 
 SIZE = 48
 TINY = dict(hidden=16, gcn_layers=2)
@@ -254,7 +256,7 @@ def test_flow_from_vertices_matches_vertex_motion(face_model):
     corner = 61
     motion = projected_displacement(clip.truth_vertices[-1:], clip.truth_vertices[:1], cam)[0, corner]
     px = project_points(clip.truth_vertices[:1], cam)[0, corner, :2]
-    from microface.models.dgmd import sample_at_points
+    from microface.data.flow import sample_at_points
     sampled = sample_at_points(clip.flow_onset_to_t[-1:], px[None, None])[0, 0]
     assert float((sampled - motion).norm()) < 0.3 * float(motion.norm()) + 0.02
 
@@ -284,7 +286,7 @@ def test_train_resume_and_evaluate(face_model, tmp_path):
 
 
 def test_viz_writes_png_and_html(face_model, tmp_path):
-    viz = pytest.importorskip("microface.viz")
+    viz = pytest.importorskip("microface.viz.mesh")
     vertices = face_model.v_template
     values = torch.linspace(0, 1.2, face_model.n_vertices)
     figure = viz.error_heatmap_figure(vertices, face_model.faces, values, "apex error")
@@ -314,7 +316,7 @@ def test_training_recovers_micro_motion_the_coarse_mesh_misses(face_model):
 
 
 def test_clip_from_benchmark_ground_truth(face_model, tmp_path):
-    from microface.synth.dataset import SynthConfig, generate, load_ground_truth
+    from microface.data.synth.dataset import SynthConfig, generate, load_ground_truth
 
     config = SynthConfig(subjects=1, clips=1, macro_clips=0, image_size=48)
     root = generate(tmp_path / "synth", config, show_progress=False)

@@ -6,7 +6,8 @@ import torch
 
 from microface.models.dem import (DEM, DEMConfig, integrate_codes, interpolate_linear,
                                   normalise_times)
-from microface.models.encoder import CoarseEncoder, EncoderConfig, weak_perspective_project
+from microface.models.encoder import CoarseEncoder, EncoderConfig
+from microface.render.camera import weak_perspective_project
 
 TINY_ENCODER = dict(channels=(8, 8), hidden=16)
 TINY_DEM = dict(code_dim=8, motion_dim=4, hidden=8, static_channels=(4, 4), motion_channels=(4, 4))
@@ -49,7 +50,7 @@ def test_encoder_config_rejects_unknown_keys():
 
 def test_weak_perspective_matches_renderer_projection():
     render = pytest.importorskip("microface.render")
-    from microface.models.encoder import to_render_camera
+    from microface.render.camera import to_render_camera
 
     points = torch.randn(2, 10, 3) * 50
     camera = torch.tensor([[0.011, 0.1, -0.2], [0.009, -0.3, 0.05]])
@@ -186,9 +187,9 @@ def test_gradients_flow_through_face_model_and_renderer():
     pytest.importorskip("microface.render")
     pytest.importorskip("microface.face.open_model")
     from microface.face.open_model import OpenFaceModel
-    from microface.render import MeshRenderer
+    from microface.render.renderer import MeshRenderer
     from microface.losses.photometric import photometric_l1
-    from microface.models.dem_training import reconstruct, render_frames
+    from microface.training.dem import reconstruct, render_frames
 
     face = OpenFaceModel()
     dem = make_dem(n_shape=face.n_shape, n_expression=face.n_expression, solver="euler", step_size=0.25)

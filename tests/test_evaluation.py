@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from microface.evaluation import EvaluationSettings, expression_basis, offsets_to_expression, resample_trajectory
+from microface.experiments.main_table import (EvaluationSettings, expression_basis, offsets_to_expression,
+                                              resample_trajectory)
 from microface.face.open_model import OpenFaceModel
 
 

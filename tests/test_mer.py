@@ -6,8 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from microface import mer
-from microface.mer import MODELS, MERRunConfig, MERSamples, run_loso
+from microface.experiments.mer import MODELS, MERRunConfig, MERSamples, run_loso
 from microface.models.trajectory import TrajectoryClassifier, TrajectoryConfig, trajectory_loss
 
 CLASSES = ("negative", "positive", "surprise")
@@ -217,7 +216,7 @@ def test_trajectory_displacement_removes_the_onset_offset():
 
 
 def test_sample_frame_indices():
-    from microface.mer import sample_frame_indices
+    from microface.experiments.mer import sample_frame_indices
 
     assert sample_frame_indices(0, 4, 8, 5).tolist() == [0, 2, 4, 6, 8]  # rise 0,2,4; fall 6,8
     assert sample_frame_indices(2, 2, 2, 3).tolist() == [2, 2, 2]
@@ -251,7 +250,7 @@ def _write_prepared_clip(root, dataset, subject, clip_id, label, rng, gt_dir):
 def test_samples_from_prepared_reads_the_cache(tmp_path):
     import json
 
-    from microface.mer import samples_from_prepared
+    from microface.experiments.mer import samples_from_prepared
 
     rng = np.random.default_rng(0)
     root, gt_dir = tmp_path / "prepared", tmp_path / "gt"
@@ -288,7 +287,7 @@ def test_samples_from_prepared_reads_the_cache(tmp_path):
 
 
 def test_mer_table_keeps_wall_clock_out_of_the_scores(tmp_path):
-    from microface.mer_experiments import write_mer_table
+    from microface.experiments.mer_tables import write_mer_table
 
     table = pd.DataFrame({"protocol": ["fixed-epoch"], "model": ["fdp"], "group": ["all"], "uf1": [0.5],
                           "seconds": [12.3], "train_s_per_fold": [2.1]})

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from microface.face import load_face_model
-from microface.face.model import axis_angle_to_matrix, vertex_normals
-from microface.face.open_model import ACTION_UNITS, AU_NAMES, AU_PEAK_MM, IBUG68_FROM_MEDIAPIPE, OpenFaceModel
+from microface.mesh.geometry import axis_angle_to_matrix, vertex_normals
+from microface.face.open_model import ACTION_UNITS, AU_NAMES, IBUG68_FROM_MEDIAPIPE, OpenFaceModel
 
 CASME2_SAMM_AUS = [1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 24, 25, 26]
 

@@ -8,9 +8,9 @@ import torch
 from matplotlib.colors import to_rgba
 from matplotlib.container import BarContainer, ErrorbarContainer
 
-from microface.paper_figures import (BEST_COLOUR, OTHER_COLOUR, _draw_vertex_map, au_displacement_figure, key_frames,
-                                     qualitative_sequence_figure, save_figure, table_bar_figure)
-import matplotlib.pyplot as plt  # noqa: E402  (after microface.paper_figures, which selects Agg)
+from microface.viz.paper import (BEST_COLOUR, OTHER_COLOUR, _draw_vertex_map, au_displacement_figure, key_frames,
+                                 qualitative_sequence_figure, save_figure, table_bar_figure)
+import matplotlib.pyplot as plt  # noqa: E402  (after microface.viz.paper, which selects Agg)
 
 
 @pytest.fixture(autouse=True)

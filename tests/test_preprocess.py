@@ -336,7 +336,7 @@ def test_changed_record_labels_redo_the_cached_clip(tmp_path):
     from dataclasses import replace
 
     from microface.data.preprocess import load_clip, load_manifest, prepare
-    from microface.synth import config_for_profile, generate
+    from microface.data.synth import config_for_profile, generate
     from microface.data.datasets import load_dataset
 
     root = generate(tmp_path / "synth", config_for_profile("smoke", subjects=2, clips=1, macro_clips=0, image_size=48,

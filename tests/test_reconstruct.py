@@ -22,9 +22,12 @@ from typer.testing import CliRunner
 from microface.cli import app
 from microface.data.landmarks import FaceLandmarker, landmarker_unavailable_reason, to_ibug68
 from microface.face.open_model import OpenFaceModel
-from microface.models.dem_training import build_dem
+from microface.training.dem import build_dem
 from microface.models.dgmd import build_dgmd
-from microface import reconstruct as rec
+from microface.reconstruct import pipeline as rec
+from microface.reconstruct.bundle import load_bundle, save_bundle
+from microface.mesh.meshio import read_obj, read_ply
+from microface.reconstruct.video import select_face
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_landmarker = pytest.mark.skipif(landmarker_unavailable_reason() is not None,
@@ -49,7 +52,7 @@ def bundle(tmp_path_factory, face_model) -> Path:
     dem = build_dem(face_model, ENCODER, DEM_CFG, seed=0)
     dgmd = build_dgmd(face_model, DGMD_CFG, seed=0)
     path = tmp_path_factory.mktemp("bundle") / "seeded.pt"
-    return rec.save_bundle(path, face_model_name="open", image_size=SIZE, flow_method="dis", encoder_cfg=ENCODER,
+    return save_bundle(path, face_model_name="open", image_size=SIZE, flow_method="dis", encoder_cfg=ENCODER,
                            dem_cfg=DEM_CFG, dem_state=dem.state_dict(), dgmd_cfg=DGMD_CFG, dgmd_state=dgmd.state_dict(),
                            provenance={"note": "seeded, untrained: for I/O tests"})
 
@@ -58,7 +61,7 @@ def bundle(tmp_path_factory, face_model) -> Path:
 def refine_bundle(tmp_path_factory, face_model) -> Path:
     """A seeded bundle whose DGMD runs at REFINE x REFINE while DEM takes SIZE x SIZE crops."""
     path = tmp_path_factory.mktemp("bundle") / "seeded_refine.pt"
-    return rec.save_bundle(path, face_model_name="open", image_size=SIZE, flow_method="dis", encoder_cfg=ENCODER,
+    return save_bundle(path, face_model_name="open", image_size=SIZE, flow_method="dis", encoder_cfg=ENCODER,
                            dem_cfg=DEM_CFG, dem_state=build_dem(face_model, ENCODER, DEM_CFG, seed=0).state_dict(),
                            dgmd_cfg=DGMD_CFG, dgmd_state=build_dgmd(face_model, DGMD_CFG, seed=0).state_dict(),
                            provenance={"note": "seeded, untrained, DGMD at 2x"}, refine_size=REFINE)
@@ -132,9 +135,9 @@ def test_windows_refuse_a_single_frame_and_a_window_below_two():
 def test_select_face_follows_the_previous_face():
     a = np.zeros((468, 3), np.float32)
     b = a + np.array([100.0, 0.0, 0.0], np.float32)
-    assert rec.select_face(np.zeros((0, 468, 3), np.float32), a) is None
-    np.testing.assert_array_equal(rec.select_face(np.stack([a, b]), None), a)  # no previous face: the best detection
-    np.testing.assert_array_equal(rec.select_face(np.stack([a, b]), b + 3.0), b)
+    assert select_face(np.zeros((0, 468, 3), np.float32), a) is None
+    np.testing.assert_array_equal(select_face(np.stack([a, b]), None), a)  # no previous face: the best detection
+    np.testing.assert_array_equal(select_face(np.stack([a, b]), b + 3.0), b)
 
 
 @pytest.mark.parametrize("fmt", ["obj", "ply"])
@@ -143,13 +146,13 @@ def test_mesh_files_round_trip(tmp_path, face_model, fmt):
     faces = face_model.faces.numpy()
     path = tmp_path / f"mesh.{fmt}"
     (rec.write_obj if fmt == "obj" else rec.write_ply)(path, vertices, faces, "a comment\non two lines")
-    read_vertices, read_faces = (rec.read_obj if fmt == "obj" else rec.read_ply)(path)
+    read_vertices, read_faces = (read_obj if fmt == "obj" else read_ply)(path)
     np.testing.assert_allclose(read_vertices, vertices, atol=1e-6)
     np.testing.assert_array_equal(read_faces, faces)
 
 
 def test_bundle_round_trip_and_face_model_check(bundle, face_model):
-    dem, dgmd, meta = rec.load_bundle(bundle, face_model)
+    dem, dgmd, meta = load_bundle(bundle, face_model)
     reference = build_dem(face_model, ENCODER, DEM_CFG, seed=0).state_dict()
     for name, value in dem.state_dict().items():
         torch.testing.assert_close(value, reference[name])
@@ -160,7 +163,7 @@ def test_bundle_round_trip_and_face_model_check(bundle, face_model):
     assert "dem_state" not in meta and len(meta["sha256"]) == 64
     other = SimpleNamespace(n_shape=5, n_expression=face_model.n_expression, v_template=face_model.v_template)
     with pytest.raises(rec.ReconstructionError, match=r"n_shape 12 in the checkpoint vs 5"):
-        rec.load_bundle(bundle, other)
+        load_bundle(bundle, other)
 
 
 def test_bundle_errors_name_the_file(tmp_path, face_model):
@@ -180,16 +183,16 @@ def test_bundle_errors_name_the_file(tmp_path, face_model):
 def test_bundle_with_its_own_refine_size_round_trips(refine_bundle, bundle, face_model):
     raw = rec.read_bundle(refine_bundle)
     assert raw["image_size"] == SIZE and raw["refine_size"] == REFINE
-    _, _, meta = rec.load_bundle(refine_bundle, face_model)
+    _, _, meta = load_bundle(refine_bundle, face_model)
     assert meta["image_size"] == SIZE and meta["refine_size"] == REFINE
-    _, _, meta = rec.load_bundle(bundle, face_model)  # refine_size=None: DGMD at the crop size
+    _, _, meta = load_bundle(bundle, face_model)  # refine_size=None: DGMD at the crop size
     assert meta["refine_size"] == SIZE
 
 
 def test_refine_size_below_eight_is_refused(tmp_path, face_model):
     dem, dgmd = build_dem(face_model, ENCODER, DEM_CFG), build_dgmd(face_model, DGMD_CFG)
     with pytest.raises(ValueError, match="refine_size: expected >= 8"):
-        rec.save_bundle(tmp_path / "b.pt", face_model_name="open", image_size=SIZE, flow_method="dis",
+        save_bundle(tmp_path / "b.pt", face_model_name="open", image_size=SIZE, flow_method="dis",
                         encoder_cfg=ENCODER, dem_cfg=DEM_CFG, dem_state=dem.state_dict(), dgmd_cfg=DGMD_CFG,
                         dgmd_state=dgmd.state_dict(), provenance={}, refine_size=4)
     assert not (tmp_path / "b.pt").exists()
@@ -200,7 +203,7 @@ def test_old_bundle_without_refine_size_loads_at_the_crop_size(tmp_path, refine_
     del old["refine_size"]  # as written before DGMD had its own resolution
     torch.save(old, tmp_path / "old.pt")
     assert rec.read_bundle(tmp_path / "old.pt")["refine_size"] == SIZE
-    _, _, meta = rec.load_bundle(tmp_path / "old.pt", face_model)
+    _, _, meta = load_bundle(tmp_path / "old.pt", face_model)
     assert meta["refine_size"] == SIZE == meta["image_size"]
     _, _, meta = rec.models_from_bundle(old, face_model)  # a dict that did not go through read_bundle
     assert meta["refine_size"] == SIZE
@@ -292,7 +295,7 @@ def export_tool():
 
 def write_training_run(root: Path, face_model, config: dict, profile: str = "tiny") -> tuple:
     """A profile config and seeded DEM / DGMD training checkpoints under root -> (dem, dgmd, dgmd checkpoint)."""
-    from microface.train import TrainConfig, save_checkpoint
+    from microface.training.loop import TrainConfig, save_checkpoint
 
     (root / "config").mkdir(exist_ok=True)
     (root / "config" / f"{profile}.yaml").write_text(json.dumps(config))
@@ -312,7 +315,7 @@ def test_export_tool_writes_a_bundle_that_loads(tmp_path, face_model):
     code = tool.main(["--profile", "tiny", "--root", str(tmp_path), "--dgmd-checkpoint", str(tmp_path / "dgmd.pt"),
                       "--out", str(out)])
     assert code == 0
-    loaded_dem, loaded_dgmd, meta = rec.load_bundle(out, face_model)
+    loaded_dem, loaded_dgmd, meta = load_bundle(out, face_model)
     for name, value in dgmd.state_dict().items():
         torch.testing.assert_close(loaded_dgmd.state_dict()[name], value)
     torch.testing.assert_close(loaded_dem.state_dict()["decoder.weight"], dem.state_dict()["decoder.weight"])
@@ -333,7 +336,7 @@ def test_export_tool_reads_dgmd_image_size(tmp_path, face_model, dgmd_section, e
     out = tmp_path / "bundle.pt"
     assert export_tool().main(["--profile", "tiny", "--root", str(tmp_path), "--dgmd-checkpoint", str(dgmd_path),
                                "--out", str(out)]) == 0
-    _, _, meta = rec.load_bundle(out, face_model)
+    _, _, meta = load_bundle(out, face_model)
     assert meta["image_size"] == SIZE and meta["refine_size"] == expected
 
 
@@ -367,7 +370,7 @@ def test_reconstruct_writes_every_output(tmp_path, bundle, face_video, face_mode
     np.testing.assert_allclose(params["time_s"], np.arange(T) / 25.0)
     np.testing.assert_array_equal(params["window_start"], [0, 0, 0, 0, 4, 4, 4])
     for t in (0, 5):  # the files hold the refined meshes of params.npz
-        vertices, faces = rec.read_obj(meshes[t])
+        vertices, faces = read_obj(meshes[t])
         np.testing.assert_allclose(vertices, params["vertices"][t], atol=1e-5)
         np.testing.assert_array_equal(faces, face_model.faces.numpy())
 
@@ -383,7 +386,7 @@ def test_reconstruct_writes_every_output(tmp_path, bundle, face_video, face_mode
     assert landmarks["landmarks68"].shape == (T, 68, 2) and landmarks["landmarks_mesh"].shape == (T, 468, 3)
     assert landmarks["detected"].all()
     with FaceLandmarker() as landmarker:
-        first = rec.select_face(landmarker.detect_all(decoded_frames(face_video)[0]), None)
+        first = select_face(landmarker.detect_all(decoded_frames(face_video)[0]), None)
     np.testing.assert_allclose(landmarks["landmarks68"][0], to_ibug68(first)[:, :2], atol=1e-3)
     # and the crop landmarks are those mapped by each window's transform
     t = 5
@@ -442,7 +445,7 @@ def test_coarse_stage_as_ply_and_a_replaced_previous_run(tmp_path, bundle, face_
     assert "dgmd_gate" not in params.files
     np.testing.assert_array_equal(params["vertices"], params["coarse_vertices"])
     np.testing.assert_array_equal(params["expression"], params["encoder_expression"])
-    vertices, _ = rec.read_ply(out / "meshes" / "frame_00004.ply")
+    vertices, _ = read_ply(out / "meshes" / "frame_00004.ply")
     np.testing.assert_allclose(vertices, params["vertices"][4], atol=1e-5)
     assert leftovers(tmp_path) == []
 
@@ -551,7 +554,7 @@ def test_flame_route_builds_flame_with_the_checkpoint_sizes(tmp_path, face_video
     dem_cfg = {"code_dim": 8, "motion_dim": 4, "hidden": 8, "static_channels": [4], "motion_channels": [4],
                "solver": "euler", "step_size": 0.5}
     dgmd_cfg = {"hidden": 8, "gcn_layers": 1}
-    bundle = rec.save_bundle(tmp_path / "flame_bundle.pt", face_model_name="flame", image_size=48, flow_method="dis",
+    bundle = save_bundle(tmp_path / "flame_bundle.pt", face_model_name="flame", image_size=48, flow_method="dis",
                              encoder_cfg=encoder, dem_cfg=dem_cfg,
                              dem_state=build_dem(flame, encoder, dem_cfg).state_dict(), dgmd_cfg=dgmd_cfg,
                              dgmd_state=build_dgmd(flame, dgmd_cfg).state_dict(), provenance={"note": "seeded"})

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from microface.coarse_benchmark import run_coarse_benchmark
-from microface.face.model import axis_angle_to_matrix
+from microface.experiments.coarse import run_coarse_benchmark
+from microface.mesh.geometry import axis_angle_to_matrix
 from microface.face.open_model import OpenFaceModel
-from microface.refine_benchmark import (METHOD_COARSE, METHOD_REFINED, REFERENCE, EvalClip, load_refine_run,
-                                        model_frame_offsets, run_refine_benchmark, score_clip)
-from microface.models.dgmd_training import moving_vertices
-from microface.synth import config_for_profile, generate
+from microface.experiments.refine import (METHOD_COARSE, METHOD_REFINED, REFERENCE, EvalClip, load_refine_run,
+                                          model_frame_offsets, run_refine_benchmark, score_clip)
+from microface.metrics.geometry import moving_vertices
+from microface.data.synth import config_for_profile, generate
 
 TINY_DEM = {
     "max_frames": 4, "test_fraction": 0.34, "pretrain_epochs": 1, "finetune_epochs": 1, "batch_size": 2,
@@ -118,7 +118,7 @@ def test_refine_benchmark_needs_notebook_01(coarse_run, tmp_path):
 
 
 def test_dgmd_at_its_own_resolution_and_ground_truth_targets(coarse_run):
-    from microface.refine_benchmark import prepare_refine_data
+    from microface.experiments.refine import prepare_refine_data
 
     synth, coarse_dir, _ = coarse_run
     same = prepare_refine_data(synth, coarse_dir, TINY_DEM, 0, 32, "dis", "cpu", show_progress=False)
@@ -142,7 +142,7 @@ def test_dgmd_at_its_own_resolution_and_ground_truth_targets(coarse_run):
 
 
 def test_validation_holds_out_a_training_subject_and_never_reads_test_subjects(coarse_run):
-    from microface.refine_benchmark import load_split, validate_on_training_subject
+    from microface.experiments.refine import load_split, validate_on_training_subject
 
     synth, coarse_dir, _ = coarse_run
     split = load_split(coarse_dir)

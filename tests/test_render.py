@@ -8,18 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+import sys
 from microface import render
-from microface.render import (
-    MeshRenderer,
-    interpolate_vertex_attributes,
-    look_at_camera,
-    project_points,
-    rasterize,
-    sh_basis,
-    sh_constant,
-    shade_sh,
-    weak_perspective_camera,
-)
+from microface.render.renderer import MeshRenderer
+from microface.render.rasterize import interpolate_vertex_attributes, rasterize
+from microface.render.camera import look_at_camera, project_points, weak_perspective_camera
+from microface.render.shading import sh_basis, sh_constant, shade_sh
 
 MESH_NPZ = Path(__file__).resolve().parents[1] / "microface" / "face" / "assets" / "canonical_face_mesh.npz"
 
@@ -148,7 +142,7 @@ def test_chunked_enumeration_matches_single_chunk(monkeypatch):
     screen = torch.cat([torch.rand(1, 30, 2, generator=gen) * 40, torch.rand(1, 30, 1, generator=gen) + 1], -1)
     faces = torch.arange(30).reshape(10, 3)
     whole = rasterize(screen, faces, 40)
-    monkeypatch.setattr(render, "_MAX_CANDIDATES_PER_CHUNK", 37)
+    monkeypatch.setattr(sys.modules["microface.render.rasterize"], "_MAX_CANDIDATES_PER_CHUNK", 37)
     chunked = rasterize(screen, faces, 40)
     assert torch.equal(whole.pix_to_face, chunked.pix_to_face)
     assert torch.allclose(whole.alpha, chunked.alpha)

@@ -6,15 +6,14 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from microface.cli import app
 from microface.face.open_model import OpenFaceModel
-from microface.synth import config_for_profile, generate, load_ground_truth
-from microface.synth import dataset as generate_module
-from microface.synth.dataset import plan_clips, render_clip, subject_for
-from microface.synth.schedules import AUEvent, expression_trajectory, intensity_profile
+from microface.data.synth import config_for_profile, generate, load_ground_truth
+from microface.data.synth import dataset as generate_module
+from microface.data.synth.dataset import plan_clips, render_clip, subject_for
+from microface.data.synth.schedules import AUEvent, expression_trajectory, intensity_profile
 
 TINY = dict(subjects=2, clips=2, macro_clips=1, image_size=48, micro_duration_s=(0.05, 0.07), macro_duration_s=(0.3, 0.4))
 

@@ -116,7 +116,7 @@ def read_members(wheel: Path) -> dict[str, bytes]:
 
 def write_task(members: dict[str, bytes], out: Path) -> None:
     """Write the bundle to a temporary file beside ``out`` then rename it into place."""
-    from microface.atomic import atomic_path
+    from microface.utils.io import atomic_path
 
     with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as bundle:
         for name, data in members.items():

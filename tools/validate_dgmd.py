@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table as CSV here")
     args = parser.parse_args(argv)
 
-    from microface import coarse_benchmark, refine_benchmark
-    from microface.atomic import write_text_atomic
+    from microface.experiments import coarse as coarse_benchmark, refine as refine_benchmark
+    from microface.utils.io import write_text_atomic
     from microface.config import load_config, resolve
-    from microface.train import seed_everything
+    from microface.utils.runtime import seed_everything
 
     config_path = ROOT / "config" / f"{args.profile}.yaml"
     config = load_config(config_path)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F_nn
 
 FLOW_METHODS = ("dis", "tvl1")
 DIS_PRESETS = {
@@ -153,3 +155,57 @@ def warp_pair(image: np.ndarray, flow_true: np.ndarray) -> tuple[np.ndarray, np.
     """A test pair whose true forward flow is ``flow_true``: returns (frame_a, frame_b) with
     ``frame_b = image`` and ``frame_a = warp_image(image, flow_true)``. image (H, W[, C]); flow_true (H, W, 2)."""
     return warp_image(image, flow_true), np.asarray(image)
+
+
+def sample_at_points(image: torch.Tensor, points_px: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup of a per-pixel field at sub-pixel points, zero outside the image.
+
+    image (B, C, H, W); points_px (B, N, 2) as (x right, y down) pixels, pixel (i, j) centred at (j+0.5, i+0.5)
+    -> (B, N, C). Differentiable w.r.t. the image and the points.
+    """
+    if image.ndim != 4 or points_px.ndim != 3 or points_px.shape[-1] != 2 or points_px.shape[0] != image.shape[0]:
+        raise ValueError(f"sample_at_points: expected image (B, C, H, W) and points (B, N, 2), got "
+                         f"{tuple(image.shape)} and {tuple(points_px.shape)}")
+    H, W = image.shape[-2:]
+    # align_corners=False puts -1 / +1 on the outer pixel edges, i.e. x_norm = 2 x_px / W - 1
+    grid = torch.stack([2.0 * points_px[..., 0] / W - 1.0, 2.0 * points_px[..., 1] / H - 1.0], dim=-1)
+    sampled = F_nn.grid_sample(image, grid[:, :, None].to(image.dtype), mode="bilinear", padding_mode="zeros",
+                               align_corners=False)
+    return sampled[..., 0].transpose(1, 2)
+
+
+def temporal_low_rank(frames: torch.Tensor, rank: int) -> torch.Tensor:
+    """Best rank-``rank`` approximation over time of one clip's frames (T, ...) -> (T, ...), e.g. flows (T, 2, H, W).
+
+    The (T, prod(...)) matrix of frames is truncated to its ``rank`` largest singular values (Eckart-Young). A
+    frame that is all zeros (the onset's flow, zero by definition) is kept exactly zero, not rounded to 1e-7.
+    rank >= T returns the frames unchanged.
+    """
+    if frames.ndim < 2:
+        raise ValueError(f"temporal_low_rank: expected a clip's frames (T, ...), got {tuple(frames.shape)}")
+    if rank < 1:
+        raise ValueError(f"temporal_low_rank: expected rank >= 1, got {rank}")
+    T = frames.shape[0]
+    if rank >= T:
+        return frames
+    matrix = frames.reshape(T, -1)
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    low_rank = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    zero_frames = (matrix == 0).all(dim=1, keepdim=True)
+    return torch.where(zero_frames, torch.zeros_like(low_rank), low_rank).reshape(frames.shape)
+
+
+def remove_affine_motion(field: torch.Tensor, points_px: torch.Tensor) -> torch.Tensor:
+    """field (B, V, 2) px at points (B, V, 2) px minus its least-squares affine fit ``A p + b`` per batch item.
+
+    What is left is the non-affine (local) part: a uniform shift, rotation, scaling or shear of the field
+    is removed exactly, and a field that is zero stays zero.
+    """
+    if field.shape != points_px.shape or field.ndim != 3 or field.shape[-1] != 2:
+        raise ValueError(f"remove_affine_motion: expected field and points (B, V, 2), got {tuple(field.shape)} "
+                         f"and {tuple(points_px.shape)}")
+    centred = points_px - points_px.mean(dim=1, keepdim=True)
+    scale = centred.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)  # conditioning only
+    design = torch.cat([centred / scale, torch.ones_like(centred[..., :1])], dim=-1)  # (B, V, 3)
+    coefficients = torch.linalg.lstsq(design, field).solution  # (B, 3, 2)
+    return field - design @ coefficients

@@ -121,3 +121,22 @@ def label_table(df: pd.DataFrame, protocol: str) -> pd.DataFrame:
         return out
     out.insert(0, "protocol", protocol)
     return out
+
+
+def subject_split(subjects: list[str], test_fraction: float) -> tuple[list[str], list[str]]:
+    """(train, test) subjects: the last ``round(n * test_fraction)`` (at least 1) subjects by number are test.
+
+    subjects: names like "sub01" (repeats allowed). Raises ValueError when no training subject would remain.
+    """
+    from microface.data.datasets._common import natural_key
+
+    ordered = sorted(set(subjects), key=natural_key)
+    n_test = max(1, int(round(len(ordered) * test_fraction)))
+    if len(ordered) - n_test < 1:
+        raise ValueError(f"subject split: {len(ordered)} subject(s) leave none for training with test_fraction "
+                         f"{test_fraction}; generate more subjects (synth.subjects >= 2)")
+    return ordered[:-n_test], ordered[-n_test:]
+
+
+def split_label(train: list[str], test: list[str]) -> str:
+    return f"test {', '.join(test)} (last {len(test)} of {len(train) + len(test)} subjects); train {', '.join(train)}"

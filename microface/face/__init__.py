@@ -1,5 +1,6 @@
 """Parametric face models behind one interface: the embedded open model (default) and user-supplied FLAME."""
-from microface.face.model import FaceModel, FaceOutput, axis_angle_to_matrix, vertex_normals
+from microface.face.model import FaceModel, FaceOutput
+from microface.mesh.geometry import axis_angle_to_matrix, vertex_normals
 
 __all__ = ["FaceModel", "FaceOutput", "axis_angle_to_matrix", "vertex_normals", "load_face_model"]
 

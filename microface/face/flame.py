@@ -30,7 +30,8 @@ import torch
 from smplx.lbs import find_dynamic_lmk_idx_and_bcoords, lbs, vertices2landmarks
 from smplx.utils import find_joint_kin_chain
 
-from microface.face.model import FaceModel, FaceOutput, vertex_normals
+from microface.face.model import FaceModel, FaceOutput
+from microface.mesh.geometry import vertex_normals
 
 FLAME_SITE = "https://flame.is.tue.mpg.de"
 REQUIRED_KEYS = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table")

@@ -26,7 +26,8 @@ from importlib import resources
 import numpy as np
 import torch
 
-from microface.face.model import FaceModel, FaceOutput, axis_angle_to_matrix
+from microface.face.model import FaceModel, FaceOutput
+from microface.mesh.geometry import axis_angle_to_matrix
 
 # iBUG-68 points as MediaPipe mesh indices (contour, brows, nose, eyes, outer mouth, inner mouth).
 IBUG68_FROM_MEDIAPIPE: tuple[int, ...] = (

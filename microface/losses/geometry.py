@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F_nn
 
-from microface.models.dgmd import face_adjacency, mesh_edges, sample_at_points, uniform_laplacian_coordinates
-from microface.render import Camera, project_points
+from microface.data.flow import sample_at_points
+from microface.mesh.laplacian import uniform_laplacian_coordinates
+from microface.mesh.topology import face_adjacency, mesh_edges
+from microface.render.camera import Camera, project_points
 
 
 def _check_meshes(refined: torch.Tensor, coarse: torch.Tensor) -> None:

@@ -4,18 +4,4 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, TypeVar
 
-ConfigT = TypeVar("ConfigT")
 
-
-def config_from_dict(config_cls: type[ConfigT], values: Mapping[str, Any] | None, name: str) -> ConfigT:
-    """Build a model config dataclass from a YAML mapping; unknown keys raise so no setting is silently ignored.
-
-    Lists become tuples so configs stay hashable and compare equal after a YAML round trip.
-    """
-    values = dict(values or {})
-    # dataclasses.fields, not a bare `fields`: the submodule microface.models.fields rebinds that package name
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{name} config: unknown keys {unknown}; expected a subset of {sorted(known)}")
-    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from microface.models import config_from_dict
 from microface.models.encoder import CoarseParams, ConvBackbone
+from microface.utils.checks import config_from_dict
 
 SOLVERS = ("dopri5", "rk4", "euler")
 FIXED_STEP_SOLVERS = ("rk4", "euler")

@@ -43,9 +43,15 @@ import torch
 import torch.nn.functional as F_nn
 from torch import nn
 
-from microface.face.model import FaceModel, vertex_normals
-from microface.models import config_from_dict
-from microface.render import Camera, project_points, rasterize
+from microface.data.flow import remove_affine_motion, sample_at_points, temporal_low_rank
+from microface.face.model import FaceModel
+from microface.mesh.geometry import vertex_normals
+from microface.mesh.laplacian import cotangent_laplacian_coordinates, uniform_laplacian_coordinates
+from microface.mesh.regions import face_region_map, vertex_region_labels
+from microface.mesh.topology import mesh_edges, normalized_adjacency, propagate
+from microface.render.camera import Camera, expand_camera, project_points
+from microface.render.rasterize import packed_pix_to_face, rasterize
+from microface.utils.checks import config_from_dict
 
 MAPPINGS = ("region", "per_pixel")
 LAPLACIANS = ("uniform", "cotangent")
@@ -129,125 +135,9 @@ class DGMDConfig:
 
 
 # ------------------------------------------------------------------------------------------ mesh topology
-def mesh_edges(faces: torch.Tensor) -> torch.Tensor:
-    """Unique undirected edges of a triangle mesh. faces (F, 3) long -> (2, E) long with edges[0] < edges[1]."""
-    if faces.ndim != 2 or faces.shape[1] != 3:
-        raise ValueError(f"faces: expected (F, 3), got {tuple(faces.shape)}")
-    faces = faces.long()
-    pairs = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], dim=0)
-    pairs = torch.sort(pairs, dim=1).values
-    return torch.unique(pairs, dim=0).T.contiguous()
-
-
-def face_adjacency(faces: torch.Tensor) -> torch.Tensor:
-    """Pairs of faces sharing an edge. faces (F, 3) -> (2, P) long face indices.
-
-    A non-manifold edge shared by k > 2 faces contributes its k - 1 consecutive pairs.
-    """
-    faces = faces.long()
-    n_faces = faces.shape[0]
-    n_vertices = int(faces.max()) + 1 if faces.numel() else 1
-    u = torch.cat([faces[:, 0], faces[:, 1], faces[:, 2]])
-    v = torch.cat([faces[:, 1], faces[:, 2], faces[:, 0]])
-    key = torch.minimum(u, v) * n_vertices + torch.maximum(u, v)
-    owner = torch.arange(n_faces, device=faces.device).repeat(3)
-    order = torch.argsort(key, stable=True)
-    key, owner = key[order], owner[order]
-    same = key[1:] == key[:-1]
-    return torch.stack([owner[:-1][same], owner[1:][same]])
-
-
-def uniform_laplacian_coordinates(vertices: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """delta_i = v_i - mean of the neighbours of i. vertices (B, V, 3), edges (2, E) undirected -> (B, V, 3).
-
-    Isolated vertices get delta = 0.
-    """
-    src = torch.cat([edges[0], edges[1]])
-    dst = torch.cat([edges[1], edges[0]])
-    V = vertices.shape[1]
-    neighbour_sum = torch.zeros_like(vertices).index_add(1, dst, vertices[:, src])
-    degree = torch.zeros(V, dtype=vertices.dtype, device=vertices.device).index_add(
-        0, dst, torch.ones_like(dst, dtype=vertices.dtype))
-    mean = neighbour_sum / degree.clamp_min(1.0)[None, :, None]
-    return torch.where((degree > 0)[None, :, None], vertices - mean, torch.zeros_like(vertices))
-
-
-def cotangent_laplacian_coordinates(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """delta_i = v_i - sum_j w_ij v_j / sum_j w_ij with cotangent weights of the mesh itself.
-
-    vertices (B, V, 3), faces (F, 3) -> (B, V, 3). w_ij = (cot alpha + cot beta) / 2, clamped at 0: obtuse
-    triangles give negative weights whose normalisation can blow up, and a Laplacian feature only needs to
-    be a stable smoothness descriptor.
-    """
-    faces = faces.long()
-    delta_sum = torch.zeros_like(vertices)
-    weight_sum = torch.zeros(vertices.shape[:2], dtype=vertices.dtype, device=vertices.device)
-    corners = [vertices[:, faces[:, k]] for k in range(3)]  # each (B, F, 3)
-    for k in range(3):
-        i, j = (k + 1) % 3, (k + 2) % 3  # edge (i, j) is opposite corner k
-        a, b = corners[i] - corners[k], corners[j] - corners[k]
-        cot = (a * b).sum(-1) / torch.cross(a, b, dim=-1).norm(dim=-1).clamp_min(1e-12)
-        w = (0.5 * cot).clamp_min(0.0)  # (B, F)
-        for s, t in ((i, j), (j, i)):
-            delta_sum = delta_sum.index_add(1, faces[:, s], w[..., None] * corners[t])
-            weight_sum = weight_sum.index_add(1, faces[:, s], w)
-    mean = delta_sum / weight_sum.clamp_min(1e-12)[..., None]
-    return torch.where((weight_sum > 0)[..., None], vertices - mean, torch.zeros_like(vertices))
-
-
-def normalized_adjacency(edges: torch.Tensor, n_vertices: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kipf & Welling's D^-1/2 (A + I) D^-1/2 as a sparse list.
-
-    edges (2, E) undirected -> (index (2, 2E + V) [source, target], weight (2E + V,)).
-    """
-    loops = torch.arange(n_vertices, device=edges.device)
-    src = torch.cat([edges[0], edges[1], loops])
-    dst = torch.cat([edges[1], edges[0], loops])
-    ones = torch.ones(dst.shape[0], device=edges.device)
-    degree = torch.zeros(n_vertices, device=edges.device).index_add(0, dst, ones)
-    weight = degree[src].rsqrt() * degree[dst].rsqrt()
-    return torch.stack([src, dst]), weight
-
-
-def propagate(features: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Sparse neighbourhood aggregation out[:, t] = sum_s weight[s->t] * features[:, s].
-
-    features (B, V, C), index (2, N) [source, target], weight (N,) -> (B, V, C).
-    """
-    messages = features[:, index[0]] * weight.to(features.dtype)[None, :, None]
-    return torch.zeros_like(features).index_add(1, index[1], messages)
 
 
 # ------------------------------------------------------------------------------------------ regions
-def vertex_region_labels(regions: dict[str, torch.Tensor], n_vertices: int) -> tuple[torch.Tensor, tuple[str, ...]]:
-    """Region index of every vertex. regions: name -> (K,) vertex indices -> (labels (V,) long, names (R,)).
-
-    Vertices in no region get an extra last region "other" (only added when some vertex needs it); a vertex
-    listed in several regions keeps the first.
-    """
-    labels = torch.full((n_vertices,), -1, dtype=torch.long)
-    names = list(regions)
-    for r, name in enumerate(names):
-        idx = torch.as_tensor(regions[name], dtype=torch.long).cpu()
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_vertices):
-            raise ValueError(f"region {name!r}: indices must lie in [0, {n_vertices}), found "
-                             f"[{int(idx.min())}, {int(idx.max())}]")
-        free = idx[labels[idx] < 0]
-        labels[free] = r
-    if bool((labels < 0).any()):
-        labels[labels < 0] = len(names)
-        names.append("other")
-    return labels, tuple(names)
-
-
-def face_region_map(faces: torch.Tensor, vertex_region: torch.Tensor, n_regions: int) -> torch.Tensor:
-    """Region of each face by majority vote of its three vertices, ties to the smallest region index.
-
-    faces (F, 3), vertex_region (V,) long in [0, n_regions) -> (F,) long.
-    """
-    labels = vertex_region.to(faces.device)[faces.long()]  # (F, 3)
-    votes = F_nn.one_hot(labels, n_regions).sum(1)  # (F, R)
-    return votes.argmax(dim=1)  # argmax returns the first maximum: the smallest region index on ties
 
 
 # ------------------------------------------------------------------------------------------ cues
@@ -260,23 +150,6 @@ def _check_pix_to_face(pix_to_face: torch.Tensor, flow: torch.Tensor) -> None:
     B, _, H, W = flow.shape
     if pix_to_face.shape != (B, H, W, 1):
         raise ValueError(f"pix_to_face: expected ({B}, {H}, {W}, 1) to match the flow, got {tuple(pix_to_face.shape)}")
-
-
-def sample_at_points(image: torch.Tensor, points_px: torch.Tensor) -> torch.Tensor:
-    """Bilinear lookup of a per-pixel field at sub-pixel points, zero outside the image.
-
-    image (B, C, H, W); points_px (B, N, 2) as (x right, y down) pixels, pixel (i, j) centred at (j+0.5, i+0.5)
-    -> (B, N, C). Differentiable w.r.t. the image and the points.
-    """
-    if image.ndim != 4 or points_px.ndim != 3 or points_px.shape[-1] != 2 or points_px.shape[0] != image.shape[0]:
-        raise ValueError(f"sample_at_points: expected image (B, C, H, W) and points (B, N, 2), got "
-                         f"{tuple(image.shape)} and {tuple(points_px.shape)}")
-    H, W = image.shape[-2:]
-    # align_corners=False puts -1 / +1 on the outer pixel edges, i.e. x_norm = 2 x_px / W - 1
-    grid = torch.stack([2.0 * points_px[..., 0] / W - 1.0, 2.0 * points_px[..., 1] / H - 1.0], dim=-1)
-    sampled = F_nn.grid_sample(image, grid[:, :, None].to(image.dtype), mode="bilinear", padding_mode="zeros",
-                               align_corners=False)
-    return sampled[..., 0].transpose(1, 2)
 
 
 def region_pool_flow(flow: torch.Tensor, pix_to_face: torch.Tensor, face_region: torch.Tensor,
@@ -360,60 +233,6 @@ def landmark_anchor_vertices(face_model: FaceModel) -> torch.Tensor:
         raise ValueError("landmark_anchor_vertices: the face model's landmarks are NaN (no landmark embedding); "
                          "set dgmd use_landmarks: false or supply the model's landmark file")
     return torch.cdist(landmarks.float(), face_model.v_template.float()).argmin(dim=1).cpu()
-
-
-def temporal_low_rank(frames: torch.Tensor, rank: int) -> torch.Tensor:
-    """Best rank-``rank`` approximation over time of one clip's frames (T, ...) -> (T, ...), e.g. flows (T, 2, H, W).
-
-    The (T, prod(...)) matrix of frames is truncated to its ``rank`` largest singular values (Eckart-Young). A
-    frame that is all zeros (the onset's flow, zero by definition) is kept exactly zero, not rounded to 1e-7.
-    rank >= T returns the frames unchanged.
-    """
-    if frames.ndim < 2:
-        raise ValueError(f"temporal_low_rank: expected a clip's frames (T, ...), got {tuple(frames.shape)}")
-    if rank < 1:
-        raise ValueError(f"temporal_low_rank: expected rank >= 1, got {rank}")
-    T = frames.shape[0]
-    if rank >= T:
-        return frames
-    matrix = frames.reshape(T, -1)
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    low_rank = (u[:, :rank] * s[:rank]) @ vh[:rank]
-    zero_frames = (matrix == 0).all(dim=1, keepdim=True)
-    return torch.where(zero_frames, torch.zeros_like(low_rank), low_rank).reshape(frames.shape)
-
-
-def remove_affine_motion(field: torch.Tensor, points_px: torch.Tensor) -> torch.Tensor:
-    """field (B, V, 2) px at points (B, V, 2) px minus its least-squares affine fit ``A p + b`` per batch item.
-
-    What is left is the non-affine (local) part: a uniform shift, rotation, scaling or shear of the field
-    is removed exactly, and a field that is zero stays zero.
-    """
-    if field.shape != points_px.shape or field.ndim != 3 or field.shape[-1] != 2:
-        raise ValueError(f"remove_affine_motion: expected field and points (B, V, 2), got {tuple(field.shape)} "
-                         f"and {tuple(points_px.shape)}")
-    centred = points_px - points_px.mean(dim=1, keepdim=True)
-    scale = centred.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)  # conditioning only
-    design = torch.cat([centred / scale, torch.ones_like(centred[..., :1])], dim=-1)  # (B, V, 3)
-    coefficients = torch.linalg.lstsq(design, field).solution  # (B, 3, 2)
-    return field - design @ coefficients
-
-
-def expand_camera(camera: Camera, n: int) -> Camera:
-    """A batch-1 camera repeated n times (or a batch-n camera unchanged) -> Camera with batch n."""
-    if camera.batch_size == n:
-        return camera
-    if camera.batch_size != 1:
-        raise ValueError(f"camera: expected batch 1 or {n}, got {camera.batch_size}")
-    scale = None if camera.scale is None else camera.scale.expand(n)
-    return Camera(R=camera.R.expand(n, 3, 3), t=camera.t.expand(n, 3), focal=camera.focal.expand(n),
-                  principal=camera.principal.expand(n, 2), kind=camera.kind, scale=scale)
-
-
-def packed_pix_to_face(pix_to_face: torch.Tensor, n_faces: int) -> torch.Tensor:
-    """Re-pack per-image face indices (B, H, W, 1), each rasterized alone (b = 0), as ``b * F + f``."""
-    offset = torch.arange(pix_to_face.shape[0], device=pix_to_face.device)[:, None, None, None] * n_faces
-    return torch.where(pix_to_face >= 0, pix_to_face + offset, pix_to_face)
 
 
 @dataclass

@@ -18,9 +18,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from microface.models import config_from_dict
-
-DEFAULT_CAMERA_SCALE = 1.0 / 90.0  # NDC per millimetre: a 155 mm face covers ~1.7 of the [-1, 1] range
+from microface.render.camera import DEFAULT_CAMERA_SCALE
+from microface.utils.checks import check_images, config_from_dict
 
 
 @dataclass
@@ -56,12 +55,6 @@ class EncoderConfig:
     def from_dict(cls, values: dict) -> "EncoderConfig":
         """Build from a config mapping (keys as the fields); unknown keys raise ValueError."""
         return config_from_dict(cls, values, "encoder")
-
-
-def check_images(images: torch.Tensor, channels: int = 3, name: str = "image") -> None:
-    """Raise ValueError unless ``images`` is (B, channels, H, W)."""
-    if images.ndim != 4 or images.shape[1] != channels:
-        raise ValueError(f"{name}: expected (B, {channels}, H, W), got {tuple(images.shape)}")
 
 
 class ConvBackbone(nn.Module):
@@ -134,37 +127,3 @@ class CoarseEncoder(nn.Module):
         )
 
 
-def weak_perspective_project(points: torch.Tensor, camera: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """Project model-frame points to pixels with a weak-perspective camera.
-
-    points (B, N, 3) mm (+y up), camera (B, 3) = (s, tx, ty), image_size (H, W) -> (B, N, 2) pixel (x, y),
-    origin at the top-left pixel corner, y down: ``ndc = s * X[:, :, :2] + t``, ``x_px = (ndc_x + 1) W / 2``,
-    ``y_px = (1 - ndc_y) H / 2``.
-    """
-    if points.ndim != 3 or points.shape[-1] != 3:
-        raise ValueError(f"points: expected (B, N, 3), got {tuple(points.shape)}")
-    if camera.ndim != 2 or camera.shape[1] != 3 or camera.shape[0] != points.shape[0]:
-        raise ValueError(f"camera: expected ({points.shape[0]}, 3) = (s, tx, ty), got {tuple(camera.shape)}")
-    height, width = image_size
-    ndc = camera[:, None, :1] * points[..., :2] + camera[:, None, 1:]
-    x = (ndc[..., 0] + 1.0) * (width / 2.0)
-    y = (1.0 - ndc[..., 1]) * (height / 2.0)
-    return torch.stack([x, y], dim=-1)
-
-
-def to_render_camera(camera: torch.Tensor, image_size: tuple[int, int]):
-    """The encoder's weak-perspective camera (B,3) as a ``microface.render.Camera`` for (H, W) = image_size.
-
-    Same projection as ``weak_perspective_project`` (for square images; the renderer's weak camera has one
-    px/mm scale, so H != W raises ValueError).
-    """
-    from microface.render import weak_perspective_camera
-
-    height, width = image_size
-    if height != width:
-        raise ValueError(f"to_render_camera: expected a square image, got (H, W) = {image_size}; crop faces square")
-    if camera.ndim != 2 or camera.shape[1] != 3:
-        raise ValueError(f"camera: expected (B, 3) = (s, tx, ty), got {tuple(camera.shape)}")
-    scale_px = camera[:, 0] * (width / 2.0)
-    principal = torch.stack([(camera[:, 1] + 1.0) * (width / 2.0), (1.0 - camera[:, 2]) * (height / 2.0)], dim=-1)
-    return weak_perspective_camera(scale_px, principal)

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from microface.models import config_from_dict
+from microface.utils.checks import config_from_dict
 
 
 def parameter_loss(predicted: dict[str, torch.Tensor], target: dict[str, torch.Tensor],

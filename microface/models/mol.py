@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from microface.models import config_from_dict
+from microface.utils.checks import config_from_dict
 
 # iBUG-68 outer eye corners (0-based): the subject's right eye outer corner and left eye outer corner
 OUTER_EYE_CORNERS = (36, 45)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from microface.models import config_from_dict
+from microface.utils.checks import config_from_dict
 
 
 @dataclass(frozen=True)

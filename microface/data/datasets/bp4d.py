@@ -27,7 +27,15 @@ import pandas as pd
 
 from microface.data.clip import ClipRecord
 from microface.data.datasets._common import (
-    ClipError, LoadReport, build_record, check_on_error, check_root, find_frames_root, finish, guarded, list_frames,
+    ClipError,
+    LoadReport,
+    build_record,
+    check_on_error,
+    check_root,
+    find_frames_root,
+    finish,
+    guarded,
+    list_frames,
     natural_key,
 )
 

@@ -28,9 +28,23 @@ import pandas as pd
 
 from microface.data.clip import ClipRecord
 from microface.data.datasets._common import (
-    ClassMap, ClipError, LoadReport, apply_class_map, build_record, check_on_error, check_root, clean_text,
-    find_file, find_frames_root, finish, guarded, list_frames, natural_key, parse_aus, parse_timing, 
-    resolve_class_map, subject_number,
+    ClassMap,
+    LoadReport,
+    apply_class_map,
+    build_record,
+    check_on_error,
+    check_root,
+    clean_text,
+    find_file,
+    find_frames_root,
+    finish,
+    guarded,
+    list_frames,
+    natural_key,
+    parse_aus,
+    parse_timing,
+    resolve_class_map,
+    subject_number,
 )
 
 SHEET = "SAMM_Micro_FACS_Codes_v2.xlsx"

@@ -20,8 +20,19 @@ from pathlib import Path
 
 from microface.data.clip import ClipRecord
 from microface.data.datasets._common import (
-    ClassMap, ClipError, LoadReport, apply_class_map, build_record, check_on_error, check_root, find_frames_root,
-    finish, guarded, list_frames, natural_key, resolve_class_map,
+    ClassMap,
+    ClipError,
+    LoadReport,
+    apply_class_map,
+    build_record,
+    check_on_error,
+    check_root,
+    find_frames_root,
+    finish,
+    guarded,
+    list_frames,
+    natural_key,
+    resolve_class_map,
 )
 
 FRAME_CANDIDATES = (".", "HS", "SMIC-HS", "SMIC_all_raw/HS")

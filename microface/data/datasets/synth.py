@@ -22,7 +22,14 @@ from pathlib import Path
 from microface.data.clip import ClipRecord
 from microface.data.datasets import casme2
 from microface.data.datasets._common import (
-    ClassMap, ClipError, LoadReport, apply_class_map, check_on_error, check_root, find_file, finish,
+    ClassMap,
+    ClipError,
+    LoadReport,
+    apply_class_map,
+    check_on_error,
+    check_root,
+    find_file,
+    finish,
     resolve_class_map,
 )
 

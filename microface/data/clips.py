@@ -1,0 +1,245 @@
+"""Clips as tensors: frames, onset->t flow, times and optional ground truth; batching; loading from records."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+
+from microface.data.clip import ClipRecord
+from microface.utils.runtime import progress
+
+
+@dataclass
+class ClipTensors:
+    """One clip as tensors. frames (T,3,H,W) in [0,1]; flow (T,2,H,W) onset->t in pixels (flow[0] = 0);
+    times (T,) strictly increasing (any unit). Optional ground truth (synthetic benchmark): expression (T,E),
+    shape (S,), pose (T,6), landmarks2d (T,68,2) pixels. label: class index (-1 = none); valence_arousal (2,);
+    intensity in [0,1]; apex: frame index (None: the frame of largest mean flow magnitude)."""
+
+    frames: torch.Tensor
+    flow: torch.Tensor
+    times: torch.Tensor
+    expression: torch.Tensor | None = None
+    shape: torch.Tensor | None = None
+    pose: torch.Tensor | None = None
+    landmarks2d: torch.Tensor | None = None
+    label: int = -1
+    valence_arousal: torch.Tensor | None = None
+    intensity: float | None = None
+    apex: int | None = None
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if self.frames.ndim != 4 or self.frames.shape[1] != 3:
+            raise ValueError(f"clip {self.key!r} frames: expected (T, 3, H, W), got {tuple(self.frames.shape)}")
+        T, _, H, W = self.frames.shape
+        expected = {"flow": (T, 2, H, W), "times": (T,), "pose": (T, 6), "landmarks2d": (T, 68, 2), "valence_arousal": (2,)}
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(f"clip {self.key!r} {name}: expected {shape}, got {tuple(value.shape)}")
+        if self.expression is not None and (self.expression.ndim != 2 or self.expression.shape[0] != T):
+            raise ValueError(f"clip {self.key!r} expression: expected ({T}, E), got {tuple(self.expression.shape)}")
+        if self.shape is not None and self.shape.ndim != 1:
+            raise ValueError(f"clip {self.key!r} shape: expected (S,), got {tuple(self.shape.shape)}")
+        if self.apex is not None and not 0 <= self.apex < T:
+            raise ValueError(f"clip {self.key!r} apex: expected 0 <= apex < {T}, got {self.apex}")
+
+    @property
+    def apex_index(self) -> int:
+        if self.apex is not None:
+            return self.apex
+        return int(self.flow.norm(dim=1).mean(dim=(1, 2)).argmax())
+
+
+@dataclass
+class ClipBatch:
+    """Clips of equal length and size stacked: frames (B,T,3,H,W), flow (B,T,2,H,W), times (B,T); ground truth
+    (B,T,E) / (B,S) / (B,T,6) / (B,T,68,2) only where every clip has it, else None; labels (B,) long;
+    valence_arousal (B,2) (NaN unknown); intensity (B,) (1 where unknown); apex (B,) long."""
+
+    frames: torch.Tensor
+    flow: torch.Tensor
+    times: torch.Tensor
+    expression: torch.Tensor | None
+    shape: torch.Tensor | None
+    pose: torch.Tensor | None
+    landmarks2d: torch.Tensor | None
+    labels: torch.Tensor
+    valence_arousal: torch.Tensor
+    intensity: torch.Tensor
+    apex: torch.Tensor
+
+
+def collate_clips(clips: list[ClipTensors]) -> ClipBatch:
+    """Stack clips of the same (T, H, W) into a ClipBatch."""
+    if not clips:
+        raise ValueError("collate_clips: expected at least one clip, got none")
+    sizes = {(c.frames.shape[0], *c.frames.shape[2:]) for c in clips}
+    if len(sizes) != 1:
+        raise ValueError(f"collate_clips: clips in a batch need one (T, H, W), found {sorted(sizes)}; "
+                         "batch by length (batches_by_length does) or resample clips to one length")
+
+    def stack_optional(name: str) -> torch.Tensor | None:
+        values = [getattr(c, name) for c in clips]
+        return None if any(v is None for v in values) else torch.stack(values)
+
+    nan = torch.full((2,), float("nan"))
+    return ClipBatch(
+        frames=torch.stack([c.frames for c in clips]), flow=torch.stack([c.flow for c in clips]),
+        times=torch.stack([c.times for c in clips]).to(clips[0].frames.dtype),
+        expression=stack_optional("expression"), shape=stack_optional("shape"), pose=stack_optional("pose"),
+        landmarks2d=stack_optional("landmarks2d"),
+        labels=torch.tensor([c.label for c in clips], dtype=torch.long),
+        valence_arousal=torch.stack([c.valence_arousal if c.valence_arousal is not None else nan for c in clips]),
+        intensity=torch.tensor([1.0 if c.intensity is None else float(c.intensity) for c in clips]),
+        apex=torch.tensor([c.apex_index for c in clips], dtype=torch.long),
+    )
+
+
+def batches_by_length(clips: list[ClipTensors], batch_size: int, seed: int, epoch: int) -> Iterator[ClipBatch]:
+    """The epoch's batches: a permutation seeded by (seed, epoch), clips grouped by (T, H, W), chunks of
+    ``batch_size``. Deterministic, so a resumed run sees the batches an uninterrupted one would."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(clips), generator=generator).tolist()
+    groups: dict[tuple, list[int]] = {}
+    for index in order:
+        groups.setdefault((clips[index].frames.shape[0], *clips[index].frames.shape[2:]), []).append(index)
+    for members in groups.values():
+        for start in range(0, len(members), batch_size):
+            yield collate_clips([clips[i] for i in members[start: start + batch_size]])
+
+
+def subsample_indices(onset: int, apex: int, offset: int, max_frames: int) -> np.ndarray:
+    """Frame indices from onset to offset, uniform, always holding onset, apex and offset.
+
+    Returns (K,) sorted distinct int indices, K = min(max_frames, offset - onset + 1). When the apex falls
+    between grid points, the interior grid point nearest to it moves onto it (order is kept: the apex lies
+    between that point's neighbours).
+    """
+    if max_frames < 3:
+        raise ValueError(f"max_frames: expected >= 3 (onset, apex, offset), got {max_frames}")
+    if not onset <= apex <= offset:
+        raise ValueError(f"expected onset <= apex <= offset, got {onset}, {apex}, {offset}")
+    if offset - onset + 1 <= max_frames:
+        return np.arange(onset, offset + 1)
+    grid = np.round(np.linspace(onset, offset, max_frames)).astype(int)
+    if apex not in grid:
+        interior = np.arange(1, max_frames - 1)
+        grid[interior[np.argmin(np.abs(grid[interior] - apex))]] = apex
+    return grid
+
+
+def _read_rgb(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """One frame -> ((image_size, image_size, 3) uint8 RGB, original (H, W))."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"frame {path} could not be read as an image; regenerate the benchmark with `microface synth`")
+    original = image.shape[:2]
+    # INTER_AREA keeps pixel centres at (j + 0.5) * scale, the convention landmarks and flows are rescaled by
+    resized = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB), original
+
+
+def accumulate_flow(consecutive: np.ndarray, start: int, targets: np.ndarray) -> np.ndarray:
+    """Compose consecutive flows into flows from frame ``start`` to each of ``targets``.
+
+    consecutive (N, H, W, 2) pixels, flow[k] from frame k to k+1 (the benchmark's ground truth); targets (K,)
+    increasing, >= start -> (K, H, W, 2) float32, ``F(start->t)(x) = F(start->t-1)(x) + f(t-1)(x + F(start->t-1)(x))``,
+    each step sampled bilinearly. An approximation of the true onset->t motion: the benchmark's pair flows are
+    zero off the face (and where the face disoccludes), and bilinear sampling blurs them across the silhouette.
+    """
+    consecutive = np.asarray(consecutive, dtype=np.float32)
+    if consecutive.ndim != 4 or consecutive.shape[-1] != 2:
+        raise ValueError(f"consecutive: expected (N, H, W, 2), got {consecutive.shape}")
+    targets = np.asarray(targets)
+    if targets.size and (targets[0] < start or targets[-1] > consecutive.shape[0] or np.any(np.diff(targets) < 0)):
+        raise ValueError(f"targets: expected increasing indices in [{start}, {consecutive.shape[0]}], got {targets.tolist()}")
+    height, width = consecutive.shape[1:3]
+    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    total = np.zeros((height, width, 2), np.float32)
+    out = np.zeros((len(targets), height, width, 2), np.float32)
+    frame = start
+    for k, target in enumerate(targets):
+        while frame < target:
+            step = cv2.remap(consecutive[frame], xs + total[..., 0], ys + total[..., 1], cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            total = total + step
+            frame += 1
+        out[k] = total
+    return out
+
+
+def _resize_flow(flow: np.ndarray, image_size: int) -> np.ndarray:
+    """(K, H, W, 2) pixels of the original frames -> (K, S, S, 2) pixels of the resized frames."""
+    height, width = flow.shape[1:3]
+    scale = np.array([image_size / width, image_size / height], np.float32)
+    return np.stack([cv2.resize(f, (image_size, image_size), interpolation=cv2.INTER_AREA) * scale for f in flow])
+
+
+def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: str = "dis",
+                             max_frames: int = 8) -> ClipTensors:
+    """One synthetic-benchmark record -> ClipTensors of its kept frames (see ``clip_tensors_from_synth``)."""
+    from microface.data.flow import clip_flow
+
+    if flow_method not in FLOW_SOURCES:
+        raise ValueError(f"flow_method: expected one of {FLOW_SOURCES}, got {flow_method!r}")
+    if record.ground_truth is None:
+        raise ValueError(f"clip {record.key}: no ground truth; load the synthetic benchmark with load_dataset('synth', ...)")
+    indices = subsample_indices(record.onset, record.apex, record.offset, max_frames)
+    with np.load(record.ground_truth) as truth:
+        expression = truth["expression"]
+        if expression.shape[0] != len(record.frames):
+            raise ValueError(f"{record.ground_truth}: ground truth has {expression.shape[0]} frames, the clip folder "
+                             f"{len(record.frames)}; regenerate the benchmark with `microface synth`")
+        fps = float(truth["fps"])
+        shape, pose, landmarks = truth["shape"], truth["pose"][indices], truth["landmarks2d"][indices]
+        consecutive = truth["flow"] if flow_method == "gt" else None
+    frames, originals = zip(*(_read_rgb(record.frames[i], image_size) for i in indices))
+    frames = np.stack(frames)
+    height, width = originals[0]
+    if flow_method == "gt":
+        flow = _resize_flow(accumulate_flow(consecutive, int(indices[0]), indices), image_size)
+    else:
+        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+        flow = clip_flow(gray, mode="onset", onset=0, method=flow_method)
+    landmarks = landmarks * np.array([image_size / width, image_size / height], np.float32)
+    return ClipTensors(
+        frames=torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0,
+        flow=torch.from_numpy(np.ascontiguousarray(flow)).permute(0, 3, 1, 2).float(),
+        times=torch.from_numpy(indices / fps).float(),
+        expression=torch.from_numpy(expression[indices]).float(), shape=torch.from_numpy(shape).float(),
+        pose=torch.from_numpy(pose).float(), landmarks2d=torch.from_numpy(landmarks).float(),
+        apex=int(np.searchsorted(indices, record.apex)), key=record.key,
+    )
+
+
+def clip_tensors_from_synth(records: list[ClipRecord], image_size: int, flow_method: str = "dis",
+                            max_frames: int = 8, show_progress: bool = True) -> list[ClipTensors]:
+    """Synthetic-benchmark records (``load_dataset("synth", root, kind=...)``) -> ClipTensors for DEM training.
+
+    Per clip: frames onset..offset subsampled to ``max_frames`` (``subsample_indices``), resized to
+    (image_size, image_size), frames (T,3,S,S) in [0,1]; times (T,) in seconds (the ODE gets the true, irregular
+    times); flow onset->t (T,2,S,S) in resized pixels: "dis" / "tvl1" run ``microface.data.flow.clip_flow`` on
+    the resized gray frames, "gt" composes the ground-truth consecutive flows (``accumulate_flow``) and rescales
+    them; ground truth expression (T,E), shape (S,), pose (T,6), landmarks2d (T,68,2) in resized pixels; apex:
+    the apex's position among the kept frames.
+    """
+    if image_size < 8:
+        raise ValueError(f"image_size: expected >= 8 pixels, got {image_size}")
+    return [clip_tensors_from_record(r, image_size, flow_method, max_frames)
+            for r in progress(records, desc="clips", disable=not show_progress)]
+
+
+def _to_device(clip: ClipTensors, device: torch.device) -> ClipTensors:
+    moved = {name: value.to(device) if isinstance(value, torch.Tensor) else value for name, value in vars(clip).items()}
+    return ClipTensors(**moved)
+
+
+FLOW_SOURCES = ("gt", "dis", "tvl1")

@@ -1,0 +1,1 @@
+"""Experiment drivers, one per notebook: they train, score and write the tables."""

@@ -1,0 +1,175 @@
+"""The ablation table of notebook 05_ablations: remove one part at a time, score like notebook 04.
+
+Every variant reuses what notebooks 01 and 02 trained where it can and retrains only what the ablation changes, on
+the TRAINING subjects (fixed epochs, no epoch chosen on a test subject); scores are on the TEST subjects'
+ME clips with ``microface.evaluation.method_row`` (the same columns as the main table).
+
+- full model: DEM + DGMD (notebooks 01 + 02);
+- without DEM: baseline-FT's per-frame meshes refined by a DGMD retrained on them;
+- without DGMD: DEM alone;
+- without macro pretraining: "DEM w/o macro pretraining" (notebook 01) + the full model's DGMD;
+- DGMD without each local cue (geometry, landmarks, flow), without motion attention, with per-pixel instead of
+  region-based pixel-vertex mapping: DGMD retrained with that switch;
+- each DGMD loss term removed (flow, landmark, laplacian, normal, offset): DGMD retrained without it;
+- each DEM loss term removed (``dem_loss_terms``): DEM's ME fine-tuning stage rerun from notebook 01's pretrained
+  checkpoint without that term (the macro pretraining keeps every term), scored with the full model's DGMD.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
+from microface.experiments.main_table import EvaluationSettings, finish_table, method_row, prepare_eval_data
+from microface.experiments.refine import RefineBenchmarkSettings, coarse_clips, train_variant
+from microface.models.baseline import build_baseline
+from microface.training.dem import build_dem, train_dem
+from microface.training.dgmd import DGMDLossWeights
+from microface.training.loop import load_checkpoint
+from microface.utils.checks import config_from_dict
+from microface.utils.io import write_table
+from microface.utils.runtime import progress
+
+TABLE_NAME = "ablation_table"
+CUES = {"geometry": "use_geometry", "landmarks": "use_landmarks", "flow": "use_flow"}
+DGMD_LOSS_TERMS = tuple(f.name for f in fields(DGMDLossWeights))
+
+
+@dataclass
+class AblationSettings:
+    """The ``ablations:`` section of a profile config.
+
+    dem_loss_terms: DEM loss terms (``LossWeights`` names) whose removal is ablated by rerunning DEM's fine-tuning
+    stage; dgmd_loss_terms: DGMD loss terms removed one at a time; image_metrics: compute the Inception distance
+    and FID for every variant (minutes each on CPU); recognition: score recognition from reconstruction.
+    """
+
+    dem_loss_terms: list = field(default_factory=list)
+    dgmd_loss_terms: list = field(default_factory=lambda: list(DGMD_LOSS_TERMS))
+    image_metrics: bool = True
+    recognition: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.dgmd_loss_terms) - set(DGMD_LOSS_TERMS))
+        if unknown:
+            raise ValueError(f"ablations.dgmd_loss_terms: unknown term(s) {unknown}; choose from {DGMD_LOSS_TERMS}")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "AblationSettings":
+        return config_from_dict(cls, values, "ablations")
+
+
+def run_ablations(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dict, dgmd_settings: dict,
+                  eval_settings: dict, ablation_settings: dict, class_map: str = "5class", seed: int = 0, *,
+                  image_size: int = 64, flow_method: str = "dis", device="cpu",
+                  show_progress: bool = True) -> pd.DataFrame:
+    """Train what each ablation changes and score every variant (module docstring). Writes ``ablation_table.csv`` /
+    ``.md`` and ``per_clip.csv`` under ``out_dir``; checkpoints under ``out_dir/checkpoints`` resume."""
+    settings = AblationSettings.from_dict(ablation_settings)
+    evaluation = EvaluationSettings.from_dict(eval_settings)
+    refine = RefineBenchmarkSettings.from_dict(dgmd_settings)
+    coarse = CoarseBenchmarkSettings.from_dict(dem_settings)
+    out_dir, device = Path(out_dir), torch.device(device)
+    checkpoints = out_dir / "checkpoints"
+    _check_run_description(out_dir, {"ablations": asdict(settings), "evaluate": asdict(evaluation),
+                                     "dem": dem_settings, "dgmd": dgmd_settings, "seed": seed,
+                                     "image_size": image_size, "flow_method": flow_method, "class_map": class_map})
+    data = prepare_eval_data(synth_root, coarse_dir, dem_settings, dgmd_settings, class_map, image_size, flow_method,
+                             device, show_progress)
+    face_model = data.face_model
+
+    def load(builder, name: str):
+        path = Path(coarse_dir) / "checkpoints" / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run notebook 01_dem_pretrain first")
+        model = builder().to(device)
+        load_checkpoint(path, model)
+        return model.eval()
+
+    def new_dem():
+        return build_dem(face_model, coarse.encoder, coarse.model, seed)
+
+    dem = load(new_dem, "dem.pt")
+    baseline_ft = load(lambda: build_baseline(face_model, coarse.encoder, seed), "baseline_ft.pt")
+    scratch = load(new_dem, "dem_scratch.pt")
+    full_dgmd_path = Path(refine_dir) / "checkpoints" / "dgmd.pt"
+    if not full_dgmd_path.is_file():
+        raise FileNotFoundError(f"{full_dgmd_path} is missing: run notebook 02_dgmd_refine first")
+
+    def refine_clips_of(model):
+        return coarse_clips(model, face_model, data.train_clips, data.train_refine_inputs)[0]
+
+    dem_train = refine_clips_of(dem)
+
+    def dgmd_variant(name: str, train_clips, model_overrides=None, weight_overrides=None):
+        return train_variant(face_model, train_clips, refine, seed, checkpoints / f"dgmd_{name}.pt", name,
+                             model_overrides, weight_overrides, device)[0]
+
+    from microface.models.dgmd import DGMDConfig, build_dgmd
+
+    full_dgmd = build_dgmd(face_model, refine.model, seed).to(device)
+    load_checkpoint(full_dgmd_path, full_dgmd)  # notebook 02's DGMD
+    full_dgmd.eval()
+    variants: list[tuple[str, str, object, object]] = [
+        ("full model (DEM + DGMD)", "-", dem, full_dgmd),
+        ("w/o DEM (baseline-FT + DGMD)", "model", baseline_ft,
+         dgmd_variant("without_dem", refine_clips_of(baseline_ft))),
+        ("w/o DGMD (DEM)", "model", dem, None),
+        ("w/o macro pretraining", "model", scratch, full_dgmd),
+    ]
+    for cue, switch in CUES.items():
+        variants.append((f"DGMD w/o {cue} cue", "cue", dem, dgmd_variant(f"without_{cue}", dem_train, {switch: False})))
+    variants.append(("DGMD w/o motion attention", "attention", dem,
+                     dgmd_variant("without_attention", dem_train, {"use_attention": False})))
+    full_config = DGMDConfig.from_dict(refine.model)
+    if full_config.temporal_rank > 0:
+        variants.append(("DGMD w/o temporal flow denoising", "denoising", dem,
+                         dgmd_variant("without_denoising", dem_train, {"temporal_rank": 0})))
+    if full_config.flow_affine_free:
+        variants.append(("DGMD w/o affine-free flow cues", "denoising", dem,
+                         dgmd_variant("without_affine_free", dem_train, {"flow_affine_free": False})))
+    variants.append(("DGMD per-pixel mapping (not region-based)", "mapping", dem,
+                     dgmd_variant("per_pixel", dem_train, {"mapping": "per_pixel"})))
+    for term in settings.dgmd_loss_terms:
+        variants.append((f"DGMD loss w/o {term}", "DGMD loss", dem,
+                         dgmd_variant(f"without_loss_{term}", dem_train, weight_overrides={term: 0.0})))
+    for term in settings.dem_loss_terms:
+        variants.append((f"DEM loss w/o {term}", "DEM loss", dem_without_term(term, face_model, coarse, data, seed,
+                                                                             coarse_dir, checkpoints, device),
+                         full_dgmd))
+
+    rows, per_clip = [], []
+    for name, group, model, dgmd in progress(variants, desc="score ablations", disable=not show_progress):
+        row, clip_rows = method_row(name, model, dgmd, data, evaluation, out_dir, seed, device,
+                                    image_metrics=settings.image_metrics, recognition=settings.recognition)
+        rows.append({"group": group, **row})
+        per_clip += clip_rows
+    table = finish_table(rows, data)
+    full = table.iloc[0]
+    table.insert(3, "delta_apex_error_mm", table["apex_error_mm"] - full["apex_error_mm"])
+    write_table(pd.DataFrame(per_clip), out_dir, "per_clip", markdown=False)
+    write_table(table, out_dir, TABLE_NAME)
+    return table
+
+
+def dem_without_term(term: str, face_model, coarse: CoarseBenchmarkSettings, data, seed: int, coarse_dir,
+                     checkpoints: Path, device):
+    """DEM's ME fine-tuning stage rerun from notebook 01's pretrained checkpoint with loss ``term`` at weight 0."""
+    settings = coarse.stage(coarse.finetune_epochs, coarse.finetune_lr, seed, False)
+    weights = settings.loss_weights
+    if not hasattr(weights, term):
+        raise ValueError(f"ablations.dem_loss_terms: {term!r} is not a DEM loss term")
+    if getattr(weights, term) == 0:
+        raise ValueError(f"ablations.dem_loss_terms: {term!r} already has weight 0 in dem.weights; nothing to remove")
+    settings.weights = {**settings.weights, term: 0.0}
+    dem = build_dem(face_model, coarse.encoder, coarse.model, seed).to(device)
+    pretrained = Path(coarse_dir) / "checkpoints" / "dem_pretrain.pt"
+    if not pretrained.is_file():
+        raise FileNotFoundError(f"{pretrained} is missing: run notebook 01_dem_pretrain first")
+    load_checkpoint(pretrained, dem)
+    train_dem(dem, face_model, data.train_clips, settings, checkpoints / f"dem_without_{term}.pt",
+              desc=f"DEM w/o {term}", regularise_to_base=settings.loss_weights.base > 0)
+    return dem.eval()

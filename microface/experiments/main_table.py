@@ -1,0 +1,402 @@
+"""The main table of notebook 04_evaluate: every reconstruction method scored the same way on the test subjects.
+
+Rows (all trained by notebooks 01 and 02 on the TRAINING subjects of their fixed split, except FIELDS, trained here on
+the same subjects): the per-frame baseline (a SMIRK-style per-frame encoder), baseline-FT, DEM, DEM + DGMD, and the
+FIELDS variant: DEM fine-tuned with direct 3D expression supervision and an intensity-aware emotion head,
+in the two-step schedule of ``microface.models.dem_training.fields_finetune``.
+
+Columns, on the TEST subjects' ME clips (kept frames as in notebook 01):
+- geometry: per-vertex error (mm) at the apex and over the clip on expression-only meshes (zero pose,
+  ground-truth shape, predicted expression, plus DGMD's offsets rotated into the model frame), and temporal jitter
+  of the same meshes (mm / kept-frame step^2), next to the ground truth's jitter;
+- images: each frame's mesh rendered with the onset frame's colours (``render_frames(albedo="onset")``) and
+  composited over the frame: photometric L1 inside the face, the Inception feature distance and FID (see
+  ``microface.image_metrics.METRIC_NAMES`` for the networks behind them);
+- recognition from reconstruction: the trajectory classifier (``microface.models.trajectory``) on each method's
+  expression trajectories, leave-one-subject-out over the TEST subjects only. Training-subject clips are excluded
+  because the FIELDS row saw their emotion labels. ACC, UF1, UAR and WF1 are reported with chance beside them.
+  DGMD moves vertices, not expression parameters, so its trajectory is DEM's expression plus the least-squares
+  projection of its model-frame offsets onto the face model's expression basis (the Jacobian at neutral).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synth, collate_clips
+from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
+from microface.experiments.refine import RefineBenchmarkSettings, coarse_clips, load_split, model_frame_offsets
+from microface.metrics.geometry import moving_vertices, temporal_jitter
+from microface.models.baseline import build_baseline
+from microface.training.dem import TrainSettings, build_dem, render_frames
+from microface.training.fields import fields_finetune
+from microface.training.loop import load_checkpoint
+from microface.utils.checks import config_from_dict
+from microface.utils.io import write_table
+from microface.utils.runtime import progress
+from microface.viz.curves import training_curves
+
+TABLE_NAME = "main_table"
+METHODS = ("per-frame baseline", "baseline-FT", "DEM", "DEM + DGMD", "FIELDS")
+
+
+@dataclass
+class EvaluationSettings:
+    """The ``evaluate:`` section of a profile config.
+
+    fields: ``FieldsScheduleConfig`` keys (step1/step2 epochs and lr, step2_weights); emotion_hidden: width of the
+    FIELDS emotion head; recognition: ``microface.mer.MERRunConfig`` keys for the trajectory classifier (epochs,
+    batch_size, lr, model); image_batch_size: images per Inception forward pass.
+    """
+
+    fields: dict = field(default_factory=dict)
+    emotion_hidden: int = 64
+    recognition: dict = field(default_factory=dict)
+    image_batch_size: int = 16
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "EvaluationSettings":
+        return config_from_dict(cls, values, "evaluate")
+
+
+# ------------------------------------------------------------------------------------------------- data
+def labelled_clip_tensors(records, class_names: tuple[str, ...], image_size: int, flow_method: str, max_frames: int,
+                          device, show_progress: bool) -> list[ClipTensors]:
+    """ClipTensors of records (as notebook 01 builds them) with ``label`` set to the class index."""
+    clips = clip_tensors_from_synth(records, image_size, flow_method, max_frames, show_progress)
+    out = []
+    for record, clip in zip(records, clips):
+        if record.label not in class_names:
+            raise ValueError(f"clip {record.key}: label {record.label!r} is not one of {class_names}")
+        clip.label = class_names.index(record.label)
+        out.append(_to_device(clip, device))
+    return out
+
+
+def expression_basis(face_model, dtype=torch.float32) -> torch.Tensor:
+    """d vertices / d expression at the neutral face (zero shape, expression, pose): (V*3, E) mm per unit."""
+    E = face_model.n_expression
+    shape, _, pose = (torch.zeros(1, face_model.n_shape, dtype=dtype), None, torch.zeros(1, 6, dtype=dtype))
+
+    def vertices(expression: torch.Tensor) -> torch.Tensor:
+        return face_model(shape, expression[None], pose).vertices.reshape(-1)
+
+    return torch.autograd.functional.jacobian(vertices, torch.zeros(E, dtype=dtype))
+
+
+def resample_trajectory(values: torch.Tensor, n: int) -> torch.Tensor:
+    """(T, E) per kept frame -> (n, E), linear interpolation over the frame order (clips keep different T)."""
+    T = values.shape[0]
+    if T == n:
+        return values
+    position = torch.linspace(0, T - 1, n, dtype=values.dtype, device=values.device)
+    low = position.floor().long().clamp(max=T - 1)
+    high = (low + 1).clamp(max=T - 1)
+    weight = (position - low.to(values.dtype))[:, None]
+    return values[low] * (1 - weight) + values[high] * weight
+
+
+def offsets_to_expression(offsets: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Least-squares expression change explaining model-frame offsets: (T, V, 3), basis (V*3, E) -> (T, E)."""
+    T = offsets.shape[0]
+    solution = torch.linalg.lstsq(basis[None].expand(T, -1, -1), offsets.reshape(T, -1, 1)).solution
+    return solution[..., 0]
+
+
+# ---------------------------------------------------------------------------------------------- methods
+def load_methods(coarse_dir: Path, refine_dir: Path, out_dir: Path, face_model, dem_settings: dict,
+                 dgmd_settings: dict, settings: EvaluationSettings, train_clips: list[ClipTensors],
+                 n_classes: int, seed: int, device) -> tuple[dict, object, list[dict]]:
+    """The trained models: {method: coarse model (DEM interface)}, the DGMD, and FIELDS' training history
+    (FIELDS is trained here, from notebook 01's DEM, on the training subjects' ME clips; resumable)."""
+    from microface.models.dgmd import build_dgmd
+    from microface.models.fields import EmotionHead, FieldsScheduleConfig
+
+    config = CoarseBenchmarkSettings.from_dict(dem_settings)
+    checkpoints = Path(coarse_dir) / "checkpoints"
+    for name in ("baseline.pt", "baseline_ft.pt", "dem.pt"):
+        if not (checkpoints / name).is_file():
+            raise FileNotFoundError(f"{checkpoints / name} is missing: run notebook 01_dem_pretrain first")
+    dgmd_path = Path(refine_dir) / "checkpoints" / "dgmd.pt"
+    if not dgmd_path.is_file():
+        raise FileNotFoundError(f"{dgmd_path} is missing: run notebook 02_dgmd_refine first")
+    models = {}
+    for method, name in (("per-frame baseline", "baseline.pt"), ("baseline-FT", "baseline_ft.pt")):
+        model = build_baseline(face_model, config.encoder, seed).to(device)
+        load_checkpoint(checkpoints / name, model)
+        models[method] = model.eval()
+    dem = build_dem(face_model, config.encoder, config.model, seed).to(device)
+    load_checkpoint(checkpoints / "dem.pt", dem)
+    models["DEM"] = dem.eval()
+    dgmd = build_dgmd(face_model, RefineBenchmarkSettings.from_dict(dgmd_settings).model, seed).to(device)
+    load_checkpoint(dgmd_path, dgmd)
+
+    fields_dem = build_dem(face_model, config.encoder, config.model, seed).to(device)
+    load_checkpoint(checkpoints / "dem.pt", fields_dem)
+    torch.manual_seed(seed)
+    head = EmotionHead(face_model.n_expression, face_model.n_shape, n_classes, settings.emotion_hidden).to(device)
+    train = TrainSettings(epochs=1, lr=config.finetune_lr, seed=seed, batch_size=config.batch_size,
+                          weights=dict(config.weights), albedo=config.albedo)
+    history = fields_finetune(fields_dem, head, face_model, train_clips, train,
+                              FieldsScheduleConfig.from_dict(settings.fields), Path(out_dir) / "checkpoints")
+    models["FIELDS"] = fields_dem.eval()
+    return models, dgmd.eval(), history
+
+
+# -------------------------------------------------------------------------------------------- scoring
+@torch.no_grad()
+def score_method(method: str, model, dgmd, face_model, clips: list[ClipTensors], basis: torch.Tensor,
+                 renderer, moving_threshold_mm: float, n_frames: int,
+                 refine_inputs: list[ClipTensors] | None = None) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Geometry rows per clip (refined by ``dgmd`` unless it is None), and the method's images / trajectories:
+    {"rendered" (N,3,H,W) composites, "target" (N,3,H,W), "alpha" (N,1,H,W), "trajectory" (clips, n_frames, E)
+    resampled uniformly in frame order}. refine_inputs: the clips at DGMD's resolution (None: the same)."""
+    refine, scoring = coarse_clips(model, face_model, clips, refine_inputs)
+    rows, rendered, targets, alphas, trajectories = [], [], [], [], []
+    for clip, refine_clip_data, truth in zip(clips, refine, scoring):
+        batch = collate_clips([clip])
+        recon = truth.reconstruction  # coarse_clips ran the model once; reuse it
+        mesh, expression = truth.expression_only, recon.output.expression[0]
+        if dgmd is not None:
+            from microface.training.dgmd import refine_clip
+
+            offsets = refine_clip(dgmd, refine_clip_data).offsets
+            model_offsets = model_frame_offsets(offsets, truth.rotation)
+            mesh = mesh + model_offsets
+            expression = expression + offsets_to_expression(model_offsets, basis)
+            recon = dataclasses.replace(recon, vertices=recon.vertices + offsets[None])
+        error = (mesh - truth.truth).norm(dim=-1)
+        moving = moving_vertices(truth.truth, truth.apex, moving_threshold_mm)
+        rows.append({"method": method, "key": clip.key, "apex_error_mm": float(error[truth.apex].mean()),
+                     "clip_error_mm": float(error.mean()),
+                     "moving_apex_error_mm": float(error[truth.apex, moving].mean()) if moving.any() else float("nan"),
+                     "jitter_mm_per_frame2": float(temporal_jitter(mesh)),
+                     "gt_jitter_mm_per_frame2": float(temporal_jitter(truth.truth))})
+        out = render_frames(recon, face_model, batch.frames, renderer, "onset")
+        target = batch.frames[0]
+        rendered.append(out.alpha * out.image + (1 - out.alpha) * target)
+        targets.append(target)
+        alphas.append(out.alpha)
+        trajectories.append(resample_trajectory(expression, n_frames))
+    return rows, {"rendered": torch.cat(rendered), "target": torch.cat(targets), "alpha": torch.cat(alphas),
+                  "trajectory": torch.stack(trajectories)}
+
+
+def recognition_scores(method: str, trajectories: torch.Tensor, clips: list[ClipTensors], subjects: list[str],
+                       test_subjects: list[str], class_names: tuple[str, ...], settings: EvaluationSettings,
+                       out_dir: Path, seed: int, device) -> dict:
+    """Trajectory classifier, LOSO over every subject's clips (N, T, E), scored on the TEST subjects' folds only
+    (pooled ACC/UF1/UAR/WF1 of their predictions). A fold's classifier trains on the other subjects' trajectories;
+    the reconstruction models never saw a test subject's clips, so a scored fold has no leakage."""
+    from microface.experiments.mer import MERSamples, run_loso
+    from microface.metrics.recognition import mer_scores
+
+    samples = MERSamples(inputs={"trajectory": trajectories.cpu()},
+                         labels=torch.tensor([c.label for c in clips]), subjects=subjects,
+                         datasets=["synth"] * len(clips), clip_ids=[c.key for c in clips], class_names=class_names)
+    model = {"n_expression": int(trajectories.shape[-1]), **settings.recognition.get("model", {})}
+    config = {**settings.recognition, "model": model, "seed": seed}
+    result = run_loso("trajectory", samples, config, Path(out_dir) / "recognition" / method.replace(" ", "_"),
+                      device=device)
+    scored = result.predictions[result.predictions["subject"].isin(test_subjects)]
+    scores = mer_scores(scored["truth_index"].to_numpy(), scored["predicted_index"].to_numpy(),
+                        list(range(len(class_names))))
+    return {"mer_acc": scores.acc, "mer_uf1": scores.uf1, "mer_uar": scores.uar, "mer_wf1": scores.wf1}
+
+
+@dataclass
+class EvalData:
+    """What every scored method shares: the face model, labelled train / test clips and their records, the class
+    names, the expression basis, the renderer, the moving threshold, the trajectory length, and the real frames'
+    Inception features once computed (the FID reference); train / test_refine_inputs: the same clips at DGMD's
+    resolution when it differs from DEM's (else None)."""
+
+    face_model: object
+    train_records: list
+    test_records: list
+    train_clips: list[ClipTensors]
+    test_clips: list[ClipTensors]
+    class_names: tuple[str, ...]
+    basis: torch.Tensor
+    renderer: object
+    threshold_mm: float
+    n_frames: int
+    split_label: str
+    real_features: torch.Tensor | None = None
+    train_refine_inputs: list[ClipTensors] | None = None
+    test_refine_inputs: list[ClipTensors] | None = None
+
+    @property
+    def subjects(self) -> list[str]:
+        return [f"synth/{r.subject}" for r in self.train_records + self.test_records]
+
+    @property
+    def test_subjects(self) -> list[str]:
+        return [f"synth/{r.subject}" for r in self.test_records]
+
+
+def prepare_eval_data(synth_root, coarse_dir, dem_settings: dict, dgmd_settings: dict, class_map: str,
+                      image_size: int, flow_method: str, device, show_progress: bool = True) -> EvalData:
+    """Load the split's train / test ME clips with labels (the class map's order) and the shared pieces."""
+    from microface.data.datasets import load_dataset
+    from microface.data.datasets.synth import CLASS_MAPS
+    from microface.face.open_model import OpenFaceModel
+    from microface.render.renderer import MeshRenderer
+
+    config = CoarseBenchmarkSettings.from_dict(dem_settings)
+    split = load_split(coarse_dir)
+    class_names = tuple(CLASS_MAPS[class_map].order)
+    micro = {r.key: r for r in load_dataset("synth", Path(synth_root), kind="micro", class_map=class_map)}
+    train_records = [micro[k] for k in split["micro_train"] if k in micro]
+    test_records = [micro[k] for k in split["micro_test"] if k in micro]
+    if not test_records:
+        raise ValueError(f"{coarse_dir}/split.json: none of its test clips carries a {class_map!r} label in {synth_root}")
+    train_clips = labelled_clip_tensors(train_records, class_names, image_size, flow_method, config.max_frames,
+                                        device, show_progress)
+    test_clips = labelled_clip_tensors(test_records, class_names, image_size, flow_method, config.max_frames,
+                                       device, show_progress)
+    refine_settings = RefineBenchmarkSettings.from_dict(dgmd_settings)
+    refine_size = refine_settings.image_size
+    train_refine = test_refine = None
+    if refine_size not in (None, image_size):
+        train_refine = labelled_clip_tensors(train_records, class_names, refine_size, flow_method, config.max_frames,
+                                             device, show_progress)
+        test_refine = labelled_clip_tensors(test_records, class_names, refine_size, flow_method, config.max_frames,
+                                            device, show_progress)
+    face_model = OpenFaceModel().to(device)
+    return EvalData(face_model=face_model, train_records=train_records, test_records=test_records,
+                    train_clips=train_clips, test_clips=test_clips, class_names=class_names,
+                    basis=expression_basis(face_model).to(device), renderer=MeshRenderer(),
+                    threshold_mm=refine_settings.moving_threshold_mm, n_frames=config.max_frames,
+                    split_label=split["label"], train_refine_inputs=train_refine, test_refine_inputs=test_refine)
+
+
+def method_row(method: str, model, dgmd, data: EvalData, settings: EvaluationSettings, out_dir: Path, seed: int,
+               device, image_metrics: bool = True, recognition: bool = True) -> tuple[dict, list[dict]]:
+    """One table row (geometry, image metrics, recognition from reconstruction) and its per-clip rows."""
+    from microface.metrics.image import fid_from_features, inception_pool_features, perceptual_distance, photometric_l1
+
+    clip_rows, images = score_method(method, model, dgmd, data.face_model, data.test_clips, data.basis, data.renderer,
+                                     data.threshold_mm, data.n_frames, data.test_refine_inputs)
+    frame = pd.DataFrame(clip_rows)
+    row = {"method": method, **frame.drop(columns=["method", "key"]).mean().to_dict(),
+           "apex_error_std_mm": float(frame["apex_error_mm"].std())}
+    row["photometric_l1"] = photometric_l1(images["rendered"], images["target"], images["alpha"])
+    if image_metrics:
+        row["perceptual"] = perceptual_distance(images["rendered"], images["target"], images["alpha"],
+                                                batch_size=settings.image_batch_size)
+        if data.real_features is None:
+            data.real_features = inception_pool_features(images["target"], settings.image_batch_size, progress=False)
+        rendered = inception_pool_features(images["rendered"], settings.image_batch_size, progress=False)
+        row["fid"] = fid_from_features(rendered, data.real_features)
+    if recognition:
+        _, train_images = score_method(method, model, dgmd, data.face_model, data.train_clips, data.basis,
+                                       data.renderer, data.threshold_mm, data.n_frames, data.train_refine_inputs)
+        trajectories = torch.cat([train_images["trajectory"], images["trajectory"]])
+        row.update(recognition_scores(method, trajectories, data.train_clips + data.test_clips, data.subjects,
+                                      data.test_subjects, data.class_names, settings, out_dir, seed, device))
+    return row, clip_rows
+
+
+def finish_table(rows: list[dict], data: EvalData) -> pd.DataFrame:
+    """Rows -> table with the chance levels, the test-clip count, the split and the recognition protocol."""
+    table = pd.DataFrame(rows)
+    labels = np.array([c.label for c in data.test_clips])
+    counts = np.bincount(labels, minlength=len(data.class_names))
+    table["mer_acc_majority"] = float(counts.max() / counts.sum())
+    table["mer_uar_chance"] = 1.0 / len(data.class_names)
+    table["n_test_clips"] = len(data.test_clips)
+    table["split"] = data.split_label
+    table["mer_protocol"] = (f"LOSO over all {len(set(data.subjects))} subjects, scored on the "
+                             f"{len(set(data.test_subjects))} test subjects' folds (fixed-epoch)")
+    return table
+
+
+def run_evaluation(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dict, dgmd_settings: dict,
+                   eval_settings: dict, class_map: str = "5class", seed: int = 0, *, image_size: int = 64,
+                   flow_method: str = "dis", device="cpu", show_progress: bool = True) -> pd.DataFrame:
+    """Score every method (module docstring) and write ``main_table.csv`` / ``.md``, ``per_clip.csv`` and the FIELDS
+    ``training_curves.csv`` under ``out_dir``. Returns the table, one row per method."""
+    settings = EvaluationSettings.from_dict(eval_settings)
+    out_dir, device = Path(out_dir), torch.device(device)
+    _check_run_description(out_dir, {"evaluate": asdict(settings), "dem": dem_settings, "dgmd": dgmd_settings,
+                                     "seed": seed, "image_size": image_size, "flow_method": flow_method,
+                                     "class_map": class_map, "coarse_split": load_split(coarse_dir)["label"]})
+    data = prepare_eval_data(synth_root, coarse_dir, dem_settings, dgmd_settings, class_map, image_size, flow_method,
+                             device, show_progress)
+    models, dgmd, fields_history = load_methods(coarse_dir, refine_dir, out_dir, data.face_model, dem_settings,
+                                                dgmd_settings, settings, data.train_clips, len(data.class_names), seed,
+                                                device)
+    per_clip, rows = [], []
+    for method in progress(METHODS, desc="evaluate methods", disable=not show_progress):
+        model = models["DEM" if method == "DEM + DGMD" else method]
+        row, clip_rows = method_row(method, model, dgmd if method == "DEM + DGMD" else None, data, settings, out_dir,
+                                    seed, device)
+        rows.append(row)
+        per_clip += clip_rows
+    table = finish_table(rows, data)
+    write_table(pd.DataFrame(per_clip), out_dir, "per_clip", markdown=False)
+    write_table(table, out_dir, TABLE_NAME)
+    stages: dict[str, list[dict]] = {}
+    for record in fields_history:
+        stages.setdefault(f"FIELDS {record['stage']}", []).append({k: v for k, v in record.items() if k != "stage"})
+    write_table(training_curves(stages), out_dir, "training_curves", markdown=False)
+    return table
+
+
+@torch.no_grad()
+def qualitative_example(synth_root, coarse_dir, refine_dir, dem_settings: dict, dgmd_settings: dict,
+                        class_map: str = "5class", seed: int = 0, *, image_size: int = 64, flow_method: str = "dis",
+                        device="cpu", clip_index: int | None = None) -> dict:
+    """Arrays for the qualitative figures of one test clip (default: the one with the most moving vertices).
+
+    Returns frames / coarse / refined (T, H, W, 3) float in [0, 1] (renders composited over the frames), the
+    expression-only meshes: vertices_coarse / vertices_refined / vertices_truth (T, V, 3) mm, faces (F, 3),
+    error_coarse / error_refined (T, V) mm, gate (T, V), displacement_{truth,coarse,refined} (T,) mean displacement
+    of the moving vertices from the onset (mm), apex (kept-frame index), key.
+    """
+    from microface.experiments.refine import most_moving_clip
+    from microface.models.dgmd import build_dgmd
+    from microface.training.dgmd import refine_clip
+
+    device = torch.device(device)
+    data = prepare_eval_data(synth_root, coarse_dir, dem_settings, dgmd_settings, class_map, image_size, flow_method,
+                             device, show_progress=False)
+    config = CoarseBenchmarkSettings.from_dict(dem_settings)
+    dem = build_dem(data.face_model, config.encoder, config.model, seed).to(device)
+    load_checkpoint(Path(coarse_dir) / "checkpoints" / "dem.pt", dem)
+    dgmd = build_dgmd(data.face_model, RefineBenchmarkSettings.from_dict(dgmd_settings).model, seed).to(device)
+    load_checkpoint(Path(refine_dir) / "checkpoints" / "dgmd.pt", dgmd)
+    dem.eval(), dgmd.eval()
+    refine, scoring = coarse_clips(dem, data.face_model, data.test_clips, data.test_refine_inputs)
+    k = most_moving_clip(scoring, data.threshold_mm) if clip_index is None else clip_index
+    clip, truth = data.test_clips[k], scoring[k]
+    refinement = refine_clip(dgmd, refine[k])
+    refined_mesh = truth.expression_only + model_frame_offsets(refinement.offsets, truth.rotation)
+    batch = collate_clips([clip])
+    renders = {}
+    for name, offsets in (("coarse", None), ("refined", refinement.offsets)):
+        recon = truth.reconstruction
+        if offsets is not None:
+            recon = dataclasses.replace(recon, vertices=recon.vertices + offsets[None])
+        out = render_frames(recon, data.face_model, batch.frames, data.renderer, "onset")
+        renders[name] = (out.alpha * out.image + (1 - out.alpha) * batch.frames[0]).permute(0, 2, 3, 1).cpu().numpy()
+    moving = moving_vertices(truth.truth, truth.apex, data.threshold_mm)
+
+    def displacement(mesh: torch.Tensor) -> np.ndarray:
+        return (mesh - mesh[:1]).norm(dim=-1)[:, moving].mean(-1).cpu().numpy()
+
+    return {"key": clip.key, "apex": truth.apex, "times": clip.times.cpu().numpy(),
+            "frames": batch.frames[0].permute(0, 2, 3, 1).cpu().numpy(), "coarse": renders["coarse"],
+            "refined": renders["refined"], "faces": data.face_model.faces.cpu().numpy(),
+            "vertices_coarse": truth.expression_only.cpu().numpy(), "vertices_refined": refined_mesh.cpu().numpy(),
+            "vertices_truth": truth.truth.cpu().numpy(),
+            "error_coarse": (truth.expression_only - truth.truth).norm(dim=-1).cpu().numpy(),
+            "error_refined": (refined_mesh - truth.truth).norm(dim=-1).cpu().numpy(),
+            "gate": refinement.gate.cpu().numpy(), "displacement_truth": displacement(truth.truth),
+            "displacement_coarse": displacement(truth.expression_only), "displacement_refined": displacement(refined_mesh)}

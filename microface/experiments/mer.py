@@ -1,0 +1,460 @@
+"""Leave-one-subject-out (LOSO) training and evaluation of the MER models (FDP, MOL, trajectory classifier).
+
+``run_loso(model_name, samples, config, out_dir, protocol="fixed-epoch")`` trains one model per fold with
+:func:`microface.train.fit` (seeded, checkpointed, resumable), predicts the held-out subject, pools the
+predictions over folds and scores them with :mod:`microface.metrics.recognition`. Folds and the epoch-selection protocols
+come from :mod:`microface.data.folds`:
+
+- "fixed-epoch" (default): train ``epochs`` epochs and report the last; the test subject is touched only
+  once, after training.
+- "test-peek": evaluate the test subject after every epoch and report its best epoch, as FDP's and MOL's
+  public code do (a leak of test labels into model selection). Only when asked by name; every table carries
+  its protocol.
+
+Outputs, under ``out_dir/<model>/<protocol>/`` (each written to a temporary file, then renamed):
+``predictions.csv`` (one row per clip), ``folds.csv`` (per fold: sizes, selected epoch, training seconds),
+``metrics.csv`` (ACC/UF1/UAR/WF1 per source dataset and pooled over all), ``confusion.csv``, ``run.json``;
+checkpoints in ``checkpoints/<subject>.pt`` (an interrupted run resumes from them) and, under test-peek, the
+per-epoch test logits in ``peek/<subject>/epoch_XXXX.pt``.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from microface.data.folds import check_protocol, label_table, loso_folds, select_epoch
+from microface.metrics.recognition import confusion_table, mer_breakdown, mer_scores
+from microface.models.fdp import FDP, FDPConfig, fdp_loss
+from microface.models.mol import MOL, MOLConfig, mol_loss
+from microface.models.trajectory import TrajectoryClassifier, TrajectoryConfig, trajectory_loss
+from microface.training.loop import TrainConfig, fit
+from microface.utils.checks import config_from_dict
+from microface.utils.io import atomic_torch_save, write_csv_atomic, write_json_atomic
+from microface.utils.runtime import progress, seed_everything
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass
+class MERSamples:
+    """The clips a LOSO run sees, as tensors (N clips).
+
+    inputs: name -> tensor with N first. Keys the models read:
+        "clips" (N, T, C, H, W) frames in time order (FDP);
+        "pair" (N, 2C, S, S) onset then apex frame (MOL), with optional "flow" (N, 2, H, W) onset->apex flow in
+        pixels of its grid and "landmarks" (N, 68, 2) apex landmarks in pixels of the pair's frames;
+        "trajectory" (N, T, E) expression parameters per frame (trajectory classifier).
+    labels: (N,) long, indices into ``class_names``.
+    subjects, datasets, clip_ids: N strings each; subjects should be unique across datasets (e.g. "casme2/sub01").
+    class_names: the fixed label order (K,), e.g. ("negative", "positive", "surprise").
+    """
+
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    subjects: list[str]
+    datasets: list[str]
+    clip_ids: list[str]
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        self.labels = torch.as_tensor(self.labels, dtype=torch.long)
+        self.class_names = tuple(self.class_names)
+        n = self.labels.shape[0]
+        if self.labels.ndim != 1:
+            raise ValueError(f"labels: expected (N,), got {tuple(self.labels.shape)}")
+        for name, values in (("subjects", self.subjects), ("datasets", self.datasets), ("clip_ids", self.clip_ids)):
+            if len(values) != n:
+                raise ValueError(f"{name}: expected {n} entries (one per label), got {len(values)}")
+        for name, tensor in self.inputs.items():
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim < 1 or tensor.shape[0] != n:
+                found = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ValueError(f"inputs[{name!r}]: expected a tensor with {n} rows first, got {found}")
+        if len(set(self.class_names)) != len(self.class_names) or len(self.class_names) < 2:
+            raise ValueError(f"class_names: expected >= 2 distinct names, got {self.class_names}")
+        if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.class_names)):
+            raise ValueError(
+                f"labels must index class_names (0..{len(self.class_names) - 1}), found {int(self.labels.min())}.."
+                f"{int(self.labels.max())}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, indices: np.ndarray | torch.Tensor, keys: Sequence[str], device: torch.device | str = "cpu"
+              ) -> dict[str, torch.Tensor]:
+        """Rows ``indices`` of the inputs named ``keys`` plus "labels", moved to ``device``."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        out = {key: self.inputs[key][idx].to(device) for key in keys}
+        out["labels"] = self.labels[idx].to(device)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How the driver builds, trains and queries one model.
+
+    build(model_config dict) -> nn.Module; required / optional: input keys (see MERSamples);
+    loss(model, batch) -> {"loss", ...} scalars; logits(model, batch) -> (B, K).
+    """
+
+    build: Callable[[Mapping[str, Any]], nn.Module]
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    loss: Callable[[nn.Module, dict], dict[str, torch.Tensor]]
+    logits: Callable[[nn.Module, dict], torch.Tensor]
+
+
+def _fdp_loss(model: FDP, batch: dict) -> dict[str, torch.Tensor]:
+    return fdp_loss(model(batch["clips"]), batch["clips"], batch["labels"], model.config)
+
+
+def _mol_loss(model: MOL, batch: dict) -> dict[str, torch.Tensor]:
+    return mol_loss(model(batch["pair"]), batch["labels"], model.config, batch.get("flow"), batch.get("landmarks"))
+
+
+MODELS: dict[str, ModelSpec] = {
+    "fdp": ModelSpec(
+        build=lambda cfg: FDP(FDPConfig.from_dict(cfg)),
+        required=("clips",), optional=(),
+        loss=_fdp_loss,
+        logits=lambda model, batch: model(batch["clips"]).logits,
+    ),
+    "mol": ModelSpec(
+        build=lambda cfg: MOL(MOLConfig.from_dict(cfg)),
+        required=("pair",), optional=("flow", "landmarks"),
+        loss=_mol_loss,
+        logits=lambda model, batch: model(batch["pair"]).logits,
+    ),
+    "trajectory": ModelSpec(
+        build=lambda cfg: TrajectoryClassifier(TrajectoryConfig.from_dict(cfg)),
+        required=("trajectory",), optional=(),
+        loss=lambda model, batch: trajectory_loss(model(batch["trajectory"]), batch["labels"]),
+        logits=lambda model, batch: model(batch["trajectory"]),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class MERRunConfig:
+    """One LOSO run: optimisation settings shared by every fold, and the model's own config.
+
+    epochs (>= 1), batch_size, eval_batch_size, lr, weight_decay, grad_clip (None for none), seed: as in
+    TrainConfig; the model is initialised from ``seed`` in every fold, and epoch e's batch order from
+    ``(seed, e)``. model: the model config mapping (FDPConfig / MOLConfig / TrajectoryConfig keys); its
+    n_classes, when absent, is taken from the samples' class names.
+    """
+
+    epochs: int = 10
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    model: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError(
+                f"MER run config: epochs, batch_size, eval_batch_size must be >= 1, got "
+                f"{self.epochs}, {self.batch_size}, {self.eval_batch_size}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "MERRunConfig":
+        return config_from_dict(cls, values, "MER run")
+
+
+def model_config_for(spec_name: str, config: MERRunConfig, class_names: Sequence[str]) -> dict[str, Any]:
+    """The model config with ``n_classes`` filled from ``class_names`` (checked when given)."""
+    model_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(config.model).items()}
+    n_classes = len(class_names)
+    if model_cfg.setdefault("n_classes", n_classes) != n_classes:
+        raise ValueError(f"{spec_name} config: n_classes={model_cfg['n_classes']} but the samples have "
+                         f"{n_classes} classes {tuple(class_names)}")
+    return model_cfg
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LOSO
+
+
+@dataclass
+class LOSOResult:
+    """Tables of one LOSO run (all carry a ``protocol`` column) and the folder they were written to.
+
+    predictions: one row per clip; folds: one row per fold; metrics: one row per source dataset + "all";
+    confusion: (K, K) pooled counts, truth x prediction.
+    """
+
+    protocol: str
+    predictions: pd.DataFrame
+    folds: pd.DataFrame
+    metrics: pd.DataFrame
+    confusion: pd.DataFrame
+    out_dir: Path
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "subject"
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, spec: ModelSpec, samples: MERSamples, indices: np.ndarray,
+                   batch_size: int, device: torch.device | str) -> torch.Tensor:
+    """Logits ``(len(indices), K)`` of ``model`` in eval mode, on CPU."""
+    model.eval()
+    keys = [k for k in spec.required]
+    chunks = [spec.logits(model, samples.batch(indices[i:i + batch_size], keys, device)).float().cpu()
+              for i in range(0, len(indices), batch_size)]
+    return torch.cat(chunks)
+
+
+def _check_inputs(model_name: str, spec: ModelSpec, samples: MERSamples) -> tuple[str, ...]:
+    missing = [k for k in spec.required if k not in samples.inputs]
+    if missing:
+        raise ValueError(f"model {model_name!r} needs samples.inputs {list(spec.required)}; missing {missing} "
+                         f"(found {sorted(samples.inputs)})")
+    return spec.required + tuple(k for k in spec.optional if k in samples.inputs)
+
+
+def run_loso(model_name: str, samples: MERSamples, config: MERRunConfig | Mapping[str, Any], out_dir: Path | str,
+             protocol: str = "fixed-epoch", device: torch.device | str = "cpu") -> LOSOResult:
+    """Train and test ``model_name`` ("fdp", "mol" or "trajectory") over LOSO folds of ``samples``.
+
+    config: MERRunConfig or its mapping. protocol: "fixed-epoch" (default) or "test-peek" (reproduces the
+    published code's best-epoch-on-test selection; labelled everywhere). Returns the pooled tables, also
+    written under ``out_dir/<model_name>/<protocol>/``. Rerunning with the same arguments resumes from the
+    per-fold checkpoints; a changed config raises rather than mixing runs.
+    """
+    if model_name not in MODELS:
+        raise ValueError(f"model_name must be one of {sorted(MODELS)}, got {model_name!r}")
+    check_protocol(protocol)
+    spec = MODELS[model_name]
+    config = config if isinstance(config, MERRunConfig) else MERRunConfig.from_dict(config)
+    keys = _check_inputs(model_name, spec, samples)
+    model_cfg = model_config_for(model_name, config, samples.class_names)
+    run_dir = Path(out_dir) / model_name / protocol
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic({"model": model_name, "protocol": protocol, "config": asdict(config) | {"model": model_cfg},
+                       "n_clips": len(samples), "class_names": list(samples.class_names)}, run_dir / "run.json")
+
+    folds = loso_folds(samples.subjects)
+    file_names = [_safe_name(fold.test_subject) for fold in folds]
+    if len(set(file_names)) != len(file_names):
+        raise ValueError(f"subjects {[f.test_subject for f in folds]} collide as file names {file_names}; rename them")
+    class_names = list(samples.class_names)
+    prediction_rows, fold_rows = [], []
+    for fold in progress(folds, desc=f"{model_name} LOSO ({protocol})", unit="fold"):
+        selected_epoch, logits, history = _run_fold(model_name, spec, samples, fold, config, model_cfg, keys,
+                                                    protocol, run_dir, device)
+        probabilities = torch.softmax(logits, dim=1).numpy()
+        predicted = probabilities.argmax(1)
+        for row, clip in enumerate(fold.test_idx.tolist()):
+            truth = int(samples.labels[clip])
+            prediction_rows.append({
+                "model": model_name, "fold": fold.test_subject, "dataset": samples.datasets[clip],
+                "subject": samples.subjects[clip], "clip_id": samples.clip_ids[clip],
+                "truth": class_names[truth], "predicted": class_names[int(predicted[row])],
+                "truth_index": truth, "predicted_index": int(predicted[row]), "epoch": selected_epoch,
+                **{f"p_{name}": float(probabilities[row, k]) for k, name in enumerate(class_names)},
+            })
+        fold_rows.append({
+            "model": model_name, "test_subject": fold.test_subject, "n_train": len(fold.train_idx),
+            "n_test": len(fold.test_idx), "epochs": config.epochs, "selected_epoch": selected_epoch,
+            "train_seconds": float(sum(h["epoch_seconds"] for h in history)),
+            "final_train_loss": float(history[-1]["loss"]),
+            "fold_acc": float((predicted == samples.labels[fold.test_idx].numpy()).mean()),
+        })
+
+    predictions = label_table(pd.DataFrame(prediction_rows), protocol)
+    fold_table = label_table(pd.DataFrame(fold_rows), protocol)
+    metrics = mer_breakdown(predictions["truth"].to_numpy(), predictions["predicted"].to_numpy(),
+                            predictions["dataset"].to_numpy(), class_names)
+    metrics.insert(0, "model", model_name)
+    metrics = label_table(metrics, protocol)
+    scores = mer_scores(predictions["truth"].to_numpy(), predictions["predicted"].to_numpy(), class_names)
+    confusion = label_table(confusion_table(scores).reset_index(), protocol)
+    write_csv_atomic(predictions, run_dir / "predictions.csv")
+    write_csv_atomic(fold_table, run_dir / "folds.csv")
+    write_csv_atomic(metrics, run_dir / "metrics.csv")
+    write_csv_atomic(confusion, run_dir / "confusion.csv")
+    return LOSOResult(protocol, predictions, fold_table, metrics, confusion, run_dir)
+
+
+def _run_fold(model_name: str, spec: ModelSpec, samples: MERSamples, fold, config: MERRunConfig,
+              model_cfg: dict, keys: tuple[str, ...], protocol: str, run_dir: Path, device
+              ) -> tuple[int, torch.Tensor, list[dict]]:
+    """Train one fold (resuming from its checkpoint); return (selected epoch, test logits (N_test, K), history)."""
+    subject_name = _safe_name(fold.test_subject)
+    checkpoint = run_dir / "checkpoints" / f"{subject_name}.pt"
+    peek_dir = run_dir / "peek" / subject_name
+    train_config = TrainConfig(
+        epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay, seed=config.seed,
+        grad_clip=config.grad_clip,
+        extra={"model": model_name, "model_config": model_cfg, "protocol": protocol, "batch_size": config.batch_size,
+               "test_subject": fold.test_subject, "n_train": len(fold.train_idx), "inputs": list(keys)},
+    )
+    seed_everything(config.seed)
+    model = spec.build(model_cfg).to(device)
+    train_idx, test_idx = fold.train_idx, fold.test_idx
+    epoch_start: dict[str, float] = {}
+
+    def batches(epoch: int):
+        epoch_start["t"] = time.perf_counter()
+        order = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        for start in range(0, len(train_idx), config.batch_size):
+            yield samples.batch(train_idx[order[start:start + config.batch_size].numpy()], keys, device)
+
+    def epoch_end(model: nn.Module, epoch: int) -> dict[str, float]:
+        record = {"epoch_seconds": time.perf_counter() - epoch_start["t"]}
+        if protocol == "test-peek":  # the leak this protocol is named for: test-subject scores every epoch
+            logits = predict_logits(model, spec, samples, test_idx, config.eval_batch_size, device)
+            atomic_torch_save(logits, peek_dir / f"epoch_{epoch:04d}.pt")
+            record["test_acc"] = float((logits.argmax(1) == samples.labels[test_idx]).float().mean())
+        return record
+
+    history = fit(model, lambda m, batch: spec.loss(m, batch), batches, train_config, checkpoint,
+                  epoch_end_fn=epoch_end, desc=f"fold {fold.test_subject}")
+    if protocol == "fixed-epoch":
+        epoch = select_epoch(protocol, fixed_epoch=config.epochs - 1)
+        return epoch, predict_logits(model, spec, samples, test_idx, config.eval_batch_size, device), history
+    per_epoch = []
+    for e in range(config.epochs):
+        path = peek_dir / f"epoch_{e:04d}.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: delete {checkpoint} and run the fold again")
+        per_epoch.append(torch.load(path, map_location="cpu"))
+    predictions = torch.stack([logits.argmax(1) for logits in per_epoch]).numpy()
+    epoch = select_epoch(protocol, per_epoch_test_predictions=predictions,
+                         test_labels=samples.labels[test_idx].numpy())
+    return epoch, per_epoch[epoch], history
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Samples from the prepared cache (``microface prepare``)
+
+INPUT_KINDS = ("clips", "pair", "flow", "landmarks", "trajectory")
+
+
+def sample_frame_indices(onset: int, apex: int, offset: int, n_frames: int) -> np.ndarray:
+    """``n_frames`` indices (n,) from onset up to apex, then down to offset, evenly spaced in each phase.
+
+    The first half (rounded up) spans onset..apex inclusive, the rest spans apex..offset excluding the apex;
+    with offset == apex every frame comes from the rise. Indices are non-decreasing.
+    """
+    if not 0 <= onset <= apex <= offset:
+        raise ValueError(f"expected 0 <= onset <= apex <= offset, got {onset}, {apex}, {offset}")
+    if n_frames < 2:
+        raise ValueError(f"n_frames must be >= 2, got {n_frames}")
+    n_rise = n_frames if offset == apex else (n_frames + 1) // 2
+    rise = np.linspace(onset, apex, n_rise)
+    fall = np.linspace(apex, offset, n_frames - n_rise + 1)[1:]
+    return np.rint(np.concatenate([rise, fall])).astype(np.int64)
+
+
+def _frames_to_tensor(frames: np.ndarray, gray: bool | None) -> torch.Tensor:
+    """uint8 frames (T, S, S) or (T, S, S, 3) -> float (T, C, S, S) in [0, 1]; ``gray`` converts RGB (ITU-R 601)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float() / 255.0
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if gray and x.shape[1] == 3:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    if gray is False and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x
+
+
+def samples_from_prepared(prepared_dir: str | Path, inputs: Sequence[str] = ("clips",), *, n_frames: int = 8,
+                          image_size: int | None = None, gray: bool | None = True,
+                          class_names: Sequence[str] | None = None) -> MERSamples:
+    """Build MERSamples from a ``microface prepare`` cache (``prepared_dir/manifest.json`` + one .npz per clip).
+
+    inputs: any of "clips" (n_frames sampled onset -> apex -> offset, (N, n_frames, C, S, S)), "pair" (onset and
+    apex frames, (N, 2C, S, S)), "flow" (onset -> apex flow, (N, 2, S, S); needs flow_mode "onset"), "landmarks"
+    (apex iBUG-68, (N, 68, 2)), "trajectory" (ground-truth expression parameters at the sampled frames,
+    (N, n_frames, E); synthetic benchmark only). image_size: resize frames (and scale flow and landmarks)
+    to this side; None keeps the cached size. gray: True converts to one channel, False to three, None keeps.
+    class_names: fixed label order; None uses the sorted labels found. Clips without a label (no class map
+    applied, or an emotion the map drops) are left out. Subjects are "<dataset>/<subject>".
+    """
+    from microface.data.preprocess import load_clip, load_manifest
+    from microface.models.mol import resize_flow
+
+    unknown = sorted(set(inputs) - set(INPUT_KINDS))
+    if unknown or not inputs:
+        raise ValueError(f"inputs: expected a non-empty subset of {INPUT_KINDS}, got {list(inputs)}")
+    prepared_dir = Path(prepared_dir)
+    manifest = load_manifest(prepared_dir)
+    if not manifest["clips"]:
+        raise ValueError(f"{prepared_dir} holds no prepared clips (no {prepared_dir / 'manifest.json'} entries); "
+                         "run `microface prepare` first")
+    columns: dict[str, list[torch.Tensor]] = {name: [] for name in inputs}
+    labels, subjects, datasets, clip_ids = [], [], [], []
+    for key in progress(sorted(manifest["clips"]), desc="load prepared clips", unit="clip"):
+        path = prepared_dir / manifest["clips"][key]["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is listed in {prepared_dir / 'manifest.json'} but missing; "
+                                    "run `microface prepare` again to rebuild it")
+        clip = load_clip(path)
+        record = clip["meta"]["record"]
+        if not record.get("label"):
+            continue
+        onset, apex, offset = int(record["onset"]), int(record["apex"]), int(record["offset"])
+        frames = _frames_to_tensor(clip["frames"], gray)  # (T, C, S, S)
+        size = frames.shape[-1]
+        target = image_size or size
+        if target != size:
+            frames = (torch.nn.functional.interpolate(frames, size=(target, target), mode="area") if target < size
+                      else torch.nn.functional.interpolate(frames, size=(target, target), mode="bilinear",
+                                                           align_corners=False))
+        picks = sample_frame_indices(onset, apex, offset, n_frames)
+        if "clips" in columns:
+            columns["clips"].append(frames[picks])
+        if "pair" in columns:
+            columns["pair"].append(torch.cat([frames[onset], frames[apex]], dim=0))
+        if "flow" in columns:
+            if "flow" not in clip or clip["flow"].shape[0] != clip["frames"].shape[0]:
+                raise ValueError(f"{path}: expected onset-mode flow (T, S, S, 2); prepare with flow_mode='onset'")
+            flow = torch.from_numpy(clip["flow"][apex].astype(np.float32)).permute(2, 0, 1)[None]
+            columns["flow"].append(resize_flow(flow, (target, target))[0])
+        if "landmarks" in columns:
+            points = torch.from_numpy(clip["landmarks68"][apex].astype(np.float32)) * (target / size)
+            if not torch.isfinite(points).all():
+                raise ValueError(f"{path}: no landmarks on the apex frame {apex}; prepare with landmarks from "
+                                 "ground truth or leave 'landmarks' out of inputs")
+            columns["landmarks"].append(points)
+        if "trajectory" in columns:
+            truth = record.get("ground_truth")
+            if not truth or not Path(truth).is_file():
+                raise ValueError(f"{path}: clip {key} has no ground-truth file ({truth!r}); 'trajectory' needs the "
+                                 "synthetic benchmark")
+            with np.load(truth) as gt:
+                columns["trajectory"].append(torch.from_numpy(gt["expression"][picks].astype(np.float32)))
+        labels.append(str(record["label"]))
+        subjects.append(f"{record['dataset']}/{record['subject']}")
+        datasets.append(str(record["dataset"]))
+        clip_ids.append(str(record["clip_id"]))
+    if not labels:
+        raise ValueError(f"no labelled clips in {prepared_dir}: prepare records with a class map applied")
+    names = tuple(class_names) if class_names is not None else tuple(sorted(set(labels)))
+    missing = sorted(set(labels) - set(names))
+    if missing:
+        raise ValueError(f"labels {missing} are not in class_names {names}")
+    return MERSamples(
+        inputs={name: torch.stack(values) for name, values in columns.items()},
+        labels=torch.tensor([names.index(label) for label in labels]),
+        subjects=subjects, datasets=datasets, clip_ids=clip_ids, class_names=names,
+    )

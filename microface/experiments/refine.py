@@ -1,0 +1,391 @@
+"""The fine-stage benchmark of notebook 02_dgmd_refine: DEM vs DEM + DGMD on the synthetic benchmark.
+
+It continues the coarse benchmark (``microface.experiments.coarse``, notebook 01): same subject split (read from
+its ``split.json``), same kept frames, and its trained DEM (``checkpoints/dem.pt``) gives the coarse meshes.
+
+- DGMD trains on the TRAINING subjects' ME clips only, with its self-supervised losses (flow, landmarks,
+  Laplacian, normals, offset; ``microface.training.dgmd``) and, where the profile weights it, the
+  supervised ``vertex`` loss on those subjects' 3D ground truth (the synthetic benchmark has it; the test
+  subjects' never enters training). It trains a fixed number of epochs and the last one is scored: no epoch is
+  chosen on test subjects. Settings are chosen on held-out TRAINING subjects
+  (:func:`validate_on_training_subject`, ``tools/validate_dgmd.py``), never on the test subjects.
+- Scores are on the TEST subjects' ME clips, per-vertex errors (mm) against the ground truth, on the same
+  "expression-only" meshes as notebook 01 (zero pose, ground-truth shape, predicted expression), so the DEM row
+  here equals DEM's row there. DGMD's offsets live in the posed camera frame; they are rotated back into the
+  model frame by the inverse of the frame's predicted global rotation and added to the expression-only mesh.
+- Vertices are split into MOVING ones (ground-truth displacement from the onset at the apex above
+  ``moving_threshold_mm``) and STATIC ones, per clip; the columns give the error at the apex and averaged
+  over the clip's kept frames for each part, and the mean motion-attention gate on each part.
+
+Everything is written under ``out_dir``: ``checkpoints/dgmd*.pt`` (resumed by ``microface.train.fit``),
+``refine_table.csv`` / ``.md``, ``per_clip.csv``, ``training_curves.csv``, ``benchmark_config.json``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synth, collate_clips
+from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
+from microface.mesh.geometry import axis_angle_to_matrix
+from microface.metrics.geometry import masked_mean, moving_vertices
+from microface.models.dgmd import DGMDConfig, build_dgmd
+from microface.render.camera import to_render_camera
+from microface.training.dem import Reconstruction, build_dem, reconstruct
+from microface.training.dgmd import DGMDTrainSettings, RefineClip, refine_clip, train_dgmd
+from microface.training.loop import load_checkpoint
+from microface.utils.checks import config_from_dict
+from microface.utils.io import write_table
+from microface.viz.curves import training_curves
+
+TABLE_NAME = "refine_table"
+METHOD_COARSE = "DEM"
+METHOD_REFINED = "DEM + DGMD"
+REFERENCE = "reference: neutral face (no expression)"
+
+
+@dataclass
+class RefineBenchmarkSettings:
+    """The ``dgmd:`` section of a profile config.
+
+    moving_threshold_mm: ground-truth apex displacement above which a vertex counts as moving; image_size: DGMD's
+    own resolution for flow, landmarks and rasterization (None: DEM's, ``data.size``; fine motion needs more
+    pixels than the coarse encoder); model: ``DGMDConfig`` keys; train: ``DGMDTrainSettings`` keys except ``seed``
+    (the profile's seed is used).
+    """
+
+    moving_threshold_mm: float = 0.1
+    image_size: int | None = None
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.moving_threshold_mm > 0:
+            raise ValueError(f"dgmd.moving_threshold_mm: expected > 0, got {self.moving_threshold_mm}")
+        size = self.image_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
+            raise ValueError(f"dgmd.image_size must be an int >= 8 pixels (DGMD's crop size) or null (data.size), "
+                             f"got {size!r}")
+        if "seed" in self.train:
+            raise ValueError("dgmd.train.seed: not a setting here; the profile's top-level seed is used")
+        DGMDConfig.from_dict(self.model)
+        DGMDTrainSettings.from_dict(self.train)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "RefineBenchmarkSettings":
+        return config_from_dict(cls, values, "dgmd")
+
+    def train_settings(self, seed: int, **overrides) -> DGMDTrainSettings:
+        return DGMDTrainSettings.from_dict({**self.train, "seed": seed, **overrides})
+
+
+# ------------------------------------------------------------------------------------------------- data
+@dataclass
+class EvalClip:
+    """What scoring one test clip needs besides its RefineClip (all over the clip's kept frames T).
+
+    expression_only (T, V, 3): DEM's expression on the ground-truth shape at zero pose; truth (T, V, 3): the
+    ground truth at zero pose; neutral (T, V, 3): ground-truth shape, no expression; rotation (T, 3, 3): DEM's
+    predicted global rotation per frame (maps model-frame offsets to the posed frame); apex: kept-frame index;
+    reconstruction: DEM's ``Reconstruction`` of the clip (batch 1), for rendering.
+    """
+
+    expression_only: torch.Tensor
+    truth: torch.Tensor
+    neutral: torch.Tensor
+    rotation: torch.Tensor
+    apex: int
+    key: str
+    reconstruction: Reconstruction | None = None
+
+
+@torch.no_grad()
+def coarse_clips(dem, face_model, clips: list[ClipTensors],
+                 refine_inputs: list[ClipTensors] | None = None) -> tuple[list[RefineClip], list[EvalClip]]:
+    """Run DEM on each clip: RefineClips (DEM's posed meshes, the onset's weak-perspective camera, the clip's
+    flow and landmarks) and the matching EvalClips (see ``EvalClip``). refine_inputs: the same clips at DGMD's
+    own resolution (flow, landmarks and camera are taken from them; None: DEM's resolution)."""
+    dem.eval()
+    if refine_inputs is not None and len(refine_inputs) != len(clips):
+        raise ValueError(f"coarse_clips: {len(refine_inputs)} refine inputs for {len(clips)} clips")
+    refine, scoring = [], []
+    for i, clip in enumerate(clips):
+        batch = collate_clips([clip])
+        recon = reconstruct(dem, face_model, batch.frames, batch.flow, batch.times)
+        T = clip.frames.shape[0]
+        cues = clip if refine_inputs is None else refine_inputs[i]
+        if cues.key != clip.key or cues.frames.shape[0] != T:
+            raise ValueError(f"coarse_clips: refine input {cues.key!r} ({cues.frames.shape[0]} frames) does not "
+                             f"match clip {clip.key!r} ({T} frames)")
+        H, W = cues.frames.shape[-2:]
+        camera = to_render_camera(recon.output.coarse.camera[:, 0], (H, W))
+        zero_pose = torch.zeros(T, 6, dtype=clip.frames.dtype, device=clip.frames.device)
+        gt_shape = clip.shape[None].expand(T, -1).to(zero_pose)
+        truth = face_model(gt_shape, clip.expression.to(zero_pose), zero_pose).vertices
+        neutral = face_model(gt_shape, torch.zeros_like(clip.expression).to(zero_pose), zero_pose).vertices
+        apex = clip.apex if clip.apex is not None else int((truth - neutral).norm(dim=-1).mean(-1).argmax())
+        expression_only = face_model(gt_shape, recon.output.expression[0], zero_pose).vertices
+        rotation = axis_angle_to_matrix(recon.output.coarse.pose[0, :, :3])
+        # posed displacement = R (model displacement): the inverse of model_frame_offsets
+        target = torch.einsum("tij,tvj->tvi", rotation, truth - expression_only)
+        refine.append(RefineClip(coarse_vertices=recon.vertices[0], flow_onset_to_t=cues.flow, camera=camera,
+                                 landmarks2d=cues.landmarks2d, apex=clip.apex, key=clip.key, target_offsets=target))
+        scoring.append(EvalClip(expression_only=expression_only, truth=truth, neutral=neutral, rotation=rotation,
+                                apex=apex, key=clip.key, reconstruction=recon))
+    return refine, scoring
+
+
+def model_frame_offsets(offsets: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Posed-frame offsets (T, V, 3) -> model-frame offsets R_t^T d (T, V, 3); rotation (T, 3, 3) the global
+    rotation of each frame (posed = R (v - c) + c, so a posed displacement d is R^T d in the model frame)."""
+    return torch.einsum("tji,tvj->tvi", rotation, offsets)
+
+
+def score_clip(mesh: torch.Tensor, scoring: EvalClip, moving: torch.Tensor, gate: torch.Tensor | None = None) -> dict:
+    """Per-vertex errors of ``mesh`` (T, V, 3) against the clip's truth, split by ``moving`` (V,) bool; the mean
+    gate (T, V) on each part when given."""
+    error = (mesh - scoring.truth).norm(dim=-1)  # (T, V)
+    row = {}
+    for part, mask in (("moving", moving), ("static", ~moving), ("all", torch.ones_like(moving))):
+        row[f"{part}_apex_mm"] = masked_mean(error[scoring.apex], mask)
+        row[f"{part}_clip_mm"] = masked_mean(error, mask)
+        if gate is not None:
+            row[f"gate_{part}"] = masked_mean(gate, mask)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def load_split(coarse_dir: Path) -> dict:
+    path = Path(coarse_dir) / "split.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the coarse benchmark (notebook 01_dem_pretrain) first")
+    return json.loads(path.read_text())
+
+
+def load_trained_dem(coarse_dir: Path, face_model, dem_settings: dict, seed: int, device: torch.device):
+    """DEM from the coarse benchmark's ``checkpoints/dem.pt`` (built from the ``dem:`` section's encoder/model)."""
+    config = CoarseBenchmarkSettings.from_dict(dem_settings)
+    path = Path(coarse_dir) / "checkpoints" / "dem.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the coarse benchmark (notebook 01_dem_pretrain) first")
+    dem = build_dem(face_model, config.encoder, config.model, seed).to(device)
+    load_checkpoint(path, dem)
+    return dem.eval()
+
+
+def refine_and_score(dgmd, refine: list[RefineClip], scoring: list[EvalClip], threshold_mm: float,
+                     method: str) -> list[dict]:
+    """Refine each test clip with a trained DGMD and score it (rows of ``score_clip`` with method and key)."""
+    rows = []
+    for clip, truth in zip(refine, scoring):
+        refined = refine_clip(dgmd, clip)
+        mesh = truth.expression_only + model_frame_offsets(refined.offsets, truth.rotation)
+        moving = moving_vertices(truth.truth, truth.apex, threshold_mm)
+        rows.append({"method": method, "key": clip.key, "n_moving": int(moving.sum()),
+                     **score_clip(mesh, truth, moving, refined.gate),
+                     "offset_mean_mm": float(refined.offsets.norm(dim=-1).mean())})
+    return rows
+
+
+def unrefined_rows(scoring: list[EvalClip], threshold_mm: float) -> list[dict]:
+    """Rows for DEM alone and for the neutral face (both without DGMD)."""
+    rows = []
+    for truth in scoring:
+        moving = moving_vertices(truth.truth, truth.apex, threshold_mm)
+        for method, mesh in ((METHOD_COARSE, truth.expression_only), (REFERENCE, truth.neutral)):
+            rows.append({"method": method, "key": truth.key, "n_moving": int(moving.sum()),
+                         **score_clip(mesh, truth, moving)})
+    return rows
+
+
+def summary_table(per_clip: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Mean per method (in order of first appearance) of every numeric column, plus the std of the apex errors."""
+    numeric = [c for c in per_clip.columns if c not in ("method", "key") and pd.api.types.is_numeric_dtype(per_clip[c])]
+    grouped = per_clip.groupby("method", sort=False)
+    table = grouped[numeric].mean()
+    for part in ("moving", "static"):
+        table[f"{part}_apex_std_mm"] = grouped[f"{part}_apex_mm"].std()
+    table["n_test_clips"] = grouped.size()
+    table = table.reset_index()
+    table["split"] = split
+    return table
+
+
+def prepare_refine_data(synth_root, coarse_dir, dem_settings: dict, seed: int, image_size: int, flow_method: str,
+                        device, show_progress: bool = True, refine_size: int | None = None):
+    """Everything the DGMD runs share: (face_model, train RefineClips, test RefineClips, test EvalClips, split).
+    image_size: DEM's input size; refine_size: DGMD's flow / landmark resolution (None: image_size)."""
+    data = _coarse_data(synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device, show_progress,
+                        refine_size)
+    return data.face_model, data.train_refine, data.test_refine, data.test_scoring, data.split
+
+
+@dataclass
+class CoarseData:
+    """DEM's coarse clips of both splits (``coarse_clips`` outputs) with each clip's subject."""
+
+    face_model: object
+    train_refine: list[RefineClip]
+    train_scoring: list[EvalClip]
+    train_subjects: list[str]
+    test_refine: list[RefineClip]
+    test_scoring: list[EvalClip]
+    split: dict
+
+
+def _coarse_data(synth_root, coarse_dir, dem_settings: dict, seed: int, image_size: int, flow_method: str, device,
+                 show_progress: bool, refine_size: int | None) -> CoarseData:
+    from microface.data.datasets import load_dataset
+    from microface.face.open_model import OpenFaceModel
+
+    device = torch.device(device)
+    config = CoarseBenchmarkSettings.from_dict(dem_settings)
+    split = load_split(coarse_dir)
+    micro = {r.key: r for r in load_dataset("synth", Path(synth_root), kind="micro")}
+    missing = [k for k in split["micro_train"] + split["micro_test"] if k not in micro]
+    if missing:
+        raise ValueError(f"{coarse_dir}/split.json names clips {missing[:3]} absent from {synth_root}: the coarse "
+                         "benchmark was run on another synthetic benchmark; rerun notebook 01")
+    face_model = OpenFaceModel().to(device)
+    dem = load_trained_dem(coarse_dir, face_model, dem_settings, seed, device)
+
+    def tensors(keys: list[str], size: int) -> list[ClipTensors]:
+        clips = clip_tensors_from_synth([micro[k] for k in keys], size, flow_method, config.max_frames,
+                                        show_progress)
+        return [_to_device(c, device) for c in clips]
+
+    def refine_inputs(keys: list[str]) -> list[ClipTensors] | None:
+        return None if refine_size in (None, image_size) else tensors(keys, refine_size)
+
+    train_refine, train_scoring = coarse_clips(dem, face_model, tensors(split["micro_train"], image_size),
+                                               refine_inputs(split["micro_train"]))
+    test_refine, test_scoring = coarse_clips(dem, face_model, tensors(split["micro_test"], image_size),
+                                             refine_inputs(split["micro_test"]))
+    return CoarseData(face_model, train_refine, train_scoring, [micro[k].subject for k in split["micro_train"]],
+                      test_refine, test_scoring, split)
+
+
+def validate_on_training_subject(synth_root, coarse_dir, dem_settings: dict, dgmd_settings: dict, seed: int = 0, *,
+                                 image_size: int = 64, flow_method: str = "dis", device="cpu",
+                                 holdout: str | None = None, show_progress: bool = True) -> pd.DataFrame:
+    """Choose DGMD settings without the test subjects: train on every TRAINING subject but ``holdout`` (None: the
+    last one) and score DEM vs DEM + DGMD on the held-out subject's ME clips. Same arguments as
+    ``run_refine_benchmark`` (no out_dir: nothing is written, no checkpoint). Returns the per-clip rows' summary
+    (``summary_table``) with split "validation: held-out <subject>, trained on <others>"."""
+    settings = RefineBenchmarkSettings.from_dict(dgmd_settings)
+    data = _coarse_data(synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device, show_progress,
+                        settings.image_size)
+    subjects = sorted(set(data.train_subjects))
+    holdout = subjects[-1] if holdout is None else holdout
+    if holdout not in subjects or len(subjects) < 2:
+        raise ValueError(f"validation: held-out subject {holdout!r} must be one of at least two training subjects "
+                         f"{subjects} (the test subjects are never used here)")
+    keep = [i for i, s in enumerate(data.train_subjects) if s != holdout]
+    held = [i for i, s in enumerate(data.train_subjects) if s == holdout]
+    dgmd, _ = train_variant(data.face_model, [data.train_refine[i] for i in keep], settings, seed, None,
+                            f"dgmd (validation, without {holdout})", device=device)
+    scoring = [data.train_scoring[i] for i in held]
+    rows = unrefined_rows(scoring, settings.moving_threshold_mm)
+    rows += refine_and_score(dgmd, [data.train_refine[i] for i in held], scoring, settings.moving_threshold_mm,
+                             METHOD_REFINED)
+    others = ", ".join(s for s in subjects if s != holdout)
+    return summary_table(pd.DataFrame(rows), f"validation: held-out {holdout}, trained on {others}")
+
+
+def train_variant(face_model, train_refine: list[RefineClip], settings: RefineBenchmarkSettings, seed: int,
+                  checkpoint: Path | None, name: str, model_overrides: dict | None = None,
+                  weight_overrides: dict | None = None, device="cpu"):
+    """Train one DGMD (the config's, with overrides for ablations) -> (model, history)."""
+    model_cfg = {**settings.model, **(model_overrides or {})}
+    weights = {**settings.train.get("weights", {}), **(weight_overrides or {})}
+    train = settings.train_settings(seed, weights=weights)
+    dgmd = build_dgmd(face_model, model_cfg, seed).to(device)
+    history = train_dgmd(dgmd, train_refine, train, checkpoint, desc=name)
+    return dgmd.eval(), history
+
+
+def run_refine_benchmark(synth_root, coarse_dir, out_dir, dem_settings: dict, dgmd_settings: dict, seed: int = 0, *,
+                         image_size: int = 64, flow_method: str = "dis", device: str | torch.device = "cpu",
+                         show_progress: bool = True) -> pd.DataFrame:
+    """Train DGMD on the training subjects' DEM meshes and score DEM vs DEM + DGMD on the test subjects.
+
+    synth_root: the synthetic benchmark; coarse_dir: notebook 01's output folder (``split.json``,
+    ``checkpoints/dem.pt``); dem_settings / dgmd_settings: the profile's ``dem:`` and ``dgmd:`` sections; image_size,
+    flow_method: the ``data:`` section's. Returns the table: one row per method (DEM, DEM + DGMD, the neutral
+    reference) with ``{moving,static,all}_{apex,clip}_mm``, the apex std per part, the mean gate per part (DGMD),
+    ``n_moving`` (mean moving vertices per clip), ``offset_mean_mm``, ``n_test_clips``, ``split``.
+    """
+    settings = RefineBenchmarkSettings.from_dict(dgmd_settings)
+    out_dir = Path(out_dir)
+    device = torch.device(device)
+    _check_run_description(out_dir, {"dgmd": asdict(settings), "dem": dem_settings, "seed": seed,
+                                     "image_size": image_size, "flow_method": flow_method,
+                                     "coarse_split": load_split(coarse_dir)["label"]})
+    face_model, train_refine, test_refine, test_scoring, split = prepare_refine_data(
+        synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device, show_progress,
+        refine_size=settings.image_size)
+    dgmd, history = train_variant(face_model, train_refine, settings, seed, out_dir / "checkpoints" / "dgmd.pt",
+                                  "dgmd", device=device)
+    rows = unrefined_rows(test_scoring, settings.moving_threshold_mm)
+    rows += refine_and_score(dgmd, test_refine, test_scoring, settings.moving_threshold_mm, METHOD_REFINED)
+    per_clip = pd.DataFrame(rows)
+    order = [METHOD_COARSE, METHOD_REFINED, REFERENCE]
+    per_clip["method"] = pd.Categorical(per_clip["method"], categories=order, ordered=True)
+    per_clip = per_clip.sort_values(["method", "key"], kind="stable").reset_index(drop=True)
+    per_clip["method"] = per_clip["method"].astype(str)
+    table = summary_table(per_clip, split["label"])
+    write_table(per_clip, out_dir, "per_clip", markdown=False)
+    write_table(training_curves({"DGMD (ME, training subjects)": history}), out_dir, "training_curves", markdown=False)
+    write_table(table, out_dir, TABLE_NAME)
+    return table
+
+
+@torch.no_grad()
+def example_refinement(dgmd, refine: RefineClip, scoring: EvalClip, threshold_mm: float) -> dict[str, np.ndarray]:
+    """Arrays for figures of one test clip at its apex: vertices (V,3) refined expression-only mesh, faces (F,3),
+    error_coarse (V,), error_refined (V,) mm, gate (V,), moving (V,) bool, and over the clip's frames the mean
+    displacement from the onset of the moving vertices: truth / coarse / refined (T,) mm."""
+    refined = refine_clip(dgmd, refine)
+    mesh = scoring.expression_only + model_frame_offsets(refined.offsets, scoring.rotation)
+    moving = moving_vertices(scoring.truth, scoring.apex, threshold_mm)
+    a = scoring.apex
+
+    def displacement(x: torch.Tensor) -> np.ndarray:
+        return (x - x[:1]).norm(dim=-1)[:, moving].mean(-1).cpu().numpy() if bool(moving.any()) else np.zeros(len(x))
+
+    return {"vertices": mesh[a].cpu().numpy(), "faces": dgmd.faces.cpu().numpy(),
+            "error_coarse": (scoring.expression_only[a] - scoring.truth[a]).norm(dim=-1).cpu().numpy(),
+            "error_refined": (mesh[a] - scoring.truth[a]).norm(dim=-1).cpu().numpy(),
+            "gate": refined.gate[a].cpu().numpy(), "moving": moving.cpu().numpy(),
+            "displacement_truth": displacement(scoring.truth),
+            "displacement_coarse": displacement(scoring.expression_only),
+            "displacement_refined": displacement(mesh)}
+
+
+
+def load_refine_run(synth_root, coarse_dir, out_dir, dem_settings: dict, dgmd_settings: dict, seed: int = 0, *,
+                    image_size: int = 64, flow_method: str = "dis", device="cpu", show_progress: bool = False):
+    """The trained DGMD of a finished ``run_refine_benchmark`` (``out_dir/checkpoints/dgmd.pt``) with the test
+    clips -> (dgmd, test RefineClips, test EvalClips), for figures."""
+    settings = RefineBenchmarkSettings.from_dict(dgmd_settings)
+    path = Path(out_dir) / "checkpoints" / "dgmd.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run run_refine_benchmark (notebook 02_dgmd_refine) first")
+    face_model, _, test_refine, test_scoring, _ = prepare_refine_data(
+        synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device, show_progress,
+        refine_size=settings.image_size)
+    dgmd = build_dgmd(face_model, settings.model, seed).to(torch.device(device))
+    load_checkpoint(path, dgmd)
+    return dgmd.eval(), test_refine, test_scoring
+
+
+def most_moving_clip(scoring: list[EvalClip], threshold_mm: float) -> int:
+    """Index of the test clip with the most moving vertices (the clearest example for a figure)."""
+    if not scoring:
+        raise ValueError("most_moving_clip: no clips")
+    return int(np.argmax([int(moving_vertices(s.truth, s.apex, threshold_mm).sum()) for s in scoring]))

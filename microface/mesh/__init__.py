@@ -1,0 +1,1 @@
+"""Mesh operations independent of any face model: topology, Laplacians, regions, geometry, mesh files."""

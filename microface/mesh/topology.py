@@ -1,0 +1,55 @@
+"""Mesh topology: edges, face adjacency and the normalised vertex graph used for message passing."""
+from __future__ import annotations
+
+import torch
+
+
+def mesh_edges(faces: torch.Tensor) -> torch.Tensor:
+    """Unique undirected edges of a triangle mesh. faces (F, 3) long -> (2, E) long with edges[0] < edges[1]."""
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"faces: expected (F, 3), got {tuple(faces.shape)}")
+    faces = faces.long()
+    pairs = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], dim=0)
+    pairs = torch.sort(pairs, dim=1).values
+    return torch.unique(pairs, dim=0).T.contiguous()
+
+
+def face_adjacency(faces: torch.Tensor) -> torch.Tensor:
+    """Pairs of faces sharing an edge. faces (F, 3) -> (2, P) long face indices.
+
+    A non-manifold edge shared by k > 2 faces contributes its k - 1 consecutive pairs.
+    """
+    faces = faces.long()
+    n_faces = faces.shape[0]
+    n_vertices = int(faces.max()) + 1 if faces.numel() else 1
+    u = torch.cat([faces[:, 0], faces[:, 1], faces[:, 2]])
+    v = torch.cat([faces[:, 1], faces[:, 2], faces[:, 0]])
+    key = torch.minimum(u, v) * n_vertices + torch.maximum(u, v)
+    owner = torch.arange(n_faces, device=faces.device).repeat(3)
+    order = torch.argsort(key, stable=True)
+    key, owner = key[order], owner[order]
+    same = key[1:] == key[:-1]
+    return torch.stack([owner[:-1][same], owner[1:][same]])
+
+
+def normalized_adjacency(edges: torch.Tensor, n_vertices: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kipf & Welling's D^-1/2 (A + I) D^-1/2 as a sparse list.
+
+    edges (2, E) undirected -> (index (2, 2E + V) [source, target], weight (2E + V,)).
+    """
+    loops = torch.arange(n_vertices, device=edges.device)
+    src = torch.cat([edges[0], edges[1], loops])
+    dst = torch.cat([edges[1], edges[0], loops])
+    ones = torch.ones(dst.shape[0], device=edges.device)
+    degree = torch.zeros(n_vertices, device=edges.device).index_add(0, dst, ones)
+    weight = degree[src].rsqrt() * degree[dst].rsqrt()
+    return torch.stack([src, dst]), weight
+
+
+def propagate(features: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Sparse neighbourhood aggregation out[:, t] = sum_s weight[s->t] * features[:, s].
+
+    features (B, V, C), index (2, N) [source, target], weight (N,) -> (B, V, C).
+    """
+    messages = features[:, index[0]] * weight.to(features.dtype)[None, :, None]
+    return torch.zeros_like(features).index_add(1, index[1], messages)

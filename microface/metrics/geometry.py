@@ -1,0 +1,79 @@
+"""Geometry metrics for reconstructions: per-vertex error (mm) at the apex and over a clip, rigid alignment,
+and temporal jitter (mm / frame^2). (Recognition metrics and FID live in ``microface.metrics.recognition``.)"""
+from __future__ import annotations
+
+import torch
+
+
+def _check_pair(predicted: torch.Tensor, target: torch.Tensor) -> None:
+    if predicted.shape != target.shape or predicted.ndim < 2 or predicted.shape[-1] != 3:
+        raise ValueError(f"predicted and target: expected the same (..., V, 3), got {tuple(predicted.shape)} "
+                         f"and {tuple(target.shape)}")
+
+
+def per_vertex_error(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean vertex distance. predicted, target (..., V, 3) mm -> (...) mm."""
+    _check_pair(predicted, target)
+    return (predicted - target).norm(dim=-1).mean(-1)
+
+
+def rigid_align(predicted: torch.Tensor, target: torch.Tensor, with_scale: bool = False) -> torch.Tensor:
+    """Kabsch (optionally Umeyama with scale) alignment of ``predicted`` onto ``target``.
+
+    predicted, target (B, V, 3) -> aligned predicted (B, V, 3). Use it to score shape and expression apart
+    from a rigid pose error.
+    """
+    _check_pair(predicted, target)
+    if predicted.ndim != 3:
+        raise ValueError(f"rigid_align: expected (B, V, 3), got {tuple(predicted.shape)}")
+    mu_p, mu_t = predicted.mean(1, keepdim=True), target.mean(1, keepdim=True)
+    p, t = predicted - mu_p, target - mu_t
+    # covariance[b, i, j] = sum_v p[b, v, i] * t[b, v, j]
+    covariance = p.transpose(1, 2) @ t
+    u, s, vh = torch.linalg.svd(covariance)
+    d = torch.sign(torch.det(vh.transpose(1, 2) @ u.transpose(1, 2)))
+    correction = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], dim=-1))
+    rotation = vh.transpose(1, 2) @ correction @ u.transpose(1, 2)  # maps centred p onto centred t
+    scale = torch.ones_like(d)
+    if with_scale:
+        scale = (s * torch.diagonal(correction, dim1=-2, dim2=-1)).sum(-1) / p.pow(2).sum(dim=(1, 2)).clamp_min(1e-12)
+    return scale[:, None, None] * (p @ rotation.transpose(1, 2)) + mu_t
+
+
+def clip_vertex_error(predicted: torch.Tensor, target: torch.Tensor, apex: int, align: bool = False) -> dict[str, float]:
+    """Per-vertex error of one clip. predicted, target (T, V, 3) mm; apex: frame index.
+
+    Returns {"apex_mm": error at the apex frame, "clip_mm": mean over all frames, "max_frame_mm": worst frame}.
+    align: rigidly align each predicted frame to its target first.
+    """
+    _check_pair(predicted, target)
+    if predicted.ndim != 3 or not 0 <= apex < predicted.shape[0]:
+        raise ValueError(f"expected (T, V, 3) and 0 <= apex < T, got {tuple(predicted.shape)} and apex {apex}")
+    if align:
+        predicted = rigid_align(predicted, target)
+    per_frame = per_vertex_error(predicted, target)
+    return {"apex_mm": float(per_frame[apex]), "clip_mm": float(per_frame.mean()), "max_frame_mm": float(per_frame.max())}
+
+
+def temporal_jitter(vertices: torch.Tensor) -> torch.Tensor:
+    """Mean norm of the second temporal difference of vertices, in mm / frame^2 (frame index as time).
+
+    vertices (T, V, 3) -> scalar, or (B, T, V, 3) -> (B,). Needs T >= 3. A constant-velocity motion scores 0.
+    """
+    if vertices.ndim not in (3, 4) or vertices.shape[-1] != 3 or vertices.shape[-3] < 3:
+        raise ValueError(f"vertices: expected (T, V, 3) or (B, T, V, 3) with T >= 3, got {tuple(vertices.shape)}")
+    second = vertices[..., 2:, :, :] - 2.0 * vertices[..., 1:-1, :, :] + vertices[..., :-2, :, :]
+    return second.norm(dim=-1).mean(dim=(-2, -1))
+
+
+def moving_vertices(motion_vertices: torch.Tensor, apex: int, threshold_mm: float = 0.1) -> torch.Tensor:
+    """Vertices whose ground-truth displacement from frame 0 (the onset) at the apex exceeds threshold_mm.
+
+    motion_vertices (T, V, 3) mm, pose-free -> (V,) bool.
+    """
+    return (motion_vertices[apex] - motion_vertices[0]).norm(dim=-1) > threshold_mm
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean of ``values[..., mask]`` (mask (V,) bool over the last axis); NaN when the mask is empty."""
+    return float(values[..., mask].mean()) if bool(mask.any()) else float("nan")

@@ -1,0 +1,492 @@
+"""``microface reconstruct``: a video in, a 3D face mesh per frame out (coarse encoder -> DEM -> DGMD).
+
+Pipeline, per video (one face, filmed roughly frontally):
+
+1. frames are read with OpenCV (``cv2.VideoCapture``); a file that does not open or yields no frame raises
+   ``ReconstructionError`` ("corrupt or unreadable video") naming it;
+2. the face is tracked with the offline MediaPipe landmarker (``microface.data.landmarks.FaceLandmarker``),
+   one detection per frame. The FIRST frame must hold a face (otherwise ``ReconstructionError`` naming the
+   video: trim it so it starts on the face). In a later frame with no detection the previous frame's
+   landmarks are held; such frames are counted and listed in ``summary.json`` (``frames_without_face``).
+   With two faces in a frame, the one nearest the previously tracked face is followed (in the first frame:
+   the best detection);
+3. the frames are cut into consecutive WINDOWS of ``window`` frames (a final lone frame joins the last
+   window, as DEM needs two frames per clip). Each window is a clip whose onset is its first frame, the
+   micro-expression convention the models were trained with: one eye-aligned crop transform per window,
+   from the onset frame's 68 landmarks (``microface.data.preprocess.eye_alignment_transform``), fixed over
+   the window so that the optical flow sees the face move; crops are the checkpoint's image size S (DEM's input);
+   when DGMD has its own resolution R != S (the bundle's ``refine_size``), each window is also cropped at R x R
+   with the same eye-aligned framing (the crop transform scaled by R / S);
+4. optical flow onset -> t per window (``microface.data.flow.clip_flow``, method from the checkpoint), on the
+   S crops for DEM and, when R != S, on the R crops for DGMD;
+5. coarse encoder + DEM (``microface.models.dem_training.reconstruct``): per-frame expression from DEM, pose
+   and weak-perspective camera from the coarse encoder, one identity (shape) per window;
+6. DGMD (``microface.models.dgmd_training.refine_clip``) adds small per-vertex offsets guided by the flow and
+   by the detected landmarks (in crop pixels), with the onset frame's camera held for the window; all three at
+   DGMD's resolution R (the weak-perspective camera is resolution-free: it is rendered at R x R). When the
+   bundle's DGMD has ``temporal_rank`` > 0, its flow cues come from the WINDOW's flows reduced to their leading
+   temporal modes, so a window should hold one expression (as the ME clips DGMD was trained on do).
+
+Windows are reconstructed independently, like the clips DEM was trained on, so the mesh may step at a window
+boundary (identity and expression restart from the new onset).
+
+Output folder (written to a hidden temporary folder beside it and renamed into place at the end, so an
+interrupted or failed run leaves no half-written folder; an existing folder is only replaced when it holds
+a previous reconstruction)::
+
+    meshes/frame_00000.obj|ply   refined mesh of every frame (mm, face-model frame, posed), 1-based OBJ faces
+    params.npz                   per-frame parameters and meshes (see ``PARAMS_KEYS``)
+    landmarks.npz                landmarks68 (T,68,2) and landmarks_mesh (T,468,3) in VIDEO pixels, detected (T,)
+                                 bool, landmarks68_crop (T,68,2) crop pixels
+    viewer.html                  interactive plotly page of the mesh sequence (coloured by DGMD offset, mm)
+    summary.json                 video, checkpoint provenance, frames, windows, failures, timings
+
+Checkpoint bundle (``save_bundle`` / ``load_bundle``): one ``torch.save`` dict, ``"format":
+"microface-reconstruct-v1"``, holding the face model's name and sizes, the crop size, the flow method, the
+encoder / DEM / DGMD configs and state dicts, and a free provenance dict; ``"refine_size"`` is DGMD's own crop
+size (a bundle without it, written before DGMD had one, means the crop size). ``tools/export_checkpoint.py``
+writes it from a training run's checkpoints. The default is ``default_checkpoint_path()``
+(``microface/assets/checkpoints/open_dem_dgmd.pt``, package data once exported).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+import torch
+
+from microface.mesh.meshio import write_obj, write_ply
+from microface.reconstruct.bundle import (
+    FACE_MODELS,
+    build_face_model,
+    bundle_meta,
+    check_device,
+    default_checkpoint_path,
+    models_from_bundle,
+    read_bundle,
+)
+from microface.reconstruct.errors import ReconstructionError
+from microface.reconstruct.output import (
+    DEFAULT_VIEWER_FRAMES,
+    MESH_FORMATS,
+    OUTPUT_FORMAT,
+    PARAMS_KEYS,
+    _json_default,
+    check_output_folder,
+    commit_folder,
+    write_arrays,
+    write_viewer,
+)
+from microface.reconstruct.video import iter_video_frames, open_video, track_face
+
+STAGES = ("coarse", "dem", "dgmd")
+DEFAULT_WINDOW = 16
+
+
+# ------------------------------------------------------------------------------------------ checkpoint bundle
+
+
+# ------------------------------------------------------------------------------------------------- video
+
+
+def iter_windows(items: Iterable, window: int) -> Iterator[tuple[int, list]]:
+    """Consecutive windows of ``window`` items -> (start, items) pairs; a final lone item joins the last window
+    (so that every window has >= 2 items: DEM integrates over a clip). Streams, holding at most window + 2 items.
+
+    Raises ReconstructionError when there is exactly one item in all."""
+    if window < 2:
+        raise ValueError(f"window: expected >= 2 frames, got {window}")
+    buffer: list = []
+    start = 0
+    for item in items:
+        buffer.append(item)
+        if len(buffer) == window + 2:  # two items follow this window, so the next one cannot be a lone item
+            yield start, buffer[:window]
+            start += window
+            buffer = buffer[window:]
+    if len(buffer) == 1:
+        raise ReconstructionError("only one frame could be read; reconstruct needs at least 2 (DEM models motion "
+                                  "from an onset frame)")
+    if buffer:
+        yield start, buffer
+
+
+def window_bounds(n_frames: int, window: int) -> list[tuple[int, int]]:
+    """(start, stop) of the windows ``iter_windows`` makes from ``n_frames`` frames."""
+    return [(start, start + len(items)) for start, items in iter_windows(range(n_frames), window)]
+
+
+# --------------------------------------------------------------------------------------- crops, flow, models
+def crop_window(images: np.ndarray, landmarks68: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eye-aligned crops of one window with one transform from its first (onset) frame.
+
+    images (T, H, W, 3) uint8, landmarks68 (T, 68, 2) video pixels -> crops (T, S, S, 3) uint8,
+    transform (2, 3) video -> crop pixels, landmarks68 in crop pixels (T, 68, 2) float32.
+    """
+    from microface.data.preprocess import align_crop, eye_alignment_transform, transform_landmarks
+
+    images, landmarks68 = np.asarray(images), np.asarray(landmarks68)
+    if images.ndim != 4 or landmarks68.shape != (images.shape[0], 68, 2):
+        raise ValueError(f"expected images (T, H, W, 3) and landmarks68 (T, 68, 2), got {images.shape} and "
+                         f"{landmarks68.shape}")
+    transform = eye_alignment_transform(landmarks68[0], image_size)
+    crops = np.stack([align_crop(image, transform, image_size) for image in images])
+    return crops, transform, transform_landmarks(landmarks68, transform)
+
+
+def window_flow(crops: np.ndarray, method: str = "dis", **options) -> np.ndarray:
+    """Flow onset -> t of a window's crops: (T, S, S, 3) uint8 RGB -> (T, S, S, 2) float32 px, zero at t = 0."""
+    from microface.data.flow import clip_flow
+
+    gray = np.stack([cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in crops])
+    return clip_flow(gray, mode="onset", onset=0, method=method, **options)
+
+
+@dataclass
+class WindowInputs:
+    """What the models see of one window of T frames, made by ``prepare_window``.
+
+    crops (T, S, S, 3) uint8, transform (2, 3) video -> crop pixels, landmarks_crop (T, 68, 2) crop pixels, flow
+    (T, S, S, 2) px onset -> t or None (stage "coarse"): DEM's inputs at its crop size S. refine_flow (T, R, R, 2)
+    and refine_landmarks (T, 68, 2) R-crop pixels: DGMD's at its own size R, None when R = S or without DGMD
+    (DGMD then takes flow and landmarks_crop)."""
+
+    crops: np.ndarray
+    transform: np.ndarray
+    landmarks_crop: np.ndarray
+    flow: np.ndarray | None = None
+    refine_flow: np.ndarray | None = None
+    refine_landmarks: np.ndarray | None = None
+
+
+def _timed(timings: dict, key: str, function, *args, **kwargs):
+    tic = time.perf_counter()
+    try:
+        return function(*args, **kwargs)
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - tic
+
+
+def prepare_window(images: np.ndarray, landmarks68: np.ndarray, image_size: int, stage: str = "dgmd",
+                   flow_method: str = "dis", flow_options: dict | None = None, refine_size: int | None = None,
+                   timings: dict | None = None) -> WindowInputs:
+    """Crops, landmarks and flows of one window for ``run_window``.
+
+    images (T, H, W, 3) uint8 and landmarks68 (T, 68, 2) video pixels; image_size S (DEM's crop); refine_size R
+    (DGMD's, None: S); stage: flow only for "dem" / "dgmd", R crops only for "dgmd" with R != S. The R inputs are
+    cropped and flowed from the video frames again rather than resized from the S ones: that is how DGMD's
+    training clips were made (crops and flow computed at R), with no second interpolation. timings: "crop" and
+    "flow" entries increased by the seconds spent (both sizes included).
+    """
+    timings = {} if timings is None else timings
+    options = dict(flow_options or {})
+    crops, transform, landmarks_crop = _timed(timings, "crop", crop_window, images, landmarks68, image_size)
+    inputs = WindowInputs(crops=crops, transform=transform, landmarks_crop=landmarks_crop)
+    if stage != "coarse":
+        inputs.flow = _timed(timings, "flow", window_flow, crops, flow_method, **options)
+    if stage == "dgmd" and refine_size is not None and int(refine_size) != int(image_size):
+        refine_crops, _, inputs.refine_landmarks = _timed(timings, "crop", crop_window, images, landmarks68,
+                                                          int(refine_size))
+        inputs.refine_flow = _timed(timings, "flow", window_flow, refine_crops, flow_method, **options)
+    return inputs
+
+
+@dataclass
+class WindowResult:
+    """Outputs for one window of T frames (numpy, float32): shape (S,); expression, encoder_expression (T, E);
+    pose (T, 6); camera (T, 3); coarse_vertices, vertices (T, V, 3) mm; gate (T, V) or None (no DGMD);
+    seconds: {"coarse_dem": s, "dgmd": s} model time."""
+
+    shape: np.ndarray
+    expression: np.ndarray
+    encoder_expression: np.ndarray
+    pose: np.ndarray
+    camera: np.ndarray
+    coarse_vertices: np.ndarray
+    vertices: np.ndarray
+    gate: np.ndarray | None
+    seconds: dict = field(default_factory=dict)
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().float().cpu().numpy()
+
+
+def _flow_tensor(flow: np.ndarray, device, dtype) -> torch.Tensor:
+    """(T, H, W, 2) numpy px -> (T, 2, H, W) tensor."""
+    return torch.from_numpy(np.ascontiguousarray(flow)).to(device=device, dtype=dtype).permute(0, 3, 1, 2)
+
+
+def _refine_inputs(flow: np.ndarray | None, landmarks_crop: np.ndarray | None, refine_flow: np.ndarray | None,
+                   refine_landmarks: np.ndarray | None, n_frames: int) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """DGMD's (flow (T, R, R, 2), landmarks (T, 68, 2) or None, R): the refine inputs when given, else DEM's.
+
+    Raises ValueError for a refine flow that is not (T, R, R, 2), refine landmarks without a refine flow (or
+    the reverse while DEM's landmarks are given: they are in S-crop pixels, not R-crop ones) or of a wrong shape.
+    """
+    if refine_flow is None:
+        if refine_landmarks is not None:
+            raise ValueError("refine_landmarks given without refine_flow: DGMD's resolution is that of its flow; "
+                             "pass both (R-crop inputs) or neither (DGMD at the crop size)")
+        return flow, landmarks_crop, int(np.asarray(flow).shape[1])
+    refine_flow = np.asarray(refine_flow)
+    if refine_flow.ndim != 4 or refine_flow.shape[0] != n_frames or refine_flow.shape[-1] != 2 \
+            or refine_flow.shape[1] != refine_flow.shape[2]:
+        raise ValueError(f"refine_flow: expected ({n_frames}, R, R, 2) px onset -> t at DGMD's resolution R "
+                         f"(channels last, square), got {refine_flow.shape}")
+    size = int(refine_flow.shape[1])
+    if refine_landmarks is None:
+        if landmarks_crop is not None:
+            raise ValueError(f"refine_landmarks: needed with refine_flow ({size}x{size}) when landmarks_crop is "
+                             "given: those are in DEM's crop pixels, DGMD needs them at its own size")
+        return refine_flow, None, size
+    refine_landmarks = np.asarray(refine_landmarks)
+    if refine_landmarks.ndim != 3 or refine_landmarks.shape[0] != n_frames or refine_landmarks.shape[-1] != 2:
+        raise ValueError(f"refine_landmarks: expected ({n_frames}, 68, 2) pixels of the {size}x{size} crop, got "
+                         f"{refine_landmarks.shape}")
+    return refine_flow, refine_landmarks, size
+
+
+@torch.no_grad()
+def run_window(dem, dgmd, face_model, crops: np.ndarray, flow: np.ndarray | None, times: np.ndarray,
+               landmarks_crop: np.ndarray | None, stage: str = "dgmd", *, refine_flow: np.ndarray | None = None,
+               refine_landmarks: np.ndarray | None = None) -> WindowResult:
+    """Reconstruct one window (a clip from its onset, frame 0).
+
+    crops (T, S, S, 3) uint8; flow (T, S, S, 2) px onset -> t (needed for stages "dem" and "dgmd"); times (T,)
+    strictly increasing seconds; landmarks_crop (T, 68, 2) crop pixels (DGMD's landmark cue); stage:
+    "coarse" (per-frame coarse encoder), "dem" (+ DEM) or "dgmd" (+ DGMD). refine_flow (T, R, R, 2) px and
+    refine_landmarks (T, 68, 2) pixels of the R x R crop (same framing): DGMD's inputs at its own resolution R,
+    read off the flow's shape, and its camera rendered at R x R (stage "dgmd" only; None: DGMD takes flow and
+    landmarks_crop at S). Runs on the models' device.
+    """
+    from microface.render.camera import to_render_camera
+    from microface.training.dem import reconstruct
+    from microface.training.dgmd import RefineClip, refine_clip
+
+    if stage not in STAGES:
+        raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
+    crops = np.asarray(crops)
+    if crops.ndim != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:
+        raise ValueError(f"crops: expected (T, S, S, 3), got {crops.shape}")
+    n_frames, size = crops.shape[0], crops.shape[1]
+    if stage != "coarse" and (flow is None or np.asarray(flow).shape != (n_frames, size, size, 2)):
+        raise ValueError(f"flow: expected ({n_frames}, {size}, {size}, 2) for stage {stage!r}, got "
+                         f"{None if flow is None else np.asarray(flow).shape}")
+    if stage == "dgmd":
+        dgmd_flow, dgmd_landmarks, refine_size = _refine_inputs(flow, landmarks_crop, refine_flow, refine_landmarks,
+                                                                n_frames)
+    parameter = next(dem.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    frames = torch.from_numpy(np.ascontiguousarray(crops)).to(device=device, dtype=dtype).permute(0, 3, 1, 2)[None] / 255.0
+    start = time.perf_counter()
+    if stage == "coarse":
+        coarse = dem.encode_frames(frames)
+        shape = coarse.shape.mean(dim=1)
+        expression = coarse.expression
+        face = face_model(shape.expand(n_frames, -1), coarse.expression[0], coarse.pose[0])
+        coarse_vertices = face.vertices
+    else:
+        flow_t = _flow_tensor(flow, device, dtype)
+        times_t = torch.as_tensor(np.asarray(times, dtype=np.float64), device=device).to(dtype)[None]
+        recon = reconstruct(dem, face_model, frames, flow_t[None], times_t)
+        coarse, shape, expression = recon.output.coarse, recon.shape, recon.output.expression
+        coarse_vertices = recon.vertices[0]
+    seconds = {"coarse_dem": time.perf_counter() - start}
+    vertices, gate = coarse_vertices, None
+    if stage == "dgmd":
+        start = time.perf_counter()
+        landmarks = None if dgmd_landmarks is None else torch.as_tensor(np.asarray(dgmd_landmarks), device=device,
+                                                                         dtype=dtype)
+        clip = RefineClip(coarse_vertices=coarse_vertices,
+                          flow_onset_to_t=flow_t if dgmd_flow is flow else _flow_tensor(dgmd_flow, device, dtype),
+                          camera=to_render_camera(coarse.camera[:, 0], (refine_size, refine_size)),
+                          landmarks2d=landmarks)
+        refined = refine_clip(dgmd, clip)
+        vertices, gate = refined.vertices, _numpy(refined.gate)
+        seconds["dgmd"] = time.perf_counter() - start
+    return WindowResult(shape=_numpy(shape[0]), expression=_numpy(expression[0]),
+                        encoder_expression=_numpy(coarse.expression[0]), pose=_numpy(coarse.pose[0]),
+                        camera=_numpy(coarse.camera[0]), coarse_vertices=_numpy(coarse_vertices),
+                        vertices=_numpy(vertices), gate=gate, seconds=seconds)
+
+
+# ------------------------------------------------------------------------------------------------ mesh files
+
+
+# ------------------------------------------------------------------------------------------- output folder
+
+
+# --------------------------------------------------------------------------------------------------- driver
+def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | Path | None = None,
+                      face_model: str = "open", flame_path: str | Path | None = None, max_frames: int | None = None,
+                      window: int = DEFAULT_WINDOW, mesh_format: str = "obj", device: str = "cpu",
+                      stage: str = "dgmd", task_path: str | Path | None = None, show_progress: bool = True,
+                      viewer_max_frames: int = DEFAULT_VIEWER_FRAMES) -> dict:
+    """Reconstruct every frame of ``video`` into the folder ``out`` (layout and guarantees: module doc).
+
+    checkpoint: a bundle (default ``default_checkpoint_path()``); face_model "open" | "flame" (with flame_path);
+    max_frames: read at most this many frames; window: frames per DEM clip (>= 2); mesh_format "obj" | "ply";
+    device: torch device of the models; stage: "coarse" | "dem" | "dgmd" (what the meshes hold); task_path: the
+    landmarker bundle (default: ``microface.data.landmarks.default_task_path()``); viewer_max_frames: frames in
+    viewer.html (evenly subsampled beyond that). Returns the summary (also written as ``summary.json``).
+    Errors: FileNotFoundError (missing video, checkpoint or landmarker) and ReconstructionError (a ValueError:
+    unreadable video, no face in frame 0, wrong face model, unusable output folder), each naming the file.
+    """
+    from microface import __version__
+    from microface.data.landmarks import FaceLandmarker, to_ibug68
+    from microface.utils.runtime import progress
+
+    if mesh_format not in MESH_FORMATS:
+        raise ReconstructionError(f"mesh format: expected one of {MESH_FORMATS}, got {mesh_format!r}")
+    if stage not in STAGES:
+        raise ReconstructionError(f"stage: expected one of {STAGES}, got {stage!r}")
+    if window < 2:
+        raise ReconstructionError(f"window: expected >= 2 frames (DEM models motion from an onset), got {window}")
+    if max_frames is not None and max_frames < 2:
+        raise ReconstructionError(f"max frames: expected >= 2, got {max_frames}")
+    if face_model not in FACE_MODELS:
+        raise ReconstructionError(f"face model: expected one of {FACE_MODELS}, got {face_model!r}")
+    if face_model == "flame" and flame_path is None:
+        build_face_model("flame", None)  # raises the message saying --flame is needed
+    torch_device = check_device(device)
+    out = Path(out).expanduser().absolute()
+    check_output_folder(out)
+    bundle = read_bundle(checkpoint if checkpoint is not None else default_checkpoint_path())
+    trained_for = bundle["face_model"]["name"]
+    if trained_for != face_model:
+        raise ReconstructionError(f"checkpoint {bundle['path']} was trained for the {trained_for!r} face model, not "
+                                  f"{face_model!r}; pass --face-model {trained_for} or a checkpoint exported for "
+                                  f"{face_model!r} (tools/export_checkpoint.py --face-model {face_model})")
+    model = build_face_model(face_model, flame_path, bundle["face_model"]["n_shape"],
+                             bundle["face_model"]["n_expression"]).to(torch_device)
+    dem, dgmd, meta = models_from_bundle(bundle, model)
+    image_size, refine_size, flow_cfg = int(meta["image_size"]), int(meta["refine_size"]), meta["flow"]
+    faces = model.faces.detach().cpu().numpy().astype(np.int64)
+
+    capture, info = open_video(video)
+    try:
+        landmarker = FaceLandmarker(task_path, max_faces=2)
+    except BaseException:
+        capture.release()
+        raise
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; the result should be shared like any folder
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    try:
+        (staging / "meshes").mkdir()
+        writer = write_obj if mesh_format == "obj" else write_ply
+        columns: dict[str, list] = {k: [] for k in ("frame_index", "window_index", "window_start", "shape",
+                                                    "expression", "encoder_expression", "pose", "camera",
+                                                    "crop_transform", "coarse_vertices", "vertices", "dgmd_gate",
+                                                    "mesh", "detected", "landmarks68_crop")}
+        total = info.frame_count if max_frames is None else min(info.frame_count or max_frames, max_frames)
+        frames = track_face(iter_video_frames(capture, info, max_frames), landmarker, info.path, timings)
+        quiet = {} if show_progress else {"disable": True}  # else progress() honours MICROFACE_NO_PROGRESS
+        with progress(total=total or None, desc="reconstruct", unit="frame", **quiet) as bar:
+            for w, (start, items) in enumerate(iter_windows(frames, window)):
+                n = len(items)
+                images = np.stack([f.image for f in items])
+                mesh = np.stack([f.mesh for f in items]).astype(np.float32)
+                inputs = prepare_window(images, to_ibug68(mesh)[..., :2], image_size, stage, flow_cfg["method"],
+                                        flow_cfg.get("options", {}), refine_size, timings)
+                index = np.array([f.index for f in items], dtype=np.int64)
+                result = run_window(dem, dgmd, model, inputs.crops, inputs.flow, index / info.fps,
+                                    inputs.landmarks_crop, stage, refine_flow=inputs.refine_flow,
+                                    refine_landmarks=inputs.refine_landmarks)
+                for key, seconds in result.seconds.items():
+                    timings[key] = timings.get(key, 0.0) + seconds
+                tic = time.perf_counter()
+                for t in range(n):
+                    writer(staging / "meshes" / f"frame_{index[t]:05d}.{mesh_format}", result.vertices[t], faces,
+                           f"microface reconstruct: video frame {index[t]}, stage {stage}, mm (face-model frame)")
+                timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tic
+                for key, value in (("frame_index", index), ("window_index", np.full(n, w, np.int32)),
+                                   ("window_start", np.full(n, start, np.int64)),
+                                   ("shape", np.repeat(result.shape[None], n, 0)), ("expression", result.expression),
+                                   ("encoder_expression", result.encoder_expression), ("pose", result.pose),
+                                   ("camera", result.camera),
+                                   ("crop_transform", np.repeat(inputs.transform[None], n, 0)),
+                                   ("coarse_vertices", result.coarse_vertices), ("vertices", result.vertices),
+                                   ("dgmd_gate", result.gate), ("mesh", mesh),
+                                   ("detected", np.array([f.detected for f in items])),
+                                   ("landmarks68_crop", inputs.landmarks_crop)):
+                    columns[key].append(value)
+                bar.update(n)
+        arrays = {k: np.concatenate(v) for k, v in columns.items() if v and v[0] is not None}
+        tic = time.perf_counter()
+        write_arrays(staging, arrays, info.fps, image_size, faces, refine_size)
+        n_frames = len(arrays["frame_index"])
+        shown = np.unique(np.linspace(0, n_frames - 1, min(n_frames, viewer_max_frames)).round().astype(int))
+        write_viewer(staging / "viewer.html", arrays, shown, faces, f"{Path(info.path).name}: {stage} meshes",
+                     with_offsets=stage == "dgmd")
+        os.chmod(staging / "viewer.html", 0o666 & ~umask)  # written through mkstemp (0600)
+        timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tic
+        missing = [int(i) for i in arrays["frame_index"][~arrays["detected"]]]
+        windows = sorted({(int(s), int((arrays["window_start"] == s).sum())) for s in arrays["window_start"]})
+        summary = {
+            "format": OUTPUT_FORMAT,
+            "video": {**dataclasses.asdict(info), "size_bytes": Path(info.path).stat().st_size},
+            "frames": n_frames,
+            "frames_without_face": {"count": len(missing), "frames": missing,
+                                    "policy": "frame 0 must hold a face; elsewhere the previous landmarks are held"},
+            "windows": {"size": window, "count": len(windows), "starts_and_lengths": windows},
+            "stage": stage,
+            "image_size": image_size,
+            "refine_size": refine_size,
+            "mesh_format": mesh_format,
+            "viewer_frames": [int(i) for i in arrays["frame_index"][shown]],
+            "checkpoint": bundle_meta(bundle),
+            "face_model": face_model,
+            "flame_path": None if flame_path is None else str(flame_path),
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "timings_s": {**{k: round(v, 4) for k, v in timings.items()},
+                          "total": round(time.perf_counter() - started, 4)},
+            "microface": __version__,
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "outputs": {"meshes": f"meshes/frame_NNNNN.{mesh_format}", "params.npz": PARAMS_KEYS,
+                        "landmarks.npz": "landmarks68 (T,68,2) and landmarks_mesh (T,468,3) video pixels, detected (T,), "
+                                         "landmarks68_crop (T,68,2) crop pixels, frame_index (T,)",
+                        "viewer.html": "plotly mesh sequence"},
+        }
+        (staging / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
+        commit_folder(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        capture.release()
+        landmarker.close()
+    return summary
+
+
+def summary_lines(summary: dict, out: str | Path) -> list[str]:
+    """A few lines for the terminal: frames, windows, failures, speed, where the files are."""
+    missing = summary["frames_without_face"]
+    seconds = summary["timings_s"]["total"]
+    lines = [f"reconstructed {summary['frames']} frames of {summary['video']['path']} in "
+             f"{summary['windows']['count']} windows ({summary['stage']}, "
+             f"{summary['frames'] / max(seconds, 1e-9):.1f} frames/s)"]
+    if missing["count"]:
+        shown = ", ".join(map(str, missing["frames"][:10])) + (" ..." if missing["count"] > 10 else "")
+        lines.append(f"warning: no face detected in {missing['count']} frames (landmarks held from the previous "
+                     f"frame): {shown}")
+    lines.append(f"wrote {out}: meshes/, params.npz, landmarks.npz, viewer.html, summary.json")
+    return lines
+
+

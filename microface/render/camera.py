@@ -1,0 +1,184 @@
+"""Cameras: perspective and weak-perspective, projection, and every conversion between camera forms."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Camera:
+    """A batch of pinhole (``kind="perspective"``) or weak-perspective (``kind="weak"``) cameras.
+
+    R: (B, 3, 3) world->camera rotation; t: (B, 3) translation in mm; ``X_cam = X_world @ R^T + t`` in the
+    OpenCV camera frame (+x right, +y down, +z forward).
+    perspective: ``x_px = focal * x_cam / z_cam + principal_x``, same for y.
+    weak: ``x_px = scale * x_cam + principal_x`` (``scale`` in px/mm, ``principal`` acts as the 2D
+    translation in pixels); ``focal`` is unused.
+    focal: (B,) pixels; principal: (B, 2) pixels (x, y); scale: (B,) px/mm, weak only.
+    """
+
+    R: torch.Tensor
+    t: torch.Tensor
+    focal: torch.Tensor
+    principal: torch.Tensor
+    kind: str = "perspective"
+    scale: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("perspective", "weak"):
+            raise ValueError(f"Camera.kind: expected 'perspective' or 'weak', got {self.kind!r}")
+        if self.R.ndim != 3 or self.R.shape[1:] != (3, 3):
+            raise ValueError(f"Camera.R: expected (B, 3, 3), got {tuple(self.R.shape)}")
+        B = self.R.shape[0]
+        if self.t.shape != (B, 3):
+            raise ValueError(f"Camera.t: expected ({B}, 3), got {tuple(self.t.shape)}")
+        if self.focal.shape != (B,):
+            raise ValueError(f"Camera.focal: expected ({B},), got {tuple(self.focal.shape)}")
+        if self.principal.shape != (B, 2):
+            raise ValueError(f"Camera.principal: expected ({B}, 2), got {tuple(self.principal.shape)}")
+        if self.kind == "weak" and (self.scale is None or self.scale.shape != (B,)):
+            found = None if self.scale is None else tuple(self.scale.shape)
+            raise ValueError(f"Camera.scale: a weak camera needs scale ({B},) px/mm, got {found}")
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.R.shape[0])
+
+    @property
+    def is_perspective(self) -> bool:
+        return self.kind == "perspective"
+
+
+def _size_hw(image_size) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return image_size, image_size
+    if len(image_size) != 2 or min(int(s) for s in image_size) <= 0:
+        raise ValueError(f"image_size: expected an int or (H, W) of positive ints, got {image_size!r}")
+    return int(image_size[0]), int(image_size[1])
+
+
+def _frontal_rotation(batch_size: int, device, dtype) -> torch.Tensor:
+    # world +x -> camera +x (right), world +y -> camera -y (up in the image), world +z -> camera -z (toward us)
+    R = torch.diag(torch.tensor([1.0, -1.0, -1.0], device=device, dtype=dtype))
+    return R.expand(batch_size, 3, 3).clone()
+
+
+def look_at_camera(
+    distance_mm: float,
+    focal_px: float,
+    image_size,
+    batch_size: int = 1,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> Camera:
+    """Frontal perspective camera on the world +z axis, ``distance_mm`` from the origin, looking at it.
+
+    image_size: int or (H, W); the principal point is the image centre ``(W / 2, H / 2)``.
+    Returns a Camera with R (B, 3, 3) = diag(1, -1, -1), t (B, 3) = (0, 0, distance_mm).
+    """
+    H, W = _size_hw(image_size)
+    if distance_mm <= 0 or focal_px <= 0:
+        raise ValueError(f"look_at_camera: expected positive distance and focal, got {distance_mm}, {focal_px}")
+    R = _frontal_rotation(batch_size, device, dtype)
+    t = torch.tensor([0.0, 0.0, float(distance_mm)], device=device, dtype=dtype).expand(batch_size, 3).clone()
+    focal = torch.full((batch_size,), float(focal_px), device=device, dtype=dtype)
+    principal = torch.tensor([W / 2.0, H / 2.0], device=device, dtype=dtype).expand(batch_size, 2).clone()
+    return Camera(R=R, t=t, focal=focal, principal=principal, kind="perspective")
+
+
+def weak_perspective_camera(
+    scale: torch.Tensor, translation: torch.Tensor, R: torch.Tensor | None = None, depth_offset_mm: float = 1000.0
+) -> Camera:
+    """Weak-perspective camera: ``x_px = scale * x_cam + translation``.
+
+    scale: (B,) px/mm; translation: (B, 2) pixels; R: (B, 3, 3) or None for the frontal rotation.
+    ``depth_offset_mm`` only shifts depth so it stays positive for the z-test.
+    """
+    if scale.ndim != 1 or translation.shape != (scale.shape[0], 2):
+        raise ValueError(
+            f"weak_perspective_camera: expected scale (B,) and translation (B, 2), got "
+            f"{tuple(scale.shape)} and {tuple(translation.shape)}"
+        )
+    B = scale.shape[0]
+    R = _frontal_rotation(B, scale.device, scale.dtype) if R is None else R
+    t = torch.zeros(B, 3, device=scale.device, dtype=scale.dtype)
+    t[:, 2] = depth_offset_mm
+    return Camera(R=R, t=t, focal=torch.ones_like(scale), principal=translation, kind="weak", scale=scale)
+
+
+def project_points(points: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """World points (B, N, 3) mm -> screen (B, N, 3) = [x_px (right), y_px (down), depth_mm (farther = larger)]."""
+    if points.ndim != 3 or points.shape[-1] != 3:
+        raise ValueError(f"points: expected (B, N, 3), got {tuple(points.shape)}")
+    if points.shape[0] != camera.batch_size:
+        raise ValueError(f"points batch {points.shape[0]} != camera batch {camera.batch_size}")
+    cam = points @ camera.R.transpose(1, 2) + camera.t[:, None, :]
+    depth = cam[..., 2]
+    if camera.is_perspective:
+        xy = camera.focal[:, None, None] * cam[..., :2] / depth[..., None]
+    else:
+        xy = camera.scale[:, None, None] * cam[..., :2]
+    xy = xy + camera.principal[:, None, :]
+    return torch.cat([xy, depth[..., None]], dim=-1)
+
+
+def expand_camera(camera: Camera, n: int) -> Camera:
+    """A batch-1 camera repeated n times (or a batch-n camera unchanged) -> Camera with batch n."""
+    if camera.batch_size == n:
+        return camera
+    if camera.batch_size != 1:
+        raise ValueError(f"camera: expected batch 1 or {n}, got {camera.batch_size}")
+    scale = None if camera.scale is None else camera.scale.expand(n)
+    return Camera(R=camera.R.expand(n, 3, 3), t=camera.t.expand(n, 3), focal=camera.focal.expand(n),
+                  principal=camera.principal.expand(n, 2), kind=camera.kind, scale=scale)
+
+
+def concat_cameras(cameras: list[Camera]) -> Camera:
+    """Cameras of one kind concatenated along the batch -> Camera."""
+    kinds = {c.kind for c in cameras}
+    if len(kinds) != 1:
+        raise ValueError(f"concat_cameras: expected one camera kind, found {sorted(kinds)}")
+    scale = None if cameras[0].scale is None else torch.cat([c.scale for c in cameras])
+    return Camera(R=torch.cat([c.R for c in cameras]), t=torch.cat([c.t for c in cameras]),
+                  focal=torch.cat([c.focal for c in cameras]), principal=torch.cat([c.principal for c in cameras]),
+                  kind=kinds.pop(), scale=scale)
+
+
+DEFAULT_CAMERA_SCALE = 1.0 / 90.0  # NDC per millimetre: a 155 mm face covers ~1.7 of the [-1, 1] range
+
+
+def weak_perspective_project(points: torch.Tensor, camera: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Project model-frame points to pixels with a weak-perspective camera.
+
+    points (B, N, 3) mm (+y up), camera (B, 3) = (s, tx, ty), image_size (H, W) -> (B, N, 2) pixel (x, y),
+    origin at the top-left pixel corner, y down: ``ndc = s * X[:, :, :2] + t``, ``x_px = (ndc_x + 1) W / 2``,
+    ``y_px = (1 - ndc_y) H / 2``.
+    """
+    if points.ndim != 3 or points.shape[-1] != 3:
+        raise ValueError(f"points: expected (B, N, 3), got {tuple(points.shape)}")
+    if camera.ndim != 2 or camera.shape[1] != 3 or camera.shape[0] != points.shape[0]:
+        raise ValueError(f"camera: expected ({points.shape[0]}, 3) = (s, tx, ty), got {tuple(camera.shape)}")
+    height, width = image_size
+    ndc = camera[:, None, :1] * points[..., :2] + camera[:, None, 1:]
+    x = (ndc[..., 0] + 1.0) * (width / 2.0)
+    y = (1.0 - ndc[..., 1]) * (height / 2.0)
+    return torch.stack([x, y], dim=-1)
+
+
+def to_render_camera(camera: torch.Tensor, image_size: tuple[int, int]):
+    """The encoder's weak-perspective camera (B,3) as a ``microface.render.Camera`` for (H, W) = image_size.
+
+    Same projection as ``weak_perspective_project`` (for square images; the renderer's weak camera has one
+    px/mm scale, so H != W raises ValueError).
+    """
+    from microface.render.camera import weak_perspective_camera
+
+    height, width = image_size
+    if height != width:
+        raise ValueError(f"to_render_camera: expected a square image, got (H, W) = {image_size}; crop faces square")
+    if camera.ndim != 2 or camera.shape[1] != 3:
+        raise ValueError(f"camera: expected (B, 3) = (s, tx, ty), got {tuple(camera.shape)}")
+    scale_px = camera[:, 0] * (width / 2.0)
+    principal = torch.stack([(camera[:, 1] + 1.0) * (width / 2.0), (1.0 - camera[:, 2]) * (height / 2.0)], dim=-1)
+    return weak_perspective_camera(scale_px, principal)

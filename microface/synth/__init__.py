@@ -1,4 +1,0 @@
-"""The synthetic micro-expression benchmark with 3D ground truth (see ``generate``)."""
-from microface.synth.dataset import PROFILES, SynthConfig, config_for_profile, generate, load_ground_truth
-
-__all__ = ["PROFILES", "SynthConfig", "config_for_profile", "generate", "load_ground_truth"]

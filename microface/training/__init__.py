@@ -1,0 +1,1 @@
+"""Training loops: the generic loop (fit, checkpoints, resume) and DEM, DGMD, FIELDS training."""

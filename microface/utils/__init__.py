@@ -1,0 +1,1 @@
+"""Utilities every layer may use: atomic I/O and tables, runtime (seeds, progress), argument checks."""

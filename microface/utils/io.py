@@ -1,0 +1,88 @@
+"""Atomic file writes: write beside the target, then rename, so an interrupted run never leaves half a file.
+
+One mechanism for every writer in the package, its tools and benchmarks (text, bytes, or anything that writes to a
+path: ``torch.save``, ``DataFrame.to_csv``, ``Figure.savefig``, ``cv2.VideoWriter``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import torch
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix, so writers that infer the format from it work); on
+    success it is renamed onto ``path`` with ordinary permissions, on error it is removed and the error re-raised."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, _default_mode())  # mkstemp makes 0600; results should be readable like any other file
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically -> the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes_atomic(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` to ``path`` atomically -> the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename, so a crash never leaves half a file."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    """json.dump to a temporary file, then rename."""
+    write_text_atomic(json.dumps(obj, indent=2, sort_keys=True, default=str), path)
+
+
+def write_csv_atomic(df: pd.DataFrame, path: Path, index: bool = False) -> None:
+    """DataFrame.to_csv to a temporary file in the same folder, then rename."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=index)
+
+
+def write_table(table: pd.DataFrame, out_dir: Path, name: str, markdown: bool = True) -> None:
+    """``table`` as ``out_dir/name.csv`` (and ``name.md``), each written to a temp file and renamed."""
+    write_text_atomic(table.to_csv(index=False), Path(out_dir) / f"{name}.csv")
+    if markdown:
+        write_text_atomic(markdown_table(table), Path(out_dir) / f"{name}.md")
+
+
+def markdown_table(table: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table (numbers right-aligned, floats with ``digits`` decimals)."""
+    def cell(value) -> str:
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    align = ["---:" if pd.api.types.is_numeric_dtype(table[c]) else ":---" for c in table.columns]
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

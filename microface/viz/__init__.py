@@ -1,0 +1,1 @@
+"""Figures: mesh views, data figures, paper figures."""

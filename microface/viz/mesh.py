@@ -1,0 +1,115 @@
+"""Figures for meshes: per-vertex error heat maps, motion-attention maps, interactive mesh sequences.
+
+Meshes are drawn frontally: the face model's +x (subject's left) to the right and +y up, i.e. as a frontal
+camera sees the subject; faces are sorted back to front by depth (+z toward the viewer) so the nearest
+surface is drawn last.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from microface.utils.io import write_text_atomic
+
+
+def _as_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check_mesh(vertices: np.ndarray, faces: np.ndarray, values: np.ndarray | None) -> None:
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise ValueError(f"vertices: expected (V, 3), got {vertices.shape}")
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"faces: expected (F, 3), got {faces.shape}")
+    if values is not None and values.shape != (vertices.shape[0],):
+        raise ValueError(f"values: expected ({vertices.shape[0]},) one per vertex, got {values.shape}")
+
+
+def _vertex_map_figure(vertices, faces, values, title: str, label: str, cmap: str, vmin=None, vmax=None):
+    import matplotlib.pyplot as plt
+    from matplotlib.tri import Triangulation
+
+    vertices, faces = _as_numpy(vertices).astype(float), _as_numpy(faces).astype(int)
+    values = _as_numpy(values).astype(float)
+    _check_mesh(vertices, faces, values)
+    depth = vertices[faces, 2].mean(axis=1)
+    order = np.argsort(depth)  # back to front: tripcolor paints in triangle order
+    triangulation = Triangulation(vertices[:, 0], vertices[:, 1], faces[order])
+    figure, axis = plt.subplots(figsize=(4.2, 4.8))
+    mesh = axis.tripcolor(triangulation, values, shading="gouraud", cmap=cmap, vmin=vmin, vmax=vmax)
+    axis.set_aspect("equal")
+    axis.set_axis_off()
+    axis.set_title(title)
+    colour_bar = figure.colorbar(mesh, ax=axis, fraction=0.046, pad=0.04)
+    colour_bar.set_label(label)
+    figure.tight_layout()
+    return figure
+
+
+def error_heatmap_figure(vertices, faces, values, title: str = "", vmax: float | None = None):
+    """Frontal view of a mesh coloured by a per-vertex error.
+
+    vertices (V, 3) mm, faces (F, 3), values (V,) mm (tensors or arrays) -> matplotlib Figure with a colour bar
+    in mm (0 to ``vmax``, default the largest value).
+    """
+    values_np = _as_numpy(values).astype(float)
+    top = float(np.nanmax(values_np)) if vmax is None else float(vmax)
+    return _vertex_map_figure(vertices, faces, values_np, title, "error (mm)", "inferno", 0.0, max(top, 1e-9))
+
+
+def attention_map_figure(vertices, faces, gate, title: str = "motion attention"):
+    """Frontal view of a mesh coloured by DGMD's motion-attention gate. gate (V,) in [0, 1] -> Figure."""
+    return _vertex_map_figure(vertices, faces, gate, title, "gate a", "magma", 0.0, 1.0)
+
+
+def mesh_sequence_html(vertices, faces, path, values=None, title: str = "", include_plotlyjs: bool | str = True,
+                       value_label: str = "mm") -> Path:
+    """Interactive plotly page of a mesh sequence (one frame per slider step, with play / pause).
+
+    vertices (T, V, 3) mm; faces (F, 3); values (T, V) per-vertex colours (e.g. error in mm) or None (flat);
+    include_plotlyjs: True embeds plotly.js so the page works offline (about 4 MB), "cdn" links it instead.
+    Written atomically to ``path`` (.html); returns the path.
+    """
+    import plotly.graph_objects as go
+
+    path = Path(path)
+    vertices = _as_numpy(vertices).astype(float)
+    faces = _as_numpy(faces).astype(int)
+    if vertices.ndim != 3 or vertices.shape[-1] != 3:
+        raise ValueError(f"vertices: expected (T, V, 3), got {vertices.shape}")
+    _check_mesh(vertices[0], faces, None)
+    T, V, _ = vertices.shape
+    if values is not None:
+        values = _as_numpy(values).astype(float)
+        if values.shape != (T, V):
+            raise ValueError(f"values: expected ({T}, {V}) one per vertex and frame, got {values.shape}")
+    cmin, cmax = (0.0, float(np.nanmax(values)) or 1.0) if values is not None else (None, None)
+
+    def mesh(t: int) -> go.Mesh3d:
+        colour = dict(intensity=values[t], colorscale="Inferno", cmin=cmin, cmax=cmax,
+                      colorbar=dict(title=value_label)) if values is not None else dict(color="lightgray")
+        return go.Mesh3d(x=vertices[t, :, 0], y=vertices[t, :, 1], z=vertices[t, :, 2],
+                         i=faces[:, 0], j=faces[:, 1], k=faces[:, 2], flatshading=False, **colour)
+
+    frames = [go.Frame(data=[mesh(t)], name=str(t)) for t in range(T)]
+    steps = [dict(method="animate", label=str(t),
+                  args=[[str(t)], dict(mode="immediate", frame=dict(duration=0, redraw=True),
+                                       transition=dict(duration=0))])
+             for t in range(T)]
+    play = dict(type="buttons", showactive=False, x=0.0, y=0.0, xanchor="left", yanchor="top",
+                buttons=[dict(label="play", method="animate",
+                              args=[None, dict(frame=dict(duration=80, redraw=True), fromcurrent=True)]),
+                         dict(label="pause", method="animate",
+                              args=[[None], dict(mode="immediate", frame=dict(duration=0, redraw=False))])])
+    figure = go.Figure(data=[mesh(0)], frames=frames)
+    figure.update_layout(
+        title=title, updatemenus=[play],
+        sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix="frame "), pad=dict(t=40))],
+        scene=dict(aspectmode="data", camera=dict(eye=dict(x=0.0, y=0.0, z=2.0), up=dict(x=0, y=1, z=0))),
+        margin=dict(l=0, r=0, t=40, b=0),
+    )
+    write_text_atomic(figure.to_html(include_plotlyjs=include_plotlyjs, full_html=True), path)
+    return path
