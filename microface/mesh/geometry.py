@@ -1,11 +1,25 @@
-"""Mesh geometry: rotations (axis-angle) and area-weighted vertex normals."""
+"""Mesh geometry: rotations (axis-angle) and area-weighted vertex normals.
+
+Shapes: B batch, V vertices, F faces; ``...`` any leading dimensions.
+"""
 from __future__ import annotations
 
 import torch
 
 
 def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
-    """Rodrigues' formula. axis_angle (..., 3) -> rotation matrices (..., 3, 3)."""
+    """Rotation matrices from axis-angle vectors (Rodrigues' formula).
+
+    Args:
+        axis_angle: rotation axis scaled by the angle in radians, shape (..., 3).
+
+    Returns:
+        rotation matrices, shape (..., 3, 3).
+
+    Example:
+        >>> axis_angle_to_matrix(torch.zeros(2, 3)).shape
+        torch.Size([2, 3, 3])
+    """
     angle = axis_angle.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     axis = axis_angle / angle
     x, y, z = axis.unbind(-1)
@@ -19,7 +33,15 @@ def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
 
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals. vertices (B, V, 3), faces (F, 3) -> (B, V, 3)."""
+    """Area-weighted unit vertex normals.
+
+    Args:
+        vertices: vertex positions, shape (B, V, 3).
+        faces: triangle vertex indices, shape (F, 3).
+
+    Returns:
+        unit normals, shape (B, V, 3).
+    """
     v0, v1, v2 = (vertices[:, faces[:, k]] for k in range(3))
     face_normals = torch.cross(v1 - v0, v2 - v0, dim=-1)  # length = 2 * area, so sums are area-weighted
     normals = torch.zeros_like(vertices)

@@ -1,13 +1,23 @@
-"""Laplacian coordinates of a mesh: uniform (graph) and cotangent weights."""
+"""Laplacian coordinates of a mesh: uniform (graph) and cotangent weights.
+
+Shapes: B batch, V vertices, F faces, E edges.
+"""
 from __future__ import annotations
 
 import torch
 
 
 def uniform_laplacian_coordinates(vertices: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """delta_i = v_i - mean of the neighbours of i. vertices (B, V, 3), edges (2, E) undirected -> (B, V, 3).
+    """Uniform Laplacian coordinates: delta_i = v_i - mean of the neighbours of i.
 
     Isolated vertices get delta = 0.
+
+    Args:
+        vertices: vertex positions, shape (B, V, 3).
+        edges: undirected edges, shape (2, E).
+
+    Returns:
+        Laplacian coordinates delta, shape (B, V, 3), in the units of ``vertices``.
     """
     src = torch.cat([edges[0], edges[1]])
     dst = torch.cat([edges[1], edges[0]])
@@ -20,11 +30,19 @@ def uniform_laplacian_coordinates(vertices: torch.Tensor, edges: torch.Tensor) -
 
 
 def cotangent_laplacian_coordinates(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """delta_i = v_i - sum_j w_ij v_j / sum_j w_ij with cotangent weights of the mesh itself.
+    """Cotangent Laplacian coordinates: delta_i = v_i - sum_j w_ij v_j / sum_j w_ij.
 
-    vertices (B, V, 3), faces (F, 3) -> (B, V, 3). w_ij = (cot alpha + cot beta) / 2, clamped at 0: obtuse
-    triangles give negative weights whose normalisation can blow up, and a Laplacian feature only needs to
-    be a stable smoothness descriptor.
+    The cotangent weights are those of the mesh itself: w_ij = (cot alpha + cot beta) / 2, clamped at 0:
+    obtuse triangles give negative weights whose normalisation can blow up, and a Laplacian feature only
+    needs to be a stable smoothness descriptor.
+
+    Args:
+        vertices: vertex positions, shape (B, V, 3).
+        faces: triangle vertex indices, shape (F, 3).
+
+    Returns:
+        Laplacian coordinates delta, shape (B, V, 3), in the units of ``vertices``; 0 at vertices with no
+        positive weight.
     """
     faces = faces.long()
     delta_sum = torch.zeros_like(vertices)

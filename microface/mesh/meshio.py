@@ -1,4 +1,7 @@
-"""Mesh files: OBJ and PLY writers and readers (vertices in mm, triangles)."""
+"""Mesh files: OBJ and PLY writers and readers (vertices in mm, triangles).
+
+Shapes: V vertices, F faces. Face indices are 0-based in memory.
+"""
 from __future__ import annotations
 
 import io
@@ -8,7 +11,14 @@ import numpy as np
 
 
 def write_obj(path: str | Path, vertices: np.ndarray, faces: np.ndarray, comment: str = "") -> None:
-    """Wavefront OBJ: vertices (V, 3), faces (F, 3) 0-based (written 1-based)."""
+    """Write a Wavefront OBJ file.
+
+    Args:
+        path: file to write.
+        vertices: vertex positions, shape (V, 3).
+        faces: 0-based triangle vertex indices, shape (F, 3) (written 1-based, as OBJ wants).
+        comment: text written as ``#`` lines at the top; one line per line of text.
+    """
     buffer = io.StringIO()
     if comment:
         buffer.write("".join(f"# {line}\n" for line in comment.splitlines()))
@@ -18,7 +28,14 @@ def write_obj(path: str | Path, vertices: np.ndarray, faces: np.ndarray, comment
 
 
 def write_ply(path: str | Path, vertices: np.ndarray, faces: np.ndarray, comment: str = "") -> None:
-    """ASCII PLY: vertices (V, 3) float, faces (F, 3) 0-based vertex_indices."""
+    """Write an ASCII PLY file.
+
+    Args:
+        path: file to write.
+        vertices: vertex positions, shape (V, 3), written as float.
+        faces: 0-based triangle vertex indices, shape (F, 3), written as ``vertex_indices``.
+        comment: text written as ``comment`` lines in the header.
+    """
     vertices, faces = np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int64)
     buffer = io.StringIO()
     buffer.write("ply\nformat ascii 1.0\n")
@@ -31,7 +48,17 @@ def write_ply(path: str | Path, vertices: np.ndarray, faces: np.ndarray, comment
 
 
 def read_obj(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a triangle OBJ -> vertices (V, 3) float64, faces (F, 3) int64 0-based (``f a/b/c`` forms accepted)."""
+    """Read a triangle OBJ file (``f a/b/c`` forms accepted).
+
+    Args:
+        path: OBJ file.
+
+    Returns:
+        vertices, shape (V, 3) float64, and 0-based faces, shape (F, 3) int64.
+
+    Raises:
+        ValueError: a face is not a triangle.
+    """
     vertices, faces = [], []
     for line in Path(path).read_text().splitlines():
         parts = line.split()
@@ -47,7 +74,17 @@ def read_obj(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read an ASCII triangle PLY as ``write_ply`` writes it -> vertices (V, 3) float64, faces (F, 3) int64."""
+    """Read an ASCII triangle PLY file as ``write_ply`` writes it.
+
+    Args:
+        path: PLY file.
+
+    Returns:
+        vertices, shape (V, 3) float64, and faces, shape (F, 3) int64.
+
+    Raises:
+        ValueError: the file is not ASCII PLY, has no ``end_header``, or holds a face that is not a triangle.
+    """
     lines = Path(path).read_text().splitlines()
     if not lines or lines[0] != "ply" or "format ascii 1.0" not in lines[1]:
         raise ValueError(f"{path}: expected an ASCII PLY file")

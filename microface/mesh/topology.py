@@ -1,11 +1,28 @@
-"""Mesh topology: edges, face adjacency and the normalised vertex graph used for message passing."""
+"""Mesh topology: edges, face adjacency and the normalised vertex graph used for message passing.
+
+Shapes: B batch, V vertices, F faces, E undirected edges, C feature channels.
+"""
 from __future__ import annotations
 
 import torch
 
 
 def mesh_edges(faces: torch.Tensor) -> torch.Tensor:
-    """Unique undirected edges of a triangle mesh. faces (F, 3) long -> (2, E) long with edges[0] < edges[1]."""
+    """Unique undirected edges of a triangle mesh.
+
+    Args:
+        faces: triangle vertex indices, shape (F, 3).
+
+    Returns:
+        edges, shape (2, E) long, with ``edges[0] < edges[1]``.
+
+    Raises:
+        ValueError: ``faces`` is not (F, 3).
+
+    Example:
+        >>> mesh_edges(torch.tensor([[0, 1, 2]])).tolist()
+        [[0, 0, 1], [1, 2, 2]]
+    """
     if faces.ndim != 2 or faces.shape[1] != 3:
         raise ValueError(f"faces: expected (F, 3), got {tuple(faces.shape)}")
     faces = faces.long()
@@ -15,9 +32,15 @@ def mesh_edges(faces: torch.Tensor) -> torch.Tensor:
 
 
 def face_adjacency(faces: torch.Tensor) -> torch.Tensor:
-    """Pairs of faces sharing an edge. faces (F, 3) -> (2, P) long face indices.
+    """Pairs of faces sharing an edge.
 
     A non-manifold edge shared by k > 2 faces contributes its k - 1 consecutive pairs.
+
+    Args:
+        faces: triangle vertex indices, shape (F, 3).
+
+    Returns:
+        face index pairs, shape (2, P) long, P the number of pairs.
     """
     faces = faces.long()
     n_faces = faces.shape[0]
@@ -35,7 +58,12 @@ def face_adjacency(faces: torch.Tensor) -> torch.Tensor:
 def normalized_adjacency(edges: torch.Tensor, n_vertices: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Kipf & Welling's D^-1/2 (A + I) D^-1/2 as a sparse list.
 
-    edges (2, E) undirected -> (index (2, 2E + V) [source, target], weight (2E + V,)).
+    Args:
+        edges: undirected edges, shape (2, E).
+        n_vertices: number of vertices V.
+
+    Returns:
+        ``(index, weight)``: index, shape (2, 2E + V), rows [source, target]; weight, shape (2E + V,).
     """
     loops = torch.arange(n_vertices, device=edges.device)
     src = torch.cat([edges[0], edges[1], loops])
@@ -49,7 +77,13 @@ def normalized_adjacency(edges: torch.Tensor, n_vertices: int) -> tuple[torch.Te
 def propagate(features: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Sparse neighbourhood aggregation out[:, t] = sum_s weight[s->t] * features[:, s].
 
-    features (B, V, C), index (2, N) [source, target], weight (N,) -> (B, V, C).
+    Args:
+        features: vertex features, shape (B, V, C).
+        index: message pairs, shape (2, N), rows [source, target].
+        weight: message weights, shape (N,).
+
+    Returns:
+        aggregated features, shape (B, V, C).
     """
     messages = features[:, index[0]] * weight.to(features.dtype)[None, :, None]
     return torch.zeros_like(features).index_add(1, index[1], messages)
