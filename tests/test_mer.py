@@ -298,3 +298,45 @@ def test_mer_table_keeps_wall_clock_out_of_the_scores(tmp_path):
     timings = pd.read_csv(tmp_path / "mer_table_timings.csv")
     assert list(timings.columns) == ["protocol", "model", "group", "seconds", "train_s_per_fold"]
     assert shown["seconds"].iloc[0] == 12.3  # the notebook still shows them
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "full"])
+def test_mer_model_settings_come_from_the_profile_config(profile):
+    """Every model's sizes, batch and learning rate are the config's (nothing per profile in the code), and the sizes
+    build the models they name."""
+    from pathlib import Path
+
+    import yaml
+
+    from microface.experiments.mer_tables import mer_model_settings
+    from microface.models.fdp import FDPConfig
+    from microface.models.mol import MOLConfig
+
+    mer = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / f"{profile}.yaml").read_text())["mer"]
+    samples = make_samples()
+    for name, build in (("fdp", FDPConfig), ("mol", MOLConfig), ("trajectory", TrajectoryConfig)):
+        inputs, kwargs = mer_model_settings(name, profile, mer)
+        assert kwargs == {"n_frames": mer["n_frames"], "image_size": mer[name].get("image_size"), "gray": True}
+        run = mer_model_settings(name, profile, mer, run_config=True, seed=5, samples=samples)
+        assert (run["epochs"], run["batch_size"], run["lr"], run["seed"]) == (mer["epochs"], mer["batch_size"],
+                                                                              mer["lr"], 5)
+        assert {k: v for k, v in run["model"].items() if k != "n_expression"} == mer[name]
+        build(**run["model"])
+        MERRunConfig.from_dict(run)
+    assert run["model"]["n_expression"] == samples.inputs["trajectory"].shape[-1]
+    changed = {**mer, "batch_size": 3, "mol": {**mer["mol"], "knn_k": 1}}
+    run = mer_model_settings("mol", profile, changed, run_config=True)
+    assert run["batch_size"] == 3 and run["model"]["knn_k"] == 1
+
+
+def test_mer_model_settings_name_the_missing_key():
+    from microface.experiments.mer_tables import mer_model_settings
+
+    mer = {"epochs": 2, "n_frames": 4, "batch_size": 4, "lr": 1e-3, "trajectory": {"hidden": 8, "layers": 1}}
+    with pytest.raises(KeyError, match=r"config/cpu.yaml.*'fdp'"):
+        mer_model_settings("fdp", "cpu", mer)
+    with pytest.raises(KeyError, match=r"config/smoke.yaml.*'lr'"):
+        mer_model_settings("trajectory", "smoke", {k: v for k, v in mer.items() if k != "lr"}, run_config=True,
+                           samples=make_samples())
+    with pytest.raises(ValueError, match="unknown MER model"):
+        mer_model_settings("svm", "smoke", mer)

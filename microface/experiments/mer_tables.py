@@ -1,4 +1,5 @@
-"""Settings and tables of the recognition experiment (notebook 03_mer): which inputs and model size per profile."""
+"""Settings and tables of the recognition experiment (notebook 03_mer): each model's inputs, and its sizes and
+optimiser settings as the profile's ``mer:`` section gives them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,43 +9,45 @@ import pandas as pd
 
 from microface.utils.io import write_text_atomic
 
-# Model sizes per profile: small enough for 2 CPU cores in `smoke` and `cpu`, paper scale on GPU nodes.
-MODEL_SIZES = {
-    "fdp": {
-        "smoke": dict(image_size=64, dims=[8, 16], depths=[1, 1], heads=[1, 2], sr_ratios=[2, 1], decoder_dim=16),
-        "cpu": dict(image_size=64, dims=[16, 32, 64], depths=[1, 1, 1], heads=[1, 2, 4], sr_ratios=[4, 2, 1]),
-        "full": dict(image_size=224, dims=[64, 128, 320, 512], depths=[2, 2, 2, 2], heads=[1, 2, 5, 8],
-                     sr_ratios=[8, 4, 2, 1]),
-    },
-    "mol": {
-        "smoke": dict(image_size=64, stem_channels=[8, 16], knn_k=2),
-        "cpu": dict(image_size=64, stem_channels=[16, 32, 32], knn_k=4),
-        "full": dict(image_size=128, stem_channels=[32, 64, 128], n_blocks=2),
-    },
-    "trajectory": {
-        "smoke": dict(hidden=16, layers=1),
-        "cpu": dict(hidden=64, layers=2),
-        "full": dict(hidden=128, layers=3),
-    },
-}
 INPUTS = {"fdp": ("clips",), "mol": ("pair", "flow", "landmarks"), "trajectory": ("trajectory",)}
 
 
+def _setting(mer: dict, key: str, profile: str):
+    """``mer[key]``, or a KeyError naming the config file and the missing key."""
+    if key not in mer:
+        raise KeyError(f"config/{profile}.yaml: the mer section has no {key!r} key (found {sorted(mer)}); "
+                       f"config/schema.yaml lists what it needs")
+    return mer[key]
+
+
 def mer_model_settings(name: str, profile: str, mer: dict, run_config: bool = False, seed: int = 0, samples=None):
-    """Either (inputs, samples_from_prepared kwargs) or, with run_config, the MERRunConfig mapping
-    (the trajectory classifier then needs ``samples`` to size its input to the face model's expression count)."""
-    if name not in MODEL_SIZES:
-        raise ValueError(f"unknown MER model {name!r}: expected one of {', '.join(MODEL_SIZES)}")
-    size = dict(MODEL_SIZES[name][profile])
+    """The inputs and settings of one recognition model, read from the profile's ``mer:`` section.
+
+    Args:
+        name: "fdp", "mol" or "trajectory".
+        profile: the profile's name, used only to name ``config/<profile>.yaml`` in errors.
+        mer: the ``mer:`` section: epochs, n_frames, batch_size, lr, and one mapping of model sizes per model
+            (``mer[name]``: FDPConfig / MOLConfig / TrajectoryConfig keys; its image_size also sizes the frames).
+        run_config: return the MERRunConfig mapping instead of the inputs.
+        seed: the run's seed (run_config only).
+        samples: the loaded samples (run_config of "trajectory" only: its input width is the face model's
+            expression count, ``samples.inputs["trajectory"].shape[-1]``).
+
+    Returns:
+        Either (input names, ``samples_from_prepared`` kwargs) or, with run_config, the MERRunConfig mapping
+        {epochs, batch_size, lr, seed, model}.
+    """
+    if name not in INPUTS:
+        raise ValueError(f"unknown MER model {name!r}: expected one of {', '.join(INPUTS)}")
+    size = dict(_setting(mer, name, profile))
     if run_config:
-        batch = 8 if profile == "smoke" else 16
         if name == "trajectory":
             if samples is None:
                 raise ValueError("the trajectory classifier's settings need the samples (for n_expression)")
             size["n_expression"] = int(samples.inputs["trajectory"].shape[-1])
-        return dict(epochs=int(mer["epochs"]), batch_size=batch, lr=1e-3, seed=seed, model=size)
-    image_size = size.get("image_size")
-    kwargs = dict(n_frames=int(mer["n_frames"]), image_size=image_size, gray=True)
+        return dict(epochs=int(_setting(mer, "epochs", profile)), batch_size=int(_setting(mer, "batch_size", profile)),
+                    lr=float(_setting(mer, "lr", profile)), seed=seed, model=size)
+    kwargs = dict(n_frames=int(_setting(mer, "n_frames", profile)), image_size=size.get("image_size"), gray=True)
     return INPUTS[name], kwargs
 
 
