@@ -1,4 +1,8 @@
-"""Cameras: perspective and weak-perspective, projection, and every conversion between camera forms."""
+"""Cameras: perspective and weak-perspective, projection, and every conversion between camera forms.
+
+Frames and screen space are those of :mod:`microface.render.rasterize`. Shapes: B batch, N points,
+H/W image size.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,12 +14,21 @@ import torch
 class Camera:
     """A batch of pinhole (``kind="perspective"``) or weak-perspective (``kind="weak"``) cameras.
 
-    R: (B, 3, 3) world->camera rotation; t: (B, 3) translation in mm; ``X_cam = X_world @ R^T + t`` in the
-    OpenCV camera frame (+x right, +y down, +z forward).
+    ``X_cam = X_world @ R^T + t`` in the OpenCV camera frame (+x right, +y down, +z forward).
     perspective: ``x_px = focal * x_cam / z_cam + principal_x``, same for y.
-    weak: ``x_px = scale * x_cam + principal_x`` (``scale`` in px/mm, ``principal`` acts as the 2D
-    translation in pixels); ``focal`` is unused.
-    focal: (B,) pixels; principal: (B, 2) pixels (x, y); scale: (B,) px/mm, weak only.
+    weak: ``x_px = scale * x_cam + principal_x`` (``principal`` acts as the 2D translation in pixels);
+    ``focal`` is unused.
+
+    Args:
+        R: world->camera rotation, shape (B, 3, 3).
+        t: translation in mm, shape (B, 3).
+        focal: focal length in pixels, shape (B,).
+        principal: principal point ``(x, y)`` in pixels, shape (B, 2).
+        kind: "perspective" or "weak".
+        scale: px/mm, shape (B,); weak cameras only.
+
+    Raises:
+        ValueError: an unknown ``kind`` or a field of the wrong shape.
     """
 
     R: torch.Tensor
@@ -43,10 +56,12 @@ class Camera:
 
     @property
     def batch_size(self) -> int:
+        """Number of cameras B."""
         return int(self.R.shape[0])
 
     @property
     def is_perspective(self) -> bool:
+        """Whether the cameras are pinhole (perspective) cameras."""
         return self.kind == "perspective"
 
 
@@ -74,8 +89,21 @@ def look_at_camera(
 ) -> Camera:
     """Frontal perspective camera on the world +z axis, ``distance_mm`` from the origin, looking at it.
 
-    image_size: int or (H, W); the principal point is the image centre ``(W / 2, H / 2)``.
-    Returns a Camera with R (B, 3, 3) = diag(1, -1, -1), t (B, 3) = (0, 0, distance_mm).
+    Args:
+        distance_mm: distance from the world origin in mm, > 0.
+        focal_px: focal length in pixels, > 0.
+        image_size: int or (H, W); the principal point is the image centre ``(W / 2, H / 2)``.
+        batch_size: number of (identical) cameras B.
+        device: device of the camera tensors.
+        dtype: dtype of the camera tensors.
+
+    Returns:
+        a perspective Camera with R = diag(1, -1, -1), shape (B, 3, 3), and t = (0, 0, distance_mm),
+        shape (B, 3).
+
+    Example:
+        >>> look_at_camera(500.0, 300.0, (64, 48), batch_size=2).principal[0].tolist()
+        [24.0, 32.0]
     """
     H, W = _size_hw(image_size)
     if distance_mm <= 0 or focal_px <= 0:
@@ -92,8 +120,14 @@ def weak_perspective_camera(
 ) -> Camera:
     """Weak-perspective camera: ``x_px = scale * x_cam + translation``.
 
-    scale: (B,) px/mm; translation: (B, 2) pixels; R: (B, 3, 3) or None for the frontal rotation.
-    ``depth_offset_mm`` only shifts depth so it stays positive for the z-test.
+    Args:
+        scale: px/mm, shape (B,).
+        translation: 2D translation in pixels, shape (B, 2).
+        R: world->camera rotation, shape (B, 3, 3), or None for the frontal rotation diag(1, -1, -1).
+        depth_offset_mm: only shifts depth so it stays positive for the z-test.
+
+    Returns:
+        a weak Camera.
     """
     if scale.ndim != 1 or translation.shape != (scale.shape[0], 2):
         raise ValueError(
@@ -108,7 +142,18 @@ def weak_perspective_camera(
 
 
 def project_points(points: torch.Tensor, camera: Camera) -> torch.Tensor:
-    """World points (B, N, 3) mm -> screen (B, N, 3) = [x_px (right), y_px (down), depth_mm (farther = larger)]."""
+    """Project world points to screen space.
+
+    Args:
+        points: world points in mm, shape (B, N, 3).
+        camera: a batch of B cameras.
+
+    Returns:
+        screen points ``(x_px (right), y_px (down), depth_mm (farther = larger))``, shape (B, N, 3).
+
+    Raises:
+        ValueError: ``points`` is not (B, N, 3) or its batch differs from the camera's.
+    """
     if points.ndim != 3 or points.shape[-1] != 3:
         raise ValueError(f"points: expected (B, N, 3), got {tuple(points.shape)}")
     if points.shape[0] != camera.batch_size:
@@ -124,7 +169,18 @@ def project_points(points: torch.Tensor, camera: Camera) -> torch.Tensor:
 
 
 def expand_camera(camera: Camera, n: int) -> Camera:
-    """A batch-1 camera repeated n times (or a batch-n camera unchanged) -> Camera with batch n."""
+    """A batch-1 camera repeated n times (or a batch-n camera unchanged).
+
+    Args:
+        camera: a Camera of batch 1 or n.
+        n: batch size wanted.
+
+    Returns:
+        a Camera with batch n (expanded views of the batch-1 tensors, not copies).
+
+    Raises:
+        ValueError: the camera's batch is neither 1 nor n.
+    """
     if camera.batch_size == n:
         return camera
     if camera.batch_size != 1:
@@ -135,7 +191,17 @@ def expand_camera(camera: Camera, n: int) -> Camera:
 
 
 def concat_cameras(cameras: list[Camera]) -> Camera:
-    """Cameras of one kind concatenated along the batch -> Camera."""
+    """Cameras of one kind concatenated along the batch.
+
+    Args:
+        cameras: cameras of the same kind.
+
+    Returns:
+        a Camera whose batch is the sum of theirs.
+
+    Raises:
+        ValueError: the cameras are of more than one kind.
+    """
     kinds = {c.kind for c in cameras}
     if len(kinds) != 1:
         raise ValueError(f"concat_cameras: expected one camera kind, found {sorted(kinds)}")
@@ -151,9 +217,19 @@ DEFAULT_CAMERA_SCALE = 1.0 / 90.0  # NDC per millimetre: a 155 mm face covers ~1
 def weak_perspective_project(points: torch.Tensor, camera: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     """Project model-frame points to pixels with a weak-perspective camera.
 
-    points (B, N, 3) mm (+y up), camera (B, 3) = (s, tx, ty), image_size (H, W) -> (B, N, 2) pixel (x, y),
-    origin at the top-left pixel corner, y down: ``ndc = s * X[:, :, :2] + t``, ``x_px = (ndc_x + 1) W / 2``,
+    Origin at the top-left pixel corner, y down: ``ndc = s * X[:, :, :2] + t``, ``x_px = (ndc_x + 1) W / 2``,
     ``y_px = (1 - ndc_y) H / 2``.
+
+    Args:
+        points: model-frame points in mm (+y up), shape (B, N, 3).
+        camera: ``(s, tx, ty)``, shape (B, 3): s in NDC per mm, (tx, ty) in NDC.
+        image_size: (H, W).
+
+    Returns:
+        pixel coordinates ``(x, y)``, shape (B, N, 2).
+
+    Raises:
+        ValueError: ``points`` or ``camera`` has the wrong shape.
     """
     if points.ndim != 3 or points.shape[-1] != 3:
         raise ValueError(f"points: expected (B, N, 3), got {tuple(points.shape)}")
@@ -167,10 +243,20 @@ def weak_perspective_project(points: torch.Tensor, camera: torch.Tensor, image_s
 
 
 def to_render_camera(camera: torch.Tensor, image_size: tuple[int, int]):
-    """The encoder's weak-perspective camera (B,3) as a ``microface.render.Camera`` for (H, W) = image_size.
+    """The encoder's weak-perspective camera as a renderer :class:`Camera`.
 
     Same projection as ``weak_perspective_project`` (for square images; the renderer's weak camera has one
     px/mm scale, so H != W raises ValueError).
+
+    Args:
+        camera: ``(s, tx, ty)``, shape (B, 3), as in ``weak_perspective_project``.
+        image_size: (H, W), with H == W.
+
+    Returns:
+        a weak Camera of batch B.
+
+    Raises:
+        ValueError: the image is not square or ``camera`` is not (B, 3).
     """
     from microface.render.camera import weak_perspective_camera
 

@@ -4,6 +4,8 @@ The API imitates pytorch3d (a renderer is a rasterizer plus a shader; fragments 
 ``pix_to_face``, ``bary_coords``, ``zbuf``) so code that consumes fragments (DGMD's pixel-vertex pooling)
 runs unchanged on the optional pytorch3d backend.
 
+Shapes: B batch, V vertices, F faces (per mesh), H/W image size, C channels.
+
 Conventions
 -----------
 World frame: the face model's (millimetres, +x subject's left, +y up, +z out of the face toward a frontal
@@ -36,6 +38,8 @@ Fragments (``faces_per_pixel = 1``):
 
 Example
 -------
+>>> import torch
+>>> from microface.render import MeshRenderer, look_at_camera, sh_constant
 >>> cam = look_at_camera(500.0, 300.0, (64, 64), batch_size=1)
 >>> verts = torch.tensor([[[-40.0, -40.0, 0.0], [40.0, -40.0, 0.0], [0.0, 40.0, 0.0]]])
 >>> faces = torch.tensor([[0, 1, 2]])
@@ -81,12 +85,14 @@ _MAX_CANDIDATES_PER_CHUNK = 1 << 22
 class Fragments:
     """Per-pixel rasterization result (see the module docstring for exact conventions).
 
-    pix_to_face: (B, H, W, 1) long, packed face index ``b * F + f``, -1 background.
-    bary_coords: (B, H, W, 1, 3) perspective-correct barycentrics (zeros on background), differentiable.
-    zbuf: (B, H, W, 1) depth in mm of the surface point, -1 background, differentiable.
-    alpha: (B, H, W) soft coverage in [0, 1], differentiable w.r.t. screen vertices.
-    fringe_face: (B, H, W, 1) long, nearest face for pixels in the anti-aliased fringe outside the mesh, else -1.
-    fringe_bary: (B, H, W, 1, 3) barycentrics clipped to that face, else zeros.
+    Attributes:
+        pix_to_face: long, packed face index ``b * F + f``, -1 background, shape (B, H, W, 1).
+        bary_coords: perspective-correct barycentrics (zeros on background), differentiable, shape (B, H, W, 1, 3).
+        zbuf: depth in mm of the surface point, -1 background, differentiable, shape (B, H, W, 1).
+        alpha: soft coverage in [0, 1], differentiable w.r.t. screen vertices, shape (B, H, W).
+        fringe_face: long, nearest face for pixels in the anti-aliased fringe outside the mesh, else -1,
+            shape (B, H, W, 1).
+        fringe_bary: barycentrics clipped to that face, else zeros, shape (B, H, W, 1, 3).
     """
 
     pix_to_face: torch.Tensor
@@ -98,7 +104,7 @@ class Fragments:
 
     @property
     def mask(self) -> torch.Tensor:
-        """(B, H, W) bool, pixels whose centre lies on a face."""
+        """Bool, pixels whose centre lies on a face, shape (B, H, W)."""
         return self.pix_to_face[..., 0] >= 0
 
 
@@ -403,23 +409,33 @@ def rasterize(
 ) -> Fragments:
     """Rasterize screen-space meshes into :class:`Fragments` (one face per pixel, nearest depth wins).
 
-    screen_vertices: (B, V, 3) ``[x_px, y_px, depth]`` from :func:`project_points`; faces: (F, 3) long, shared
-    by the batch; image_size: int or (H, W).
-    blur_radius_px: half-width r of the anti-aliasing band. ``alpha = S(D)`` where D is the signed distance
-    (pixels, inside positive) from the pixel centre to the silhouette and S the cubic smoothstep rising from
-    0 at ``D = -r`` to 1 at ``D = r`` (SoftRas-style soft coverage, but with compact support and symmetric,
-    ``S(-D) = 1 - S(D)``, so the alpha-weighted area of a straight edge is exact). Outside the mesh D is minus
-    the distance to the nearest face (exact for the union of all faces). On covered pixels D is the distance
-    to the nearest screen-space contour edge (an open edge, or one between a front- and a back-facing face)
-    whose outer side is background; internal edges and occluded folds never lower alpha, so there are no
-    seams. ``alpha`` is differentiable w.r.t. the screen vertices; r must be > 0.
-    perspective_correct: use it for perspective cameras (barycentrics weight the 3D surface point);
-    False for weak perspective (depth is then interpolated linearly in screen space). With it, faces with a
-    corner at depth <= 0 are dropped (no near-plane clipping).
-    backend: "torch" (this file) or "pytorch3d" (hard visibility from pytorch3d's rasterizer; barycentrics,
-    depth and alpha still come from here, so both backends return the same structure and gradients).
-    Returns Fragments with pix_to_face (B, H, W, 1), bary_coords (B, H, W, 1, 3), zbuf (B, H, W, 1),
-    alpha (B, H, W), fringe_face (B, H, W, 1), fringe_bary (B, H, W, 1, 3).
+    ``alpha = S(D)`` where D is the signed distance (pixels, inside positive) from the pixel centre to the
+    silhouette and S the cubic smoothstep rising from 0 at ``D = -r`` to 1 at ``D = r`` (SoftRas-style soft
+    coverage, but with compact support and symmetric, ``S(-D) = 1 - S(D)``, so the alpha-weighted area of a
+    straight edge is exact). Outside the mesh D is minus the distance to the nearest face (exact for the
+    union of all faces). On covered pixels D is the distance to the nearest screen-space contour edge (an open
+    edge, or one between a front- and a back-facing face) whose outer side is background; internal edges and
+    occluded folds never lower alpha, so there are no seams. ``alpha`` is differentiable w.r.t. the screen
+    vertices.
+
+    Args:
+        screen_vertices: ``(x_px, y_px, depth)`` from :func:`project_points`, shape (B, V, 3).
+        faces: long triangle vertex indices shared by the batch, shape (F, 3).
+        image_size: int or (H, W).
+        blur_radius_px: half-width r of the anti-aliasing band in pixels; must be > 0.
+        perspective_correct: use it for perspective cameras (barycentrics weight the 3D surface point);
+            False for weak perspective (depth is then interpolated linearly in screen space). With it, faces
+            with a corner at depth <= 0 are dropped (no near-plane clipping).
+        backend: "torch" (this file) or "pytorch3d" (hard visibility from pytorch3d's rasterizer;
+            barycentrics, depth and alpha still come from here, so both backends return the same structure
+            and gradients).
+
+    Returns:
+        Fragments with pix_to_face (B, H, W, 1), bary_coords (B, H, W, 1, 3), zbuf (B, H, W, 1),
+        alpha (B, H, W), fringe_face (B, H, W, 1), fringe_bary (B, H, W, 1, 3).
+
+    Raises:
+        ValueError: a mesh of the wrong shape, an unknown backend or a blur radius <= 0.
     """
     _check_mesh(screen_vertices, faces)
     if backend not in ("torch", "pytorch3d"):
@@ -510,9 +526,18 @@ def interpolate_vertex_attributes(
 ) -> torch.Tensor:
     """Barycentric interpolation of per-vertex attributes at each pixel.
 
-    fragments: from :func:`rasterize` with faces (F, 3); vertex_attributes: (B, V, C) or (V, C) shared.
-    Returns (B, H, W, C), differentiable w.r.t. the attributes and (through the barycentrics) the vertices;
-    zero on background. ``include_fringe`` also fills the anti-aliased fringe from ``fringe_face``.
+    Args:
+        fragments: from :func:`rasterize` with ``faces``.
+        faces: triangle vertex indices, shape (F, 3).
+        vertex_attributes: per-vertex values, shape (B, V, C), or (V, C) shared by the batch.
+        include_fringe: also fill the anti-aliased fringe from ``fringe_face``.
+
+    Returns:
+        interpolated values, shape (B, H, W, C), differentiable w.r.t. the attributes and (through the
+        barycentrics) the vertices; zero on background.
+
+    Raises:
+        ValueError: ``vertex_attributes`` of the wrong shape.
     """
     B, H, W, _ = fragments.pix_to_face.shape
     if vertex_attributes.ndim == 2:
@@ -542,6 +567,14 @@ def interpolate_vertex_attributes(
 
 
 def packed_pix_to_face(pix_to_face: torch.Tensor, n_faces: int) -> torch.Tensor:
-    """Re-pack per-image face indices (B, H, W, 1), each rasterized alone (b = 0), as ``b * F + f``."""
+    """Re-pack per-image face indices, each image rasterized alone (b = 0), as ``b * F + f``.
+
+    Args:
+        pix_to_face: per-image face indices, -1 background, shape (B, H, W, 1).
+        n_faces: faces per mesh F.
+
+    Returns:
+        packed face indices, -1 background, shape (B, H, W, 1).
+    """
     offset = torch.arange(pix_to_face.shape[0], device=pix_to_face.device)[:, None, None, None] * n_faces
     return torch.where(pix_to_face >= 0, pix_to_face + offset, pix_to_face)

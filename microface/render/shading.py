@@ -1,4 +1,8 @@
-"""Shading: spherical-harmonics lighting, texture sampling, and fragment -> image shading."""
+"""Shading: spherical-harmonics lighting, texture sampling, and fragment -> image shading.
+
+Shapes: B batch, V vertices, F faces, H/W image size, Ht/Wt texture size, C channels; ``...`` any
+leading dimensions.
+"""
 from __future__ import annotations
 
 import math
@@ -46,7 +50,14 @@ SH_BASIS_CONSTANTS = (
 
 
 def sh_basis(normals: torch.Tensor) -> torch.Tensor:
-    """Lambertian-convolved SH basis (see SH_BASIS_CONSTANTS). normals (..., 3) unit, world frame -> (..., 9)."""
+    """Lambertian-convolved SH basis (see SH_BASIS_CONSTANTS).
+
+    Args:
+        normals: unit normals in the world frame, shape (..., 3).
+
+    Returns:
+        basis values, shape (..., 9).
+    """
     x, y, z = normals.unbind(-1)
     k = SH_BASIS_CONSTANTS
     return torch.stack(
@@ -66,7 +77,17 @@ def sh_basis(normals: torch.Tensor) -> torch.Tensor:
 
 
 def sh_constant(batch_size: int, irradiance: float = 1.0, device=None, dtype=torch.float32) -> torch.Tensor:
-    """DC-only SH (B, 9, 3) whose shading is exactly ``albedo * irradiance`` for every normal."""
+    """DC-only SH whose shading is exactly ``albedo * irradiance`` for every normal.
+
+    Args:
+        batch_size: B.
+        irradiance: the constant shading factor.
+        device: device of the result.
+        dtype: dtype of the result.
+
+    Returns:
+        SH coefficients, shape (B, 9, 3).
+    """
     sh = torch.zeros(batch_size, 9, 3, device=device, dtype=dtype)
     sh[:, 0, :] = irradiance / SH_BASIS_CONSTANTS[0]
     return sh
@@ -75,8 +96,16 @@ def sh_constant(batch_size: int, irradiance: float = 1.0, device=None, dtype=tor
 def shade_sh(normals: torch.Tensor, albedo: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
     """Lambertian shading under 2nd-order SH lighting, in the world frame.
 
-    normals: (B, H, W, 3) unit (any (B, ..., 3) works); albedo: same shape; sh: (B, 9, 3) coefficients of the
-    incoming radiance per colour channel. Returns ``albedo * (sh_basis(normals) @ sh)``, (B, H, W, 3).
+    Args:
+        normals: unit normals, shape (B, H, W, 3) (any (B, ..., 3) works).
+        albedo: colours, same shape as ``normals``.
+        sh: coefficients of the incoming radiance per colour channel, shape (B, 9, 3).
+
+    Returns:
+        ``albedo * (sh_basis(normals) @ sh)``, shape (B, H, W, 3).
+
+    Raises:
+        ValueError: shapes that do not match.
     """
     if normals.shape != albedo.shape or normals.shape[-1] != 3:
         raise ValueError(
@@ -92,10 +121,20 @@ def shade_sh(normals: torch.Tensor, albedo: torch.Tensor, sh: torch.Tensor) -> t
 
 
 def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Bilinear texture lookup. texture (B, C, Ht, Wt), uv (B, H, W, 2) -> (B, H, W, C).
+    """Bilinear texture lookup.
 
     UV convention (MediaPipe's canonical UVs): u in [0, 1] left -> right, v in [0, 1] TOP -> bottom of the
     texture image. For OBJ / pytorch3d UVs (v up) pass ``1 - v``.
+
+    Args:
+        texture: texture images, shape (B, C, Ht, Wt).
+        uv: lookup coordinates, shape (B, H, W, 2).
+
+    Returns:
+        sampled values, shape (B, H, W, C).
+
+    Raises:
+        ValueError: shapes that do not match.
     """
     if texture.ndim != 4 or uv.ndim != 4 or uv.shape[-1] != 2 or texture.shape[0] != uv.shape[0]:
         raise ValueError(
@@ -109,8 +148,15 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class RenderOutput:
-    """image: (B, 3, H, W) composited over the background; alpha: (B, 1, H, W) soft coverage;
-    mask: (B, 1, H, W) bool hard coverage; fragments: Fragments; screen_vertices: (B, V, 3)."""
+    """What :class:`MeshRenderer` returns.
+
+    Attributes:
+        image: composited over the background, shape (B, 3, H, W).
+        alpha: soft coverage, shape (B, 1, H, W).
+        mask: bool hard coverage, shape (B, 1, H, W).
+        fragments: the Fragments.
+        screen_vertices: ``(x_px, y_px, depth_mm)``, shape (B, V, 3).
+    """
 
     image: torch.Tensor
     alpha: torch.Tensor
@@ -141,9 +187,20 @@ def shade_mesh(
 ) -> torch.Tensor:
     """SH-Lambertian shading of fragments, composited with alpha over the background.
 
-    vertices_world: (B, V, 3) mm (normals come from them, world frame); faces (F, 3);
-    albedo: per-vertex (B, V, 3) or a texture (B, 3, Ht, Wt) sampled at per-vertex ``uvs`` (V, 2);
-    sh: (B, 9, 3). Returns the image (B, 3, H, W).
+    Args:
+        fragments: from :func:`rasterize`.
+        vertices_world: world vertices in mm, shape (B, V, 3) (normals come from them, world frame).
+        faces: triangle vertex indices, shape (F, 3).
+        albedo: per-vertex colours, shape (B, V, 3), or a texture, shape (B, 3, Ht, Wt), sampled at ``uvs``.
+        sh: SH lighting coefficients, shape (B, 9, 3).
+        background: None (black), a float, a colour of shape (3,) or an image of shape (B, 3, H, W).
+        uvs: per-vertex texture coordinates, shape (V, 2); needed with a texture albedo.
+
+    Returns:
+        the image, shape (B, 3, H, W).
+
+    Raises:
+        ValueError: an albedo, uvs or background of the wrong shape.
     """
     B, H, W, _ = fragments.pix_to_face.shape
     normals = vertex_normals(vertices_world, faces)
