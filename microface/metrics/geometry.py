@@ -77,3 +77,49 @@ def moving_vertices(motion_vertices: torch.Tensor, apex: int, threshold_mm: floa
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     """Mean of ``values[..., mask]`` (mask (V,) bool over the last axis); NaN when the mask is empty."""
     return float(values[..., mask].mean()) if bool(mask.any()) else float("nan")
+
+
+MOVING_STATIC_PARTS = ("moving", "static", "all")
+
+
+def moving_static_errors(predicted: torch.Tensor, target: torch.Tensor, moving: torch.Tensor, apex: int,
+                         motion: bool = False, gate: torch.Tensor | None = None) -> dict[str, float]:
+    """Per-vertex error (mm) of one clip, split into moving, static and all vertices: the one moving/static scorer.
+
+    Args:
+        predicted: reconstructed vertices, mm.
+        target: ground-truth vertices, mm, in the same frame as ``predicted``.
+        moving: which vertices move (see :func:`moving_vertices`); static ones are ``~moving``.
+        apex: index of the apex frame.
+        motion: also score the displacement from frame 0 (the onset) at the apex, which a static bias of
+            ``predicted`` does not affect.
+        gate: a per-vertex value (e.g. DGMD's motion-attention gate) whose mean per part is reported.
+
+    Returns:
+        Per part in ``("moving", "static", "all")``, in this key order: ``{part}_apex_mm`` (mean error at the
+        apex), ``{part}_clip_mm`` (mean over all frames and the part's vertices), ``motion_{part}_apex_mm`` when
+        ``motion``, ``gate_{part}`` when a gate is given. NaN for a part without vertices.
+
+    Shape:
+        - predicted, target: (T, V, 3); moving: (V,) bool; gate: (T, V).
+    """
+    _check_pair(predicted, target)
+    if predicted.ndim != 3 or not 0 <= apex < predicted.shape[0]:
+        raise ValueError(f"moving_static_errors: expected (T, V, 3) and 0 <= apex < T, got "
+                         f"{tuple(predicted.shape)} and apex {apex}")
+    if moving.dtype != torch.bool or moving.shape != predicted.shape[1:2]:
+        raise ValueError(f"moving_static_errors: moving: expected ({predicted.shape[1]},) bool, got "
+                         f"{tuple(moving.shape)} {moving.dtype}")
+    error = (predicted - target).norm(dim=-1)  # (T, V)
+    motion_error = None
+    if motion:
+        motion_error = ((predicted[apex] - predicted[0]) - (target[apex] - target[0])).norm(dim=-1)  # (V,)
+    row: dict[str, float] = {}
+    for part, mask in zip(MOVING_STATIC_PARTS, (moving, ~moving, torch.ones_like(moving))):
+        row[f"{part}_apex_mm"] = masked_mean(error[apex], mask)
+        row[f"{part}_clip_mm"] = masked_mean(error, mask)
+        if motion_error is not None:
+            row[f"motion_{part}_apex_mm"] = masked_mean(motion_error, mask)
+        if gate is not None:
+            row[f"gate_{part}"] = masked_mean(gate, mask)
+    return row

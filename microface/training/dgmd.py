@@ -31,7 +31,7 @@ import torch.nn.functional as F_nn
 from microface.losses.geometry import flow_guided_loss, laplacian_smoothness, normal_consistency, vertex_visibility
 from microface.losses.landmark import landmark_loss
 from microface.mesh.topology import face_adjacency
-from microface.metrics.geometry import masked_mean, moving_vertices
+from microface.metrics.geometry import moving_static_errors, moving_vertices
 from microface.models.dgmd import DGMD, VertexCues
 from microface.render.camera import Camera, concat_cameras, expand_camera, project_points
 from microface.render.rasterize import rasterize
@@ -482,14 +482,9 @@ def evaluate_dgmd(dgmd: DGMD, clips: list[RefineClip], moving_threshold_mm: floa
         motion_truth = clip.truth_motion_vertices if clip.truth_motion_vertices is not None else clip.truth_vertices
         moving = moving_vertices(motion_truth, apex, moving_threshold_mm)
         row: dict = {"key": clip.key, "apex": apex, "n_moving": int(moving.sum()), "n_vertices": int(moving.numel())}
-        truth_motion = truth[apex] - truth[0]
         for name, mesh in (("coarse", coarse), ("dgmd", refined)):
-            error = (mesh - truth).norm(dim=-1)  # (T, V)
-            motion_error = ((mesh[apex] - mesh[0]) - truth_motion).norm(dim=-1)
-            for part, mask in (("moving", moving), ("static", ~moving), ("all", torch.ones_like(moving))):
-                row[f"{name}_{part}_apex_mm"] = masked_mean(error[apex], mask)
-                row[f"{name}_{part}_clip_mm"] = masked_mean(error, mask)
-                row[f"{name}_motion_{part}_apex_mm"] = masked_mean(motion_error, mask)
+            scores = moving_static_errors(mesh, truth, moving, apex, motion=True)
+            row.update({f"{name}_{key}": value for key, value in scores.items()})
         rows.append(row)
     return rows
 
