@@ -6,7 +6,22 @@ __all__ = ["FaceModel", "FaceOutput", "axis_angle_to_matrix", "vertex_normals", 
 
 
 def load_face_model(name: str = "open", path: str | None = None) -> FaceModel:
-    """Build a face model by name: ``open`` (embedded default) or ``flame`` (needs ``path`` to the pickle)."""
+    """Build a face model by name.
+
+    Args:
+        name: ``open`` (embedded default) or ``flame`` (needs ``path``).
+        path: for ``flame``, the path to ``generic_model.pkl`` or ``flame2023.pkl``.
+
+    Returns:
+        the FaceModel.
+
+    Raises:
+        ValueError: an unknown name, or ``flame`` without a path.
+
+    Example:
+        >>> load_face_model("open").n_vertices
+        468
+    """
     if name == "open":
         from microface.face.open_model import OpenFaceModel
 

@@ -16,6 +16,9 @@ Files looked for beside the model file (all optional):
 Landmarks are in iBUG-68 order (17 contour points, then the 51 inner points). Without an embedding, the
 landmarks are NaN and the model warns once at construction, naming the missing file; with a static
 embedding but no contour table, only the 17 contour points are NaN.
+
+Shapes: B batch, V vertices (5023), F faces, S shape size, E expression size, K blendshapes or vertices
+of a region (said where used).
 """
 from __future__ import annotations
 
@@ -57,9 +60,17 @@ class ChumpyShim:
         self.state = state
 
     def to_numpy(self) -> np.ndarray:
-        """The wrapped array. A plain ``Ch`` holds its value under ``'x'``; for operation nodes (which
-        chumpy evaluates lazily and we cannot) we fall back to the first operand ``'a'``, then to the
-        first array in the state."""
+        """The wrapped array.
+
+        A plain ``Ch`` holds its value under ``'x'``; for operation nodes (which chumpy evaluates lazily and we
+        cannot) we fall back to the first operand ``'a'``, then to the first array in the state.
+
+        Returns:
+            the array.
+
+        Raises:
+            ValueError: the state holds no array.
+        """
         state = getattr(self, "state", None)
         if not isinstance(state, dict):
             state = {"value": state}
@@ -88,6 +99,14 @@ class SparseShim:
         self.state = state
 
     def to_scipy(self) -> scipy.sparse.spmatrix:
+        """The sparse matrix rebuilt from the pickled state.
+
+        Returns:
+            a ``csc_matrix``, ``csr_matrix`` or ``coo_matrix``, as pickled.
+
+        Raises:
+            ValueError: another sparse class.
+        """
         state = self.state
         shape = tuple(state.get("_shape", state.get("shape")))
         cls = getattr(scipy.sparse, self.sparse_class)
@@ -169,13 +188,18 @@ def _missing_flame_message(path: Path) -> str:
 def load_flame_pickle(path: str | Path) -> dict:
     """Read a FLAME 2020 / 2023 model pickle without chumpy.
 
-    Returns a dict with numpy arrays (``J_regressor`` stays a ``scipy.sparse.csc_matrix``):
-    ``v_template (V,3)`` metres, ``f (F,3)``, ``shapedirs (V,3,K)`` (K=400: 300 shape + 100 expression),
-    ``posedirs (V,3,36)``, ``J_regressor (5,V)``, ``weights (V,5)``, ``kintree_table (2,5)``, and whatever
-    else the file holds (``J (5,3)``, ``bs_style``, ``bs_type``).
+    Args:
+        path: ``generic_model.pkl``, ``flame2023.pkl`` or another FLAME model pickle.
 
-    Raises FileNotFoundError (with download instructions), or ValueError naming the file when it is not a
-    pickle, lacks keys, or has arrays of the wrong shape.
+    Returns:
+        a dict with numpy arrays (``J_regressor`` stays a ``scipy.sparse.csc_matrix``):
+        ``v_template (V, 3)`` metres, ``f (F, 3)``, ``shapedirs (V, 3, K)`` (K = 400: 300 shape +
+        100 expression), ``posedirs (V, 3, 36)``, ``J_regressor (5, V)``, ``weights (V, 5)``,
+        ``kintree_table (2, 5)``, and whatever else the file holds (``J (5, 3)``, ``bs_style``, ``bs_type``).
+
+    Raises:
+        FileNotFoundError: no file (the message gives download instructions).
+        ValueError: naming the file, when it is not a pickle, lacks keys, or has arrays of the wrong shape.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -223,9 +247,14 @@ def _check_layout(path: Path, data: dict) -> None:
 class LandmarkEmbedding:
     """Barycentric landmark embedding on the FLAME mesh.
 
-    inner_faces (51,), inner_bary (51,3): iBUG points 17..67;
-    dynamic_faces (79,17), dynamic_bary (79,17,3): contour points 0..16 per head yaw (None if absent);
-    contour_faces (17,), contour_bary (17,3): a fixed contour (None if absent).
+    Attributes:
+        source: the file(s) it was read from.
+        inner_faces: face indices of iBUG points 17..67, shape (51,).
+        inner_bary: their barycentrics, shape (51, 3).
+        dynamic_faces: contour points 0..16 per head yaw, shape (79, 17); None if absent.
+        dynamic_bary: their barycentrics, shape (79, 17, 3); None if absent.
+        contour_faces: a fixed contour, shape (17,); None if absent.
+        contour_bary: its barycentrics, shape (17, 3); None if absent.
     """
 
     source: str
@@ -276,6 +305,16 @@ def load_landmark_embedding(path: str | Path) -> LandmarkEmbedding:
     """Read DECA's ``landmark_embedding.npy`` or FLAME's ``flame_static_embedding.pkl``.
 
     For the FLAME static file, ``flame_dynamic_embedding.npy`` / ``.pkl`` beside it supplies the contour.
+
+    Args:
+        path: the embedding file.
+
+    Returns:
+        the LandmarkEmbedding.
+
+    Raises:
+        FileNotFoundError: no file (the message says where to get one).
+        ValueError: the file lacks keys or its arrays have the wrong shape.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -335,7 +374,14 @@ def _check_embedding(path: Path, emb: LandmarkEmbedding) -> None:
 
 
 def find_landmark_embedding(model_path: Path) -> Path | None:
-    """The first landmark embedding beside the model: landmark_embedding.npy, then flame_static_embedding.pkl."""
+    """The first landmark embedding beside the model: landmark_embedding.npy, then flame_static_embedding.pkl.
+
+    Args:
+        model_path: the FLAME model file.
+
+    Returns:
+        the embedding's path, or None when there is none.
+    """
     for name in ("landmark_embedding.npy", "flame_static_embedding.pkl"):
         candidate = model_path.parent / name
         if candidate.is_file():
@@ -347,7 +393,17 @@ def find_landmark_embedding(model_path: Path) -> Path | None:
 # Regions
 # ----------------------------------------------------------------------------------------------------------
 def load_flame_masks(path: str | Path) -> dict[str, np.ndarray]:
-    """FLAME's ``FLAME_masks.pkl``: name -> (K,) int64 vertex indices ('face', 'eye_region', 'lips', ...)."""
+    """Read FLAME's ``FLAME_masks.pkl``.
+
+    Args:
+        path: the masks file.
+
+    Returns:
+        mask name ('face', 'eye_region', 'lips', ...) -> vertex indices, shape (K,) int64.
+
+    Raises:
+        ValueError: the file does not hold a dict.
+    """
     path = Path(path)
     data = _unpickle(path, "FLAME_masks")
     if not isinstance(data, dict):
@@ -356,12 +412,22 @@ def load_flame_masks(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def regions_from_masks(v_template: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Map FLAME's masks to microface's regions. v_template (V,3); returns name -> (K,) int64.
+    """Map FLAME's masks to microface's regions.
 
     forehead = 'forehead', nose = 'nose', mouth = 'lips'; FLAME has no brow mask, so 'eye_region' is split at
     the top of the eyeballs: above it are the brows, the rest plus the eyeballs are the eyes. Of the 'face'
     vertices left over, those below the lips and within their width are the chin, those between the lips'
     bottom and the eyes' bottom are the cheeks.
+
+    Args:
+        v_template: template vertices, shape (V, 3) (any length unit: only the layout counts).
+        masks: as from :func:`load_flame_masks`.
+
+    Returns:
+        region name -> vertex indices, shape (K,) int64.
+
+    Raises:
+        ValueError: a mask it needs is missing.
     """
     needed = ("forehead", "nose", "lips", "eye_region", "face")
     missing = [k for k in needed if k not in masks]
@@ -387,7 +453,7 @@ def regions_from_masks(v_template: np.ndarray, masks: dict[str, np.ndarray]) -> 
 
 
 def regions_from_geometry(v_template: np.ndarray, faces: np.ndarray) -> dict[str, np.ndarray]:
-    """Coarse regions when FLAME_masks.pkl is absent. v_template (V,3), faces (F,3) -> name -> (K,) int64.
+    """Coarse regions when FLAME_masks.pkl is absent.
 
     The face is the set of vertices whose normal points toward the camera (n_z > 0.5); its height is split
     into bands (h = 0 at the bottom, 1 at the top) and its width into a central and lateral part
@@ -395,6 +461,16 @@ def regions_from_geometry(v_template: np.ndarray, faces: np.ndarray) -> dict[str
     nose .35-.68 with u < .3; cheeks .15-.55 lateral (u >= .3 above h=.35, u >= .7 below); mouth .15-.35
     with u < .7; chin below .15 with u < .7. First matching rule wins, so regions are disjoint. On a full
     head with a neck, the bottom bands can reach the neck: prefer FLAME_masks.pkl.
+
+    Args:
+        v_template: template vertices, shape (V, 3).
+        faces: triangle vertex indices, shape (F, 3).
+
+    Returns:
+        region name -> vertex indices, shape (K,) int64.
+
+    Raises:
+        ValueError: no vertex faces +z.
     """
     verts = torch.as_tensor(v_template, dtype=torch.float64)[None]
     normals = vertex_normals(verts, torch.as_tensor(faces, dtype=torch.long))[0].numpy()
@@ -427,8 +503,19 @@ def regions_from_geometry(v_template: np.ndarray, faces: np.ndarray) -> dict[str
 def split_blendshapes(shapedirs: np.ndarray, n_shape: int, n_expression: int, path: Path) -> np.ndarray:
     """Pick the first n_shape identity and n_expression expression components.
 
-    shapedirs (V,3,K) -> (V,3,n_shape+n_expression). FLAME 2020 and 2023 both store K=400: 300 identity
-    then 100 expression components.
+    FLAME 2020 and 2023 both store K = 400: 300 identity then 100 expression components.
+
+    Args:
+        shapedirs: all blendshapes, shape (V, 3, K).
+        n_shape: identity components wanted, 0..300.
+        n_expression: expression components wanted, 0..100.
+        path: the model file, named in errors.
+
+    Returns:
+        the chosen blendshapes, shape (V, 3, n_shape + n_expression).
+
+    Raises:
+        ValueError: K is not 400, or a count is out of range.
     """
     total = shapedirs.shape[-1]
     if total not in SHAPE_SPACE_DIM:
@@ -445,19 +532,24 @@ def split_blendshapes(shapedirs: np.ndarray, n_shape: int, n_expression: int, pa
 
 
 class FlameFaceModel(FaceModel):
-    """FLAME as a FaceModel: ``forward(shape (B,S), expression (B,E), pose (B,6)) -> FaceOutput``.
+    """FLAME as a FaceModel: ``forward(shape (B, S), expression (B, E), pose (B, 6)) -> FaceOutput``.
 
-    Vertices (B,5023,3) and landmarks (B,68,3) are in millimetres (FLAME's metres x 1000). ``pose`` is
-    global rotation then jaw rotation (axis-angle); neck and eyes are held at zero. Buffers (all mm where
-    a length): ``v_template (V,3)``, ``faces (F,3)`` long, ``shapedirs (V,3,S+E)``, ``posedirs (36,3V)``,
-    ``J_regressor (5,V)``, ``lbs_weights (V,5)``, ``parents (5,)``.
+    Vertices (B, 5023, 3) and landmarks (B, 68, 3) are in millimetres (FLAME's metres x 1000). ``pose`` is
+    global rotation then jaw rotation (axis-angle, radians); neck and eyes are held at zero. Buffers (all mm
+    where a length): ``v_template (V, 3)``, ``faces (F, 3)`` long, ``shapedirs (V, 3, S+E)``,
+    ``posedirs (36, 3V)``, ``J_regressor (5, V)``, ``lbs_weights (V, 5)``, ``parents (5,)``.
 
     Args:
         path: the FLAME model pickle.
-        n_shape, n_expression: how many identity / expression components to use (<= 300 / 100).
+        n_shape: how many identity components to use (<= 300).
+        n_expression: how many expression components to use (<= 100).
         landmark_embedding: an explicit embedding file; default: the first found beside ``path``.
         dynamic_contour: pick the 17 contour landmarks by head yaw (DECA's table) when the embedding has one;
             otherwise use the fixed contour of the 68-point embedding.
+
+    Raises:
+        FileNotFoundError: no model file.
+        ValueError: a model file, embedding or count that does not fit.
     """
 
     def __init__(
@@ -550,17 +642,36 @@ class FlameFaceModel(FaceModel):
 
     @property
     def regions(self) -> dict[str, torch.Tensor]:
-        """name -> (K,) long vertex indices; buffers, so they follow ``.to(device)``."""
+        """Region name -> long vertex indices, shape (K,); buffers, so they follow ``.to(device)``."""
         return {name: getattr(self, f"region_{name}") for name in self._region_names}
 
     # -- forward -------------------------------------------------------------------------------------------
     def full_pose(self, pose: torch.Tensor) -> torch.Tensor:
-        """pose (B,6) = global + jaw axis-angle -> FLAME's (B,15): global, neck, jaw, left eye, right eye."""
+        """FLAME's full pose from microface's.
+
+        Args:
+            pose: global then jaw axis-angle, shape (B, 6).
+
+        Returns:
+            FLAME's pose: global, neck, jaw, left eye, right eye axis-angle, shape (B, 15).
+        """
         zeros = pose.new_zeros(pose.shape[0], 3)
         return torch.cat([pose[:, :3], zeros, pose[:, 3:], zeros, zeros], dim=1)
 
     def forward(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor) -> FaceOutput:
-        """shape (B,S), expression (B,E), pose (B,6) -> FaceOutput(vertices (B,V,3) mm, landmarks (B,68,3) mm)."""
+        """Vertices and landmarks of a batch of faces.
+
+        Args:
+            shape: identity coefficients, shape (B, S).
+            expression: expression coefficients, shape (B, E).
+            pose: global then jaw axis-angle in radians, shape (B, 6).
+
+        Returns:
+            FaceOutput with vertices (B, V, 3) and landmarks (B, 68, 3), in mm.
+
+        Raises:
+            ValueError: parameters of the wrong shape or not floating point.
+        """
         self.check_params(shape, expression, pose)
         dtype = shape.dtype
         if not dtype.is_floating_point:
@@ -581,7 +692,15 @@ class FlameFaceModel(FaceModel):
         return FaceOutput(vertices=vertices, landmarks=self.landmarks(vertices, full_pose))
 
     def landmarks(self, vertices: torch.Tensor, full_pose: torch.Tensor) -> torch.Tensor:
-        """vertices (B,V,3), full_pose (B,15) -> iBUG-68 landmarks (B,68,3); NaN where no embedding covers them."""
+        """iBUG-68 landmarks of posed vertices.
+
+        Args:
+            vertices: posed vertices in mm, shape (B, V, 3).
+            full_pose: FLAME's full pose, shape (B, 15) (see :meth:`full_pose`).
+
+        Returns:
+            landmarks in mm, shape (B, 68, 3); NaN where no embedding covers them.
+        """
         batch = vertices.shape[0]
         out = vertices.new_full((batch, N_CONTOUR + N_INNER, 3), float("nan"))
         if self.landmark_source is None:
@@ -611,6 +730,11 @@ class FlameFaceModel(FaceModel):
         return torch.cat([contour, inner], dim=1)
 
     def extra_repr(self) -> str:
+        """The settings shown by ``repr``.
+
+        Returns:
+            path, sizes, and where the landmarks and regions come from.
+        """
         return (
             f"path={self.path}, n_vertices={self.n_vertices}, n_shape={self.n_shape}, "
             f"n_expression={self.n_expression}, landmarks={self.landmark_source}, contour={self.contour_mode}, "

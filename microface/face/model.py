@@ -6,8 +6,11 @@ so a user's FLAME files and the embedded open model are interchangeable.
 Conventions (both implementations):
 - units are millimetres; right-handed, +x to the subject's left, +y up, +z out of the face toward a
   frontal camera (the canonical MediaPipe frame);
-- ``pose`` is ``(B, 6)``: global rotation (axis-angle, 3) then jaw rotation (axis-angle, 3), FLAME's order;
+- ``pose`` is ``(B, 6)``: global rotation (axis-angle in radians, 3) then jaw rotation (axis-angle, 3),
+  FLAME's order;
 - batch size is taken from the inputs, never stored.
+
+Shapes: B batch, V vertices, F faces, S shape (identity) size, E expression size, K vertices of a region.
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ from torch import nn
 class FaceOutput:
     """Result of a FaceModel forward pass.
 
-    vertices: (B, V, 3) in millimetres.
-    landmarks: (B, 68, 3) iBUG-68 points in millimetres.
+    Attributes:
+        vertices: in millimetres, shape (B, V, 3).
+        landmarks: iBUG-68 points in millimetres, shape (B, 68, 3).
     """
 
     vertices: torch.Tensor
@@ -30,7 +34,7 @@ class FaceOutput:
 
 
 class FaceModel(nn.Module):
-    """Abstract parametric face: ``forward(shape (B,S), expression (B,E), pose (B,6)) -> FaceOutput``.
+    """Abstract parametric face: ``forward(shape (B, S), expression (B, E), pose (B, 6)) -> FaceOutput``.
 
     Subclasses register ``faces`` (F, 3) long, and fill ``regions`` (name -> (K,) long vertex indices),
     ``n_shape`` and ``n_expression``.
@@ -43,10 +47,20 @@ class FaceModel(nn.Module):
 
     @property
     def n_vertices(self) -> int:
+        """Number of vertices V of the template."""
         return int(self.v_template.shape[0])
 
     def zero_params(self, batch_size: int, device: torch.device | None = None, dtype=torch.float32):
-        """Neutral parameters ``(shape (B,S), expression (B,E), pose (B,6))`` for ``batch_size`` faces."""
+        """Neutral parameters for ``batch_size`` faces.
+
+        Args:
+            batch_size: B.
+            device: device of the parameters; the model's by default.
+            dtype: dtype of the parameters.
+
+        Returns:
+            zeros ``(shape (B, S), expression (B, E), pose (B, 6))``.
+        """
         device = device if device is not None else self.faces.device
         return (
             torch.zeros(batch_size, self.n_shape, device=device, dtype=dtype),
@@ -55,7 +69,19 @@ class FaceModel(nn.Module):
         )
 
     def check_params(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor) -> int:
-        """Validate parameter shapes up front; return the batch size."""
+        """Validate parameter shapes up front.
+
+        Args:
+            shape: identity coefficients, shape (B, S).
+            expression: expression coefficients, shape (B, E).
+            pose: global then jaw axis-angle, shape (B, 6).
+
+        Returns:
+            the batch size B.
+
+        Raises:
+            ValueError: a parameter of the wrong shape, or batch sizes that differ.
+        """
         if shape.ndim != 2 or shape.shape[1] != self.n_shape:
             raise ValueError(f"shape: expected (B, {self.n_shape}), got {tuple(shape.shape)}")
         if expression.ndim != 2 or expression.shape[1] != self.n_expression:
@@ -69,6 +95,16 @@ class FaceModel(nn.Module):
         return int(shape.shape[0])
 
     def forward(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor) -> FaceOutput:
+        """Vertices and landmarks of a batch of faces (implemented by subclasses).
+
+        Args:
+            shape: identity coefficients, shape (B, S).
+            expression: expression coefficients, shape (B, E).
+            pose: global then jaw axis-angle in radians, shape (B, 6).
+
+        Returns:
+            FaceOutput with vertices (B, V, 3) and landmarks (B, 68, 3), in mm.
+        """
         raise NotImplementedError
 
 

@@ -6,7 +6,8 @@ Topology: the MediaPipe canonical face mesh (468 vertices, 898 triangles, per-ve
 spacing is 3-8 mm around the brows, eyes and mouth, finer than the 5-30 mm extent of every AU field below,
 and DGMD refines per vertex on top of it.
 
-Parameters (all in millimetres):
+Parameters (coefficients, ``pose`` in radians; every displacement and output is in millimetres; shapes:
+B batch, V = 468 vertices, S = 12 identity modes, E = 17 AUs, K vertices of a region):
 - ``shape`` (B, 12): identity modes, smooth fields at coefficient 1 (see ``IDENTITY_MODES``); N(0, 1) is a
   plausible population.
 - ``expression`` (B, 17): FACS AU intensities, one per ``AU_NAMES``; 1.0 is a strong macro-expression, the peak
@@ -60,10 +61,15 @@ _CHIN = (152, 175, 199, 200, 18)
 
 @dataclass(frozen=True)
 class Handle:
-    """One smooth bump of an AU field: anchors (mesh indices), displacement (mm, right side), radius (mm).
+    """One smooth bump of an AU field.
 
-    ``side``: "upper"/"lower" limits it to one side of the eye ("eye") or mouth ("mouth") opening.
-    ``mirror``: also apply the mirrored handle on the left side.
+    Attributes:
+        anchors: mesh vertex indices the bump is centred on.
+        displacement: displacement at the anchors in mm, right side, ``(x, y, z)``.
+        radius: support radius in mm.
+        opening: "eye" or "mouth": the opening ``side`` refers to, or None.
+        side: "upper"/"lower" limits it to one side of the eye or mouth opening.
+        mirror: also apply the mirrored handle on the left side.
     """
 
     anchors: tuple[int, ...]
@@ -76,6 +82,15 @@ class Handle:
 
 @dataclass(frozen=True)
 class ActionUnit:
+    """A FACS action unit of the open model: its field is the sum of its handles, scaled to ``peak_mm``.
+
+    Attributes:
+        name: e.g. "AU12".
+        description: what the AU does.
+        peak_mm: largest vertex displacement at intensity 1, in mm.
+        regions: the named regions its field may touch (checked by the tests).
+        handles: the bumps whose sum is the field.
+    """
     name: str
     description: str
     peak_mm: float
@@ -130,6 +145,13 @@ AU_PEAK_MM: dict[str, float] = {au.name: au.peak_mm for au in ACTION_UNITS}
 
 @dataclass(frozen=True)
 class IdentityMode:
+    """An identity mode of the open model, scaled so its largest displacement is ``peak_mm``.
+
+    Attributes:
+        name: e.g. "face_width".
+        description: what the mode changes.
+        peak_mm: largest vertex displacement at coefficient 1, in mm.
+    """
     name: str
     description: str
     peak_mm: float
@@ -304,16 +326,44 @@ class OpenFaceModel(FaceModel):
 
     # ----------------------------------------------------------------- forward
     def expression_offsets(self, expression: torch.Tensor) -> torch.Tensor:
-        """AU blendshape displacement. expression (B, E) -> (B, V, 3) mm."""
+        """AU blendshape displacement.
+
+        Args:
+            expression: AU intensities, shape (B, E).
+
+        Returns:
+            displacements in mm, shape (B, V, 3).
+        """
         # offsets[b, v, k] = sum_e expression[b, e] * expression_dirs[v, k, e]
         return torch.einsum("be,vke->bvk", expression, self.expression_dirs.to(expression.dtype))
 
     def shape_offsets(self, shape: torch.Tensor) -> torch.Tensor:
-        """Identity displacement. shape (B, S) -> (B, V, 3) mm."""
+        """Identity displacement.
+
+        Args:
+            shape: identity coefficients, shape (B, S).
+
+        Returns:
+            displacements in mm, shape (B, V, 3).
+        """
         return torch.einsum("bs,vks->bvk", shape, self.shape_dirs.to(shape.dtype))
 
     def forward(self, shape: torch.Tensor, expression: torch.Tensor, pose: torch.Tensor) -> FaceOutput:
-        """shape (B, 12), expression (B, 17) AU intensities, pose (B, 6) -> vertices (B, 468, 3) mm, landmarks (B, 68, 3)."""
+        """Vertices and landmarks of a batch of faces.
+
+        Args:
+            shape: identity coefficients, shape (B, 12).
+            expression: AU intensities, shape (B, 17).
+            pose: global then jaw axis-angle in radians, shape (B, 6).
+
+        Returns:
+            FaceOutput with vertices (B, 468, 3) and landmarks (B, 68, 3), in mm.
+
+        Example:
+            >>> model = OpenFaceModel()
+            >>> model(*model.zero_params(2)).vertices.shape
+            torch.Size([2, 468, 3])
+        """
         self.check_params(shape, expression, pose)
         dtype = shape.dtype
         vertices = self.v_template.to(dtype)[None] + self.shape_offsets(shape) + self.expression_offsets(expression)
@@ -329,9 +379,17 @@ class OpenFaceModel(FaceModel):
         return FaceOutput(vertices=vertices, landmarks=vertices[:, self.landmark_indices])
 
     def au_expression_vector(self, intensities: dict[str, float], batch_size: int = 1) -> torch.Tensor:
-        """Expression parameters from named AU intensities, e.g. {"AU12": 0.3}. -> (B, 17).
+        """Expression parameters from named AU intensities, e.g. ``{"AU12": 0.3}``.
 
-        Raises ValueError for an unknown AU or a negative intensity (AU intensities are >= 0 by definition).
+        Args:
+            intensities: AU name ("AU12", "au12" or "12") -> intensity >= 0.
+            batch_size: B; every row gets the same intensities.
+
+        Returns:
+            expression parameters, shape (B, 17).
+
+        Raises:
+            ValueError: an unknown AU or a negative intensity (AU intensities are >= 0 by definition).
         """
         expression = torch.zeros(batch_size, self.n_expression, device=self.v_template.device)
         for name, value in intensities.items():
@@ -345,6 +403,14 @@ class OpenFaceModel(FaceModel):
         return expression
 
     def au_support(self, name: str, threshold_mm: float = 1e-6) -> torch.Tensor:
-        """Indices of the vertices an AU moves at all. -> (K,) long."""
+        """Indices of the vertices an AU moves at all.
+
+        Args:
+            name: AU name as in ``AU_NAMES``, e.g. "AU12".
+            threshold_mm: smallest displacement at intensity 1, in mm, that counts as moving.
+
+        Returns:
+            vertex indices, shape (K,) long.
+        """
         field = self.expression_dirs[:, :, self.au_names.index(name)]
         return torch.nonzero(field.norm(dim=-1) > threshold_mm).flatten()
