@@ -33,7 +33,7 @@ import torch
 from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synth, collate_clips
 from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
 from microface.mesh.geometry import axis_angle_to_matrix
-from microface.metrics.geometry import masked_mean, moving_vertices
+from microface.metrics.geometry import moving_static_errors, moving_vertices
 from microface.models.dgmd import DGMDConfig, build_dgmd
 from microface.render.camera import to_render_camera
 from microface.training.dem import Reconstruction, build_dem, reconstruct
@@ -148,15 +148,8 @@ def model_frame_offsets(offsets: torch.Tensor, rotation: torch.Tensor) -> torch.
 
 def score_clip(mesh: torch.Tensor, scoring: EvalClip, moving: torch.Tensor, gate: torch.Tensor | None = None) -> dict:
     """Per-vertex errors of ``mesh`` (T, V, 3) against the clip's truth, split by ``moving`` (V,) bool; the mean
-    gate (T, V) on each part when given."""
-    error = (mesh - scoring.truth).norm(dim=-1)  # (T, V)
-    row = {}
-    for part, mask in (("moving", moving), ("static", ~moving), ("all", torch.ones_like(moving))):
-        row[f"{part}_apex_mm"] = masked_mean(error[scoring.apex], mask)
-        row[f"{part}_clip_mm"] = masked_mean(error, mask)
-        if gate is not None:
-            row[f"gate_{part}"] = masked_mean(gate, mask)
-    return row
+    gate (T, V) on each part when given (``microface.metrics.geometry.moving_static_errors``)."""
+    return moving_static_errors(mesh, scoring.truth, moving, scoring.apex, gate=gate)
 
 
 # ----------------------------------------------------------------------------------------------- driver
