@@ -49,3 +49,53 @@ def test_resample_trajectory_keeps_endpoints_and_interpolates():
 def test_settings_reject_unknown_keys():
     with pytest.raises(ValueError, match="unknown"):
         EvaluationSettings.from_dict({"fid": 1})
+
+
+def _trajectory_clips(subjects_per_clip, n_classes=3, seed=0):
+    """Clips with a label and a key, and trajectories (N, T, E) whose class shows as an offset."""
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(seed)
+    clips = [SimpleNamespace(label=i % n_classes, key=f"{s}/EP{i:02d}") for i, s in enumerate(subjects_per_clip)]
+    trajectories = torch.randn(len(clips), 5, 4, generator=g)
+    for i, clip in enumerate(clips):
+        trajectories[i, :, clip.label] += 3.0
+    return clips, trajectories
+
+
+def test_recognition_trains_and_scores_on_the_test_subjects_only(tmp_path, monkeypatch):
+    """FIELDS saw the training subjects' labels: their clips never reach the classifier, and each test subject is
+    scored by a classifier trained on the other test subjects."""
+    import microface.experiments.mer as mer
+    from microface.experiments.main_table import recognition_protocol, recognition_scores
+
+    monkeypatch.setenv("MICROFACE_NO_PROGRESS", "1")
+    subjects = [f"synth/sub0{k}" for k in (1, 2, 3, 4) for _ in range(3)]
+    test_subjects = ["synth/sub03", "synth/sub04"]
+    clips, trajectories = _trajectory_clips(subjects)
+    seen = []
+    real_run_loso = mer.run_loso
+
+    def recording_run_loso(name, samples, *args, **kwargs):
+        seen.append(list(samples.subjects))
+        result = real_run_loso(name, samples, *args, **kwargs)
+        seen.append(result.folds)
+        return result
+
+    monkeypatch.setattr(mer, "run_loso", recording_run_loso)
+    settings = EvaluationSettings.from_dict({"recognition": {"epochs": 2, "batch_size": 4, "model": {"hidden": 8}}})
+    scores = recognition_scores("DEM", trajectories, clips, subjects, test_subjects, ("a", "b", "c"), settings,
+                                tmp_path, seed=0, device="cpu")
+    assert set(seen[0]) == set(test_subjects) and len(seen[0]) == 6
+    folds = seen[1]
+    assert sorted(folds["test_subject"]) == test_subjects and list(folds["n_train"]) == [3, 3]
+    assert set(scores) == {"mer_acc", "mer_uf1", "mer_uar", "mer_wf1"}
+    assert all(0.0 <= value <= 1.0 for value in scores.values())
+    assert recognition_protocol(2).startswith("LOSO over the 2 test subjects' clips only")
+
+    # one test subject: nobody to train on, so nothing is trained and the scores are NaN
+    seen.clear()
+    scores = recognition_scores("DEM", trajectories, clips, subjects, ["synth/sub04"], ("a", "b", "c"), settings,
+                                tmp_path, seed=0, device="cpu")
+    assert not seen and all(value != value for value in scores.values())
+    assert recognition_protocol(1).startswith("not scored")

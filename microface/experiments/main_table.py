@@ -3,7 +3,7 @@
 Rows (all trained by notebooks 01 and 02 on the TRAINING subjects of their fixed split, except FIELDS, trained here on
 the same subjects): the per-frame baseline (a SMIRK-style per-frame encoder), baseline-FT, DEM, DEM + DGMD, and the
 FIELDS variant: DEM fine-tuned with direct 3D expression supervision and an intensity-aware emotion head,
-in the two-step schedule of ``microface.models.dem_training.fields_finetune``.
+in the two-step schedule of ``microface.training.fields.fields_finetune``.
 
 Columns, on the TEST subjects' ME clips (kept frames as in notebook 01):
 - geometry: per-vertex error (mm) at the apex and over the clip on expression-only meshes (zero pose,
@@ -11,10 +11,12 @@ Columns, on the TEST subjects' ME clips (kept frames as in notebook 01):
   of the same meshes (mm / kept-frame step^2), next to the ground truth's jitter;
 - images: each frame's mesh rendered with the onset frame's colours (``render_frames(albedo="onset")``) and
   composited over the frame: photometric L1 inside the face, the Inception feature distance and FID (see
-  ``microface.image_metrics.METRIC_NAMES`` for the networks behind them);
+  ``microface.metrics.image.METRIC_NAMES`` for the networks behind them);
 - recognition from reconstruction: the trajectory classifier (``microface.models.trajectory``) on each method's
-  expression trajectories, leave-one-subject-out over the TEST subjects only. Training-subject clips are excluded
-  because the FIELDS row saw their emotion labels. ACC, UF1, UAR and WF1 are reported with chance beside them.
+  expression trajectories, leave-one-subject-out over the TEST subjects' clips only: each test subject is scored by
+  a classifier trained on the other test subjects. Training-subject clips are excluded because the FIELDS row saw
+  their emotion labels. ACC, UF1, UAR and WF1 are reported with chance beside them; with fewer than two test
+  subjects (the smoke profile's split) there is no one to train on and the four columns are NaN.
   DGMD moves vertices, not expression parameters, so its trajectory is DEM's expression plus the least-squares
   projection of its model-frame offsets onto the face model's expression basis (the Jacobian at neutral).
 """
@@ -31,7 +33,7 @@ import torch
 from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synth, collate_clips
 from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
 from microface.experiments.refine import RefineBenchmarkSettings, coarse_clips, load_split, model_frame_offsets
-from microface.metrics.geometry import moving_static_errors, moving_vertices, temporal_jitter
+from microface.metrics.geometry import moving_vertices, temporal_jitter
 from microface.models.baseline import build_baseline
 from microface.training.dem import TrainSettings, build_dem, render_frames
 from microface.training.fields import fields_finetune
@@ -170,10 +172,11 @@ def score_method(method: str, model, dgmd, face_model, clips: list[ClipTensors],
             mesh = mesh + model_offsets
             expression = expression + offsets_to_expression(model_offsets, basis)
             recon = dataclasses.replace(recon, vertices=recon.vertices + offsets[None])
+        error = (mesh - truth.truth).norm(dim=-1)
         moving = moving_vertices(truth.truth, truth.apex, moving_threshold_mm)
-        scores = moving_static_errors(mesh, truth.truth, moving, truth.apex)
-        rows.append({"method": method, "key": clip.key, "apex_error_mm": scores["all_apex_mm"],
-                     "clip_error_mm": scores["all_clip_mm"], "moving_apex_error_mm": scores["moving_apex_mm"],
+        rows.append({"method": method, "key": clip.key, "apex_error_mm": float(error[truth.apex].mean()),
+                     "clip_error_mm": float(error.mean()),
+                     "moving_apex_error_mm": float(error[truth.apex, moving].mean()) if moving.any() else float("nan"),
                      "jitter_mm_per_frame2": float(temporal_jitter(mesh)),
                      "gt_jitter_mm_per_frame2": float(temporal_jitter(truth.truth))})
         out = render_frames(recon, face_model, batch.frames, renderer, "onset")
@@ -186,15 +189,45 @@ def score_method(method: str, model, dgmd, face_model, clips: list[ClipTensors],
                   "trajectory": torch.stack(trajectories)}
 
 
+def recognition_protocol(n_test_subjects: int) -> str:
+    """The main table's ``mer_protocol`` text for a split with ``n_test_subjects`` test subjects."""
+    if n_test_subjects < 2:
+        return (f"not scored: LOSO over the test subjects needs at least 2, the split has {n_test_subjects} "
+                "(training subjects are excluded: FIELDS saw their labels)")
+    return (f"LOSO over the {n_test_subjects} test subjects' clips only "
+            "(fixed-epoch; training subjects excluded: FIELDS saw their labels)")
+
+
 def recognition_scores(method: str, trajectories: torch.Tensor, clips: list[ClipTensors], subjects: list[str],
                        test_subjects: list[str], class_names: tuple[str, ...], settings: EvaluationSettings,
                        out_dir: Path, seed: int, device) -> dict:
-    """Trajectory classifier, LOSO over every subject's clips (N, T, E), scored on the TEST subjects' folds only
-    (pooled ACC/UF1/UAR/WF1 of their predictions). A fold's classifier trains on the other subjects' trajectories;
-    the reconstruction models never saw a test subject's clips, so a scored fold has no leakage."""
+    """Recognition from one method's reconstructions: the trajectory classifier, LOSO over the TEST subjects' clips.
+
+    Each test subject is scored by a classifier trained on the other test subjects' trajectories only: the
+    training subjects' clips are dropped, because the FIELDS row was trained with their emotion labels (and every
+    reconstruction model with their clips). Predictions are pooled over the folds.
+
+    Args:
+        method: the table row's name (names the run folder ``out_dir/recognition/<method>``).
+        trajectories: expression trajectories of ``clips``, resampled to a common length.
+        clips: the clips, in the order of ``trajectories``; their ``label`` indexes ``class_names``.
+        subjects: each clip's subject (``"synth/subNN"``); test_subjects: the split's test subjects.
+        settings: its ``recognition`` mapping (MERRunConfig keys) sets the classifier; seed, device: the run's.
+
+    Returns:
+        {"mer_acc", "mer_uf1", "mer_uar", "mer_wf1"}; all NaN when fewer than two test subjects have clips.
+
+    Shape:
+        trajectories: (N, T, E), N clips, T frames, E expression parameters.
+    """
     from microface.experiments.mer import MERSamples, run_loso
     from microface.metrics.recognition import mer_scores
 
+    tested = set(test_subjects)
+    keep = [i for i, subject in enumerate(subjects) if subject in tested]
+    if len({subjects[i] for i in keep}) < 2:
+        return {"mer_acc": float("nan"), "mer_uf1": float("nan"), "mer_uar": float("nan"), "mer_wf1": float("nan")}
+    trajectories, clips, subjects = trajectories[keep], [clips[i] for i in keep], [subjects[i] for i in keep]
     samples = MERSamples(inputs={"trajectory": trajectories.cpu()},
                          labels=torch.tensor([c.label for c in clips]), subjects=subjects,
                          datasets=["synth"] * len(clips), clip_ids=[c.key for c in clips], class_names=class_names)
@@ -202,8 +235,8 @@ def recognition_scores(method: str, trajectories: torch.Tensor, clips: list[Clip
     config = {**settings.recognition, "model": model, "seed": seed}
     result = run_loso("trajectory", samples, config, Path(out_dir) / "recognition" / method.replace(" ", "_"),
                       device=device)
-    scored = result.predictions[result.predictions["subject"].isin(test_subjects)]
-    scores = mer_scores(scored["truth_index"].to_numpy(), scored["predicted_index"].to_numpy(),
+    predictions = result.predictions
+    scores = mer_scores(predictions["truth_index"].to_numpy(), predictions["predicted_index"].to_numpy(),
                         list(range(len(class_names))))
     return {"mer_acc": scores.acc, "mer_uf1": scores.uf1, "mer_uar": scores.uar, "mer_wf1": scores.wf1}
 
@@ -311,8 +344,7 @@ def finish_table(rows: list[dict], data: EvalData) -> pd.DataFrame:
     table["mer_uar_chance"] = 1.0 / len(data.class_names)
     table["n_test_clips"] = len(data.test_clips)
     table["split"] = data.split_label
-    table["mer_protocol"] = (f"LOSO over all {len(set(data.subjects))} subjects, scored on the "
-                             f"{len(set(data.test_subjects))} test subjects' folds (fixed-epoch)")
+    table["mer_protocol"] = recognition_protocol(len(set(data.test_subjects)))
     return table
 
 
