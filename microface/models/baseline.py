@@ -1,4 +1,7 @@
-"""The per-frame baseline: the coarse encoder applied to each frame independently."""
+"""The per-frame baseline: the coarse encoder applied to each frame independently.
+
+Shapes: B clips, T frames, H/W image size, E expression size.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,8 +24,8 @@ class PerFrameConfig:
 class PerFrameBaseline(nn.Module):
     """The per-frame coarse encoder behind DEM's interface, so one training and evaluation path serves both.
 
-    forward(frames (B,T,3,H,W), flow (ignored), frame_times (B,T)) -> DEMOutput whose expression (B,T,E) is the
-    coarse encoder's estimate from each frame alone (code = expression; motion (B,T,0)).
+    Args:
+        coarse_encoder: the per-frame encoder (a CoarseEncoder).
     """
 
     def __init__(self, coarse_encoder: nn.Module):
@@ -31,6 +34,20 @@ class PerFrameBaseline(nn.Module):
         self.coarse_encoder = coarse_encoder
 
     def forward(self, frames: torch.Tensor, flow_onset_to_t: torch.Tensor, frame_times: torch.Tensor) -> DEMOutput:
+        """Per-frame expression estimates of a batch of clips.
+
+        Args:
+            frames: images, shape (B, T, 3, H, W).
+            flow_onset_to_t: ignored (DEM's interface).
+            frame_times: frame times, shape (B, T).
+
+        Returns:
+            DEMOutput whose expression (B, T, E) is the coarse encoder's estimate from each frame alone
+            (code = expression; motion (B, T, 0)).
+
+        Raises:
+            ValueError: ``frames`` of the wrong shape.
+        """
         if frames.ndim != 5:
             raise ValueError(f"frames: expected (B, T, 3, H, W), got {tuple(frames.shape)}")
         batch, n_frames = frames.shape[:2]
@@ -43,7 +60,16 @@ class PerFrameBaseline(nn.Module):
 
 
 def build_baseline(face_model, encoder: dict | None = None, seed: int = 0) -> PerFrameBaseline:
-    """A seeded per-frame baseline; same seed, same initial encoder weights as ``build_dem``'s."""
+    """A seeded per-frame baseline; same seed, same initial encoder weights as ``build_dem``'s.
+
+    Args:
+        face_model: gives the encoder its ``n_shape`` and ``n_expression``.
+        encoder: EncoderConfig fields (the profile's encoder section), or None for the defaults.
+        seed: seeds ``torch`` before the weights are drawn.
+
+    Returns:
+        the PerFrameBaseline.
+    """
     torch.manual_seed(seed)
     coarse = CoarseEncoder(EncoderConfig.from_dict(
         {**(encoder or {}), "n_shape": face_model.n_shape, "n_expression": face_model.n_expression}))

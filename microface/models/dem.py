@@ -35,12 +35,23 @@ FIXED_STEP_SOLVERS = ("rk4", "euler")
 class DEMConfig:
     """Sizes and solver settings of DEM.
 
-    code_dim D, motion_dim M, hidden: MLP width; static_channels / motion_channels: conv blocks of the two
-    small CNNs; flow_scale: pixels of flow mapped to 1.0 before the motion CNN (micro-expression flow is
-    sub-pixel); temporal: "ode" or "residual"; solver: dopri5 | rk4 | euler; rtol / atol: adaptive-solver
-    tolerances; step_size: step of fixed-step solvers in normalised time; adjoint: integrate with
-    ``odeint_adjoint`` (memory O(1) in the number of steps); freeze_coarse: run the coarse encoder without
-    gradients.
+    Args:
+        code_dim: D, the code size.
+        motion_dim: M, the motion feature size.
+        hidden: MLP width.
+        static_channels: conv blocks of the static encoder's small CNN.
+        motion_channels: conv blocks of the motion encoder's small CNN.
+        flow_scale: pixels of flow mapped to 1.0 before the motion CNN (micro-expression flow is sub-pixel).
+        temporal: "ode" or "residual".
+        solver: dopri5 | rk4 | euler.
+        rtol: adaptive-solver relative tolerance.
+        atol: adaptive-solver absolute tolerance.
+        step_size: step of fixed-step solvers in normalised time.
+        adjoint: integrate with ``odeint_adjoint`` (memory O(1) in the number of steps).
+        freeze_coarse: run the coarse encoder without gradients.
+
+    Raises:
+        ValueError: an unknown ``temporal`` or ``solver``, or ``step_size`` / ``flow_scale`` <= 0.
     """
 
     code_dim: int = 32
@@ -67,15 +78,36 @@ class DEMConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "DEMConfig":
-        """Build from a config mapping (keys as the fields); unknown keys raise ValueError."""
+        """The config from a mapping (the ``dem`` section of a profile).
+
+        Lists become tuples, so configs stay hashable.
+
+        Args:
+            values: field name -> value; None or missing keys keep the defaults.
+
+        Returns:
+            the DEMConfig.
+
+        Raises:
+            ValueError: an unknown key (no setting is silently ignored).
+        """
         return config_from_dict(cls, values, "dem")
 
 
 @dataclass
 class DEMOutput:
-    """code (B,T,D) and expression (B,T,E): what DEM returns (ODE or fused, per ``config.temporal``);
-    frame_code (B,T,D) / frame_expression (B,T,E): per-frame fused codes; z0 (B,D); motion (B,T,M);
-    tau (B,T) normalised times; coarse: the coarse encoder's per-frame output, fields (B,T,...)."""
+    """What DEM returns.
+
+    Attributes:
+        code: the codes DEM returns (ODE or fused, per ``config.temporal``), shape (B, T, D).
+        expression: their decoded expression parameters, shape (B, T, E).
+        frame_code: per-frame fused codes, shape (B, T, D).
+        frame_expression: their decoded expression parameters, shape (B, T, E).
+        z0: onset codes, shape (B, D).
+        motion: motion features, shape (B, T, M).
+        tau: normalised times, shape (B, T).
+        coarse: the coarse encoder's per-frame output, fields (B, T, ...).
+    """
 
     code: torch.Tensor
     expression: torch.Tensor
@@ -88,7 +120,21 @@ class DEMOutput:
 
 
 def normalise_times(frame_times: torch.Tensor) -> torch.Tensor:
-    """frame_times (B,T) strictly increasing, any unit -> tau (B,T) with tau[:,0] = 0 and tau[:,-1] = 1."""
+    """Clip times normalised to [0, 1].
+
+    Args:
+        frame_times: strictly increasing, any unit, shape (B, T), T >= 2.
+
+    Returns:
+        tau, shape (B, T), with tau[:, 0] = 0 and tau[:, -1] = 1 exactly.
+
+    Raises:
+        ValueError: a wrong shape, or times that do not increase.
+
+    Example:
+        >>> normalise_times(torch.tensor([[0.0, 1.0, 4.0]])).tolist()
+        [[0.0, 0.25, 1.0]]
+    """
     if frame_times.ndim != 2 or frame_times.shape[1] < 2:
         raise ValueError(f"frame_times: expected (B, T) with T >= 2, got {tuple(frame_times.shape)}")
     if not bool((frame_times[:, 1:] > frame_times[:, :-1]).all()):
@@ -104,7 +150,13 @@ def normalise_times(frame_times: torch.Tensor) -> torch.Tensor:
 def interpolate_linear(knot_times: torch.Tensor, knot_values: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     """Piecewise-linear interpolation per batch element, clamped outside the knots.
 
-    knot_times (B,T) increasing, knot_values (B,T,M), tau: scalar or (B,) -> (B,M).
+    Args:
+        knot_times: increasing, shape (B, T).
+        knot_values: shape (B, T, M).
+        tau: where to read, a scalar or shape (B,).
+
+    Returns:
+        interpolated values, shape (B, M).
     """
     batch, n_knots = knot_times.shape
     tau = tau.reshape(-1).expand(batch).to(knot_times.dtype)
@@ -120,7 +172,13 @@ def interpolate_linear(knot_times: torch.Tensor, knot_values: torch.Tensor, tau:
 
 
 class CodeVectorField(nn.Module):
-    """f_theta(z (B,D), m (B,M), tau (B,1)) -> dz/dtau (B,D): an MLP on ``[z, m, tau]``."""
+    """f_theta(z, m, tau) -> dz/dtau: an MLP on ``[z, m, tau]``.
+
+    Args:
+        code_dim: D.
+        motion_dim: M.
+        hidden: MLP width.
+    """
 
     def __init__(self, code_dim: int, motion_dim: int, hidden: int):
         super().__init__()
@@ -133,6 +191,16 @@ class CodeVectorField(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, z: torch.Tensor, motion: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """The code's time derivative.
+
+        Args:
+            z: codes, shape (B, D).
+            motion: motion features, shape (B, M).
+            tau: normalised times, shape (B, 1).
+
+        Returns:
+            dz/dtau, shape (B, D).
+        """
         return self.net(torch.cat([z, motion, tau], dim=-1))
 
 
@@ -154,9 +222,21 @@ def integrate_codes(field: nn.Module, z0: torch.Tensor, tau: torch.Tensor, motio
                     config: DEMConfig) -> torch.Tensor:
     """Solve dz/dtau = field(z, m(tau), tau), z(0) = z0, and read z at each clip's own (irregular) times.
 
-    field: module (z (B,D), m (B,M), tau (B,1)) -> (B,D); z0 (B,D); tau (B,T) normalised, tau[:,0] = 0;
-    motion (B,T,M) features at the frames -> codes (B,T,D). The clips of a batch share one solve on the
-    union of their times, so every clip is read at exactly its own frame times.
+    The clips of a batch share one solve on the union of their times, so every clip is read at exactly its
+    own frame times.
+
+    Args:
+        field: module (z (B, D), m (B, M), tau (B, 1)) -> (B, D).
+        z0: onset codes, shape (B, D).
+        tau: normalised times, tau[:, 0] = 0, shape (B, T).
+        motion: motion features at the frames, shape (B, T, M).
+        config: solver settings.
+
+    Returns:
+        codes, shape (B, T, D).
+
+    Raises:
+        ValueError: shapes that do not match, or a clip whose tau does not start at 0.
     """
     if z0.ndim != 2 or tau.ndim != 2 or motion.ndim != 3 or motion.shape[:2] != tau.shape or z0.shape[0] != tau.shape[0]:
         raise ValueError(
@@ -182,7 +262,12 @@ def integrate_codes(field: nn.Module, z0: torch.Tensor, tau: torch.Tensor, motio
 
 
 class StaticEncoder(nn.Module):
-    """Onset image (B,3,H,W) + coarse onset expression (B,E) -> z0 (B,D) = lift(expression) + residual(image)."""
+    """Onset image + coarse onset expression -> z0 = lift(expression) + residual(image).
+
+    Args:
+        n_expression: E.
+        config: the DEMConfig.
+    """
 
     def __init__(self, n_expression: int, config: DEMConfig):
         super().__init__()
@@ -195,11 +280,24 @@ class StaticEncoder(nn.Module):
         nn.init.zeros_(self.residual[-1].bias)
 
     def forward(self, onset_frame: torch.Tensor, coarse_expression: torch.Tensor) -> torch.Tensor:
+        """Onset codes.
+
+        Args:
+            onset_frame: images in [0, 1], shape (B, 3, H, W).
+            coarse_expression: the coarse encoder's onset expression, shape (B, E).
+
+        Returns:
+            z0, shape (B, D).
+        """
         return self.lift(coarse_expression) + self.residual(self.backbone(onset_frame * 2.0 - 1.0))
 
 
 class MotionEncoder(nn.Module):
-    """flow onset->t (B,T,2,H,W) in pixels -> m (B,T,M), with m = 0 exactly where the flow is zero."""
+    """Flow onset->t in pixels -> motion features m, with m = 0 exactly where the flow is zero.
+
+    Args:
+        config: the DEMConfig.
+    """
 
     def __init__(self, config: DEMConfig):
         super().__init__()
@@ -208,6 +306,17 @@ class MotionEncoder(nn.Module):
         self.head = nn.Linear(self.backbone.out_features, config.motion_dim, bias=False)  # a bias cancels in m(flow) - m(0)
 
     def forward(self, flow_onset_to_t: torch.Tensor) -> torch.Tensor:
+        """Motion features of the flow from the onset to each frame.
+
+        Args:
+            flow_onset_to_t: flow in pixels, shape (B, T, 2, H, W).
+
+        Returns:
+            m, shape (B, T, M).
+
+        Raises:
+            ValueError: ``flow_onset_to_t`` is not (B, T, 2, H, W).
+        """
         if flow_onset_to_t.ndim != 5 or flow_onset_to_t.shape[2] != 2:
             raise ValueError(f"flow_onset_to_t: expected (B, T, 2, H, W), got {tuple(flow_onset_to_t.shape)}")
         batch, frames = flow_onset_to_t.shape[:2]
@@ -219,7 +328,11 @@ class MotionEncoder(nn.Module):
 
 
 class ResidualFusion(nn.Module):
-    """g: z0 (B,D), m (B,T,M) -> per-frame codes z0 + g([z0, m]) (B,T,D)."""
+    """g: per-frame codes z0 + g([z0, m]).
+
+    Args:
+        config: the DEMConfig.
+    """
 
     def __init__(self, config: DEMConfig):
         super().__init__()
@@ -229,15 +342,27 @@ class ResidualFusion(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, z0: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        """Per-frame fused codes.
+
+        Args:
+            z0: onset codes, shape (B, D).
+            motion: motion features, shape (B, T, M).
+
+        Returns:
+            codes, shape (B, T, D).
+        """
         z0_frames = z0[:, None].expand(-1, motion.shape[1], -1)
         return z0_frames + self.net(torch.cat([z0_frames, motion], dim=-1))
 
 
 class DEM(nn.Module):
-    """DEM around a coarse encoder: ``forward(frames (B,T,3,H,W), flow (B,T,2,H,W), frame_times (B,T)) -> DEMOutput``.
+    """DEM around a coarse encoder: ``forward(frames, flow_onset_to_t, frame_times) -> DEMOutput``.
 
-    ``coarse_encoder``: any module (N,3,H,W) -> CoarseParams with expression (N,E); it is a submodule (its
-    weights are trained with DEM unless ``config.freeze_coarse``).
+    Args:
+        coarse_encoder: any module (N, 3, H, W) -> CoarseParams with expression (N, E); it is a submodule (its
+            weights are trained with DEM unless ``config.freeze_coarse``).
+        n_expression: E.
+        config: the DEMConfig.
     """
 
     def __init__(self, coarse_encoder: nn.Module, n_expression: int, config: DEMConfig):
@@ -255,12 +380,32 @@ class DEM(nn.Module):
             self.decoder.bias.zero_()
 
     def encode_frames(self, frames: torch.Tensor) -> CoarseParams:
-        """frames (B,T,3,H,W) -> the coarse encoder's per-frame output with fields (B,T,...)."""
+        """The coarse encoder's per-frame output.
+
+        Args:
+            frames: images in [0, 1], shape (B, T, 3, H, W).
+
+        Returns:
+            CoarseParams with fields (B, T, ...).
+        """
         batch, n_frames = frames.shape[:2]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_coarse):
             return self.coarse_encoder(frames.flatten(0, 1)).reshape_batch(batch, n_frames)
 
     def forward(self, frames: torch.Tensor, flow_onset_to_t: torch.Tensor, frame_times: torch.Tensor) -> DEMOutput:
+        """Temporally consistent expressions of a batch of clips (frame 0 is the onset).
+
+        Args:
+            frames: images in [0, 1], shape (B, T, 3, H, W).
+            flow_onset_to_t: optical flow from the onset to each frame in pixels, shape (B, T, 2, H, W).
+            frame_times: strictly increasing frame times, any unit, shape (B, T).
+
+        Returns:
+            the DEMOutput.
+
+        Raises:
+            ValueError: shapes that do not match.
+        """
         if frames.ndim != 5 or frames.shape[2] != 3:
             raise ValueError(f"frames: expected (B, T, 3, H, W), got {tuple(frames.shape)}")
         if flow_onset_to_t.shape[:2] != frames.shape[:2] or flow_onset_to_t.shape[-2:] != frames.shape[-2:]:

@@ -26,8 +26,12 @@ from microface.utils.checks import check_images, config_from_dict
 class CoarseParams:
     """Output of a coarse encoder.
 
-    shape (B, S), expression (B, E), pose (B, 6) global + jaw axis-angle, camera (B, 3) weak perspective
-    (s, tx, ty), lighting (B, 9, 3) second-order spherical-harmonic coefficients per colour channel.
+    Attributes:
+        shape: identity coefficients, shape (B, S).
+        expression: expression coefficients, shape (B, E).
+        pose: global + jaw axis-angle in radians, shape (B, 6).
+        camera: weak perspective ``(s, tx, ty)`` (s in NDC per mm, t in NDC), shape (B, 3).
+        lighting: second-order spherical-harmonic coefficients per colour channel, shape (B, 9, 3).
     """
 
     shape: torch.Tensor
@@ -37,14 +41,28 @@ class CoarseParams:
     lighting: torch.Tensor
 
     def reshape_batch(self, *leading: int) -> "CoarseParams":
-        """Split the batch dimension: (B*T, ...) -> (*leading, ...), e.g. ``reshape_batch(B, T)``."""
+        """Split the batch dimension: (B*T, ...) -> (*leading, ...), e.g. ``reshape_batch(B, T)``.
+
+        Args:
+            leading: the sizes the batch dimension splits into.
+
+        Returns:
+            CoarseParams whose fields have the leading dimensions ``leading``.
+        """
         return CoarseParams(**{f.name: getattr(self, f.name).reshape(*leading, *getattr(self, f.name).shape[1:])
                                for f in fields(self)})
 
 
 @dataclass
 class EncoderConfig:
-    """Sizes of the coarse encoder. ``channels``: output channels of each stride-2 conv block."""
+    """Sizes of the coarse encoder.
+
+    Args:
+        n_shape: S, identity coefficients of the face model.
+        n_expression: E, expression coefficients of the face model.
+        channels: output channels of each stride-2 conv block.
+        hidden: width of the trunk before the heads.
+    """
 
     n_shape: int
     n_expression: int
@@ -53,15 +71,33 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "EncoderConfig":
-        """Build from a config mapping (keys as the fields); unknown keys raise ValueError."""
+        """The config from a mapping (the ``encoder`` section of a profile).
+
+        Lists become tuples, so configs stay hashable.
+
+        Args:
+            values: field name -> value; None or missing keys keep the defaults.
+
+        Returns:
+            the EncoderConfig.
+
+        Raises:
+            ValueError: an unknown key (no setting is silently ignored).
+        """
         return config_from_dict(cls, values, "encoder")
 
 
 class ConvBackbone(nn.Module):
     """Stride-2 conv blocks (conv 3x3, GroupNorm, SiLU), then global average pooling.
 
-    (B, in_channels, H, W) -> (B, channels[-1]). GroupNorm rather than BatchNorm so batch size 1 and a
-    frozen copy behave the same in train and eval mode.
+    GroupNorm rather than BatchNorm so batch size 1 and a frozen copy behave the same in train and eval mode.
+
+    Args:
+        in_channels: channels of the input, C.
+        channels: output channels of each block (at least one block).
+
+    Raises:
+        ValueError: no block.
     """
 
     def __init__(self, in_channels: int, channels: tuple[int, ...]):
@@ -77,6 +113,14 @@ class ConvBackbone(nn.Module):
         self.out_features = previous
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features of a batch of images.
+
+        Args:
+            images: shape (B, C, H, W).
+
+        Returns:
+            features, shape (B, channels[-1]).
+        """
         return self.blocks(images).mean(dim=(2, 3))
 
 
@@ -88,7 +132,11 @@ def _groups(channels: int) -> int:
 
 
 class CoarseEncoder(nn.Module):
-    """image (B,3,H,W) in [0,1] -> CoarseParams. Trained from scratch (no pretrained weights offline)."""
+    """Image -> CoarseParams. Trained from scratch (no pretrained weights offline).
+
+    Args:
+        config: the EncoderConfig.
+    """
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -110,11 +158,32 @@ class CoarseEncoder(nn.Module):
             self.lighting_head.bias.view(9, 3)[0].fill_(1.0)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B,3,H,W) -> trunk features (B, hidden)."""
+        """Trunk features of a batch of images.
+
+        Args:
+            images: in [0, 1], shape (B, 3, H, W).
+
+        Returns:
+            features, shape (B, hidden).
+
+        Raises:
+            ValueError: ``images`` is not (B, 3, H, W).
+        """
         check_images(images)
         return self.trunk(self.backbone(images * 2.0 - 1.0))
 
     def forward(self, images: torch.Tensor) -> CoarseParams:
+        """Face-model parameters, camera and lighting of each image.
+
+        Args:
+            images: in [0, 1], shape (B, 3, H, W).
+
+        Returns:
+            CoarseParams with shape (B, S), expression (B, E), pose (B, 6), camera (B, 3), lighting (B, 9, 3).
+
+        Raises:
+            ValueError: ``images`` is not (B, 3, H, W).
+        """
         h = self.features(images)
         raw_camera = self.camera_head(h)
         scale = DEFAULT_CAMERA_SCALE * torch.exp(raw_camera[:, :1])

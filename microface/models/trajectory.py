@@ -5,6 +5,8 @@ trajectories it gives the upper bound.
 ``TrajectoryClassifier: trajectories (B, T, E) -> logits (B, K)``: optional displacement from the onset frame
 (identity and neutral offsets cancel), a stack of temporal convolutions, mean + max pooling over time, a
 linear classifier.
+
+Shapes: B clips, T frames, E expression parameters per frame, K classes.
 """
 from __future__ import annotations
 
@@ -20,12 +22,21 @@ from microface.utils.checks import config_from_dict
 
 @dataclass(frozen=True)
 class TrajectoryConfig:
-    """n_classes: MER classes. n_expression: E, the expression parameters per frame.
-    hidden: channels of the temporal convolutions; layers: how many; kernel: their odd temporal size.
-    use_displacement: append ``x_t - x_onset`` (the first frame) to each frame's parameters.
-    dropout: before the classifier.
+    """Settings of the trajectory classifier.
 
     Suggested: smoke hidden 16, layers 1; cpu hidden 64, layers 2; full hidden 128, layers 3 (all kernel 3).
+
+    Args:
+        n_classes: MER classes K, >= 2.
+        n_expression: E, the expression parameters per frame.
+        hidden: channels of the temporal convolutions.
+        layers: how many temporal convolutions.
+        kernel: their odd temporal size.
+        use_displacement: append ``x_t - x_onset`` (the first frame) to each frame's parameters.
+        dropout: before the classifier.
+
+    Raises:
+        ValueError: an even or non-positive kernel, a size < 1, or fewer than 2 classes.
     """
 
     n_classes: int = 3
@@ -49,16 +60,44 @@ class TrajectoryConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "TrajectoryConfig":
+        """The config from a mapping (the ``trajectory`` section of a profile).
+
+        Lists become tuples, so configs stay hashable.
+
+        Args:
+            values: field name -> value; None or missing keys keep the defaults.
+
+        Returns:
+            the TrajectoryConfig.
+
+        Raises:
+            ValueError: an unknown key (no setting is silently ignored).
+        """
         return config_from_dict(cls, values, "trajectory")
 
 
 def displacement_from_onset(trajectories: torch.Tensor) -> torch.Tensor:
-    """``(B, T, E) -> (B, T, E)``: each frame minus the first (onset) frame."""
+    """Each frame minus the first (onset) frame.
+
+    Args:
+        trajectories: shape (B, T, E).
+
+    Returns:
+        displacements, shape (B, T, E).
+
+    Example:
+        >>> displacement_from_onset(torch.tensor([[[1.0], [3.0]]])).tolist()
+        [[[0.0], [2.0]]]
+    """
     return trajectories - trajectories[:, :1]
 
 
 class TrajectoryClassifier(nn.Module):
-    """``trajectories (B, T, E) -> logits (B, K)``; any T >= 1."""
+    """``trajectories (B, T, E) -> logits (B, K)``; any T >= 1.
+
+    Args:
+        config: the TrajectoryConfig.
+    """
 
     def __init__(self, config: TrajectoryConfig) -> None:
         super().__init__()
@@ -73,6 +112,17 @@ class TrajectoryClassifier(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * config.hidden, config.n_classes))
 
     def forward(self, trajectories: torch.Tensor) -> torch.Tensor:
+        """Class logits of expression trajectories.
+
+        Args:
+            trajectories: expression parameters per frame, shape (B, T, E), T >= 1.
+
+        Returns:
+            logits, shape (B, K).
+
+        Raises:
+            ValueError: ``trajectories`` of the wrong shape.
+        """
         e = self.config.n_expression
         if trajectories.ndim != 3 or trajectories.shape[-1] != e or trajectories.shape[1] < 1:
             raise ValueError(f"expected trajectories (B, T, {e}), got {tuple(trajectories.shape)}")
@@ -87,6 +137,14 @@ class TrajectoryClassifier(nn.Module):
 
 
 def trajectory_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Cross-entropy: ``logits (B, K), labels (B,) -> {"loss", "ce"}``."""
+    """Cross-entropy.
+
+    Args:
+        logits: shape (B, K).
+        labels: class indices, shape (B,).
+
+    Returns:
+        ``{"loss": ce, "ce": ce detached}``.
+    """
     ce = F.cross_entropy(logits, labels)
     return {"loss": ce, "ce": ce.detach()}
