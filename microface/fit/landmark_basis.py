@@ -6,9 +6,15 @@ Jacobian with respect to identity, AU expression and jaw rotation. Identity and 
 jaw is fixed, so the Jacobian is exact for them and a Gauss-Newton linearisation for the jaw only.
 
 Two bases, one interface: ``landmark_indices`` (N,) into MediaPipe's 468; ``n_shape``, ``n_expression``;
-``points(shape, expression, jaw)``; ``linearise(...) -> (points, dynamic_jacobian)``, where the Jacobian rows of
-the points ``static_rows`` are the constant ``static_jacobian`` (n, 3, S+E) with zero jaw columns, and those of
-``dynamic_rows`` are returned per frame (T, m, 3, S+E+3).
+``points(shape, expression, jaw)``; ``linearise(...) -> (points, jaw_rotation, rigid_jaw_jacobian,
+dynamic_jacobian)``. The points fall in three row groups, so that most of the Jacobian is constant:
+
+- ``static_rows``: points that do not move with the jaw, exactly ``static_offset + static_jacobian @ coeffs``
+  (coeffs = identity then AUs);
+- ``rigid_rows``: points carried rigidly by the jaw, exactly ``R_jaw (rigid_offset + rigid_jacobian @ coeffs - p)
+  + p``; ``rigid_jaw_jacobian`` (T, r, 3, 3) is their jaw Jacobian rotated back by ``R_jaw^T``, so that in the
+  jaw's frame their coefficient Jacobian is the constant ``rigid_jacobian``;
+- ``dynamic_rows``: everything else, with a full per-frame Jacobian (T, m, 3, S+E+3).
 
 - ``OpenModelLandmarks``: the open model's vertices ARE MediaPipe's 468 landmarks; its blendshapes and its jaw
   blend are read from the model's buffers, so the Jacobian is computed in closed form (fast).
@@ -65,53 +71,67 @@ class OpenModelLandmarks:
         self.jaw_vertices = np.flatnonzero(jaw_weights > 0)  # only these move with the jaw
         self.jaw_weights = jaw_weights[self.jaw_vertices]
         self.jaw_pivot = model.jaw_pivot.detach().cpu().double().numpy()
-        self.dynamic_rows = self.jaw_vertices
+        rigid = self.jaw_weights >= 1.0
+        self.rigid_rows = self.jaw_vertices[rigid]
+        self.rigid_jacobian = self.basis[self.rigid_rows]
+        self.rigid_offset = self.template[self.rigid_rows]
+        self.dynamic_rows = self.jaw_vertices[~rigid]  # the blend band just below the mouth line
         self.static_rows = np.setdiff1d(np.arange(N_MEDIAPIPE), self.jaw_vertices)
         self.static_jacobian = self.basis[self.static_rows]
+        self.static_offset = self.template[self.static_rows]
 
     def _rest(self, shape: np.ndarray, expression: np.ndarray) -> np.ndarray:
         """Vertices before the jaw: shape (S,), expression (T, E) -> (T, V, 3) mm."""
         coeffs = np.concatenate([np.broadcast_to(shape, (len(expression), self.n_shape)), expression], axis=1)
         # rest[t, v, k] = template[v, k] + sum_p coeffs[t, p] * basis[v, k, p]
-        return self.template[None] + np.einsum("tp,vkp->tvk", coeffs, self.basis, optimize=True)
+        flat = self.basis.reshape(-1, self.basis.shape[-1])
+        return self.template[None] + (coeffs @ flat.T).reshape(len(coeffs), *self.template.shape)
 
     def points(self, shape: np.ndarray, expression: np.ndarray, jaw: np.ndarray) -> np.ndarray:
         """Model points without global rotation. shape (S,), expression (T, E), jaw (T, 3) rad -> (T, 468, 3) mm."""
         rest = self._rest(shape, expression)
-        jaw_rot = rotation_matrices(jaw)  # (T, 3, 3)
+        return self._apply_jaw(rest, rotation_matrices(jaw))
+
+    def _apply_jaw(self, rest: np.ndarray, jaw_rot: np.ndarray) -> np.ndarray:
+        """Blend the jaw vertices toward their jaw-rotated positions (the model's forward), in place."""
         lower = rest[:, self.jaw_vertices] - self.jaw_pivot
-        rotated = np.einsum("tij,tvj->tvi", jaw_rot, lower) + self.jaw_pivot
+        rotated = lower @ np.swapaxes(jaw_rot, 1, 2) + self.jaw_pivot  # (T, J, 3): R (x - p) + p
         w = self.jaw_weights[None, :, None]
         rest[:, self.jaw_vertices] += w * (rotated - rest[:, self.jaw_vertices])
         return rest
 
     def linearise(self, shape: np.ndarray, expression: np.ndarray, jaw: np.ndarray):
-        """Points and the parts of their Jacobian that differ from the constant basis.
+        """Points and the per-frame parts of their Jacobian (see the module docstring for the row groups).
 
         Args:
             shape: (S,) identity; expression: (T, E) AUs; jaw: (T, 3) axis-angle, radians.
         Returns:
-            points (T, 468, 3) mm; ``jaw_jacobian`` (T, J, 3, S+E+3): the full Jacobian rows of the J jaw
-            vertices (``self.jaw_vertices``). Every other vertex's Jacobian is ``self.basis`` (V, 3, S+E) with
-            zero jaw columns.
+            points (T, 468, 3) mm; jaw_rotation (T, 3, 3); rigid_jaw_jacobian (T, r, 3, 3) (in the jaw's frame);
+            dynamic_jacobian (T, m, 3, S+E+3).
         """
-        points = self.points(shape, expression, jaw)
-        rest = self._rest(shape, expression)[:, self.jaw_vertices]  # (T, J, 3)
+        rest = self._rest(shape, expression)
         jaw_rot = rotation_matrices(jaw)
-        w = self.jaw_weights[None, :, None, None]
-        eye = np.eye(3)
-        # lower vertex = A x + c with A = (1 - w) I + w R_jaw: the blendshape rows are A @ basis
-        blend = (1 - w) * eye + w * jaw_rot[:, None]  # (T, J, 3, 3)
-        linear = blend @ self.basis[self.jaw_vertices][None]  # (T, J, 3, S+E)
-        jaw_cols = np.empty(rest.shape + (3,))
+        lower_rest = rest[:, self.jaw_vertices] - self.jaw_pivot  # (T, J, 3) before the jaw
+        points = self._apply_jaw(rest, jaw_rot)
+        d_rot = np.empty((3,) + jaw_rot.shape)
         for k in range(3):
             step = np.zeros(3)
             step[k] = JAW_STEP_RAD
-            plus = rotation_matrices(jaw + step)
-            minus = rotation_matrices(jaw - step)
-            d_rot = (plus - minus) / (2 * JAW_STEP_RAD)
-            jaw_cols[..., k] = self.jaw_weights[None, :, None] * np.einsum("tij,tvj->tvi", d_rot, rest - self.jaw_pivot)
-        return points, np.concatenate([linear, jaw_cols], axis=-1)
+            d_rot[k] = (rotation_matrices(jaw + step) - rotation_matrices(jaw - step)) / (2 * JAW_STEP_RAD)
+        rigid = self.jaw_weights >= 1.0
+        # rigid rows: d/dtheta_k of R (x - p) = dR_k (x - p); rotated back: R^T dR_k (x - p)
+        back = np.swapaxes(jaw_rot, 1, 2)[None] @ d_rot  # (3, T, 3, 3)
+        rigid_cols = np.einsum("ktij,tvj->tvik", back, lower_rest[:, rigid])
+        # blend rows: x' = x + w (R (x - p) + p - x), so J = [(1 - w) B + w R B | w dR_k (x - p)]
+        w = self.jaw_weights[~rigid]
+        band = lower_rest[:, ~rigid]
+        basis = self.basis[self.dynamic_rows]  # (m, 3, SE)
+        T, m, SE = len(jaw), len(w), basis.shape[-1]
+        out = np.empty((T, m, 3, SE + 3))
+        rotated = np.einsum("tij,vjp->tvip", jaw_rot, basis, optimize=True)
+        out[..., :SE] = (1 - w)[None, :, None, None] * basis[None] + w[None, :, None, None] * rotated
+        out[..., SE:] = w[None, :, None, None] * np.einsum("ktij,tvj->tvik", d_rot, band)
+        return points, jaw_rot, rigid_cols, out
 
 
 @dataclass(frozen=True)
@@ -181,6 +201,11 @@ class EmbeddedLandmarks:
         self.dynamic_rows = np.arange(len(embedding.landmark_indices))
         self.static_rows = np.zeros(0, dtype=np.int64)
         self.static_jacobian = np.zeros((0, 3, self.n_shape + self.n_expression))
+        self.static_offset = np.zeros((0, 3))
+        self.rigid_rows = np.zeros(0, dtype=np.int64)
+        self.rigid_jacobian = np.zeros((0, 3, self.n_shape + self.n_expression))
+        self.rigid_offset = np.zeros((0, 3))
+        self.jaw_pivot = np.zeros(3)
 
     def _forward(self, shape: np.ndarray, expression: np.ndarray, jaw: np.ndarray) -> np.ndarray:
         """Batched model points. shape (B, S), expression (B, E), jaw (B, 3) -> (B, L, 3) mm, no global rotation."""
@@ -202,7 +227,8 @@ class EmbeddedLandmarks:
         return self._forward(np.broadcast_to(shape, (len(expression), self.n_shape)), expression, jaw)
 
     def linearise(self, shape: np.ndarray, expression: np.ndarray, jaw: np.ndarray):
-        """-> points (T, L, 3) mm, jacobian (T, L, 3, S+E+3) (identity, AUs, jaw)."""
+        """-> points (T, L, 3) mm, jaw rotation (T, 3, 3), rigid jaw Jacobian (T, 0, 3, 3) (no rigid rows),
+        dynamic Jacobian (T, L, 3, S+E+3) (identity, AUs, jaw) for every point."""
         T, S, E = len(expression), self.n_shape, self.n_expression
         coeffs = np.concatenate([np.broadcast_to(shape, (T, S)), expression], 1)  # (T, S+E)
         # rows: the current parameters, then one unit step per identity/AU coefficient, then +-h per jaw axis
@@ -219,7 +245,7 @@ class EmbeddedLandmarks:
         linear = (lin[:, 1:] - points[:, None]).transpose(0, 2, 3, 1)  # (T, L, 3, S+E)
         jw = out[n_lin:].reshape(T, 6, -1, 3)
         jaw_cols = ((jw[:, :3] - jw[:, 3:]) / (2 * JAW_STEP_RAD)).transpose(0, 2, 3, 1)
-        return points, np.concatenate([linear, jaw_cols], axis=-1)
+        return points, rotation_matrices(jaw), np.zeros((T, 0, 3, 3)), np.concatenate([linear, jaw_cols], axis=-1)
 
 
 def landmark_basis(model, embedding: str | Path | MediapipeEmbedding | None = None):

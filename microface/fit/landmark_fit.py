@@ -43,10 +43,10 @@ class FitSettings:
     Temporal weights are per frame step (a higher frame rate moves less per frame: scale them with it if needed).
     """
 
-    iterations: int = 8
+    iterations: int = 6
     huber_mm: float = 2.0  # residuals beyond this (mm, in the model frame) are down-weighted as huber_mm / r
-    identity_prior: float = 200.0  # mm^2 per unit^2 of identity coefficient
-    expression_prior: float = 5.0  # mm^2 per unit^2 of AU
+    identity_prior: float = 5.0  # mm^2 per unit^2 of identity (~ residual variance: identity ~ N(0, 1))
+    expression_prior: float = 40.0  # mm^2 per unit^2 of AU (~ residual variance / 0.3^2: AUs are mostly small)
     jaw_prior: tuple[float, float, float] = (2.0e3, 2.0e5, 2.0e5)  # mm^2 per rad^2; opening (x) is cheap
     temporal_expression: float = 20.0  # mm^2 per unit^2 of AU change between consecutive frames
     temporal_jaw: float = 2.0e4  # mm^2 per rad^2 of jaw change between consecutive frames
@@ -184,32 +184,50 @@ def _pose_step(source: np.ndarray, target: np.ndarray, weights: np.ndarray, vali
     return np.exp(packed[:, 0]), rotation_matrices(packed[:, 1:4]), packed[:, 4:7]
 
 
-def _normal_equations(basis, weights: np.ndarray, residual_target: np.ndarray, dynamic_jac: np.ndarray):
-    """Per-frame Gauss-Newton normal equations of the data term.
+def _normal_equations(basis, weights: np.ndarray, static_target: np.ndarray, rigid_target: np.ndarray,
+                      rigid_jaw_jac: np.ndarray, dynamic_target: np.ndarray, dynamic_jac: np.ndarray):
+    """Per-frame Gauss-Newton normal equations of the data term, row group by row group (see landmark_basis).
 
     Args:
-        weights: (T, N); residual_target: (T, N, 3) = Q - X + J theta0 (mm), the linearised target;
-        dynamic_jac: (T, m, 3, P) rows of ``basis.dynamic_rows``.
+        weights: (T, N) robust weights per point.
+        static_target (T, n, 3), rigid_target (T, r, 3) (in the jaw's frame), dynamic_target (T, m, 3): the
+            linearised targets ``Q - X + J theta0`` (mm) of each group;
+        rigid_jaw_jac: (T, r, 3, 3); dynamic_jac: (T, m, 3, P).
     Returns:
-        H (T, P, P), g (T, P).
+        H (T, P, P), g (T, P), P = S + E + 3.
     """
     T = len(weights)
     P = dynamic_jac.shape[-1]
     SE = P - 3
     H = np.zeros((T, P, P))
     g = np.zeros((T, P))
-    st = basis.static_rows
-    if len(st):
-        B = basis.static_jacobian  # (n, 3, SE)
-        BtB = np.einsum("vkp,vkq->vpq", B, B).reshape(len(st), SE * SE)
+    st, rg, dy = basis.static_rows, basis.rigid_rows, basis.dynamic_rows
+    # rows whose coefficient Jacobian is constant (static, and rigid ones in the jaw's frame)
+    const_rows = np.concatenate([st, rg])
+    if len(const_rows):
+        B = np.concatenate([basis.static_jacobian, basis.rigid_jacobian])  # (n + r, 3, SE)
+        if getattr(basis, "_const_gram", None) is None:
+            basis._const_gram = np.einsum("vkp,vkq->vpq", B, B).reshape(len(const_rows), SE * SE)
+        w = weights[:, const_rows]
         # H[t, p, q] += sum_v w[t, v] * (B_v^T B_v)[p, q]
-        H[:, :SE, :SE] = (weights[:, st] @ BtB).reshape(T, SE, SE)
-        g[:, :SE] = (weights[:, st, None] * residual_target[:, st]).reshape(T, -1) @ B.reshape(-1, SE)
-    dy = basis.dynamic_rows
-    J = dynamic_jac.reshape(T, -1, P)
-    wJ = J * np.repeat(weights[:, dy], 3, axis=1)[..., None]
-    H += np.swapaxes(wJ, 1, 2) @ J
-    g += np.einsum("trp,tr->tp", wJ, residual_target[:, dy].reshape(T, -1))
+        H[:, :SE, :SE] = (w @ basis._const_gram).reshape(T, SE, SE)
+        target = np.concatenate([static_target, rigid_target], 1)
+        g[:, :SE] = (w[..., None] * target).reshape(T, -1) @ B.reshape(-1, SE)
+    if len(rg):
+        r = len(rg)
+        K = rigid_jaw_jac.reshape(T, r * 3, 3)
+        wK = K * np.repeat(weights[:, rg], 3, axis=1)[..., None]
+        cross = basis.rigid_jacobian.reshape(r * 3, SE).T @ wK  # (T, SE, 3)
+        H[:, :SE, SE:] += cross
+        H[:, SE:, :SE] += np.swapaxes(cross, 1, 2)
+        wKt = np.swapaxes(wK, 1, 2)
+        H[:, SE:, SE:] += wKt @ K
+        g[:, SE:] += (wKt @ rigid_target.reshape(T, r * 3, 1))[..., 0]
+    if len(dy):
+        J = dynamic_jac.reshape(T, -1, P)
+        wJt = np.swapaxes(J * np.repeat(weights[:, dy], 3, axis=1)[..., None], 1, 2)
+        H += wJt @ J
+        g += (wJt @ dynamic_target.reshape(T, -1, 1))[..., 0]
     return H, g
 
 
@@ -325,18 +343,25 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
     active_hi = np.zeros((T, E + 1), bool)
 
     for iteration in range(settings.iterations):
-        points, dynamic_jac = basis.linearise(shape, expression, jaw)
+        points, jaw_rot, rigid_jaw_jac, dynamic_jac = basis.linearise(shape, expression, jaw)
         scale, rotation, translation = _pose_step(points, target, weights, valid, settings.temporal_pose)
         # detections in the model frame: Q = R^T (P - t) / s  (mm)
         model_target = np.einsum("tji,tnj->tni", rotation, target - translation[:, None]) / scale[:, None, None]
         residual = np.linalg.norm(model_target - points, axis=-1)
         weights = valid[:, None] * huber_weights(residual, settings.huber_mm)
+        # linearised targets Q - X + J theta0 per row group, so that the solve is for absolute parameters (the
+        # priors act on them directly)
         theta = np.concatenate([np.broadcast_to(shape, (T, S)), expression, jaw], 1)
-        lin_target = model_target - points
-        # J theta0, so that the solve is for absolute parameters (priors act on them directly)
-        lin_target[:, basis.static_rows] += np.einsum("vkp,tp->tvk", basis.static_jacobian, theta[:, :S + E])
-        lin_target[:, basis.dynamic_rows] += np.einsum("tvkp,tp->tvk", dynamic_jac, theta)
-        H, g = _normal_equations(basis, weights, lin_target, dynamic_jac)
+        st, rg, dy = basis.static_rows, basis.rigid_rows, basis.dynamic_rows
+        static_target = model_target[:, st] - basis.static_offset  # X = offset + B theta exactly there
+        # rigid rows in the jaw's frame: R^T (Q - p) + p - offset + K jaw0
+        rigid_target = ((model_target[:, rg] - basis.jaw_pivot) @ jaw_rot + basis.jaw_pivot - basis.rigid_offset
+                        + (rigid_jaw_jac @ jaw[:, None, :, None])[..., 0])
+        m = len(dy)
+        j_theta = (dynamic_jac.reshape(T, m * 3, -1) @ theta[:, :, None]).reshape(T, m, 3)
+        dynamic_target = model_target[:, dy] - points[:, dy] + j_theta
+        H, g = _normal_equations(basis, weights, static_target, rigid_target, rigid_jaw_jac, dynamic_target,
+                                 dynamic_jac)
         # Tikhonov priors, plus a stiff pull onto the bound for the AUs / jaw opening that sit on it
         prior_diag = np.broadcast_to(ridge, (T, U)).copy()
         prior_rhs = np.zeros((T, U))
