@@ -62,26 +62,40 @@ MOTION_CUES = ("residual", "raw")
 class DGMDConfig:
     """Sizes, scales and ablation switches of DGMD.
 
-    hidden: MLP / GCN width; gcn_layers: gated graph-convolution layers; max_offset_mm: bound of every offset
-    component (tanh); use_geometry / use_landmarks / use_flow: cue switches; use_attention: motion-attention gate
-    (off: a = 1); mapping: "region" (region-pooled flow) | "per_pixel" (per-vertex pixel average);
-    laplacian: "uniform" | "cotangent"; landmark_sigma_mm: width of the landmark spreading kernel on the template;
-    flow_scale_px: pixels of flow / landmark residual mapped to 1.0 in the features; gate_scale_px: motion (px)
-    at which the gate's magnitude term reaches tanh(1) = 0.76; position_scale_mm, laplacian_scale_mm: feature
-    normalisers; render_blur_px: blur radius of the internal rasterization (only when pix_to_face is not given);
-    motion_cues: "residual" (flow minus the coarse mesh's own projected motion onset->t, and the landmark residual
-    minus its onset value: what the coarse mesh has NOT explained) | "raw" (flow and landmark residual as given);
-    gate_floor_px: motion (px) below which the gate stays exactly shut (the noise level of the flow);
-    gate_noise_factor: when > 0, the floor of each frame is at least this factor times the MEDIAN motion over the
-    frame's vertices, an estimate of its noise (a micro-expression moves a minority of the face);
-    attention_context: the gate's learned term also sees each vertex's fused features (geometry and cues), so it
-    can learn WHERE a face moves as well as how much (off: the motion magnitudes alone);
-    temporal_rank: rank of the clip-level denoising of the flow over time before the flow cues are read (0: off,
-    each frame's flow as estimated). When > 0, cues must come from ``DGMD.clip_cues`` over a whole clip
-    (``refine_clip`` and training do this);
-    flow_affine_free: remove from each frame's flow cues their least-squares 2D affine motion over the face (see
-    :func:`remove_affine_motion`): a global misfit between DEM's projected motion and the flow (the coarse stage's
-    pose or camera error) is not DGMD's to fix with local offsets, and it would open the gate everywhere.
+    Args:
+        hidden: MLP / GCN width.
+        gcn_layers: gated graph-convolution layers.
+        max_offset_mm: bound of every offset component (tanh).
+        use_geometry: geometry cue switch.
+        use_landmarks: landmark cue switch.
+        use_flow: flow cue switch.
+        use_attention: motion-attention gate (off: a = 1).
+        mapping: "region" (region-pooled flow) | "per_pixel" (per-vertex pixel average).
+        laplacian: "uniform" | "cotangent".
+        landmark_sigma_mm: width of the landmark spreading kernel on the template.
+        flow_scale_px: pixels of flow / landmark residual mapped to 1.0 in the features.
+        gate_scale_px: motion (px) at which the gate's magnitude term reaches tanh(1) = 0.76.
+        position_scale_mm: feature normaliser of the centred positions.
+        laplacian_scale_mm: feature normaliser of the Laplacian coordinates.
+        render_blur_px: blur radius of the internal rasterization (only when pix_to_face is not given).
+        motion_cues: "residual" (flow minus the coarse mesh's own projected motion onset->t, and the landmark
+            residual minus its onset value: what the coarse mesh has NOT explained) | "raw" (flow and landmark
+            residual as given).
+        gate_floor_px: motion (px) below which the gate stays exactly shut (the noise level of the flow).
+        gate_noise_factor: when > 0, the floor of each frame is at least this factor times the MEDIAN motion
+            over the frame's vertices, an estimate of its noise (a micro-expression moves a minority of the face).
+        attention_context: the gate's learned term also sees each vertex's fused features (geometry and cues), so
+            it can learn WHERE a face moves as well as how much (off: the motion magnitudes alone).
+        temporal_rank: rank of the clip-level denoising of the flow over time before the flow cues are read
+            (0: off, each frame's flow as estimated). When > 0, cues must come from ``DGMD.clip_cues`` over a
+            whole clip (``refine_clip`` and training do this).
+        flow_affine_free: remove from each frame's flow cues their least-squares 2D affine motion over the face
+            (see :func:`remove_affine_motion`): a global misfit between DEM's projected motion and the flow (the
+            coarse stage's pose or camera error) is not DGMD's to fix with local offsets, and it would open the
+            gate everywhere.
+
+    Raises:
+        ValueError: an unknown choice, a scale <= 0, every cue switched off, or a negative size.
     """
 
     hidden: int = 64
@@ -130,7 +144,19 @@ class DGMDConfig:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "DGMDConfig":
-        """Build from a config mapping (keys as the fields); unknown keys raise ValueError."""
+        """The config from a mapping (the ``dgmd`` section of a profile).
+
+        Lists become tuples, so configs stay hashable.
+
+        Args:
+            values: field name -> value; None or missing keys keep the defaults.
+
+        Returns:
+            the DGMDConfig.
+
+        Raises:
+            ValueError: an unknown key (no setting is silently ignored).
+        """
         return config_from_dict(cls, values, "dgmd")
 
 
@@ -156,8 +182,18 @@ def region_pool_flow(flow: torch.Tensor, pix_to_face: torch.Tensor, face_region:
                      n_regions: int) -> torch.Tensor:
     """Mean flow over the pixels each face region covers.
 
-    flow (B, 2, H, W); pix_to_face (B, H, W, 1) packed ``b * F + f``, -1 background; face_region (F,) long in
-    [0, n_regions) -> (B, R, 2). A region covering no pixel gets 0. Differentiable w.r.t. the flow.
+    Args:
+        flow: flow in pixels, shape (B, 2, H, W).
+        pix_to_face: packed face index ``b * F + f``, -1 background, shape (B, H, W, 1).
+        face_region: region of each face, long in [0, n_regions), shape (F,).
+        n_regions: number of regions R.
+
+    Returns:
+        mean flow per region in pixels, shape (B, R, 2). A region covering no pixel gets 0. Differentiable
+        w.r.t. the flow.
+
+    Raises:
+        ValueError: shapes that do not match, or face indices beyond B * F.
     """
     _check_flow(flow)
     _check_pix_to_face(pix_to_face, flow)
@@ -181,8 +217,18 @@ def per_pixel_vertex_flow(flow: torch.Tensor, pix_to_face: torch.Tensor, faces: 
                           n_vertices: int) -> torch.Tensor:
     """Per-pixel mapping (ablation): each vertex averages the flow of the pixels whose face contains it.
 
-    flow (B, 2, H, W); pix_to_face (B, H, W, 1) packed, -1 background; faces (F, 3) -> (B, V, 2); vertices on
-    no visible face get 0. Differentiable w.r.t. the flow.
+    Args:
+        flow: flow in pixels, shape (B, 2, H, W).
+        pix_to_face: packed face index ``b * F + f``, -1 background, shape (B, H, W, 1).
+        faces: triangle vertex indices, shape (F, 3).
+        n_vertices: number of vertices V.
+
+    Returns:
+        flow per vertex in pixels, shape (B, V, 2); vertices on no visible face get 0. Differentiable w.r.t.
+        the flow.
+
+    Raises:
+        ValueError: shapes that do not match.
     """
     _check_flow(flow)
     _check_pix_to_face(pix_to_face, flow)
@@ -203,9 +249,16 @@ def per_pixel_vertex_flow(flow: torch.Tensor, pix_to_face: torch.Tensor, faces: 
 def landmark_spread_weights(template: torch.Tensor, landmark_vertices: torch.Tensor, sigma_mm: float) -> torch.Tensor:
     """Fixed kernel spreading the 68 landmark residuals to the mesh.
 
-    template (V, 3) mm, landmark_vertices (L,) vertex indices -> (V, L) weights
-    ``g_vl / max(sum_l g_vl, 1)`` with ``g_vl = exp(-|x_v - x_l|^2 / (2 sigma^2))``: near landmarks a weighted
-    average of their residuals, far from every landmark the weights (and the cue) fade to zero.
+    Weights ``g_vl / max(sum_l g_vl, 1)`` with ``g_vl = exp(-|x_v - x_l|^2 / (2 sigma^2))``: near landmarks a
+    weighted average of their residuals, far from every landmark the weights (and the cue) fade to zero.
+
+    Args:
+        template: template vertices in mm, shape (V, 3).
+        landmark_vertices: vertex index of each landmark, shape (L,).
+        sigma_mm: kernel width in mm.
+
+    Returns:
+        weights, shape (V, L).
     """
     distance2 = (template[:, None, :] - template[landmark_vertices][None, :, :]).pow(2).sum(-1)
     g = torch.exp(-distance2 / (2.0 * sigma_mm**2))
@@ -213,7 +266,18 @@ def landmark_spread_weights(template: torch.Tensor, landmark_vertices: torch.Ten
 
 
 def spread_landmark_residual(residual: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """residual (B, L, 2) pixels, weights (V, L) -> per-vertex residual (B, V, 2) pixels."""
+    """Per-vertex landmark residual.
+
+    Args:
+        residual: detected minus projected landmarks in pixels, shape (B, L, 2).
+        weights: from :func:`landmark_spread_weights`, shape (V, L).
+
+    Returns:
+        per-vertex residual in pixels, shape (B, V, 2).
+
+    Raises:
+        ValueError: ``residual`` of the wrong shape.
+    """
     if residual.ndim != 3 or residual.shape[-1] != 2 or residual.shape[1] != weights.shape[1]:
         raise ValueError(f"residual: expected (B, {weights.shape[1]}, 2), got {tuple(residual.shape)}")
     # out[b, v, k] = sum_l weights[v, l] * residual[b, l, k]
@@ -221,8 +285,20 @@ def spread_landmark_residual(residual: torch.Tensor, weights: torch.Tensor) -> t
 
 
 def landmark_anchor_vertices(face_model: FaceModel) -> torch.Tensor:
-    """Vertex index standing for each landmark: ``face_model.landmark_indices`` when the model has them
-    (the open model), else the template vertex nearest each neutral landmark (FLAME's barycentric ones). -> (L,)."""
+    """Vertex index standing for each landmark.
+
+    ``face_model.landmark_indices`` when the model has them (the open model), else the template vertex nearest
+    each neutral landmark (FLAME's barycentric ones).
+
+    Args:
+        face_model: the face model.
+
+    Returns:
+        vertex indices, shape (L,) long, on the CPU.
+
+    Raises:
+        ValueError: the model's landmarks are NaN (no landmark embedding).
+    """
     indices = getattr(face_model, "landmark_indices", None)
     if isinstance(indices, torch.Tensor):
         return indices.long().cpu()
@@ -239,9 +315,11 @@ def landmark_anchor_vertices(face_model: FaceModel) -> torch.Tensor:
 class VertexCues:
     """Per-vertex inputs of DGMD (None where switched off).
 
-    geometry (B, V, 9): position / scale, normal, Laplacian coordinates / scale; landmark (B, V, 2) px: spread
-    landmark residual; vertex_flow (B, V, 2) px: flow at the onset projection; pooled_flow (B, V, 2) px: region
-    (or per-pixel) pooled flow.
+    Attributes:
+        geometry: position / scale, normal, Laplacian coordinates / scale, shape (B, V, 9).
+        landmark: spread landmark residual in px, shape (B, V, 2).
+        vertex_flow: flow at the onset projection in px, shape (B, V, 2).
+        pooled_flow: region (or per-pixel) pooled flow in px, shape (B, V, 2).
     """
 
     geometry: torch.Tensor | None
@@ -250,15 +328,30 @@ class VertexCues:
     pooled_flow: torch.Tensor | None
 
     def frames(self, index) -> "VertexCues":
-        """The cues of some frames (any index of the batch dimension) -> VertexCues."""
+        """The cues of some frames.
+
+        Args:
+            index: any index of the batch dimension.
+
+        Returns:
+            VertexCues of those frames.
+        """
         return VertexCues(*(None if c is None else c[index] for c in (self.geometry, *self.motion())))
 
     def motion(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """(landmark, vertex_flow, pooled_flow), None where switched off."""
+        """The motion cues.
+
+        Returns:
+            ``(landmark, vertex_flow, pooled_flow)``, None where switched off.
+        """
         return self.landmark, self.vertex_flow, self.pooled_flow
 
     def motion_magnitudes(self) -> torch.Tensor | None:
-        """|cue| in pixels of each enabled motion cue, (B, V, K), or None without motion cues."""
+        """Magnitude of each enabled motion cue.
+
+        Returns:
+            |cue| in pixels, shape (B, V, K) for K enabled motion cues, or None without motion cues.
+        """
         mags = [c.norm(dim=-1) for c in self.motion() if c is not None]
         return torch.stack(mags, dim=-1) if mags else None
 
@@ -269,7 +362,9 @@ class GatedGraphConv(nn.Module):
 
     Hand-written rather than torch-geometric's GCNConv: the topology is fixed and shared by the whole batch,
     so one precomputed sparse list serves (B, V, C) directly, with no per-graph batching.
-    h (B, V, C), gate (B, V), index (2, N), weight (N,) -> (B, V, C).
+
+    Args:
+        channels: C, input and output channels.
     """
 
     def __init__(self, channels: int):
@@ -277,13 +372,35 @@ class GatedGraphConv(nn.Module):
         self.linear = nn.Linear(channels, channels)
 
     def forward(self, h: torch.Tensor, gate: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """One gated residual graph convolution.
+
+        Args:
+            h: vertex features, shape (B, V, C).
+            gate: per-vertex gate, shape (B, V).
+            index: message pairs [source, target], shape (2, N).
+            weight: message weights, shape (N,).
+
+        Returns:
+            updated features, shape (B, V, C).
+        """
         return h + gate[..., None] * F_nn.silu(propagate(self.linear(h), index, weight))
 
 
 class MotionAttention(nn.Module):
-    """a = tanh(relu(sum(magnitudes) - floor) / gate_scale) * sigmoid(MLP(magnitudes / flow_scale)); magnitudes
-    (B, V, K) px -> (B, V) in [0, 1), exactly 0 where the summed magnitude is at most the floor: ``floor_px``, or
-    ``noise_factor`` x the frame's median summed magnitude when that is larger."""
+    """The motion-attention gate of DGMD.
+
+    a = tanh(relu(sum(magnitudes) - floor) / gate_scale) * sigmoid(MLP(magnitudes / flow_scale)) lies in [0, 1) and is exactly 0 where the summed magnitude is at most the floor: ``floor_px``, or
+    ``noise_factor`` x the frame's median summed magnitude when that is larger.
+
+    Args:
+        n_cues: K, motion cues.
+        hidden: MLP width.
+        gate_scale_px: motion (px) at which the magnitude term reaches tanh(1).
+        flow_scale_px: pixels mapped to 1.0 in the MLP's input.
+        floor_px: motion (px) at or below which the gate is exactly 0.
+        noise_factor: when > 0, the floor is at least this factor times the frame's median motion.
+        n_context: extra per-vertex features the MLP sees (0: none).
+    """
 
     def __init__(self, n_cues: int, hidden: int, gate_scale_px: float, flow_scale_px: float, floor_px: float = 0.0,
                  noise_factor: float = 0.0, n_context: int = 0):
@@ -296,7 +413,18 @@ class MotionAttention(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(n_cues + n_context, hidden), nn.SiLU(), nn.Linear(hidden, 1))
 
     def forward(self, magnitudes: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """magnitudes (B, V, K) px; context (B, V, n_context) or None (required when n_context > 0) -> (B, V)."""
+        """The gate of each vertex.
+
+        Args:
+            magnitudes: motion cue magnitudes in px, shape (B, V, K).
+            context: extra features, shape (B, V, n_context), or None (required when n_context > 0).
+
+        Returns:
+            gate in [0, 1), shape (B, V).
+
+        Raises:
+            ValueError: ``context`` missing or of the wrong size when n_context > 0.
+        """
         motion = magnitudes.sum(-1)
         floor = torch.full_like(motion[:, :1], self.floor_px)
         if self.noise_factor > 0:
@@ -313,7 +441,14 @@ class MotionAttention(nn.Module):
 
 @dataclass
 class DGMDOutput:
-    """vertices (B, V, 3) refined mm; offsets (B, V, 3) mm; gate (B, V) motion attention; cues: VertexCues."""
+    """What DGMD returns.
+
+    Attributes:
+        vertices: refined vertices in mm, shape (B, V, 3).
+        offsets: offsets in mm, shape (B, V, 3).
+        gate: motion attention, shape (B, V).
+        cues: the VertexCues used.
+    """
 
     vertices: torch.Tensor
     offsets: torch.Tensor
@@ -324,9 +459,12 @@ class DGMDOutput:
 class DGMD(nn.Module):
     """Dynamic-guided mesh deformation on a fixed face-model topology (see the module docstring).
 
-    forward(coarse_vertices (B,V,3) mm world, camera (batch B), flow_onset_to_t (B,2,H,W) px | None,
-    landmarks2d (B,68,2) px | None, onset_vertices (B,V,3) | None, pix_to_face (B,H,W,1) | None,
-    onset_landmarks2d (B,68,2) px | None, cues: VertexCues (motion cues from ``clip_cues``) | None) -> DGMDOutput.
+    Args:
+        face_model: gives the topology, template, regions and landmarks.
+        config: the DGMDConfig; defaults when None.
+
+    Raises:
+        ValueError: ``use_landmarks`` with a face model whose landmarks are NaN.
     """
 
     def __init__(self, face_model: FaceModel, config: DGMDConfig | None = None):
@@ -373,14 +511,30 @@ class DGMD(nn.Module):
 
     # -------------------------------------------------------------------------------------- cues
     def rasterize_faces(self, vertices: torch.Tensor, camera: Camera, image_size: tuple[int, int]) -> torch.Tensor:
-        """pix_to_face (B, H, W, 1) of the mesh ``vertices`` (B, V, 3) seen by ``camera`` (no gradient)."""
+        """Which face each pixel sees (no gradient).
+
+        Args:
+            vertices: world vertices in mm, shape (B, V, 3).
+            camera: a batch of B cameras.
+            image_size: (H, W).
+
+        Returns:
+            pix_to_face, packed, -1 background, shape (B, H, W, 1).
+        """
         with torch.no_grad():
             screen = project_points(vertices.detach(), camera)
             fragments = rasterize(screen, self.faces, image_size, self.config.render_blur_px, camera.is_perspective)
             return fragments.pix_to_face
 
     def geometry_cue(self, vertices: torch.Tensor) -> torch.Tensor:
-        """vertices (B, V, 3) mm -> (B, V, 9) [centred position / scale, normal, Laplacian / scale]."""
+        """The geometry cue.
+
+        Args:
+            vertices: world vertices in mm, shape (B, V, 3).
+
+        Returns:
+            ``[centred position / scale, normal, Laplacian / scale]``, shape (B, V, 9).
+        """
         c = self.config
         if c.laplacian == "uniform":
             laplacian = uniform_laplacian_coordinates(vertices, self.edges)
@@ -390,7 +544,19 @@ class DGMD(nn.Module):
         return torch.cat([position, vertex_normals(vertices, self.faces), laplacian / c.laplacian_scale_mm], dim=-1)
 
     def landmark_cue(self, vertices: torch.Tensor, camera: Camera, landmarks2d: torch.Tensor) -> torch.Tensor:
-        """Spread residual (B, V, 2) px of detected landmarks2d (B, L, 2) vs the projected anchors of ``vertices``."""
+        """Spread residual of detected landmarks vs the projected anchors of ``vertices``.
+
+        Args:
+            vertices: world vertices in mm, shape (B, V, 3).
+            camera: a batch of B cameras.
+            landmarks2d: detected landmarks in pixels, shape (B, L, 2).
+
+        Returns:
+            per-vertex residual in px, shape (B, V, 2).
+
+        Raises:
+            ValueError: ``landmarks2d`` of the wrong shape.
+        """
         anchors = self.landmark_vertices
         if landmarks2d.shape != (vertices.shape[0], anchors.shape[0], 2):
             raise ValueError(f"landmarks2d: expected ({vertices.shape[0]}, {anchors.shape[0]}, 2) pixels, got "
@@ -399,7 +565,14 @@ class DGMD(nn.Module):
         return spread_landmark_residual(landmarks2d.to(projected.dtype) - projected, self.landmark_weights)
 
     def region_mean(self, values: torch.Tensor) -> torch.Tensor:
-        """Mean of per-vertex values (B, V, C) over each vertex's region, broadcast back -> (B, V, C)."""
+        """Mean of per-vertex values over each vertex's region, broadcast back.
+
+        Args:
+            values: shape (B, V, C).
+
+        Returns:
+            region means, shape (B, V, C).
+        """
         B, V, C = values.shape
         sums = values.new_zeros(B, self.n_regions, C).index_add_(1, self.vertex_region, values)
         counts = torch.bincount(self.vertex_region, minlength=self.n_regions).clamp(min=1).to(values)
@@ -407,15 +580,36 @@ class DGMD(nn.Module):
 
     def coarse_motion_px(self, coarse_vertices: torch.Tensor, onset_vertices: torch.Tensor,
                          camera: Camera) -> torch.Tensor:
-        """Projected motion onset -> t of the coarse mesh itself, (B, V, 2) px (no gradient: an input)."""
+        """Projected motion onset -> t of the coarse mesh itself (no gradient: an input).
+
+        Args:
+            coarse_vertices: world vertices at t in mm, shape (B, V, 3).
+            onset_vertices: world vertices at the onset in mm, shape (B, V, 3).
+            camera: a batch of B cameras.
+
+        Returns:
+            motion in px, shape (B, V, 2).
+        """
         with torch.no_grad():
             return (project_points(coarse_vertices, camera)[..., :2]
                     - project_points(onset_vertices, camera)[..., :2])
 
     def flow_cues(self, onset_vertices: torch.Tensor, camera: Camera, flow: torch.Tensor,
                   pix_to_face: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vertex flow (B, V, 2), pooled flow (B, V, 2)) px from flow (B, 2, H, W) anchored at the onset mesh
-        (the raw flow; ``cues`` subtracts the coarse motion in "residual" mode)."""
+        """The raw flow cues, anchored at the onset mesh (``cues`` subtracts the coarse motion in "residual" mode).
+
+        Args:
+            onset_vertices: world vertices at the onset in mm, shape (B, V, 3).
+            camera: a batch of B cameras.
+            flow: flow onset -> t in pixels, shape (B, 2, H, W).
+            pix_to_face: packed face index of each pixel, shape (B, H, W, 1), or None (rasterized here).
+
+        Returns:
+            ``(vertex flow, pooled flow)`` in px, each shape (B, V, 2).
+
+        Raises:
+            ValueError: ``flow`` of the wrong shape or batch.
+        """
         _check_flow(flow)
         if flow.shape[0] != onset_vertices.shape[0]:
             raise ValueError(f"flow: expected batch {onset_vertices.shape[0]}, got {flow.shape[0]}")
@@ -433,12 +627,28 @@ class DGMD(nn.Module):
              landmarks2d: torch.Tensor | None = None, onset_vertices: torch.Tensor | None = None,
              pix_to_face: torch.Tensor | None = None, onset_landmarks2d: torch.Tensor | None = None,
              with_geometry: bool = True) -> VertexCues:
-        """All enabled cues (see ``VertexCues``; geometry None when ``with_geometry`` is False). A switched-on cue
-        whose input is None raises ValueError.
+        """All enabled cues (see ``VertexCues``).
 
         In "residual" mode the flow cues are the flow minus the coarse mesh's own projected motion onset -> t
-        (region-averaged for the pooled cue), and, when ``onset_landmarks2d`` (B, 68, 2) is given, the landmark
-        cue is the residual at t minus the residual at the onset (a constant detector-vs-mesh bias cancels).
+        (region-averaged for the pooled cue), and, when ``onset_landmarks2d`` is given, the landmark cue is the
+        residual at t minus the residual at the onset (a constant detector-vs-mesh bias cancels).
+
+        Args:
+            coarse_vertices: coarse world vertices in mm, shape (B, V, 3).
+            camera: a batch of B cameras.
+            flow_onset_to_t: optical flow onset -> t in pixels, shape (B, 2, H, W); needed with ``use_flow``.
+            landmarks2d: detected landmarks in pixels, shape (B, 68, 2); needed with ``use_landmarks``.
+            onset_vertices: the onset's coarse vertices in mm, shape (B, V, 3); default ``coarse_vertices``.
+            pix_to_face: packed face index of each pixel of the onset mesh, shape (B, H, W, 1); rasterized here
+                when None.
+            onset_landmarks2d: detected onset landmarks in pixels, shape (B, 68, 2), or None.
+            with_geometry: compute the geometry cue (else it is None).
+
+        Returns:
+            the VertexCues.
+
+        Raises:
+            ValueError: a switched-on cue whose input is None, or shapes that do not match.
         """
         c = self.config
         if coarse_vertices.ndim != 3 or coarse_vertices.shape[1:] != (self.n_vertices, 3):
@@ -474,8 +684,16 @@ class DGMD(nn.Module):
 
     # -------------------------------------------------------------------------------------- forward
     def gate(self, cues: VertexCues, like: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Motion-attention gate (B, V); ones when attention is off or there is no motion cue. context (B, V, hidden):
-        the fused features, used when ``attention_context`` is on."""
+        """Motion-attention gate; ones when attention is off or there is no motion cue.
+
+        Args:
+            cues: the VertexCues.
+            like: a (B, V, ...) tensor giving the shape, dtype and device of the ones.
+            context: the fused features, shape (B, V, hidden), used when ``attention_context`` is on.
+
+        Returns:
+            gate, shape (B, V).
+        """
         magnitudes = cues.motion_magnitudes()
         if self.attention is None or magnitudes is None:
             return torch.ones(like.shape[:2], dtype=like.dtype, device=like.device)
@@ -485,9 +703,18 @@ class DGMD(nn.Module):
                   landmarks2d: torch.Tensor | None = None, pix_to_face: torch.Tensor | None = None) -> VertexCues:
         """Motion cues of ONE clip whose frame 0 is the onset, its flow denoised over time when ``temporal_rank`` > 0.
 
-        coarse_vertices (T, V, 3) mm; camera: batch 1, shared by the frames; flow_onset_to_t (T, 2, H, W) px;
-        landmarks2d (T, 68, 2) px; pix_to_face (1, H, W, 1) of the onset mesh or None (rasterized here, once) ->
-        VertexCues with geometry None and motion cues (T, V, 2) (pass them to ``forward`` as ``cues``).
+        Args:
+            coarse_vertices: world vertices in mm, shape (T, V, 3).
+            camera: batch 1, shared by the frames.
+            flow_onset_to_t: flow in px, shape (T, 2, H, W).
+            landmarks2d: detected landmarks in px, shape (T, 68, 2).
+            pix_to_face: of the onset mesh, shape (1, H, W, 1), or None (rasterized here, once).
+
+        Returns:
+            VertexCues with geometry None and motion cues (T, V, 2) (pass them to ``forward`` as ``cues``).
+
+        Raises:
+            ValueError: a camera batch other than 1.
         """
         T = coarse_vertices.shape[0]
         if camera.batch_size != 1:
@@ -510,8 +737,26 @@ class DGMD(nn.Module):
                 landmarks2d: torch.Tensor | None = None, onset_vertices: torch.Tensor | None = None,
                 pix_to_face: torch.Tensor | None = None, onset_landmarks2d: torch.Tensor | None = None,
                 cues: VertexCues | None = None) -> DGMDOutput:
-        """cues: precomputed motion cues (B, V, 2) of these frames (``clip_cues``; then flow, landmarks,
-        onset and pix_to_face are not read); required when ``temporal_rank`` > 0."""
+        """Refine coarse meshes by small per-vertex offsets.
+
+        Args:
+            coarse_vertices: coarse world vertices in mm, shape (B, V, 3).
+            camera: a batch of B cameras.
+            flow_onset_to_t: optical flow onset -> t in pixels, shape (B, 2, H, W); needed with ``use_flow``.
+            landmarks2d: detected landmarks in pixels, shape (B, 68, 2); needed with ``use_landmarks``.
+            onset_vertices: the onset's coarse vertices in mm, shape (B, V, 3); default ``coarse_vertices``.
+            pix_to_face: packed face index of each pixel of the onset mesh, shape (B, H, W, 1); rasterized here
+                when None.
+            onset_landmarks2d: detected onset landmarks in pixels, shape (B, 68, 2), or None.
+            cues: precomputed motion cues (B, V, 2) of these frames (``clip_cues``; then flow, landmarks, onset and
+                pix_to_face are not read); required when ``temporal_rank`` > 0.
+
+        Returns:
+            the DGMDOutput.
+
+        Raises:
+            ValueError: no ``cues`` with ``temporal_rank`` > 0, or inputs that do not fit (see :meth:`cues`).
+        """
         if cues is None:
             if self.config.temporal_rank > 0:
                 raise ValueError(f"dgmd temporal_rank={self.config.temporal_rank} denoises cues over a whole clip: "
@@ -530,8 +775,18 @@ class DGMD(nn.Module):
         return DGMDOutput(vertices=coarse_vertices + offsets, offsets=offsets, gate=gate, cues=cues)
 
     def with_geometry(self, precomputed: VertexCues, coarse_vertices: torch.Tensor) -> VertexCues:
-        """Precomputed motion cues checked against the enabled switches, plus the geometry cue of
-        ``coarse_vertices`` (B, V, 3)."""
+        """Precomputed motion cues checked against the enabled switches, plus the geometry cue of ``coarse_vertices``.
+
+        Args:
+            precomputed: motion cues, e.g. from :meth:`clip_cues`.
+            coarse_vertices: world vertices in mm, shape (B, V, 3).
+
+        Returns:
+            the VertexCues with geometry.
+
+        Raises:
+            ValueError: a switched-on cue missing or of the wrong shape, or a switched-off cue given.
+        """
         c = self.config
         expected = (coarse_vertices.shape[0], self.n_vertices, 2)
         for name, enabled, value in zip(("landmark", "vertex_flow", "pooled_flow"),
@@ -546,7 +801,16 @@ class DGMD(nn.Module):
 
 
 def build_dgmd(face_model: FaceModel, config: dict | DGMDConfig | None = None, seed: int = 0) -> DGMD:
-    """A seeded DGMD for ``face_model`` from a config mapping (DGMDConfig keys) or a DGMDConfig."""
+    """A seeded DGMD for ``face_model``.
+
+    Args:
+        face_model: the face model.
+        config: a config mapping (DGMDConfig keys), a DGMDConfig, or None for the defaults.
+        seed: seeds ``torch`` and ``numpy`` before the weights are drawn.
+
+    Returns:
+        the DGMD.
+    """
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
     cfg = config if isinstance(config, DGMDConfig) else DGMDConfig.from_dict(config)
