@@ -2,12 +2,15 @@
 toward a frozen base model, and the two-step schedule.
 
 - ``parameter_loss``: direct loss on face-model parameters where ground truth exists (the synthetic benchmark);
-- ``EmotionHead``: (expression (N,E), shape (N,S)) -> valence/arousal (N,2) in [-1,1] and class logits (N,K);
-  its loss is ``microface.losses.emotion.emotion_loss`` (intensity-weighted cross-entropy + VA regression);
+- ``EmotionHead``: (expression (N, E), shape (N, S)) -> valence/arousal (N, 2) in [-1, 1] and class logits
+  (N, K); its loss is ``microface.losses.emotion.emotion_loss`` (intensity-weighted cross-entropy + VA
+  regression);
 - ``BaseModelRegulariser``: keeps a fine-tuned encoder near a deep-copied frozen base, by parameter L2 or by
   output distillation on the same images;
 - ``fields_schedule``: step 1 trains the emotion head with the encoder frozen, step 2 fine-tunes encoder and
   head with all losses; ``apply_stage`` sets ``requires_grad`` accordingly.
+
+Shapes: N samples (images or frames), B clips, T frames, E expression size, S shape size, K classes.
 """
 from __future__ import annotations
 
@@ -25,9 +28,16 @@ def parameter_loss(predicted: dict[str, torch.Tensor], target: dict[str, torch.T
                    weights: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
     """Direct parameter supervision: weighted mean squared error per parameter group.
 
-    predicted / target: name -> tensor of the same shape, e.g. expression (B,T,E), shape (B,S), pose (B,T,6);
-    names missing from ``target`` (no ground truth) are skipped; weights: name -> weight (default 1).
-    Returns {"param_<name>": mse, ..., "param": weighted sum}; "param" is 0 when nothing had a target.
+    Args:
+        predicted: name -> tensor, e.g. expression (B, T, E), shape (B, S), pose (B, T, 6).
+        target: name -> tensor of the same shape; names missing from it (or None: no ground truth) are skipped.
+        weights: name -> weight (default 1).
+
+    Returns:
+        ``{"param_<name>": mse, ..., "param": weighted sum}``; "param" is 0 when nothing had a target.
+
+    Raises:
+        ValueError: a target whose shape differs from the prediction's.
     """
     weights = weights or {}
     out: dict[str, torch.Tensor] = {}
@@ -51,15 +61,31 @@ def parameter_loss(predicted: dict[str, torch.Tensor], target: dict[str, torch.T
 
 @dataclass
 class EmotionPrediction:
-    """valence_arousal (N,2) in [-1,1]; logits (N,K)."""
+    """What the EmotionHead returns.
+
+    Attributes:
+        valence_arousal: in [-1, 1], shape (N, 2).
+        logits: class logits, shape (N, K).
+    """
 
     valence_arousal: torch.Tensor
     logits: torch.Tensor
 
 
 class EmotionHead(nn.Module):
-    """MLP on ``[expression, shape]``: (N,E), (N,S) -> EmotionPrediction. Shape is an input because the same
-    displacement reads differently on different faces (FIELDS feeds both)."""
+    """MLP on ``[expression, shape]`` -> EmotionPrediction.
+
+    Shape is an input because the same displacement reads differently on different faces (FIELDS feeds both).
+
+    Args:
+        n_expression: E.
+        n_shape: S.
+        n_classes: K, >= 2.
+        hidden: MLP width.
+
+    Raises:
+        ValueError: fewer than 2 classes.
+    """
 
     def __init__(self, n_expression: int, n_shape: int, n_classes: int, hidden: int = 64):
         super().__init__()
@@ -71,6 +97,18 @@ class EmotionHead(nn.Module):
         self.classes = nn.Linear(hidden, n_classes)
 
     def forward(self, expression: torch.Tensor, shape: torch.Tensor) -> EmotionPrediction:
+        """Valence/arousal and class logits of face-model parameters.
+
+        Args:
+            expression: shape (N, E).
+            shape: shape (N, S).
+
+        Returns:
+            EmotionPrediction with valence_arousal (N, 2) and logits (N, K).
+
+        Raises:
+            ValueError: inputs of the wrong shape.
+        """
         if expression.ndim != 2 or expression.shape[1] != self.n_expression or shape.shape != (expression.shape[0], self.n_shape):
             raise ValueError(f"expected expression (N, {self.n_expression}) and shape (N, {self.n_shape}), "
                              f"got {tuple(expression.shape)} and {tuple(shape.shape)}")
@@ -79,7 +117,14 @@ class EmotionHead(nn.Module):
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
-    """A deep copy with every parameter frozen, in eval mode: the base a fine-tuned model is kept close to."""
+    """A deep copy with every parameter frozen, in eval mode: the base a fine-tuned model is kept close to.
+
+    Args:
+        module: the model to copy.
+
+    Returns:
+        the frozen copy.
+    """
     base = copy.deepcopy(module)
     for parameter in base.parameters():
         parameter.requires_grad_(False)
@@ -87,7 +132,18 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 
 
 def parameter_l2_to_base(model: nn.Module, base: nn.Module) -> torch.Tensor:
-    """Sum over parameters of ``||p - p_base||^2`` (same names); raises ValueError if a name is missing."""
+    """Sum over parameters of ``||p - p_base||^2`` (same names).
+
+    Args:
+        model: the model being trained.
+        base: its frozen copy (see :func:`frozen_copy`).
+
+    Returns:
+        the scalar sum.
+
+    Raises:
+        ValueError: the base lacks a parameter name, or the model has no parameters.
+    """
     base_params = dict(base.named_parameters())
     total = None
     for name, parameter in model.named_parameters():
@@ -101,7 +157,18 @@ def parameter_l2_to_base(model: nn.Module, base: nn.Module) -> torch.Tensor:
 
 
 def output_distillation(model_outputs: dict[str, torch.Tensor], base_outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean squared difference summed over the named outputs, base outputs detached. name -> (N, ...)."""
+    """Mean squared difference summed over the named outputs, base outputs detached.
+
+    Args:
+        model_outputs: name -> tensor, shape (N, ...).
+        base_outputs: name -> tensor of the same shape, from the base.
+
+    Returns:
+        the scalar sum.
+
+    Raises:
+        ValueError: the base outputs lack a name, or no outputs are given.
+    """
     total = None
     for name, value in model_outputs.items():
         if name not in base_outputs:
@@ -119,7 +186,16 @@ class BaseModelRegulariser:
     mode "parameter": ``parameter_l2_to_base(model, base)``; mode "output": distillation of
     ``outputs_fn(model, batch)`` (a dict name -> tensor, e.g. expression and shape of a coarse encoder) toward
     ``outputs_fn(base, batch)``. The base is kept outside the model (not a submodule), so it is never saved in
-    the model's checkpoint; build it from the same pretrained weights before resuming.
+    the model's checkpoint; build it from the same pretrained weights before resuming. Call it as
+    ``regulariser(model, batch)`` to get the scalar penalty.
+
+    Args:
+        model: the model at its starting point (copied and frozen here).
+        mode: "parameter" or "output".
+        outputs_fn: ``(model, batch) -> dict of tensors``; needed with mode "output".
+
+    Raises:
+        ValueError: an unknown mode, or mode "output" without ``outputs_fn``.
     """
 
     def __init__(self, model: nn.Module, mode: str = "parameter",
@@ -144,8 +220,12 @@ class BaseModelRegulariser:
 class FieldsStage:
     """One step of the FIELDS schedule: which parts train, for how long, with which loss weights.
 
-    trainable: "emotion_head" (encoder frozen) or "all"; weights: loss name -> weight (names as in
-    ``microface.models.dem_training.LossWeights``).
+    Attributes:
+        name: the step's name.
+        trainable: "emotion_head" (encoder frozen) or "all".
+        epochs: how many epochs.
+        lr: learning rate.
+        weights: loss name -> weight (names as in ``microface.training.dem.LossWeights``).
     """
 
     name: str
@@ -160,6 +240,13 @@ class FieldsScheduleConfig:
     """Config of the two-step schedule: epochs and learning rate of each step, loss weights of step 2.
 
     step1 only uses the emotion loss (weight 1); step2 uses ``step2_weights`` (empty: the caller's defaults).
+
+    Args:
+        step1_epochs: epochs of step 1.
+        step1_lr: learning rate of step 1.
+        step2_epochs: epochs of step 2.
+        step2_lr: learning rate of step 2.
+        step2_weights: loss name -> weight of step 2.
     """
 
     step1_epochs: int = 2
@@ -170,12 +257,34 @@ class FieldsScheduleConfig:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "FieldsScheduleConfig":
-        """Build from a config mapping (keys as the fields); unknown keys raise ValueError."""
+        """The config from a mapping (the ``fields`` section of a profile).
+
+        Lists become tuples, so configs stay hashable.
+
+        Args:
+            values: field name -> value; None or missing keys keep the defaults.
+
+        Returns:
+            the FieldsScheduleConfig.
+
+        Raises:
+            ValueError: an unknown key (no setting is silently ignored).
+        """
         return config_from_dict(cls, values, "fields")
 
 
 def fields_schedule(config: FieldsScheduleConfig) -> list[FieldsStage]:
-    """The two FIELDS steps: [step 1: emotion head only, emotion loss only; step 2: all parts, all losses]."""
+    """The two FIELDS steps: step 1, emotion head only, emotion loss only; step 2, all parts, all losses.
+
+    Args:
+        config: the FieldsScheduleConfig.
+
+    Returns:
+        ``[step 1, step 2]``.
+
+    Raises:
+        ValueError: negative epochs.
+    """
     if config.step1_epochs < 0 or config.step2_epochs < 0:
         raise ValueError(f"fields schedule: epochs must be >= 0, got {config.step1_epochs}, {config.step2_epochs}")
     return [
@@ -185,9 +294,20 @@ def fields_schedule(config: FieldsScheduleConfig) -> list[FieldsStage]:
 
 
 def apply_stage(stage: FieldsStage, encoder: nn.Module, emotion_head: nn.Module) -> list[nn.Parameter]:
-    """Freeze or unfreeze for ``stage``; return the parameters to optimise.
+    """Freeze or unfreeze for ``stage``.
 
     "emotion_head": encoder frozen (requires_grad False), head trainable; "all": both trainable.
+
+    Args:
+        stage: the FieldsStage.
+        encoder: the coarse encoder.
+        emotion_head: the EmotionHead.
+
+    Returns:
+        the parameters to optimise.
+
+    Raises:
+        ValueError: an unknown ``stage.trainable``.
     """
     if stage.trainable not in ("emotion_head", "all"):
         raise ValueError(f"stage {stage.name}: trainable must be 'emotion_head' or 'all', got {stage.trainable!r}")
