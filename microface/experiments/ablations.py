@@ -24,6 +24,7 @@ import torch
 
 from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
 from microface.experiments.main_table import EvaluationSettings, finish_table, method_row, prepare_eval_data
+from microface.experiments.report import NotebookReport
 from microface.experiments.refine import RefineBenchmarkSettings, coarse_clips, train_variant
 from microface.models.baseline import build_baseline
 from microface.training.dem import build_dem, train_dem
@@ -173,3 +174,39 @@ def dem_without_term(term: str, face_model, coarse: CoarseBenchmarkSettings, dat
     train_dem(dem, face_model, data.train_clips, settings, checkpoints / f"dem_without_{term}.pt",
               desc=f"DEM w/o {term}", regularise_to_base=settings.loss_weights.base > 0)
     return dem.eval()
+
+
+# ----------------------------------------------------------------------------------------------- notebook 05
+ABLATION_COLUMNS = ["method", "group", "apex_error_mm", "delta_apex_error_mm", "moving_apex_error_mm", "clip_error_mm",
+                    "jitter_mm_per_frame2", "photometric_l1", "perceptual", "fid", "mer_acc", "mer_uf1", "mer_wf1"]
+
+
+def run_ablations_experiment(profile: str, seed: int, device: str, synth: dict, data: dict, dem: dict, dgmd: dict,
+                             evaluate: dict, ablations: dict, results_dir) -> NotebookReport:
+    """Notebook 05_ablations end to end: every ablation trained and scored (``run_ablations``) into
+    ``results_dir/ablations``.
+
+    Args:
+        profile, seed, device: the config's top-level keys.
+        synth, data, dem, dgmd, evaluate, ablations: the config's sections of those names.
+        results_dir: results/<profile>, relative to the compendium root or absolute; needs notebooks 01 and 02's
+            ``dem/`` and ``dgmd/``.
+
+    Returns:
+        tables: ``ablation_table`` (the ``ABLATION_COLUMNS`` it has); notes: ``split``, ``written``; paths:
+        ``out_dir``, ``synth_root``.
+    """
+    from microface.config import project_root, resolve
+    from microface.experiments.coarse import benchmark_root
+
+    results = resolve(results_dir, project_root())
+    out_dir = results / "ablations"
+    synth_root = benchmark_root(results, data, synth, profile, seed)
+    table = run_ablations(synth_root, results / "dem", results / "dgmd", out_dir, dem, dgmd, evaluate, ablations,
+                          class_map=data["class_map"], seed=seed, image_size=data["size"],
+                          flow_method=data["flow_method"], device=device)
+    columns = [c for c in ABLATION_COLUMNS if c in table.columns]
+    return NotebookReport(tables={"ablation_table": table[columns]},
+                          notes={"split": table["split"].iloc[0],
+                                 "written": f"written: {out_dir / 'ablation_table.csv'} {out_dir / 'ablation_table.md'}"},
+                          paths={"out_dir": out_dir, "synth_root": synth_root})

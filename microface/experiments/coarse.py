@@ -38,6 +38,7 @@ from torch import nn
 from microface.data.clip import ClipRecord
 from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synth
 from microface.data.folds import split_label, subject_split
+from microface.experiments.report import NotebookReport
 from microface.models.baseline import build_baseline
 from microface.training.dem import TrainSettings, build_dem, evaluate_geometry
 from microface.training.loop import load_checkpoint
@@ -297,3 +298,48 @@ def run_coarse_benchmark(synth_root, out_dir, settings: dict, seed: int = 0, *, 
 # ------------------------------------------------------------------------------------------------ curves
 
 
+# ------------------------------------------------------------------------------------------- notebook 01
+def run_coarse_experiment(profile: str, seed: int, device: str, synth: dict, data: dict, dem: dict,
+                          results_dir) -> NotebookReport:
+    """Notebook 01_dem_pretrain end to end: the benchmark (``run_coarse_benchmark``) into ``results_dir/dem``,
+    its training-curve and per-clip error figures.
+
+    Args:
+        profile, seed, device: the config's top-level keys.
+        synth, data, dem: the config's sections of those names.
+        results_dir: results/<profile>, relative to the compendium root or absolute.
+
+    Returns:
+        tables: ``coarse_table`` (without its ``split`` column); figures: ``training_curves``, ``errors_per_clip``
+        (saved as ``dem/training_curves.png``, ``dem/errors_per_clip.png``); notes: ``setup``, ``split``,
+        ``checkpoints``; paths: ``out_dir``, ``synth_root``.
+    """
+    import matplotlib.pyplot as plt
+
+    from microface.config import project_root, resolve
+    from microface.viz.curves import plot_errors, plot_training_curves, read_training_curves
+
+    report = NotebookReport()
+    results = resolve(results_dir, project_root())
+    out_dir = results / "dem"
+    synth_root = benchmark_root(results, data, synth, profile, seed)
+    report.notes["setup"] = f"profile {profile}: synthetic benchmark {synth_root}, outputs {out_dir}"
+
+    table = run_coarse_benchmark(synth_root, out_dir, dem, seed=seed, image_size=data["size"],
+                                 flow_method=data["flow_method"], device=device)
+    report.notes["split"] = table["split"].iloc[0]
+    report.tables["coarse_table"] = table.drop(columns="split")
+
+    curves = read_training_curves(out_dir)
+    report.figures["training_curves"] = plot_training_curves(curves, out_dir / "training_curves.png")
+    per_clip = pd.read_csv(out_dir / "per_clip.csv")
+    report.figures["errors_per_clip"] = plot_errors(per_clip, out_dir / "errors_per_clip.png")
+    for figure in report.figures.values():
+        plt.close(figure)
+
+    checkpoints = sorted((out_dir / "checkpoints").glob("*.pt"))
+    report.notes["checkpoints"] = "\n".join([f"checkpoints: {out_dir / 'checkpoints'}",
+                                             *(f"  {path.name}" for path in checkpoints),
+                                             f"table: {out_dir / 'coarse_table.md'}"])
+    report.paths.update(out_dir=out_dir, synth_root=synth_root)
+    return report

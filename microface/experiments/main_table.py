@@ -32,6 +32,7 @@ import torch
 
 from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synth, collate_clips
 from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
+from microface.experiments.report import NotebookReport
 from microface.experiments.refine import RefineBenchmarkSettings, coarse_clips, load_split, model_frame_offsets
 from microface.metrics.geometry import moving_vertices, temporal_jitter
 from microface.models.baseline import build_baseline
@@ -430,4 +431,58 @@ def qualitative_example(synth_root, coarse_dir, refine_dir, dem_settings: dict, 
             "error_coarse": (truth.expression_only - truth.truth).norm(dim=-1).cpu().numpy(),
             "error_refined": (refined_mesh - truth.truth).norm(dim=-1).cpu().numpy(),
             "gate": refinement.gate.cpu().numpy(), "displacement_truth": displacement(truth.truth),
+
+
+# ----------------------------------------------------------------------------------------------- notebook 04
+GEOMETRY_COLUMNS = ["method", "apex_error_mm", "apex_error_std_mm", "clip_error_mm", "moving_apex_error_mm",
+                    "jitter_mm_per_frame2", "gt_jitter_mm_per_frame2"]
+IMAGE_COLUMNS = ["method", "photometric_l1", "perceptual", "fid"]
+RECOGNITION_COLUMNS = ["method", "mer_acc", "mer_uf1", "mer_uar", "mer_wf1", "mer_acc_majority", "mer_uar_chance"]
+
+
+def run_main_table_experiment(profile: str, seed: int, device: str, synth: dict, data: dict, dem: dict, dgmd: dict,
+                              evaluate: dict, results_dir) -> NotebookReport:
+    """Notebook 04_evaluate end to end: every method scored (``run_evaluation``) into ``results_dir/evaluate``.
+
+    Args:
+        profile, seed, device: the config's top-level keys.
+        synth, data, dem, dgmd, evaluate: the config's sections of those names.
+        results_dir: results/<profile>, relative to the compendium root or absolute; needs notebooks 01 and 02's
+            ``dem/`` and ``dgmd/``.
+
+    Returns:
+        tables: ``geometry``, ``images``, ``recognition`` (the main table's column groups); notes: ``metrics``
+        (the image metrics' networks), ``split``, ``mer_protocol``, ``verdict`` (DEM and DEM + DGMD against
+        baseline-FT on apex error, and where the table was written); paths: ``out_dir``, ``synth_root``.
+    """
+    from microface.config import project_root, resolve
+    from microface.experiments.coarse import benchmark_root
+    from microface.metrics.image import METRIC_NAMES
+
+    report = NotebookReport()
+    results = resolve(results_dir, project_root())
+    out_dir = results / "evaluate"
+    synth_root = benchmark_root(results, data, synth, profile, seed)
+    report.notes["metrics"] = "\n".join(f"{name}: {description}" for name, description in METRIC_NAMES.items())
+
+    table = run_evaluation(synth_root, results / "dem", results / "dgmd", out_dir, dem, dgmd, evaluate,
+                           class_map=data["class_map"], seed=seed, image_size=data["size"],
+                           flow_method=data["flow_method"], device=device)
+    report.notes["split"] = table["split"].iloc[0]
+    report.notes["mer_protocol"] = table["mer_protocol"].iloc[0]
+    report.tables["geometry"] = table[GEOMETRY_COLUMNS]
+    report.tables["images"] = table[IMAGE_COLUMNS]
+    report.tables["recognition"] = table[RECOGNITION_COLUMNS]
+
+    rows = table.set_index("method")
+    lines = []
+    for method in ("DEM", "DEM + DGMD"):
+        beats = rows.loc[method, "apex_error_mm"] < rows.loc["baseline-FT", "apex_error_mm"]
+        verdict = "beats" if beats else "does NOT beat"
+        lines.append(f"{method} {verdict} baseline-FT on apex error: {rows.loc[method, 'apex_error_mm']:.4f} vs "
+                     f"{rows.loc['baseline-FT', 'apex_error_mm']:.4f} mm")
+    lines.append(f"written: {out_dir / 'main_table.csv'} {out_dir / 'main_table.md'}")
+    report.notes["verdict"] = "\n".join(lines)
+    report.paths.update(out_dir=out_dir, synth_root=synth_root)
+    return report
             "displacement_coarse": displacement(truth.expression_only), "displacement_refined": displacement(refined_mesh)}

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from microface.data.folds import check_protocol, label_table, loso_folds, select_epoch
+from microface.experiments.report import NotebookReport
 from microface.metrics.recognition import confusion_table, mer_breakdown, mer_scores
 from microface.models.fdp import FDP, FDPConfig, fdp_loss
 from microface.models.mol import MOL, MOLConfig, mol_loss
@@ -458,3 +459,52 @@ def samples_from_prepared(prepared_dir: str | Path, inputs: Sequence[str] = ("cl
         labels=torch.tensor([names.index(label) for label in labels]),
         subjects=subjects, datasets=datasets, clip_ids=clip_ids, class_names=names,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Notebook 03
+
+
+def run_mer_experiment(profile: str, seed: int, device: str, data: dict, mer: dict, results_dir) -> NotebookReport:
+    """Notebook 03_mer end to end: each model of ``mer["models"]``, in that order, under LOSO with the
+    "fixed-epoch" protocol on ``results_dir/prepared``, then the table with the chance level beside it.
+
+    Args:
+        profile: the profile's name (names ``config/<profile>.yaml`` in the settings' errors).
+        seed, device: the config's top-level keys.
+        data: the config's ``data`` section (only ``dataset`` is read: the trajectory upper bound needs the
+            synthetic benchmark's ground-truth expressions and is skipped on any other dataset).
+        mer: the config's ``mer`` section (``models`` and each model's settings, ``mer_model_settings``).
+        results_dir: results/<profile>, relative to the compendium root or absolute; needs notebook 00's
+            ``prepared/``.
+
+    Returns:
+        tables: ``mer_table`` (scores, chance level and the wall-clock columns; ``mer/mer_table.csv`` / ``.md``
+        hold the scores, ``mer/mer_table_timings.csv`` the times); notes: ``mer_table`` (the table as Markdown),
+        ``skipped`` (models skipped and why, one per line; empty when none); paths: ``out_dir``.
+    """
+    from microface.config import project_root, resolve
+    from microface.experiments.mer_tables import chance_level, mer_model_settings, write_mer_table
+
+    results = resolve(results_dir, project_root())
+    prepared = results / "prepared"
+    out_dir = results / "mer"
+    rows, skipped = [], []
+    for name in mer["models"]:
+        inputs, sample_kwargs = mer_model_settings(name, profile, mer)
+        if name == "trajectory" and data["dataset"] != "synth":
+            skipped.append("trajectory upper bound needs ground-truth expressions: synthetic benchmark only; skipped")
+            continue
+        samples = samples_from_prepared(prepared, inputs, **sample_kwargs)
+        config = MERRunConfig.from_dict(mer_model_settings(name, profile, mer, run_config=True, seed=seed,
+                                                           samples=samples))
+        started = time.perf_counter()
+        result = run_loso(name, samples, config, out_dir, protocol="fixed-epoch", device=device)
+        table = result.metrics.assign(model=name, seconds=round(time.perf_counter() - started, 1))
+        table["train_s_per_fold"] = result.folds["train_seconds"].mean()
+        rows.append(table)
+    chance = chance_level(samples)
+    mer_table = write_mer_table(pd.concat(rows), chance, out_dir / "mer_table.csv")
+    return NotebookReport(tables={"mer_table": mer_table},
+                          notes={"mer_table": mer_table.to_markdown(index=False), "skipped": "\n".join(skipped)},
+                          paths={"out_dir": out_dir})

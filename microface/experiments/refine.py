@@ -32,6 +32,7 @@ import torch
 
 from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synth, collate_clips
 from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
+from microface.experiments.report import NotebookReport
 from microface.mesh.geometry import axis_angle_to_matrix
 from microface.metrics.geometry import moving_static_errors, moving_vertices
 from microface.models.dgmd import DGMDConfig, build_dgmd
@@ -382,3 +383,102 @@ def most_moving_clip(scoring: list[EvalClip], threshold_mm: float) -> int:
     if not scoring:
         raise ValueError("most_moving_clip: no clips")
     return int(np.argmax([int(moving_vertices(s.truth, s.apex, threshold_mm).sum()) for s in scoring]))
+
+
+# ------------------------------------------------------------------------------------------- notebook 02
+REFINE_COLUMNS = ["method", "moving_apex_mm", "moving_apex_std_mm", "static_apex_mm", "static_apex_std_mm",
+                  "moving_clip_mm", "static_clip_mm", "all_apex_mm", "gate_moving", "gate_static", "offset_mean_mm",
+                  "n_moving", "n_test_clips"]
+
+
+def run_refine_experiment(profile: str, seed: int, device: str, synth: dict, data: dict, dem: dict, dgmd: dict,
+                          results_dir) -> NotebookReport:
+    """Notebook 02_dgmd_refine end to end: DGMD trained and scored (``run_refine_benchmark``) into
+    ``results_dir/dgmd``, its training curves, and the error / motion-attention maps of the test clip with the
+    most moving vertices (into ``results_dir/figures``).
+
+    Args:
+        profile, seed, device: the config's top-level keys.
+        synth, data, dem, dgmd: the config's sections of those names.
+        results_dir: results/<profile>, relative to the compendium root or absolute; needs notebook 01's ``dem/``.
+
+    Returns:
+        tables: ``refine_table`` (``REFINE_COLUMNS``); figures: ``training_curves``, ``dgmd_error_dem``,
+        ``dgmd_error_refined``, ``dgmd_attention``, ``dgmd_displacement``; notes: ``setup``, ``split``,
+        ``verdict`` (moving error lower? static error not raised?), ``viewer``; paths: ``out_dir``, ``synth_root``,
+        ``viewer``.
+    """
+    import matplotlib.pyplot as plt
+
+    from microface.config import project_root, resolve
+    from microface.experiments.coarse import benchmark_root
+    from microface.viz import mesh as viz
+    from microface.viz.curves import plot_training_curves, read_training_curves
+    from microface.viz.save import save_figure
+
+    report = NotebookReport()
+    results = resolve(results_dir, project_root())
+    coarse_dir = results / "dem"
+    out_dir = results / "dgmd"
+    synth_root = benchmark_root(results, data, synth, profile, seed)
+    report.notes["setup"] = (f"profile {profile}: synthetic benchmark {synth_root}; DEM from {coarse_dir}; "
+                             f"outputs {out_dir}")
+
+    # train DGMD on the training subjects and score the test subjects
+    table = run_refine_benchmark(synth_root, coarse_dir, out_dir, dem, dgmd, seed=seed, image_size=data["size"],
+                                 flow_method=data["flow_method"], device=device)
+    report.notes["split"] = table["split"].iloc[0]
+    report.tables["refine_table"] = table[REFINE_COLUMNS]
+    dem_row, dgmd_row = (table.set_index("method").loc[name] for name in (METHOD_COARSE, METHOD_REFINED))
+    report.notes["verdict"] = "\n".join([
+        f"moving vertices, apex: DEM {dem_row.moving_apex_mm:.4f} mm -> DEM + DGMD {dgmd_row.moving_apex_mm:.4f} mm "
+        f"({'lower' if dgmd_row.moving_apex_mm < dem_row.moving_apex_mm else 'NOT lower'})",
+        f"static vertices, apex: DEM {dem_row.static_apex_mm:.4f} mm -> DEM + DGMD {dgmd_row.static_apex_mm:.4f} mm "
+        f"({'not raised' if dgmd_row.static_apex_mm <= dem_row.static_apex_mm else 'RAISED'})"])
+
+    # training curves: pixels for flow and landmarks, mm² for the regularisers, mm for the vertex term
+    curves = read_training_curves(out_dir)
+    report.figures["training_curves"] = plot_training_curves(
+        curves, out_dir / "training_curves.png",
+        terms=("loss", "flow", "landmark", "laplacian", "normal", "offset", "vertex"))
+
+    # error and motion-attention maps of the test clip with the most moving vertices, at its apex
+    model, test_refine, test_scoring = load_refine_run(
+        synth_root, coarse_dir, out_dir, dem, dgmd, seed, image_size=data["size"], flow_method=data["flow_method"],
+        device=device)
+    k = most_moving_clip(test_scoring, dgmd["moving_threshold_mm"])
+    example = example_refinement(model, test_refine[k], test_scoring[k], dgmd["moving_threshold_mm"])
+    vmax = float(max(example["error_coarse"].max(), example["error_refined"].max()))
+    figures = results / "figures"
+    for name, values, title in (("dgmd_error_dem", example["error_coarse"], "DEM"),
+                                ("dgmd_error_refined", example["error_refined"], "DEM + DGMD")):
+        figure = viz.error_heatmap_figure(example["vertices"], example["faces"], values,
+                                          title=f"{test_scoring[k].key} apex: {title}", vmax=vmax)
+        save_figure(figure, figures / name)
+        report.figures[name] = figure
+    figure = viz.attention_map_figure(example["vertices"], example["faces"], example["gate"],
+                                      title=f"{test_scoring[k].key} apex: motion attention")
+    save_figure(figure, figures / "dgmd_attention")
+    report.figures["dgmd_attention"] = figure
+
+    refined = refine_clip(model, test_refine[k])
+    sequence = test_scoring[k].expression_only + model_frame_offsets(refined.offsets, test_scoring[k].rotation)
+    html = viz.mesh_sequence_html(sequence.cpu().numpy(), example["faces"], figures / "dgmd_attention_sequence.html",
+                                  values=refined.gate.cpu().numpy(), title=f"{test_scoring[k].key}: DEM + DGMD, gate",
+                                  value_label="gate")
+    report.notes["viewer"] = f"interactive viewer: {html}"
+
+    # mean displacement of the moving vertices over the clip
+    figure, axis = plt.subplots(figsize=(5, 3))
+    for name, key in (("ground truth", "displacement_truth"), ("DEM", "displacement_coarse"),
+                      ("DEM + DGMD", "displacement_refined")):
+        axis.plot(example[key], marker="o", label=name)
+    axis.set_xlabel("kept frame (onset = 0)")
+    axis.set_ylabel("mean displacement of moving vertices (mm)")
+    axis.legend()
+    save_figure(figure, figures / "dgmd_displacement")
+    report.figures["dgmd_displacement"] = figure
+    for figure in report.figures.values():
+        plt.close(figure)
+    report.paths.update(out_dir=out_dir, synth_root=synth_root, viewer=html)
+    return report
