@@ -11,7 +11,8 @@ import torch
 
 from microface.experiments.coarse import METHODS, REFERENCE, run_coarse_benchmark
 from microface.models.baseline import PerFrameBaseline, build_baseline
-from microface.data.clips import accumulate_flow, clip_tensors_from_synth, subsample_indices
+from microface.data.clips import clip_tensors_from_synth, subsample_indices
+from microface.data.flow import accumulate_flow_opencv
 from microface.viz.curves import read_training_curves
 from microface.data.folds import subject_split
 from microface.data.datasets import load_dataset
@@ -54,7 +55,7 @@ def test_accumulated_flow_follows_the_moving_point():
     shift[..., 0] = 1.0  # frame 0 -> 1: everything moves one pixel right
     shear = np.zeros((height, width, 2), np.float32)
     shear[..., 1] = 0.1 * np.arange(width, dtype=np.float32)[None]  # frame 1 -> 2: down by 0.1 * x
-    flows = accumulate_flow(np.stack([shift, shear]), 0, np.array([0, 1, 2]))
+    flows = accumulate_flow_opencv(np.stack([shift, shear]), 0, np.array([0, 1, 2]))
     assert flows.shape == (3, height, width, 2)
     np.testing.assert_array_equal(flows[0], 0.0)
     np.testing.assert_allclose(flows[1], shift)

@@ -11,9 +11,9 @@ from microface.losses.geometry import (flow_guided_loss, laplacian_smoothness, n
 from microface.models.dgmd import DGMDConfig, build_dgmd, per_pixel_vertex_flow, region_pool_flow
 from microface.mesh.regions import face_region_map
 from microface.mesh.topology import mesh_edges
-from microface.data.flow import remove_affine_motion, temporal_low_rank
+from microface.data.flow import accumulate_flow_torch, remove_affine_motion, temporal_low_rank
 from microface.mesh.laplacian import uniform_laplacian_coordinates, cotangent_laplacian_coordinates
-from microface.training.dgmd import (DGMDTrainSettings, RefineClip, accumulate_flow, clip_from_ground_truth,
+from microface.training.dgmd import (DGMDTrainSettings, RefineClip, clip_from_ground_truth,
                                      evaluate_dgmd, expand_camera, flow_from_vertices, refine_clip, summarise_dgmd,
                                      train_dgmd)
 from microface.render.camera import look_at_camera, project_points, weak_perspective_camera
@@ -230,7 +230,7 @@ def test_accumulate_flow_chains_consecutive_flows():
     consecutive = torch.zeros(3, 2, 16, 16)
     consecutive[:, 0] = 0.25
     consecutive[:, 1] = -0.1
-    total = accumulate_flow(consecutive, start=1)
+    total = accumulate_flow_torch(consecutive, start=1)
     assert total.shape == (3, 2, 16, 16) and torch.equal(total[0], torch.zeros(2, 16, 16))
     torch.testing.assert_close(total[2, :, 4:12, 4:12], torch.tensor([0.5, -0.2])[:, None, None].expand(2, 8, 8))
 

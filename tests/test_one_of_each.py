@@ -64,3 +64,21 @@ def test_moving_static_errors_rejects_bad_arguments(case):
         moving = torch.zeros(4)
     with pytest.raises(ValueError, match=r"expected"):
         moving_static_errors(predicted, target, moving, apex)
+
+
+# ------------------------------------------------------------------------------------------- flow accumulation
+def test_the_two_flow_accumulations_chain_alike_and_differ_only_by_opencv_quantisation():
+    import numpy as np
+
+    from microface.data.flow import accumulate_flow_opencv, accumulate_flow_torch, synthetic_flow
+
+    consecutive = np.stack([synthetic_flow(32, 40, max_px=0.8, seed=s) for s in range(4)])  # (4, H, W, 2)
+    opencv = accumulate_flow_opencv(consecutive, 1, np.array([1, 2, 3, 4]))
+    exact = accumulate_flow_torch(torch.from_numpy(consecutive).permute(0, 3, 1, 2), 1).permute(0, 2, 3, 1).numpy()
+    assert opencv.shape == exact.shape == (4, 32, 40, 2)
+    assert not opencv[0].any() and not exact[0].any()
+    np.testing.assert_array_equal(opencv[1], consecutive[1])  # one step samples at the pixel itself
+    # OpenCV's 1/32-px bilinear weights: close (smooth field, sub-pixel motion) but not the same numbers
+    inner = (slice(None), slice(2, -2), slice(2, -2))
+    assert np.abs(opencv[inner] - exact[inner]).max() < 0.02
+    assert not np.array_equal(opencv, exact)

@@ -147,35 +147,6 @@ def _read_rgb(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, int]]
     return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB), original
 
 
-def accumulate_flow(consecutive: np.ndarray, start: int, targets: np.ndarray) -> np.ndarray:
-    """Compose consecutive flows into flows from frame ``start`` to each of ``targets``.
-
-    consecutive (N, H, W, 2) pixels, flow[k] from frame k to k+1 (the benchmark's ground truth); targets (K,)
-    increasing, >= start -> (K, H, W, 2) float32, ``F(start->t)(x) = F(start->t-1)(x) + f(t-1)(x + F(start->t-1)(x))``,
-    each step sampled bilinearly. An approximation of the true onset->t motion: the benchmark's pair flows are
-    zero off the face (and where the face disoccludes), and bilinear sampling blurs them across the silhouette.
-    """
-    consecutive = np.asarray(consecutive, dtype=np.float32)
-    if consecutive.ndim != 4 or consecutive.shape[-1] != 2:
-        raise ValueError(f"consecutive: expected (N, H, W, 2), got {consecutive.shape}")
-    targets = np.asarray(targets)
-    if targets.size and (targets[0] < start or targets[-1] > consecutive.shape[0] or np.any(np.diff(targets) < 0)):
-        raise ValueError(f"targets: expected increasing indices in [{start}, {consecutive.shape[0]}], got {targets.tolist()}")
-    height, width = consecutive.shape[1:3]
-    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    total = np.zeros((height, width, 2), np.float32)
-    out = np.zeros((len(targets), height, width, 2), np.float32)
-    frame = start
-    for k, target in enumerate(targets):
-        while frame < target:
-            step = cv2.remap(consecutive[frame], xs + total[..., 0], ys + total[..., 1], cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            total = total + step
-            frame += 1
-        out[k] = total
-    return out
-
-
 def _resize_flow(flow: np.ndarray, image_size: int) -> np.ndarray:
     """(K, H, W, 2) pixels of the original frames -> (K, S, S, 2) pixels of the resized frames."""
     height, width = flow.shape[1:3]
@@ -186,7 +157,7 @@ def _resize_flow(flow: np.ndarray, image_size: int) -> np.ndarray:
 def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: str = "dis",
                              max_frames: int = 8) -> ClipTensors:
     """One synthetic-benchmark record -> ClipTensors of its kept frames (see ``clip_tensors_from_synth``)."""
-    from microface.data.flow import clip_flow
+    from microface.data.flow import accumulate_flow_opencv, clip_flow
 
     if flow_method not in FLOW_SOURCES:
         raise ValueError(f"flow_method: expected one of {FLOW_SOURCES}, got {flow_method!r}")
@@ -205,7 +176,7 @@ def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: s
     frames = np.stack(frames)
     height, width = originals[0]
     if flow_method == "gt":
-        flow = _resize_flow(accumulate_flow(consecutive, int(indices[0]), indices), image_size)
+        flow = _resize_flow(accumulate_flow_opencv(consecutive, int(indices[0]), indices), image_size)
     else:
         gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
         flow = clip_flow(gray, mode="onset", onset=0, method=flow_method)
@@ -227,8 +198,8 @@ def clip_tensors_from_synth(records: list[ClipRecord], image_size: int, flow_met
     Per clip: frames onset..offset subsampled to ``max_frames`` (``subsample_indices``), resized to
     (image_size, image_size), frames (T,3,S,S) in [0,1]; times (T,) in seconds (the ODE gets the true, irregular
     times); flow onset->t (T,2,S,S) in resized pixels: "dis" / "tvl1" run ``microface.data.flow.clip_flow`` on
-    the resized gray frames, "gt" composes the ground-truth consecutive flows (``accumulate_flow``) and rescales
-    them; ground truth expression (T,E), shape (S,), pose (T,6), landmarks2d (T,68,2) in resized pixels; apex:
+    the resized gray frames, "gt" composes the ground-truth consecutive flows
+    (``microface.data.flow.accumulate_flow_opencv``) and rescales them; ground truth expression (T,E), shape (S,), pose (T,6), landmarks2d (T,68,2) in resized pixels; apex:
     the apex's position among the kept frames.
     """
     if image_size < 8:

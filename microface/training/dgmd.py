@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F_nn
 
+from microface.data.flow import accumulate_flow_torch
 from microface.losses.geometry import flow_guided_loss, laplacian_smoothness, normal_consistency, vertex_visibility
 from microface.losses.landmark import landmark_loss
 from microface.mesh.topology import face_adjacency
@@ -105,39 +106,6 @@ class RefineClip:
         return int(self.flow_onset_to_t.norm(dim=1).mean(dim=(1, 2)).argmax())
 
 
-def accumulate_flow(flow_consecutive: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
-    """Onset->t flow chained from consecutive forward flows.
-
-    flow_consecutive (N, 2, H, W) px, flow[k] maps frame k -> k+1; start: the onset; stop: last frame
-    (inclusive, default N) -> (stop - start + 1, 2, H, W) with frame 0 = zero flow.
-    Approximation: ``F_{0->k}(x) = F_{0->k-1}(x) + f_{k-1->k}(x + F_{0->k-1}(x))`` with the next flow read
-    bilinearly at the advected sub-pixel point; points advected off the face read zero flow (the benchmark's
-    flow is zero off the mask), and occlusion is ignored. Errors are second order in the sub-pixel motion of
-    micro-expressions: on 64 px synthetic micro clips the chained flow differs from :func:`flow_from_vertices`
-    by 0.0003-0.0008 px mean end-point error on the face (mean flow 0.05-0.12 px).
-    """
-    if flow_consecutive.ndim != 4 or flow_consecutive.shape[1] != 2:
-        raise ValueError(f"flow_consecutive: expected (N, 2, H, W), got {tuple(flow_consecutive.shape)}")
-    N, _, H, W = flow_consecutive.shape
-    stop = N if stop is None else stop
-    if not 0 <= start <= stop <= N:
-        raise ValueError(f"accumulate_flow: expected 0 <= start <= stop <= {N}, got start {start}, stop {stop}")
-    dtype, device = flow_consecutive.dtype, flow_consecutive.device
-    rows, cols = torch.meshgrid(torch.arange(H, device=device, dtype=dtype),
-                                torch.arange(W, device=device, dtype=dtype), indexing="ij")
-    centres = torch.stack([cols + 0.5, rows + 0.5], dim=-1)  # (H, W, 2)
-    total = torch.zeros(2, H, W, dtype=dtype, device=device)
-    out = [total]
-    for k in range(start, stop):
-        where = centres + total.permute(1, 2, 0)
-        grid = torch.stack([2.0 * where[..., 0] / W - 1.0, 2.0 * where[..., 1] / H - 1.0], dim=-1)
-        step = F_nn.grid_sample(flow_consecutive[k: k + 1], grid[None], mode="bilinear", padding_mode="zeros",
-                                align_corners=False)[0]
-        total = total + step
-        out.append(total)
-    return torch.stack(out)
-
-
 def flow_from_vertices(onset_vertices: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor, camera: Camera,
                        image_size: tuple[int, int]) -> torch.Tensor:
     """Exact onset->t flow of a known mesh motion: where the surface point under each onset pixel projects at t.
@@ -179,8 +147,8 @@ def clip_from_ground_truth(gt: dict, coarse_vertices: torch.Tensor, key: str = "
     gt: vertices (T,V,3), vertices_canonical, landmarks2d (T,68,2), flow (T-1,H,W,2) float16 consecutive,
     camera_R / camera_t / focal / principal, onset / apex / offset; coarse_vertices (T, V, 3) mm in the same
     posed world frame (all frames of the clip). The clip keeps frames onset..offset (``end="offset"``) or
-    onset..last (``end="last"``). flow: "accumulate" (chained consecutive flows, see :func:`accumulate_flow`)
-    or "exact" (from the ground-truth meshes, needs ``faces``).
+    onset..last (``end="last"``). flow: "accumulate" (chained consecutive flows,
+    ``microface.data.flow.accumulate_flow_torch``) or "exact" (from the ground-truth meshes, needs ``faces``).
     """
     vertices = torch.as_tensor(np.asarray(gt["vertices"]), dtype=torch.float32)
     T = vertices.shape[0]
@@ -195,7 +163,7 @@ def clip_from_ground_truth(gt: dict, coarse_vertices: torch.Tensor, key: str = "
     camera = camera_from_ground_truth(gt)
     if flow == "accumulate":
         consecutive = torch.as_tensor(np.asarray(gt["flow"], dtype=np.float32)).permute(0, 3, 1, 2)
-        flow_onset = accumulate_flow(consecutive, onset, stop)
+        flow_onset = accumulate_flow_torch(consecutive, onset, stop)
     elif flow == "exact":
         if faces is None:
             raise ValueError("clip_from_ground_truth: flow='exact' needs the face model's faces")
