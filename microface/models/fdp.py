@@ -6,14 +6,17 @@ into one dynamic representation, which feeds the MER head and a decoder that mus
 approximate rank-pooling dynamic image (Bilen et al., "Dynamic image networks", CVPR 2016).
 
 Pieces, each testable on its own:
-- ``approximate_rank_pooling_weights(T) -> (T,)`` and ``rank_pool(x (B,T,*)) -> (B,*)``;
-  ``approximate_dynamic_image(frames (B,T,C,H,W)) -> (B,C,H,W)``;
+- ``approximate_rank_pooling_weights(T) -> (T,)`` and ``rank_pool(x (B, T, *)) -> (B, *)``;
+  ``approximate_dynamic_image(frames (B, T, C, H, W)) -> (B, C, H, W)``;
 - ``LocalAggregator`` (depthwise + pointwise convolutions), ``EfficientSelfAttention`` (multi-head attention
   whose keys/values come from a spatially reduced map, as PVT's SRA / ResT's EMSA), ``LocalGlobalBlock``;
-- ``FrameEncoder`` ((N,C,H,W) -> (N,D,h,w)), ``RankScorer`` ((B,T,D) -> (B,T)), ``pairwise_ranking_loss``;
-- ``DynamicImageDecoder`` ((B,D,h,w) -> (B,C,H,W)), ``FDP`` and ``fdp_loss``.
+- ``FrameEncoder`` ((N, C, H, W) -> (N, D, h, w)), ``RankScorer`` ((B, T, D) -> (B, T)), ``pairwise_ranking_loss``;
+- ``DynamicImageDecoder`` ((B, D, h, w) -> (B, C, H, W)), ``FDP`` and ``fdp_loss``.
 
 Sizes come from ``FDPConfig`` (see its docstring for the paper-scale and CPU presets).
+
+Shapes: B clips, T frames, N = B * T frames encoded one by one, C image channels, H/W image size,
+D feature channels, h/w feature-map size, K classes.
 """
 from __future__ import annotations
 
@@ -32,24 +35,32 @@ from microface.utils.checks import config_from_dict
 class FDPConfig:
     """Sizes and loss weights of FDP.
 
-    n_classes: number of MER classes.
-    in_channels: 1 for gray aligned crops (3 for RGB).
-    image_size: side of the square input frames; must be divisible by ``stem_stride * 2**(len(dims)-1)``.
-    dims, depths, heads, sr_ratios: per-stage channel width, number of local-global blocks, attention heads
-        and key/value spatial reduction (one entry per stage). Stage 1 downsamples by ``stem_stride``, each
-        later stage by 2.
-    mlp_ratio: hidden width of each block's feed-forward layer relative to the stage width.
-    local_kernel: depthwise kernel of the local aggregators.
-    decoder_dim: channels of the dynamic-image decoder's first layer (halved at each upsampling, min 8).
-    dropout: before the MER head.
-    recon_weight, rank_weight: weights of the dynamic-image reconstruction and frame ranking losses.
-    rank_margin: hinge margin of the pairwise ranking loss.
+    Presets (suggested): paper scale, a PVT-v1-tiny sized encoder on 224 px frames, dims (64, 128, 320, 512),
+    depths (2, 2, 2, 2), heads (1, 2, 5, 8), sr_ratios (8, 4, 2, 1), mlp_ratio 4 (the FDP paper builds on this
+    family of local-global transformers; check its exact widths before claiming a reproduction). CPU: 64 px
+    frames, dims (32, 64, 128), depths (1, 1, 1), heads (1, 2, 4), sr_ratios (4, 2, 1). Smoke: dims (8, 16),
+    depths (1, 1), heads (1, 2), sr_ratios (2, 1).
 
-    Presets (suggested): paper scale, a PVT-v1-tiny sized encoder on 224 px frames, dims (64,128,320,512),
-    depths (2,2,2,2), heads (1,2,5,8), sr_ratios (8,4,2,1), mlp_ratio 4 (the FDP paper builds on this family
-    of local-global transformers; check its exact widths before claiming a reproduction). CPU: 64 px frames,
-    dims (32,64,128), depths (1,1,1), heads (1,2,4), sr_ratios (4,2,1). Smoke: dims (8,16), depths (1,1),
-    heads (1,2), sr_ratios (2,1).
+    Args:
+        n_classes: number of MER classes.
+        in_channels: 1 for gray aligned crops (3 for RGB).
+        image_size: side of the square input frames; must be divisible by ``stem_stride * 2**(len(dims)-1)``.
+        dims: per-stage channel width (one entry per stage).
+        depths: per-stage number of local-global blocks.
+        heads: per-stage attention heads.
+        sr_ratios: per-stage key/value spatial reduction.
+        stem_stride: downsampling of stage 1; each later stage downsamples by 2.
+        mlp_ratio: hidden width of each block's feed-forward layer relative to the stage width.
+        local_kernel: depthwise kernel of the local aggregators.
+        decoder_dim: channels of the dynamic-image decoder's first layer (halved at each upsampling, min 8).
+        dropout: before the MER head.
+        recon_weight: weight of the dynamic-image reconstruction loss.
+        rank_weight: weight of the frame ranking loss.
+        rank_margin: hinge margin of the pairwise ranking loss.
+
+    Raises:
+        ValueError: per-stage lists of different lengths, a width not divisible by its heads, an image size not
+            divisible by the encoder stride, or fewer than 2 classes.
     """
 
     n_classes: int = 3
@@ -87,10 +98,24 @@ class FDPConfig:
 
     @property
     def total_stride(self) -> int:
+        """Downsampling of the whole encoder, ``stem_stride * 2**(len(dims) - 1)``."""
         return self.stem_stride * 2 ** (len(self.dims) - 1)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "FDPConfig":
+        """The config from a mapping (the ``FDP`` section of a profile).
+
+        Lists become tuples, so configs stay hashable.
+
+        Args:
+            values: field name -> value; None or missing keys keep the defaults.
+
+        Returns:
+            the FDPConfig.
+
+        Raises:
+            ValueError: an unknown key (no setting is silently ignored).
+        """
         return config_from_dict(cls, values, "FDP")
 
 
@@ -100,10 +125,25 @@ class FDPConfig:
 
 def approximate_rank_pooling_weights(n_frames: int, device: torch.device | None = None,
                                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Weights ``alpha (T,)`` of approximate rank pooling, ``alpha_t = 2(T-t+1) - (T+1)(H_T - H_{t-1})``.
+    """Weights of approximate rank pooling, ``alpha_t = 2(T-t+1) - (T+1)(H_T - H_{t-1})``.
 
     t runs 1..T, H_t is the t-th harmonic number and H_0 = 0. The weights sum to zero, so a constant
     (static appearance, identity) contributes nothing: only change over time survives pooling.
+
+    Args:
+        n_frames: T, >= 1.
+        device: device of the weights.
+        dtype: dtype of the weights (computed in float64).
+
+    Returns:
+        alpha, shape (T,).
+
+    Raises:
+        ValueError: T < 1.
+
+    Example:
+        >>> approximate_rank_pooling_weights(2).tolist()
+        [-0.5, 0.5]
     """
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
@@ -114,7 +154,17 @@ def approximate_rank_pooling_weights(n_frames: int, device: torch.device | None 
 
 
 def rank_pool(sequence: torch.Tensor) -> torch.Tensor:
-    """Approximate rank pooling over time: ``(B, T, *) -> (B, *)``, ``out = sum_t alpha_t x_t``."""
+    """Approximate rank pooling over time: ``out = sum_t alpha_t x_t``.
+
+    Args:
+        sequence: shape (B, T, *).
+
+    Returns:
+        pooled, shape (B, *).
+
+    Raises:
+        ValueError: fewer than 2 dimensions.
+    """
     if sequence.ndim < 2:
         raise ValueError(f"expected (B, T, *), got {tuple(sequence.shape)}")
     alpha = approximate_rank_pooling_weights(sequence.shape[1], sequence.device, sequence.dtype)
@@ -123,17 +173,34 @@ def rank_pool(sequence: torch.Tensor) -> torch.Tensor:
 
 
 def approximate_dynamic_image(frames: torch.Tensor) -> torch.Tensor:
-    """The approximate rank-pooling dynamic image of clips: ``frames (B,T,C,H,W) -> (B,C,H,W)``."""
+    """The approximate rank-pooling dynamic image of clips.
+
+    Args:
+        frames: shape (B, T, C, H, W).
+
+    Returns:
+        dynamic images, shape (B, C, H, W).
+
+    Raises:
+        ValueError: ``frames`` is not 5-dimensional.
+    """
     if frames.ndim != 5:
         raise ValueError(f"expected frames (B, T, C, H, W), got {tuple(frames.shape)}")
     return rank_pool(frames)
 
 
 def standardize_images(images: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-image zero mean, unit std over (C,H,W): ``(B,C,H,W) -> (B,C,H,W)``.
+    """Per-image zero mean, unit std over (C, H, W).
 
     Used on the dynamic-image target: micro-expression motion is tiny, so the decoder is asked for the spatial
     pattern of change, not its absolute amplitude (Bilen et al. likewise rescale dynamic images for display).
+
+    Args:
+        images: shape (B, C, H, W).
+        eps: added to the std.
+
+    Returns:
+        standardised images, shape (B, C, H, W).
     """
     flat = images.flatten(1)
     mean = flat.mean(1).view(-1, 1, 1, 1)
@@ -146,7 +213,13 @@ def standardize_images(images: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 class PatchEmbedding(nn.Module):
-    """Overlapping strided convolution + BatchNorm: ``(N, C_in, H, W) -> (N, C_out, H/s, W/s)``."""
+    """Overlapping strided convolution + BatchNorm: ``(N, C_in, H, W) -> (N, C_out, H/s, W/s)``.
+
+    Args:
+        in_channels: C_in.
+        out_channels: C_out.
+        stride: s.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
@@ -155,13 +228,25 @@ class PatchEmbedding(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed a map.
+
+        Args:
+            x: shape (N, C_in, H, W).
+
+        Returns:
+            shape (N, C_out, H/s, W/s).
+        """
         return self.norm(self.proj(x))
 
 
 class LocalAggregator(nn.Module):
-    """Local context: ``x + pw(dw(pw(BN(x))))``, ``(N, D, h, w) -> (N, D, h, w)``.
+    """Local context: ``x + pw(dw(pw(BN(x))))``.
 
     Pointwise mixes channels, the depthwise ``kernel x kernel`` conv aggregates each channel's neighbourhood.
+
+    Args:
+        dim: D.
+        kernel: depthwise kernel size.
     """
 
     def __init__(self, dim: int, kernel: int = 5) -> None:
@@ -172,14 +257,30 @@ class LocalAggregator(nn.Module):
         self.pw_out = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Add local context.
+
+        Args:
+            x: shape (N, D, h, w).
+
+        Returns:
+            shape (N, D, h, w).
+        """
         return x + self.pw_out(F.gelu(self.dw(self.pw_in(self.norm(x)))))
 
 
 class EfficientSelfAttention(nn.Module):
-    """Multi-head self-attention with spatially reduced keys/values: ``tokens (N, h*w, D) -> (N, h*w, D)``.
+    """Multi-head self-attention with spatially reduced keys/values.
 
     Keys and values come from the map downsampled by a strided ``sr x sr`` conv (PVT's SRA, ResT's EMSA),
     so the cost is ``(hw)^2 / sr^2`` instead of ``(hw)^2`` while every query still sees the whole face.
+
+    Args:
+        dim: D, divisible by ``heads``.
+        heads: attention heads.
+        sr_ratio: sr, the spatial reduction of keys and values (1: none).
+
+    Raises:
+        ValueError: ``dim`` not divisible by ``heads``.
     """
 
     def __init__(self, dim: int, heads: int, sr_ratio: int = 1) -> None:
@@ -196,6 +297,19 @@ class EfficientSelfAttention(nn.Module):
             self.reduce_norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Attend over the tokens of a map.
+
+        Args:
+            tokens: shape (N, h*w, D).
+            height: h.
+            width: w.
+
+        Returns:
+            shape (N, h*w, D).
+
+        Raises:
+            ValueError: a token count other than h*w, or h, w not divisible by ``sr_ratio``.
+        """
         n, length, dim = tokens.shape
         if length != height * width:
             raise ValueError(f"expected {height}x{width}={height * width} tokens, got {length}")
@@ -214,7 +328,13 @@ class EfficientSelfAttention(nn.Module):
 
 
 class GlobalAggregator(nn.Module):
-    """Pre-norm residual efficient attention on a map: ``(N, D, h, w) -> (N, D, h, w)``."""
+    """Pre-norm residual efficient attention on a map: ``(N, D, h, w) -> (N, D, h, w)``.
+
+    Args:
+        dim: D.
+        heads: attention heads.
+        sr_ratio: key/value spatial reduction.
+    """
 
     def __init__(self, dim: int, heads: int, sr_ratio: int) -> None:
         super().__init__()
@@ -222,6 +342,14 @@ class GlobalAggregator(nn.Module):
         self.attn = EfficientSelfAttention(dim, heads, sr_ratio)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Add global context.
+
+        Args:
+            x: shape (N, D, h, w).
+
+        Returns:
+            shape (N, D, h, w).
+        """
         n, d, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         tokens = tokens + self.attn(self.norm(tokens), h, w)
@@ -229,7 +357,12 @@ class GlobalAggregator(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Pre-norm residual channel MLP on a map: ``(N, D, h, w) -> (N, D, h, w)``."""
+    """Pre-norm residual channel MLP on a map: ``(N, D, h, w) -> (N, D, h, w)``.
+
+    Args:
+        dim: D.
+        ratio: hidden width relative to D.
+    """
 
     def __init__(self, dim: int, ratio: float) -> None:
         super().__init__()
@@ -239,11 +372,27 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Conv2d(hidden, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the MLP.
+
+        Args:
+            x: shape (N, D, h, w).
+
+        Returns:
+            shape (N, D, h, w).
+        """
         return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
 
 
 class LocalGlobalBlock(nn.Module):
-    """Local aggregator, then global aggregator, then feed-forward: ``(N, D, h, w) -> (N, D, h, w)``."""
+    """Local aggregator, then global aggregator, then feed-forward: ``(N, D, h, w) -> (N, D, h, w)``.
+
+    Args:
+        dim: D.
+        heads: attention heads.
+        sr_ratio: key/value spatial reduction.
+        mlp_ratio: feed-forward hidden width relative to D.
+        local_kernel: depthwise kernel of the local aggregator.
+    """
 
     def __init__(self, dim: int, heads: int, sr_ratio: int, mlp_ratio: float, local_kernel: int) -> None:
         super().__init__()
@@ -252,11 +401,25 @@ class LocalGlobalBlock(nn.Module):
         self.ffn = FeedForward(dim, mlp_ratio)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block.
+
+        Args:
+            x: shape (N, D, h, w).
+
+        Returns:
+            shape (N, D, h, w).
+        """
         return self.ffn(self.glob(self.local(x)))
 
 
 class FrameEncoder(nn.Module):
-    """Per-frame local-global transformer: ``frames (N, C, H, W) -> maps (N, dims[-1], H/s, W/s)``."""
+    """Per-frame local-global transformer: ``frames (N, C, H, W) -> maps (N, dims[-1], H/s, W/s)``.
+
+    s is ``config.total_stride``.
+
+    Args:
+        config: the FDPConfig.
+    """
 
     def __init__(self, config: FDPConfig) -> None:
         super().__init__()
@@ -270,6 +433,14 @@ class FrameEncoder(nn.Module):
         self.stages = nn.Sequential(*stages)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Encode frames one by one.
+
+        Args:
+            frames: shape (N, C, H, W).
+
+        Returns:
+            feature maps, shape (N, dims[-1], H/s, W/s).
+        """
         return self.stages(frames)
 
 
@@ -278,7 +449,11 @@ class FrameEncoder(nn.Module):
 
 
 class RankScorer(nn.Module):
-    """Linear score of each frame feature: ``features (B, T, D) -> scores (B, T)``."""
+    """Linear score of each frame feature: ``features (B, T, D) -> scores (B, T)``.
+
+    Args:
+        dim: D.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -286,11 +461,30 @@ class RankScorer(nn.Module):
         self.linear = nn.Linear(dim, 1, bias=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Score frames.
+
+        Args:
+            features: shape (B, T, D).
+
+        Returns:
+            scores, shape (B, T).
+        """
         return self.linear(features).squeeze(-1)
 
 
 def pairwise_ranking_loss(scores: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
-    """Hinge loss asking ``score_i + margin <= score_j`` for every frame pair i < j: ``(B, T) -> scalar``."""
+    """Hinge loss asking ``score_i + margin <= score_j`` for every frame pair i < j.
+
+    Args:
+        scores: shape (B, T), T >= 2.
+        margin: hinge margin.
+
+    Returns:
+        the scalar mean hinge.
+
+    Raises:
+        ValueError: ``scores`` not (B, T) with T >= 2.
+    """
     if scores.ndim != 2 or scores.shape[1] < 2:
         raise ValueError(f"expected scores (B, T) with T >= 2, got {tuple(scores.shape)}")
     n_frames = scores.shape[1]
@@ -301,7 +495,14 @@ def pairwise_ranking_loss(scores: torch.Tensor, margin: float = 0.1) -> torch.Te
 
 
 class DynamicImageDecoder(nn.Module):
-    """Decode a dynamic feature map to a dynamic image: ``(B, D, h, w) -> (B, C, h*2^n, w*2^n)``."""
+    """Decode a dynamic feature map to a dynamic image: ``(B, D, h, w) -> (B, C, h*2^n, w*2^n)``.
+
+    Args:
+        in_dim: D.
+        out_channels: C.
+        n_upsamples: n, bilinear x2 upsamplings.
+        width: channels of the first layer (halved at each upsampling, min 8).
+    """
 
     def __init__(self, in_dim: int, out_channels: int, n_upsamples: int, width: int = 64) -> None:
         super().__init__()
@@ -315,6 +516,14 @@ class DynamicImageDecoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, dynamic_map: torch.Tensor) -> torch.Tensor:
+        """Decode.
+
+        Args:
+            dynamic_map: shape (B, D, h, w).
+
+        Returns:
+            dynamic image, shape (B, C, h*2^n, w*2^n).
+        """
         return self.net(dynamic_map)
 
 
@@ -322,8 +531,11 @@ class DynamicImageDecoder(nn.Module):
 class FDPOutput:
     """FDP forward result.
 
-    logits: (B, K) class scores; frame_scores: (B, T) rank-scorer outputs; dynamic_features: (B, D) the rank-
-    pooled representation; dynamic_image: (B, C, H, W) decoded dynamic image (standardised units).
+    Attributes:
+        logits: class scores, shape (B, K).
+        frame_scores: rank-scorer outputs, shape (B, T).
+        dynamic_features: the rank-pooled representation, shape (B, D).
+        dynamic_image: decoded dynamic image (standardised units), shape (B, C, H, W).
     """
 
     logits: torch.Tensor
@@ -333,7 +545,11 @@ class FDPOutput:
 
 
 class FDP(nn.Module):
-    """Fine-grained dynamic perception: ``clips (B, T, C, H, W) -> FDPOutput``; T >= 2 frames in time order."""
+    """Fine-grained dynamic perception: ``clips (B, T, C, H, W) -> FDPOutput``; T >= 2 frames in time order.
+
+    Args:
+        config: the FDPConfig.
+    """
 
     def __init__(self, config: FDPConfig) -> None:
         super().__init__()
@@ -346,11 +562,30 @@ class FDP(nn.Module):
         self.decoder = DynamicImageDecoder(dim, config.in_channels, n_up, config.decoder_dim)
 
     def check_clips(self, clips: torch.Tensor) -> None:
+        """Check the clips' shape up front.
+
+        Args:
+            clips: expected shape (B, T, in_channels, image_size, image_size), T >= 2.
+
+        Raises:
+            ValueError: another shape.
+        """
         c, s = self.config.in_channels, self.config.image_size
         if clips.ndim != 5 or clips.shape[2] != c or clips.shape[3] != s or clips.shape[4] != s or clips.shape[1] < 2:
             raise ValueError(f"FDP expects clips (B, T>=2, {c}, {s}, {s}), got {tuple(clips.shape)}")
 
     def forward(self, clips: torch.Tensor) -> FDPOutput:
+        """Classify clips and decode their dynamic images.
+
+        Args:
+            clips: frames in time order, shape (B, T, C, H, W), T >= 2.
+
+        Returns:
+            the FDPOutput.
+
+        Raises:
+            ValueError: ``clips`` of the wrong shape.
+        """
         self.check_clips(clips)
         b, t = clips.shape[:2]
         maps = self.encoder(clips.flatten(0, 1))  # (B*T, D, h, w)
@@ -370,8 +605,16 @@ class FDP(nn.Module):
 def fdp_loss(output: FDPOutput, clips: torch.Tensor, labels: torch.Tensor, config: FDPConfig) -> dict[str, torch.Tensor]:
     """Classification + ``recon_weight`` * dynamic-image MSE + ``rank_weight`` * ranking hinge.
 
-    clips: (B, T, C, H, W) the model's input; labels: (B,) long. The target is the standardised approximate
-    dynamic image of the clip. Returns {"loss", "ce", "recon", "rank"} scalars.
+    The target is the standardised approximate dynamic image of the clip.
+
+    Args:
+        output: the FDPOutput.
+        clips: the model's input, shape (B, T, C, H, W).
+        labels: shape (B,) long.
+        config: gives the weights and the margin.
+
+    Returns:
+        ``{"loss", "ce", "recon", "rank"}`` scalars.
     """
     target = standardize_images(approximate_dynamic_image(clips))
     ce = F.cross_entropy(output.logits, labels)
