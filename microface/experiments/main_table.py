@@ -431,6 +431,7 @@ def qualitative_example(synth_root, coarse_dir, refine_dir, dem_settings: dict, 
             "error_coarse": (truth.expression_only - truth.truth).norm(dim=-1).cpu().numpy(),
             "error_refined": (refined_mesh - truth.truth).norm(dim=-1).cpu().numpy(),
             "gate": refinement.gate.cpu().numpy(), "displacement_truth": displacement(truth.truth),
+            "displacement_coarse": displacement(truth.expression_only), "displacement_refined": displacement(refined_mesh)}
 
 
 # ----------------------------------------------------------------------------------------------- notebook 04
@@ -485,4 +486,3 @@ def run_main_table_experiment(profile: str, seed: int, device: str, synth: dict,
     report.notes["verdict"] = "\n".join(lines)
     report.paths.update(out_dir=out_dir, synth_root=synth_root)
     return report
-            "displacement_coarse": displacement(truth.expression_only), "displacement_refined": displacement(refined_mesh)}
