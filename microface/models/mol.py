@@ -16,9 +16,10 @@ F5C block = FCC + CCC:
   MOL's public code, or Euclidean) and EdgeConv ``h_i = max_j MLP([x_i, x_j - x_i])`` relate channels that
   respond to the same facial regions.
 
-Shapes: ``pair (B, 2*C, S, S)`` (onset then apex, C = 1 gray or 3 RGB) -> ``MOLOutput(logits (B,K),
-flow (B,2,S',S'), landmarks (B,68,2))``; flow is in pixels of the flow head's grid (S' = S / 2**len(stem) *
-flow_upsample), landmarks in pixels of the input frame.
+Shapes: ``pair (B, 2*C, S, S)`` (onset then apex, C = 1 gray or 3 RGB) -> ``MOLOutput(logits (B, K),
+flow (B, 2, S', S'), landmarks (B, 68, 2))``; flow is in pixels of the flow head's grid (S' = S / 2**len(stem) *
+flow_upsample), landmarks in pixels of the input frame. Inside the backbone, N = 2B frames, D channels,
+S_f = S / 2**len(stem) the feature-map side; K classes. In CCC the N nodes of a graph are the D channels.
 """
 from __future__ import annotations
 
@@ -40,20 +41,28 @@ N_LANDMARKS = 68
 class MOLConfig:
     """Sizes and loss weights of MOL.
 
-    n_classes: MER classes. in_channels: channels of one frame (1 gray, 3 RGB); the pair has twice that.
-    image_size: side of the square input frames (must be divisible by 2**len(stem_channels)).
-    stem_channels: widths of the stride-2 conv layers that shrink each frame; the last one is the backbone
-        width D (even, split between FCC's two branches). Feature size S_f = image_size / 2**len(stem_channels).
-    n_blocks: F5C blocks in the shared backbone.
-    ffn_ratio: hidden width of FCC's channel feed-forward relative to D.
-    knn_k: neighbours per channel in CCC (< D). knn_metric: "cosine" or "euclidean".
-    flow_upsample: the flow head's grid is S_f * flow_upsample.
-    dropout: before the MER classifier.
-    flow_weight, landmark_weight: weights of the end-point-error and inter-ocular normalised landmark losses.
-
     Presets (suggested): paper scale, 128 px, stem (32, 64, 128) -> 16x16 features, D=128, 2 blocks, k=4
     (MOL's public code: 128 channels at 16x16, 4 neighbours). CPU: 128 px, stem (16, 32, 32), 1-2 blocks,
     k=4. Smoke: 64 px, stem (8, 16), 1 block, k=2.
+
+    Args:
+        n_classes: MER classes K.
+        in_channels: channels of one frame C (1 gray, 3 RGB); the pair has twice that.
+        image_size: side S of the square input frames (must be divisible by 2**len(stem_channels)).
+        stem_channels: widths of the stride-2 conv layers that shrink each frame; the last one is the backbone
+            width D (even, split between FCC's two branches). Feature size S_f = image_size / 2**len(stem_channels).
+        n_blocks: F5C blocks in the shared backbone.
+        ffn_ratio: hidden width of FCC's channel feed-forward relative to D.
+        knn_k: neighbours per channel in CCC (< D).
+        knn_metric: "cosine" or "euclidean".
+        flow_upsample: the flow head's grid is S_f * flow_upsample.
+        dropout: before the MER classifier.
+        flow_weight: weight of the end-point-error loss.
+        landmark_weight: weight of the inter-ocular normalised landmark loss.
+
+    Raises:
+        ValueError: no stem layer, an odd width D, an image size not divisible by the stem's stride, knn_k out
+            of [1, D - 1], an unknown metric, or fewer than 2 classes.
     """
 
     n_classes: int = 3
@@ -87,14 +96,29 @@ class MOLConfig:
 
     @property
     def feature_size(self) -> int:
+        """S_f, the side of the backbone's feature maps: ``image_size // 2**len(stem_channels)``."""
         return self.image_size // 2 ** len(self.stem_channels)
 
     @property
     def flow_size(self) -> int:
+        """S', the side of the flow head's grid: ``feature_size * flow_upsample``."""
         return self.feature_size * self.flow_upsample
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "MOLConfig":
+        """The config from a mapping (the ``MOL`` section of a profile).
+
+        Lists become tuples, so configs stay hashable.
+
+        Args:
+            values: field name -> value; None or missing keys keep the defaults.
+
+        Returns:
+            the MOLConfig.
+
+        Raises:
+            ValueError: an unknown key (no setting is silently ignored).
+        """
         return config_from_dict(cls, values, "MOL")
 
 
@@ -103,9 +127,15 @@ class MOLConfig:
 
 
 class GlobalCircularConv(nn.Module):
-    """Positional embedding, then a circular depthwise conv spanning one whole axis: ``(N,D,S,S) -> (N,D,S,S)``.
+    """Positional embedding, then a circular depthwise conv spanning one whole axis.
 
-    axis: "h" (kernel (S,1): each output mixes its entire column) or "w" (kernel (1,S): its entire row).
+    Args:
+        dim: D.
+        size: S, the side of the feature map.
+        axis: "h" (kernel (S, 1): each output mixes its entire column) or "w" (kernel (1, S): its entire row).
+
+    Raises:
+        ValueError: an unknown axis.
     """
 
     def __init__(self, dim: int, size: int, axis: str) -> None:
@@ -119,6 +149,17 @@ class GlobalCircularConv(nn.Module):
         self.position = nn.Parameter(0.02 * torch.randn(1, dim, *kernel_shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mix one whole axis.
+
+        Args:
+            x: shape (N, D, S, S).
+
+        Returns:
+            shape (N, D, S, S).
+
+        Raises:
+            ValueError: a map that is not (S, S).
+        """
         if x.shape[-2] != self.size or x.shape[-1] != self.size:
             raise ValueError(f"expected (N, D, {self.size}, {self.size}), got {tuple(x.shape)}")
         x = x + self.position
@@ -130,6 +171,14 @@ class FullyConnectedConv(nn.Module):
     """FCC: global H-then-W and W-then-H circular convolutions on channel halves, then a channel MLP.
 
     ``(N, D, S, S) -> (N, D, S, S)``; both parts residual.
+
+    Args:
+        dim: D, even.
+        size: S.
+        ffn_ratio: hidden width of the channel MLP relative to D.
+
+    Raises:
+        ValueError: an odd ``dim``.
     """
 
     def __init__(self, dim: int, size: int, ffn_ratio: float = 2.0) -> None:
@@ -144,6 +193,14 @@ class FullyConnectedConv(nn.Module):
         self.ffn = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, hidden, 1), nn.GELU(), nn.Conv2d(hidden, dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply FCC.
+
+        Args:
+            x: shape (N, D, S, S).
+
+        Returns:
+            shape (N, D, S, S).
+        """
         a, b = x.chunk(2, dim=1)
         a = a + self.a_w(self.a_h(self.norm_a(a)))
         b = b + self.b_h(self.b_w(self.norm_b(b)))
@@ -156,10 +213,18 @@ class FullyConnectedConv(nn.Module):
 
 
 def knn_indices(nodes: torch.Tensor, k: int, metric: str = "cosine") -> torch.Tensor:
-    """Indices of each node's k nearest other nodes: ``nodes (B, N, F) -> (B, N, k)`` long, nearest first.
+    """Indices of each node's k nearest other nodes, nearest first. A node is never its own neighbour.
 
-    metric: "cosine" (largest cosine similarity) or "euclidean" (smallest distance). A node is never its own
-    neighbour.
+    Args:
+        nodes: shape (B, N, F), N nodes of F features.
+        k: neighbours, in [1, N - 1].
+        metric: "cosine" (largest cosine similarity) or "euclidean" (smallest distance).
+
+    Returns:
+        indices, shape (B, N, k) long.
+
+    Raises:
+        ValueError: ``nodes`` not 3-dimensional, k out of range, or an unknown metric.
     """
     if nodes.ndim != 3:
         raise ValueError(f"expected nodes (B, N, F), got {tuple(nodes.shape)}")
@@ -179,7 +244,15 @@ def knn_indices(nodes: torch.Tensor, k: int, metric: str = "cosine") -> torch.Te
 
 
 def gather_neighbours(nodes: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """``nodes (B, N, F)``, ``indices (B, N, k)`` -> neighbour features ``(B, N, k, F)``."""
+    """Features of each node's neighbours.
+
+    Args:
+        nodes: shape (B, N, F).
+        indices: shape (B, N, k).
+
+    Returns:
+        neighbour features, shape (B, N, k, F).
+    """
     b, n, f = nodes.shape
     k = indices.shape[-1]
     flat = indices.reshape(b, n * k, 1).expand(-1, -1, f)
@@ -187,7 +260,14 @@ def gather_neighbours(nodes: torch.Tensor, indices: torch.Tensor) -> torch.Tenso
 
 
 class EdgeConv(nn.Module):
-    """EdgeConv on a kNN graph: ``h_i = max_{j in kNN(i)} MLP([x_i, x_j - x_i])``, ``(B,N,F) -> (B,N,F_out)``."""
+    """EdgeConv on a kNN graph: ``h_i = max_{j in kNN(i)} MLP([x_i, x_j - x_i])``, ``(B, N, F) -> (B, N, F_out)``.
+
+    Args:
+        in_features: F.
+        out_features: F_out.
+        k: neighbours per node.
+        metric: "cosine" or "euclidean".
+    """
 
     def __init__(self, in_features: int, out_features: int, k: int, metric: str = "cosine") -> None:
         super().__init__()
@@ -196,6 +276,14 @@ class EdgeConv(nn.Module):
 
     def forward(self, nodes: torch.Tensor) -> torch.Tensor:
         # the graph is rebuilt from the current features (dynamic graph), without gradient through the choice
+        """Apply EdgeConv on the kNN graph of the current features (no gradient through the choice).
+
+        Args:
+            nodes: shape (B, N, F).
+
+        Returns:
+            shape (B, N, F_out).
+        """
         with torch.no_grad():
             indices = knn_indices(nodes, self.k, self.metric)
         neighbours = gather_neighbours(nodes, indices)  # (B, N, k, F)
@@ -205,9 +293,15 @@ class EdgeConv(nn.Module):
 
 
 class ChannelCorrespondenceConv(nn.Module):
-    """CCC: EdgeConv over channels as graph nodes (node vector = the channel's flattened S x S map), residual.
+    """CCC: EdgeConv over channels as graph nodes (node vector = the channel's flattened (S, S) map), residual.
 
     ``(N, D, S, S) -> (N, D, S, S)``.
+
+    Args:
+        dim: D.
+        size: S.
+        k: neighbours per channel.
+        metric: "cosine" or "euclidean".
     """
 
     def __init__(self, dim: int, size: int, k: int, metric: str = "cosine") -> None:
@@ -216,6 +310,17 @@ class ChannelCorrespondenceConv(nn.Module):
         self.edge_conv = EdgeConv(size * size, size * size, k, metric)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply CCC.
+
+        Args:
+            x: shape (N, D, S, S).
+
+        Returns:
+            shape (N, D, S, S).
+
+        Raises:
+            ValueError: a map that is not (S, S).
+        """
         n, d, h, w = x.shape
         if h != self.size or w != self.size:
             raise ValueError(f"expected (N, D, {self.size}, {self.size}), got {tuple(x.shape)}")
@@ -223,7 +328,15 @@ class ChannelCorrespondenceConv(nn.Module):
 
 
 class F5CBlock(nn.Module):
-    """FCC then CCC: ``(N, D, S, S) -> (N, D, S, S)``."""
+    """FCC then CCC: ``(N, D, S, S) -> (N, D, S, S)``.
+
+    Args:
+        dim: D.
+        size: S.
+        ffn_ratio: FCC's channel MLP width relative to D.
+        k: CCC's neighbours per channel.
+        metric: CCC's metric.
+    """
 
     def __init__(self, dim: int, size: int, ffn_ratio: float, k: int, metric: str) -> None:
         super().__init__()
@@ -231,11 +344,23 @@ class F5CBlock(nn.Module):
         self.ccc = ChannelCorrespondenceConv(dim, size, k, metric)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block.
+
+        Args:
+            x: shape (N, D, S, S).
+
+        Returns:
+            shape (N, D, S, S).
+        """
         return self.ccc(self.fcc(x))
 
 
 class MOLBackbone(nn.Module):
-    """Shared per-frame encoder: ``frames (N, C, S, S) -> (N, D, S_f, S_f)`` (stride-2 conv stem, F5C blocks)."""
+    """Shared per-frame encoder: ``frames (N, C, S, S) -> (N, D, S_f, S_f)`` (stride-2 conv stem, F5C blocks).
+
+    Args:
+        config: the MOLConfig.
+    """
 
     def __init__(self, config: MOLConfig) -> None:
         super().__init__()
@@ -251,6 +376,14 @@ class MOLBackbone(nn.Module):
         )
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Encode frames.
+
+        Args:
+            frames: shape (N, C, S, S).
+
+        Returns:
+            features, shape (N, D, S_f, S_f).
+        """
         return self.blocks(self.stem(frames))
 
 
@@ -259,7 +392,13 @@ class MOLBackbone(nn.Module):
 
 
 class MERHead(nn.Module):
-    """``fused (B, D, S_f, S_f) -> logits (B, K)``."""
+    """``fused (B, D, S_f, S_f) -> logits (B, K)``.
+
+    Args:
+        dim: D.
+        n_classes: K.
+        dropout: before the classifier.
+    """
 
     def __init__(self, dim: int, n_classes: int, dropout: float) -> None:
         super().__init__()
@@ -267,11 +406,24 @@ class MERHead(nn.Module):
         self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, n_classes))
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        """Class logits.
+
+        Args:
+            fused: fused onset/apex features, shape (B, D, S_f, S_f).
+
+        Returns:
+            logits, shape (B, K).
+        """
         return self.fc(self.conv(fused).mean(dim=(-2, -1)))
 
 
 class FlowHead(nn.Module):
-    """``fused (B, D, S_f, S_f) -> flow (B, 2, S_f*u, S_f*u)`` in pixels of that grid."""
+    """``fused (B, D, S_f, S_f) -> flow (B, 2, S_f*u, S_f*u)`` in pixels of that grid.
+
+    Args:
+        dim: D.
+        upsample: u.
+    """
 
     def __init__(self, dim: int, upsample: int) -> None:
         super().__init__()
@@ -280,6 +432,14 @@ class FlowHead(nn.Module):
         self.conv_out = nn.Sequential(nn.Conv2d(dim, dim // 2, 3, padding=1), nn.GELU(), nn.Conv2d(dim // 2, 2, 3, padding=1))
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        """Onset -> apex flow.
+
+        Args:
+            fused: fused onset/apex features, shape (B, D, S_f, S_f).
+
+        Returns:
+            flow in pixels of the head's grid, shape (B, 2, S_f*u, S_f*u).
+        """
         x = self.conv_in(fused)
         if self.upsample > 1:
             x = F.interpolate(x, scale_factor=self.upsample, mode="bilinear", align_corners=False)
@@ -291,6 +451,10 @@ class LandmarkHead(nn.Module):
 
     The linear layer predicts offsets in frame units around the frame centre, so an untrained head starts
     near the middle of the face rather than at the corner.
+
+    Args:
+        dim: D.
+        image_size: S.
     """
 
     def __init__(self, dim: int, image_size: int) -> None:
@@ -300,14 +464,27 @@ class LandmarkHead(nn.Module):
         self.fc = nn.Linear(dim, 2 * N_LANDMARKS)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Apex landmarks.
+
+        Args:
+            features: apex features, shape (B, D, S_f, S_f).
+
+        Returns:
+            landmarks ``(x, y)`` in input pixels, shape (B, 68, 2).
+        """
         unit = 0.5 + self.fc(self.conv(features).mean(dim=(-2, -1))).view(-1, N_LANDMARKS, 2)
         return unit * self.image_size
 
 
 @dataclass
 class MOLOutput:
-    """MOL forward result: logits (B, K); flow (B, 2, S', S') onset->apex in head-grid pixels; landmarks
-    (B, 68, 2) of the apex frame in input pixels (x, y)."""
+    """MOL forward result.
+
+    Attributes:
+        logits: shape (B, K).
+        flow: onset->apex in head-grid pixels, shape (B, 2, S', S').
+        landmarks: of the apex frame in input pixels ``(x, y)``, shape (B, 68, 2).
+    """
 
     logits: torch.Tensor
     flow: torch.Tensor
@@ -315,7 +492,11 @@ class MOLOutput:
 
 
 class MOL(nn.Module):
-    """``pair (B, 2*C, S, S)`` (onset channels, then apex channels) -> ``MOLOutput``."""
+    """``pair (B, 2*C, S, S)`` (onset channels, then apex channels) -> ``MOLOutput``.
+
+    Args:
+        config: the MOLConfig.
+    """
 
     def __init__(self, config: MOLConfig) -> None:
         super().__init__()
@@ -329,6 +510,17 @@ class MOL(nn.Module):
         self.landmark_head = LandmarkHead(dim, config.image_size)
 
     def forward(self, pair: torch.Tensor) -> MOLOutput:
+        """Class, flow and landmarks of onset/apex pairs.
+
+        Args:
+            pair: onset channels, then apex channels, shape (B, 2*C, S, S).
+
+        Returns:
+            the MOLOutput.
+
+        Raises:
+            ValueError: ``pair`` of the wrong shape.
+        """
         c, s = self.config.in_channels, self.config.image_size
         if pair.ndim != 4 or pair.shape[1] != 2 * c or pair.shape[2] != s or pair.shape[3] != s:
             raise ValueError(f"MOL expects an onset/apex pair (B, {2 * c}, {s}, {s}), got {tuple(pair.shape)}")
@@ -345,10 +537,20 @@ class MOL(nn.Module):
 
 
 def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resample a flow field to another grid and rescale its vectors: ``(B, 2, H, W) -> (B, 2, h, w)``.
+    """Resample a flow field to another grid and rescale its vectors.
 
     Channel 0 is the x (column) displacement, scaled by w/W; channel 1 the y displacement, scaled by h/H.
     Downsampling averages over areas (a flow is a density of motion, not a point sample).
+
+    Args:
+        flow: flow in pixels of its grid, shape (B, 2, H, W).
+        size: the new grid (h, w).
+
+    Returns:
+        flow in pixels of the new grid, shape (B, 2, h, w).
+
+    Raises:
+        ValueError: ``flow`` not (B, 2, H, W).
     """
     if flow.ndim != 4 or flow.shape[1] != 2:
         raise ValueError(f"expected flow (B, 2, H, W), got {tuple(flow.shape)}")
@@ -363,7 +565,18 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def end_point_error(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean Euclidean distance between flow vectors: ``(B, 2, h, w), (B, 2, h, w) -> scalar``."""
+    """Mean Euclidean distance between flow vectors.
+
+    Args:
+        predicted: shape (B, 2, h, w).
+        target: shape (B, 2, h, w).
+
+    Returns:
+        the scalar mean, in pixels of the grid.
+
+    Raises:
+        ValueError: shapes that differ.
+    """
     if predicted.shape != target.shape:
         raise ValueError(f"flow shapes differ: predicted {tuple(predicted.shape)}, target {tuple(target.shape)}")
     # a small epsilon keeps the gradient of the norm finite where the error is exactly zero
@@ -371,9 +584,19 @@ def end_point_error(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 def interocular_normalized_error(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean point error divided by the target's outer-eye-corner distance (iBUG 36, 45): ``(B,68,2) x2 -> scalar``.
+    """Mean point error divided by the target's outer-eye-corner distance (iBUG 36, 45).
 
     Invariant to the image scale, so crops of any size contribute alike.
+
+    Args:
+        predicted: landmarks, shape (B, 68, 2).
+        target: landmarks, shape (B, 68, 2).
+
+    Returns:
+        the scalar mean normalised error.
+
+    Raises:
+        ValueError: shapes that differ or are not (B, 68, 2), or coincident outer eye corners.
     """
     if predicted.shape != target.shape or target.ndim != 3 or target.shape[1] != N_LANDMARKS:
         raise ValueError(
@@ -390,9 +613,18 @@ def mol_loss(output: MOLOutput, labels: torch.Tensor, config: MOLConfig, flow: t
              landmarks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Cross-entropy + ``flow_weight`` * EPE + ``landmark_weight`` * inter-ocular normalised error.
 
-    labels: (B,) long. flow: (B, 2, H, W) onset->apex target at any resolution, in pixels of that grid;
-    resized to the head's grid with its vectors rescaled. landmarks: (B, 68, 2) apex landmarks in input pixels.
-    A missing target drops its term. Returns {"loss", "ce", and "epe"/"nme" when computed}.
+    A missing target drops its term.
+
+    Args:
+        output: the MOLOutput.
+        labels: shape (B,) long.
+        config: gives the weights.
+        flow: onset->apex target at any resolution, in pixels of that grid, shape (B, 2, H, W); resized to the
+            head's grid with its vectors rescaled.
+        landmarks: apex landmarks in input pixels, shape (B, 68, 2).
+
+    Returns:
+        ``{"loss", "ce", and "epe"/"nme" when computed}``.
     """
     ce = F.cross_entropy(output.logits, labels)
     loss = ce
