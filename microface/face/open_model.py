@@ -194,7 +194,7 @@ def _load_canonical_mesh() -> dict[str, np.ndarray]:
 
 
 def _mirror_indices(vertices: np.ndarray) -> np.ndarray:
-    """For each vertex, the index of the vertex nearest its mirror image across x = 0. (V,3) -> (V,)."""
+    """For each vertex, the index of the vertex nearest its mirror image across x = 0. (V, 3) -> (V,)."""
     mirrored = vertices * np.array([-1.0, 1.0, 1.0])
     dist = np.linalg.norm(vertices[None, :, :] - mirrored[:, None, :], axis=-1)
     return dist.argmin(axis=1)
@@ -240,7 +240,7 @@ class OpenFaceModel(FaceModel):
 
     # ----------------------------------------------------------------- construction (numpy, once)
     def _opening_ramps(self, v: np.ndarray) -> dict[str, np.ndarray]:
-        """Signed, smooth 'above the opening' weights for the eyes and the mouth. (V,3) -> {name: (V,)}."""
+        """Signed, smooth 'above the opening' weights for the eyes and the mouth. (V, 3) -> {name: (V,)}."""
         eye_line = 0.5 * (v[159, 1] + v[145, 1])  # between upper and lower lid centres
         mouth_line = 0.5 * (v[13, 1] + v[14, 1])  # between the inner lip midpoints
         return {
@@ -249,7 +249,7 @@ class OpenFaceModel(FaceModel):
         }
 
     def _handle_field(self, v: np.ndarray, handle: Handle, ramps: dict[str, np.ndarray]) -> np.ndarray:
-        """Displacement (V,3) of one handle on the right side, plus its mirror when asked."""
+        """Displacement (V, 3) of one handle on the right side, plus its mirror when asked."""
         sides = [(np.array(handle.anchors), np.array(handle.displacement, dtype=np.float64))]
         if handle.mirror:
             sides.append((self._mirror[np.array(handle.anchors)], np.array(handle.displacement) * [-1.0, 1.0, 1.0]))

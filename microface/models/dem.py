@@ -1,20 +1,22 @@
 """DEM, the dynamic-encoded module: temporally consistent expression codes for a whole clip.
 
-Plug-and-play on any coarse encoder (a module mapping images ``(N,3,H,W)`` to a ``CoarseParams``):
+Plug-and-play on any coarse encoder (a module mapping images ``(N, 3, H, W)`` to a ``CoarseParams``):
 
-- static encoder, onset frame ``(B,3,H,W)`` -> ``z0 (B,D)``: the coarse encoder's onset expression lifted to the
+- static encoder, onset frame ``(B, 3, H, W)`` -> ``z0 (B, D)``: the coarse encoder's onset expression lifted to the
   code space plus a learned residual from a small CNN of its own;
-- motion encoder, optical flow onset->t ``(B,T,2,H,W)`` (pixels) -> motion features ``m(t) (B,T,M)``, shifted so
+- motion encoder, optical flow onset->t ``(B, T, 2, H, W)`` (pixels) -> motion features ``m(t) (B, T, M)``, shifted so
   that zero flow gives exactly ``m = 0``;
 - residual fusion, the per-frame code ``z_frame(t) = z0 + g([z0, m(t)])``;
 - a Neural ODE ``dz/dtau = f_theta(z, m(tau), tau)``, ``z(0) = z0``, over normalised clip time ``tau in [0,1]``
   (frame times may be irregular), with ``m(tau)`` linearly interpolated between the frames' features and
   integrated by ``torchdiffeq`` (dopri5 / rk4 / euler; adjoint optional);
-- a linear head decoding codes ``(B,T,D)`` to the face model's expression parameters ``(B,T,E)``.
+- a linear head decoding codes ``(B, T, D)`` to the face model's expression parameters ``(B, T, E)``.
 
 ``config.temporal = "ode"`` returns the ODE trajectory (consistent in time by construction); ``"residual"``
 returns the per-frame fused codes (the no-ODE ablation). Both are always in the output, so a consistency
 loss can tie them. Frame 0 of every clip is the onset.
+
+Shapes: B clips, T frames, N images, H/W image size, D code size, M motion feature size, E expression size.
 """
 from __future__ import annotations
 

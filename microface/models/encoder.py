@@ -1,7 +1,7 @@
 """Per-frame coarse encoder (the SMIRK-style baseline): one image -> face-model parameters.
 
-``CoarseEncoder(image (B,3,H,W)) -> CoarseParams(shape (B,S), expression (B,E), pose (B,6), camera (B,3),
-lighting (B,9,3))``. A small CNN backbone (sizes from config) feeds separate linear heads.
+``CoarseEncoder(image (B, 3, H, W)) -> CoarseParams(shape (B, S), expression (B, E), pose (B, 6), camera (B, 3),
+lighting (B, 9, 3))``. A small CNN backbone (sizes from config) feeds separate linear heads.
 
 No pretrained weights exist for it here: SMIRK's and EMOCA's ResNet/MobileNet backbones are not obtainable
 offline, so in this compendium the encoder is always trained from scratch (on the synthetic benchmark and
@@ -10,6 +10,8 @@ macro clips). It is the "per-frame baseline"; fine-tuned on micro-expression cli
 Camera, weak perspective: ``camera = (s, tx, ty)`` with ``s`` in normalised-device units per millimetre
 (positive, ``s = s0 * exp(raw)``, ``s0 = 1/90`` so a 155 mm wide face spans most of the image at start)
 and ``(tx, ty)`` in normalised device units; see ``weak_perspective_project``.
+
+Shapes: B images, H/W image size, S shape size, E expression size.
 """
 from __future__ import annotations
 
