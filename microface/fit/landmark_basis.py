@@ -215,9 +215,9 @@ class EmbeddedLandmarks:
             for start in range(0, len(shape), self.chunk):
                 sl = slice(start, start + self.chunk)
                 b = len(shape[sl])
-                pose = torch.cat([torch.zeros(b, 3, dtype=dtype), torch.as_tensor(jaw[sl], dtype=dtype)], 1)
-                vertices = self.model(torch.as_tensor(shape[sl], dtype=dtype),
-                                                torch.as_tensor(expression[sl], dtype=dtype), pose).vertices
+                pose = torch.cat([torch.zeros(b, 3, dtype=dtype), torch.tensor(jaw[sl], dtype=dtype)], 1)
+                vertices = self.model(torch.tensor(shape[sl], dtype=dtype), torch.tensor(expression[sl], dtype=dtype),
+                                      pose).vertices
                 corners = vertices[:, self._corner_vertices]  # (B, L, 3 corners, 3)
                 out.append(torch.einsum("blck,lc->blk", corners, self._bary).numpy())
         return np.concatenate(out)

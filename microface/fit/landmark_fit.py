@@ -45,13 +45,21 @@ class FitSettings:
 
     iterations: int = 6
     huber_mm: float = 2.0  # residuals beyond this (mm, in the model frame) are down-weighted as huber_mm / r
+    # the last iterations switch to Cauchy weights 1 / (1 + (r / c)^2), c = max(huber_mm, cauchy_factor x the median
+    # residual of the video): Huber alone still lets an occluding hand pull the face (its weight decays as 1 / r
+    # only); starting from Huber's convex fit keeps the redescending loss away from bad minima
+    cauchy_iterations: int = 3
+    cauchy_factor: float = 2.5
     identity_prior: float = 5.0  # mm^2 per unit^2 of identity (~ residual variance: identity ~ N(0, 1))
     expression_prior: float = 40.0  # mm^2 per unit^2 of AU (~ residual variance / 0.3^2: AUs are mostly small)
     jaw_prior: tuple[float, float, float] = (2.0e3, 2.0e5, 2.0e5)  # mm^2 per rad^2; opening (x) is cheap
     temporal_expression: float = 20.0  # mm^2 per unit^2 of AU change between consecutive frames
     temporal_jaw: float = 2.0e4  # mm^2 per rad^2 of jaw change between consecutive frames
-    temporal_pose: float = 0.5  # smoothing of log-scale, rotation and translation (ratio to a frame's data weight)
-    au_range: tuple[float, float] = (0.0, 1.0)  # the valid AU intensities; FACS intensities are >= 0
+    # pose smoothing (log-scale, rotation, translation; ratio to a frame's data weight). Off by default: the
+    # similarity from hundreds of points is already steady, and a random-walk prior lags real head motion (6 px at
+    # a fast-moving clip's first frame with 0.5). Frames without a face are interpolated either way.
+    temporal_pose: float = 0.0
+    au_range: tuple[float, float] = (0.0, 1.0)  # valid AU intensities (FACS: >= 0); open model only
     jaw_opening_range: tuple[float, float] = (-0.05, 0.5)  # radians about x; positive opens the mouth
     bound_penalty: float = 1.0e5  # weight pulling an AU / the jaw that reached its bound back onto it
 
@@ -146,6 +154,19 @@ def _check_meshes(meshes, valid) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------- building blocks
+def cauchy_weights(residual: np.ndarray, scale: float) -> np.ndarray:
+    """IRLS weights of the Cauchy (Lorentzian) loss: ``1 / (1 + (r / scale)^2)``. residual (...) >= 0."""
+    return 1.0 / (1.0 + (residual / scale) ** 2)
+
+
+def robust_weights(residual: np.ndarray, valid: np.ndarray, settings: "FitSettings", redescending: bool) -> np.ndarray:
+    """Per-point IRLS weights (T, N) from residuals (T, N) mm: Huber, or Cauchy in the last iterations."""
+    if not redescending:
+        return valid[:, None] * huber_weights(residual, settings.huber_mm)
+    scale = max(settings.huber_mm, settings.cauchy_factor * float(np.median(residual[valid])))
+    return valid[:, None] * cauchy_weights(residual, scale)
+
+
 def huber_weights(residual: np.ndarray, threshold: float) -> np.ndarray:
     """IRLS weights of the Huber loss: 1 inside ``threshold``, ``threshold / r`` beyond. residual (...) >= 0."""
     return np.minimum(1.0, threshold / np.maximum(residual, 1e-12))
@@ -331,7 +352,8 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
     expression = np.zeros((T, E))
     jaw = np.zeros((T, 3))
     weights = np.repeat(valid[:, None].astype(np.float64), N, 1)
-    lo, hi = settings.au_range
+    # AUs (the open model) live in au_range; other expression spaces (FLAME's signed PCA coefficients) are unbounded
+    lo, hi = settings.au_range if hasattr(model, "au_names") else (-np.inf, np.inf)
     jaw_lo, jaw_hi = settings.jaw_opening_range
     U = E + 3
     temporal = np.r_[np.full(E, settings.temporal_expression), np.full(3, settings.temporal_jaw)]
@@ -348,7 +370,8 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
         # detections in the model frame: Q = R^T (P - t) / s  (mm)
         model_target = np.einsum("tji,tnj->tni", rotation, target - translation[:, None]) / scale[:, None, None]
         residual = np.linalg.norm(model_target - points, axis=-1)
-        weights = valid[:, None] * huber_weights(residual, settings.huber_mm)
+        redescending = iteration >= settings.iterations - settings.cauchy_iterations
+        weights = robust_weights(residual, valid, settings, redescending)
         # linearised targets Q - X + J theta0 per row group, so that the solve is for absolute parameters (the
         # priors act on them directly)
         theta = np.concatenate([np.broadcast_to(shape, (T, S)), expression, jaw], 1)
@@ -367,7 +390,7 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
         prior_rhs = np.zeros((T, U))
         pen = settings.bound_penalty
         prior_diag[:, bounded] += pen * (active_lo | active_hi)
-        prior_rhs[:, bounded] += pen * (active_lo * lower + active_hi * upper)
+        prior_rhs[:, bounded] += pen * (np.where(active_lo, lower, 0.0) + np.where(active_hi, upper, 0.0))
         shape, per_frame = _solve_parameters(H, g, S, prior_diag, prior_rhs, temporal, settings.identity_prior)
         expression = np.clip(per_frame[:, :E], lo, hi)
         jaw = per_frame[:, E:].copy()
@@ -382,7 +405,7 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
     scale, rotation, translation = _pose_step(points, target, weights, valid, settings.temporal_pose)
     model_target = np.einsum("tji,tnj->tni", rotation, target - translation[:, None]) / scale[:, None, None]
     residual_mm = np.linalg.norm(model_target - points, axis=-1)
-    weights = valid[:, None] * huber_weights(residual_mm, settings.huber_mm)
+    weights = robust_weights(residual_mm, valid, settings, settings.cauchy_iterations > 0)
     wsum = weights.sum(1)
     residual_px = np.where(valid, np.sqrt((weights * (residual_mm * scale[:, None]) ** 2).sum(1)
                                           / np.maximum(wsum, 1e-12)), np.nan)

@@ -1,0 +1,240 @@
+"""The landmark fit (microface.fit): recovery of known parameters, robustness to occlusion, no drift on a still
+clip, input checks, determinism, and FLAME through a MediaPipe landmark embedding."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from microface.face import load_face_model
+from microface.fit import (
+    EMBEDDING_FILENAME,
+    FitSettings,
+    fit_landmarks,
+    load_mediapipe_embedding,
+    project_to_pixels,
+)
+
+T = 36
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_face_model("open")
+
+
+def landmarker_view(vertices: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Posed model vertices (T, V, 3) mm -> what FaceLandmarker returns: x right, y down (px), z relative depth in
+    x's scale, smaller = closer, about 0 at the face centre."""
+    points = scale[:, None, None] * vertices * np.array([1.0, -1.0, -1.0])
+    points[..., :2] += shift[:, None, :]
+    points[..., 2] -= points[..., 2].mean(1, keepdims=True)
+    return points
+
+
+def synthetic_video(model, frames: int = T, seed: int = 0):
+    """Known identity, smooth AUs, head turns, jaw, camera -> (meshes px (T, 468, 3), truth dict)."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, frames)
+    shape = rng.normal(0.0, 0.7, model.n_shape)
+    expression = np.zeros((frames, model.n_expression))
+    for e in rng.choice(model.n_expression, 6, replace=False):
+        expression[:, e] = 0.5 * np.clip(np.sin(2 * np.pi * (t * rng.uniform(0.5, 1.5) + rng.uniform())), 0, None)
+    pose = np.zeros((frames, 6))
+    pose[:, 0] = 0.15 * np.sin(2 * np.pi * t)  # pitch
+    pose[:, 1] = 0.5 * np.sin(2 * np.pi * 0.7 * t)  # yaw, up to ~29 degrees
+    pose[:, 2] = 0.08 * np.cos(2 * np.pi * t)  # roll
+    pose[:, 3] = 0.12 * np.clip(np.sin(2 * np.pi * 1.5 * t), 0, None)  # jaw opening
+    scale = 1.4 + 0.2 * t  # px per mm
+    shift = np.stack([320 + 40 * np.sin(2 * np.pi * t), 180 + 20 * t], 1)
+    with torch.no_grad():
+        vertices = model(torch.tensor(np.tile(shape, (frames, 1)), dtype=torch.float64),
+                         torch.tensor(expression), torch.tensor(pose)).vertices.numpy()
+    meshes = landmarker_view(vertices, scale, shift)
+    truth = {"shape": shape, "expression": expression, "pose": pose, "scale": scale, "pixels": meshes[..., :2]}
+    return meshes, truth
+
+
+def test_recovers_known_parameters_and_vertices(model):
+    meshes, truth = synthetic_video(model)
+    noisy = meshes + np.random.default_rng(1).normal(0.0, 0.3, meshes.shape)
+    fit = fit_landmarks(noisy, model)
+    assert fit.shape.shape == (model.n_shape,)
+    assert fit.expression.shape == (T, model.n_expression)
+    assert fit.pose.shape == (T, 6) and fit.camera.shape == (T, 3)
+    lo, hi = fit.settings.au_range
+    assert fit.expression.min() >= lo and fit.expression.max() <= hi
+    vertices_px = fit.vertices_px(model).numpy()
+    assert vertices_px.shape == (T, model.n_vertices, 2)
+    # every vertex within 0.25 px on average of where it truly is (noise 0.3 px per coordinate)
+    assert np.linalg.norm(vertices_px - truth["pixels"], axis=-1).mean() < 0.25
+    pose = fit.pose.numpy()
+    assert np.abs(pose[:, :3] - truth["pose"][:, :3]).max() < 0.02  # rad
+    assert np.abs(pose[:, 3] - truth["pose"][:, 3]).max() < 0.03  # jaw opening, rad
+    assert np.abs(fit.camera[:, 0].numpy() / truth["scale"] - 1).max() < 0.02
+    # AUs: the priors shrink them a little (mean abs error 0.04 measured)
+    assert np.abs(fit.expression.numpy() - truth["expression"]).mean() < 0.08
+    assert np.corrcoef(fit.expression.numpy().ravel(), truth["expression"].ravel())[0, 1] > 0.9
+    assert np.abs(fit.shape.numpy() - truth["shape"]).mean() < 0.3
+
+
+def test_vertices_px_matches_projection_of_vertices(model):
+    meshes, _ = synthetic_video(model, frames=4)
+    fit = fit_landmarks(meshes, model)
+    by_hand = project_to_pixels(fit.vertices(model), fit.camera)
+    assert torch.allclose(by_hand, fit.vertices_px(model))
+    with pytest.raises(ValueError, match="camera"):
+        project_to_pixels(fit.vertices(model), fit.camera[:2])
+
+
+def occlude(meshes: np.ndarray, frames: np.ndarray, fraction: float = 0.2, seed: int = 3) -> np.ndarray:
+    """A hand over the lower right of the face: the `fraction` of points nearest a spot there are dragged
+    toward the hand (10-25 px) on the given frames."""
+    rng = np.random.default_rng(seed)
+    out = meshes.copy()
+    for t in frames:
+        centre = meshes[t, 61, :2] + np.array([-15.0, 10.0])  # near the mouth corner (image left)
+        near = np.argsort(np.linalg.norm(meshes[t, :, :2] - centre, axis=-1))[: int(fraction * meshes.shape[1])]
+        out[t, near, :2] += rng.uniform(10, 25, (len(near), 1)) * np.array([-0.6, 0.8])
+        out[t, near, 2] += rng.normal(0, 8, len(near))
+    return out
+
+
+def test_robust_to_an_occluding_hand(model):
+    meshes, truth = synthetic_video(model, seed=2)
+    noisy = meshes + np.random.default_rng(4).normal(0.0, 0.3, meshes.shape)
+    hand = np.arange(10, 22)
+    occluded = occlude(noisy, hand)
+    err = lambda fit: np.linalg.norm(fit.vertices_px(model).numpy()[hand] - truth["pixels"][hand], axis=-1).mean()  # noqa: E731
+    clean = err(fit_landmarks(noisy, model))
+    robust_fit = fit_landmarks(occluded, model)
+    robust = err(robust_fit)
+    plain = err(fit_landmarks(occluded, model, settings=FitSettings(huber_mm=1e6)))  # plain least squares
+    assert robust < clean + 0.35, (clean, robust)
+    assert robust < 0.5 * plain, (robust, plain)
+    # the occluded points carry less weight than the rest
+    weights = robust_fit.point_weights.numpy()
+    assert weights[hand].mean() < weights[np.setdiff1d(np.arange(T), hand)].mean()
+
+
+def test_still_clip_gives_the_same_expression_every_frame(model):
+    meshes, _ = synthetic_video(model, frames=1, seed=5)
+    still = np.repeat(meshes + np.random.default_rng(6).normal(0, 0.3, meshes.shape), 12, axis=0)
+    fit = fit_landmarks(still, model)
+    expression = fit.expression.numpy()
+    assert np.abs(expression - expression[:1]).max() < 1e-5
+    vertices = fit.vertices(model).numpy()
+    assert np.linalg.norm(vertices - vertices[:1], axis=-1).max() < 1e-3  # mm
+
+
+def test_deterministic(model):
+    meshes, _ = synthetic_video(model, frames=8, seed=7)
+    a, b = fit_landmarks(meshes, model), fit_landmarks(meshes, model)
+    for name in ("shape", "expression", "pose", "camera", "point_weights"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_invalid_frames_are_filled_by_the_temporal_prior(model):
+    meshes, truth = synthetic_video(model, frames=12, seed=8)
+    valid = np.ones(12, bool)
+    valid[5:7] = False
+    meshes[5:7] = np.nan  # frames without a face may hold anything
+    fit = fit_landmarks(meshes, model, valid=valid)
+    assert fit.valid.tolist() == valid.tolist()
+    assert torch.isfinite(fit.pose).all() and torch.isfinite(fit.camera).all()
+    assert np.isnan(fit.residual_px.numpy()[5:7]).all() and (fit.point_weights[5:7] == 0).all()
+    yaw = fit.pose[:, 1].numpy()
+    assert min(yaw[4], yaw[7]) - 0.02 <= yaw[5] <= max(yaw[4], yaw[7]) + 0.02
+
+
+def test_single_photo(model):
+    meshes, truth = synthetic_video(model, frames=1, seed=9)
+    fit = fit_landmarks(meshes[0], model)  # (468, 3): one photo
+    assert fit.expression.shape == (1, model.n_expression)
+    assert np.linalg.norm(fit.vertices_px(model).numpy() - truth["pixels"], axis=-1).mean() < 0.5
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((3, 68, 3)), r"\(T, 468, 3\)"),
+    (np.zeros((3, 468, 2)), r"\(T, 468, 3\)"),
+    (np.zeros((2, 3, 468, 3)), r"\(T, 468, 3\)"),
+])
+def test_rejects_wrong_shapes(model, bad, match):
+    with pytest.raises(ValueError, match=match):
+        fit_landmarks(bad, model)
+
+
+def test_rejects_nan_all_invalid_and_bad_mask(model):
+    meshes, _ = synthetic_video(model, frames=3, seed=10)
+    with_nan = meshes.copy()
+    with_nan[1, 7, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN.*marked valid"):
+        fit_landmarks(with_nan, model)
+    with pytest.raises(ValueError, match="no valid frame"):
+        fit_landmarks(meshes, model, valid=np.zeros(3, bool))
+    with pytest.raises(ValueError, match=r"valid: expected \(3,\)"):
+        fit_landmarks(meshes, model, valid=np.ones(4, bool))
+
+
+# ----------------------------------------------------------------------------------------------- FLAME
+def tiny_flame(tmp_path):
+    from tests.fixtures_flame import write_tiny_flame
+    from microface.face.flame import FlameFaceModel
+
+    path = write_tiny_flame(tmp_path / "flame", with_chumpy=False)
+    return FlameFaceModel(path, n_shape=4, n_expression=3)
+
+
+def write_embedding(path, n_faces: int, count: int = 24, seed: int = 0, **override):
+    rng = np.random.default_rng(seed)
+    bary = rng.uniform(0.1, 1.0, (count, 3))
+    arrays = {"lmk_face_idx": rng.choice(n_faces, count, replace=False).astype(np.int64),
+              "lmk_b_coords": bary / bary.sum(1, keepdims=True),
+              "landmark_indices": rng.choice(468, count, replace=False).astype(np.int64)}
+    arrays.update(override)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_flame_without_the_embedding_names_what_is_missing(tmp_path, model):
+    flame = tiny_flame(tmp_path)
+    meshes, _ = synthetic_video(model, frames=2)
+    with pytest.raises(ValueError, match=EMBEDDING_FILENAME):
+        fit_landmarks(meshes, flame)
+    with pytest.raises(FileNotFoundError, match=EMBEDDING_FILENAME):
+        fit_landmarks(meshes, flame, mediapipe_embedding=tmp_path / "nowhere.npz")
+    bad = write_embedding(tmp_path / "bad.npz", int(flame.faces.shape[0]))
+    np.savez(bad, lmk_face_idx=np.zeros(3, np.int64), lmk_b_coords=np.full((3, 3), 1 / 3))
+    with pytest.raises(ValueError, match="landmark_indices"):
+        load_mediapipe_embedding(bad)
+
+
+def test_flame_with_a_tiny_embedding_fits_its_landmarks(tmp_path):
+    flame = tiny_flame(tmp_path)
+    n_faces = int(flame.faces.shape[0])
+    path = write_embedding(tmp_path / EMBEDDING_FILENAME, n_faces)
+    embedding = load_mediapipe_embedding(path, n_faces=n_faces)
+    frames = 5
+    rng = np.random.default_rng(11)
+    shape = torch.tensor(rng.normal(0, 0.5, (1, 4))).repeat(frames, 1)
+    expression = torch.tensor(rng.uniform(0, 0.5, (frames, 3)))
+    pose = torch.zeros(frames, 6, dtype=torch.float64)
+    pose[:, 1] = torch.linspace(-0.2, 0.2, frames)
+    pose[:, 3] = 0.05
+    with torch.no_grad():
+        vertices = flame(shape, expression, pose).vertices.numpy()
+    corners = vertices[:, flame.faces.numpy()[embedding.face_idx]]  # (T, L, 3, 3)
+    points = np.einsum("tlck,lc->tlk", corners, embedding.bary)
+    meshes = np.zeros((frames, 468, 3))  # the points no embedding covers are never read
+    meshes[:, embedding.landmark_indices] = landmarker_view(points, np.full(frames, 2.0),
+                                                           np.tile([300.0, 200.0], (frames, 1)))
+    # the tiny model's random blendshapes are ~1 mm per unit: weak priors let the 10 parameters follow 24 points
+    settings = FitSettings(identity_prior=0.1, expression_prior=0.1)
+    fit = fit_landmarks(meshes, flame, settings=settings, mediapipe_embedding=path)
+    assert fit.landmark_indices.tolist() == embedding.landmark_indices.tolist()
+    assert fit.shape.shape == (4,) and fit.expression.shape == (frames, 3)
+    vertices_px = fit.vertices_px(flame).numpy()
+    assert vertices_px.shape == (frames, flame.n_vertices, 2)
+    corners_px = vertices_px[:, flame.faces.numpy()[embedding.face_idx]]
+    fitted = np.einsum("tlck,lc->tlk", corners_px, embedding.bary)
+    assert np.linalg.norm(fitted - meshes[:, embedding.landmark_indices, :2], axis=-1).mean() < 0.4  # measured 0.25 px (0.12 mm)
