@@ -82,3 +82,29 @@ def test_the_two_flow_accumulations_chain_alike_and_differ_only_by_opencv_quanti
     inner = (slice(None), slice(2, -2), slice(2, -2))
     assert np.abs(opencv[inner] - exact[inner]).max() < 0.02
     assert not np.array_equal(opencv, exact)
+
+
+# ---------------------------------------------------------------------------------------------- camera arrays
+def test_camera_arrays_round_trip_and_project_alike():
+    import numpy as np
+
+    from microface.render.camera import camera_from_arrays, camera_to_arrays, look_at_camera, project_points
+
+    camera = look_at_camera(520.0, 410.5, (96, 80), dtype=torch.float64)
+    arrays = camera_to_arrays(camera)
+    assert list(arrays) == ["camera_R", "camera_t", "focal", "principal"]
+    assert all(a.dtype == np.float32 for a in arrays.values())
+    assert arrays["focal"].shape == () and arrays["principal"].tolist() == [40.0, 48.0]
+    back = camera_from_arrays(arrays, dtype=torch.float64)
+    assert back.is_perspective and back.batch_size == 1
+    points = torch.tensor([[[10.0, -5.0, 20.0], [0.0, 0.0, 0.0]]], dtype=torch.float64)
+    torch.testing.assert_close(project_points(points, back), project_points(points, camera))
+
+
+def test_camera_to_arrays_rejects_batches_and_weak_cameras():
+    from microface.render.camera import camera_to_arrays, expand_camera, look_at_camera, weak_perspective_camera
+
+    with pytest.raises(ValueError, match="perspective camera of batch 1, got a perspective camera of batch 2"):
+        camera_to_arrays(expand_camera(look_at_camera(500.0, 300.0, 64), 2))
+    with pytest.raises(ValueError, match="weak camera"):
+        camera_to_arrays(weak_perspective_camera(torch.ones(1), torch.zeros(1, 2)))

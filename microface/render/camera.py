@@ -6,7 +6,9 @@ H/W image size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
+import numpy as np
 import torch
 
 
@@ -209,6 +211,44 @@ def concat_cameras(cameras: list[Camera]) -> Camera:
     return Camera(R=torch.cat([c.R for c in cameras]), t=torch.cat([c.t for c in cameras]),
                   focal=torch.cat([c.focal for c in cameras]), principal=torch.cat([c.principal for c in cameras]),
                   kind=kinds.pop(), scale=scale)
+
+
+def camera_to_arrays(camera: Camera) -> dict[str, np.ndarray]:
+    """A batch-1 perspective camera as the synthetic benchmark's ground-truth arrays (float32).
+
+    Args:
+        camera: a perspective Camera of batch 1.
+
+    Returns:
+        ``{"camera_R" (3, 3), "camera_t" (3,) mm, "focal" () px, "principal" (2,) px}``, the keys of the
+        benchmark's npz; :func:`camera_from_arrays` reads them back.
+
+    Raises:
+        ValueError: the camera is weak or its batch is not 1.
+    """
+    if camera.batch_size != 1 or not camera.is_perspective:
+        raise ValueError(f"camera_to_arrays: expected a perspective camera of batch 1, got a {camera.kind} camera "
+                         f"of batch {camera.batch_size}")
+    return {"camera_R": camera.R[0].cpu().numpy().astype(np.float32),
+            "camera_t": camera.t[0].cpu().numpy().astype(np.float32),
+            "focal": np.float32(camera.focal[0].item()),
+            "principal": camera.principal[0].cpu().numpy().astype(np.float32)}
+
+
+def camera_from_arrays(arrays: Mapping, dtype: torch.dtype = torch.float32) -> Camera:
+    """The synthetic benchmark's camera arrays (:func:`camera_to_arrays`, e.g. a ground-truth npz) as a Camera.
+
+    Args:
+        arrays: a mapping with ``camera_R`` (3, 3), ``camera_t`` (3,) mm, ``focal`` () px, ``principal`` (2,) px.
+        dtype: dtype of the camera tensors.
+
+    Returns:
+        a perspective Camera of batch 1.
+    """
+    return Camera(R=torch.as_tensor(np.asarray(arrays["camera_R"]), dtype=dtype)[None],
+                  t=torch.as_tensor(np.asarray(arrays["camera_t"]), dtype=dtype)[None],
+                  focal=torch.as_tensor(np.asarray(arrays["focal"]), dtype=dtype).reshape(1),
+                  principal=torch.as_tensor(np.asarray(arrays["principal"]), dtype=dtype)[None], kind="perspective")
 
 
 DEFAULT_CAMERA_SCALE = 1.0 / 90.0  # NDC per millimetre: a 155 mm face covers ~1.7 of the [-1, 1] range

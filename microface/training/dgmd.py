@@ -34,7 +34,7 @@ from microface.losses.landmark import landmark_loss
 from microface.mesh.topology import face_adjacency
 from microface.metrics.geometry import moving_static_errors, moving_vertices
 from microface.models.dgmd import DGMD, VertexCues
-from microface.render.camera import Camera, concat_cameras, expand_camera, project_points
+from microface.render.camera import Camera, camera_from_arrays, concat_cameras, expand_camera, project_points
 from microface.render.rasterize import rasterize
 from microface.training.loop import TrainConfig, fit
 from microface.utils.checks import config_from_dict
@@ -132,14 +132,6 @@ def flow_from_vertices(onset_vertices: torch.Tensor, vertices: torch.Tensor, fac
     return flow.reshape(T, H, W, 2).permute(0, 3, 1, 2).contiguous()
 
 
-def camera_from_ground_truth(gt: dict, dtype: torch.dtype = torch.float32) -> Camera:
-    """The benchmark's camera (keys camera_R (3,3), camera_t (3,), focal (), principal (2,)) -> batch-1 Camera."""
-    return Camera(R=torch.as_tensor(np.asarray(gt["camera_R"]), dtype=dtype)[None],
-                  t=torch.as_tensor(np.asarray(gt["camera_t"]), dtype=dtype)[None],
-                  focal=torch.as_tensor(np.asarray(gt["focal"]), dtype=dtype).reshape(1),
-                  principal=torch.as_tensor(np.asarray(gt["principal"]), dtype=dtype)[None], kind="perspective")
-
-
 def clip_from_ground_truth(gt: dict, coarse_vertices: torch.Tensor, key: str = "", flow: str = "accumulate",
                            end: str = "offset", faces: torch.Tensor | None = None) -> RefineClip:
     """A RefineClip from a benchmark npz (``microface.synth.load_ground_truth``) and coarse meshes.
@@ -160,7 +152,7 @@ def clip_from_ground_truth(gt: dict, coarse_vertices: torch.Tensor, key: str = "
     if end not in ("offset", "last"):
         raise ValueError(f"end: expected 'offset' or 'last', got {end!r}")
     stop = int(gt["offset"]) if end == "offset" else T - 1
-    camera = camera_from_ground_truth(gt)
+    camera = camera_from_arrays(gt)
     if flow == "accumulate":
         consecutive = torch.as_tensor(np.asarray(gt["flow"], dtype=np.float32)).permute(0, 3, 1, 2)
         flow_onset = accumulate_flow_torch(consecutive, onset, stop)

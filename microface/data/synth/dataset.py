@@ -42,7 +42,7 @@ from microface.data.synth.schedules import (
 )
 from microface.data.synth.subjects import Subject, head_pose, sample_subject
 from microface.face.open_model import OpenFaceModel
-from microface.render.camera import Camera, look_at_camera, project_points
+from microface.render.camera import Camera, camera_to_arrays, expand_camera, look_at_camera, project_points
 from microface.render.rasterize import interpolate_vertex_attributes, rasterize
 from microface.render.shading import shade_mesh
 from microface.utils.runtime import progress
@@ -184,11 +184,6 @@ def _subject_camera(subject: Subject, image_size: int) -> Camera:
                           dtype=torch.float64)
 
 
-def _repeat_camera(camera: Camera, batch: int) -> Camera:
-    return Camera(R=camera.R.expand(batch, 3, 3), t=camera.t.expand(batch, 3), focal=camera.focal.expand(batch),
-                  principal=camera.principal.expand(batch, 2), kind=camera.kind)
-
-
 def _clip_parameters(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, subject: Subject):
     """Timing and parameter trajectories of one clip: (expression (T,E), pose (T,6), translation (T,3), onset, offset, fps)."""
     rng = np.random.default_rng(spec.seed)
@@ -236,7 +231,7 @@ def render_clip(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, subje
         posed = model(shape_t, torch.tensor(expression, dtype=dtype), torch.tensor(pose, dtype=dtype)).vertices
         posed = posed + torch.tensor(translation, dtype=dtype)[:, None, :]
         model.float()
-        camera = _repeat_camera(_subject_camera(subject, size), n_frames)
+        camera = expand_camera(_subject_camera(subject, size), n_frames)
         screen = project_points(posed, camera)
         fragments = rasterize(screen, model.faces, (size, size), blur_radius_px=0.7, perspective_correct=True)
         texture = torch.tensor(subject.texture, dtype=dtype)[None].expand(n_frames, -1, -1, -1)
@@ -248,7 +243,7 @@ def render_clip(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, subje
         leading = _leading_fragments(fragments, n_frames - 1)
         surface_next = interpolate_vertex_attributes(leading, model.faces, posed[1:])
         surface_now = interpolate_vertex_attributes(leading, model.faces, posed[:-1])
-        cam_pairs = _repeat_camera(_subject_camera(subject, size), n_frames - 1)
+        cam_pairs = expand_camera(_subject_camera(subject, size), n_frames - 1)
         next_px = project_points(surface_next.reshape(n_frames - 1, -1, 3), cam_pairs).reshape(n_frames - 1, size, size, 3)
         now_px = project_points(surface_now.reshape(n_frames - 1, -1, 3), cam_pairs).reshape(n_frames - 1, size, size, 3)
         flow = (next_px[..., :2] - now_px[..., :2])
@@ -278,10 +273,7 @@ def render_clip(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, subje
         "flow_mask": flow_mask,
         "mask": mask,
         "visibility": visibility,
-        "camera_R": cam.R[0].numpy().astype(np.float32),
-        "camera_t": cam.t[0].numpy().astype(np.float32),
-        "focal": np.float32(subject.focal_px),
-        "principal": cam.principal[0].numpy().astype(np.float32),
+        **camera_to_arrays(cam),
         "sh": subject.sh.astype(np.float32),
         "fps": np.int32(fps),
         "frame_numbers": frame_numbers.astype(np.int32),
