@@ -163,6 +163,61 @@ def test_validation_holds_out_a_training_subject_and_never_reads_test_subjects(c
                                      holdout=test_subjects[0], show_progress=False)
 
 
+def test_validation_fold_reads_no_test_subject_and_its_dem_never_saw_the_held_out_one(coarse_run, tmp_path,
+                                                                                      monkeypatch):
+    """The test subjects' folders can be absent; the fold DEM and DGMD train on the other training subjects only
+    (macro and ME clips), and the held-out subject's clips are what gets scored."""
+    import shutil
+
+    import microface.experiments.refine as refine
+    import microface.training.dem as dem_training
+    from microface.experiments.refine import load_split, validate_on_training_subject
+
+    synth, coarse_dir, _ = coarse_run
+    split = load_split(coarse_dir)
+    held, test_subjects = split["train_subjects"][0], split["test_subjects"]
+    root = tmp_path / "synth"
+    shutil.copytree(synth, root)
+    for subject in test_subjects:
+        for folder in (root / subject, root / "macro" / subject, root / "ground_truth" / subject,
+                       root / "ground_truth" / "macro" / subject):
+            shutil.rmtree(folder)
+
+    def subject(key: str) -> str:
+        return key.split("/")[1]
+
+    dem_keys, dgmd_keys, scored_keys = [], [], []
+    real_train_dem, real_train_dgmd, real_refine_and_score = (dem_training.train_dem, refine.train_dgmd,
+                                                              refine.refine_and_score)
+
+    def recording_train_dem(dem, face_model, clips, *args, **kwargs):
+        dem_keys.append([c.key for c in clips])
+        return real_train_dem(dem, face_model, clips, *args, **kwargs)
+
+    def recording_train_dgmd(model, clips, *args, **kwargs):
+        dgmd_keys.extend(c.key for c in clips)
+        return real_train_dgmd(model, clips, *args, **kwargs)
+
+    def recording_refine_and_score(model, clips, *args, **kwargs):
+        scored_keys.extend(c.key for c in clips)
+        return real_refine_and_score(model, clips, *args, **kwargs)
+
+    monkeypatch.setattr(dem_training, "train_dem", recording_train_dem)
+    monkeypatch.setattr(refine, "train_dgmd", recording_train_dgmd)
+    monkeypatch.setattr(refine, "refine_and_score", recording_refine_and_score)
+    with pytest.warns(UserWarning, match="skipped"):  # the test subjects' rows of the coding sheet: no folders
+        table = validate_on_training_subject(root, coarse_dir, TINY_DEM, TINY_DGMD, seed=0, image_size=32,
+                                             holdout=held, show_progress=False, dem_dir=tmp_path / "fold_dem")
+    assert table["split"].iloc[0].startswith(f"validation: held-out {held}, trained on ")
+    others = set(split["train_subjects"]) - {held}
+    macro_keys, micro_keys = dem_keys  # notebook 01's two DEM stages: macro pretraining, ME fine-tuning
+    assert {subject(k) for k in macro_keys} == others and all("/MA" in k for k in macro_keys)
+    assert sorted(micro_keys) == sorted(k for k in split["micro_train"] if subject(k) != held)
+    assert sorted(dgmd_keys) == sorted(micro_keys)
+    assert sorted(scored_keys) == sorted(k for k in split["micro_train"] if subject(k) == held)
+    assert (tmp_path / "fold_dem" / "dem.pt").is_file()
+
+
 def test_validate_tool_overrides_nested_keys():
     import importlib.util
     from pathlib import Path

@@ -1,12 +1,16 @@
 """Score DGMD settings on a held-out TRAINING subject, so that settings are chosen without the test subjects.
 
-Needs a finished notebook 01 of the profile (``results/<profile>/dem``: the split and the trained DEM) and its
-synthetic benchmark. DGMD is trained on every training subject but one and scored on that one
-(``microface.refine_benchmark.validate_on_training_subject``); nothing under ``results/`` is written.
+Needs notebook 01's split (``results/<profile>/dem/split.json``) and its synthetic benchmark; only the training
+subjects' clips are read. One training subject is held out: a fold DEM (notebook 01's two DEM stages and settings) and
+DGMD are trained on the other training subjects and scored on it
+(``microface.experiments.refine.validate_on_training_subject``); nothing under ``results/`` is written. The fold
+DEM takes most of the time: ``--dem-dir DIR`` keeps its checkpoints, so later runs with other DGMD settings train
+only DGMD.
 
     python tools/validate_dgmd.py --profile cpu
     python tools/validate_dgmd.py --profile cpu --set model.temporal_rank=0 --set model.landmark_sigma_mm=8
     python tools/validate_dgmd.py --profile cpu --holdout sub03 --out validation.csv
+    python tools/validate_dgmd.py --profile cpu --dem-dir /tmp/fold_dem_sub04 --set model.gate_scale_px=2
 
 ``--set KEY=VALUE`` overrides a key of the profile's ``dgmd:`` section (dotted path, VALUE parsed as YAML).
 """
@@ -49,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the dgmd: section, e.g. model.temporal_rank=0 (repeatable)")
     parser.add_argument("--out", type=Path, help="also write the table as CSV here")
+    parser.add_argument("--dem-dir", type=Path, help="keep the fold DEM's checkpoints here and resume from them "
+                        "(one folder per profile and held-out subject; default: trained in memory)")
     args = parser.parse_args(argv)
 
     from microface.experiments import coarse as coarse_benchmark, refine as refine_benchmark
@@ -65,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(config["seed"])
     table = refine_benchmark.validate_on_training_subject(
         synth_root, results / "dem", config["dem"], dgmd, seed=config["seed"], image_size=config["data"]["size"],
-        flow_method=config["data"]["flow_method"], device=config["device"], holdout=args.holdout)
+        flow_method=config["data"]["flow_method"], device=config["device"], holdout=args.holdout,
+        dem_dir=args.dem_dir)
     print(table["split"].iloc[0])
     print(f"overrides: {args.assignments or 'none'}")
     print(table[COLUMNS].to_string(index=False, float_format=lambda x: f"{x:.6f}"))

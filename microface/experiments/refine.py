@@ -266,29 +266,113 @@ def _coarse_data(synth_root, coarse_dir, dem_settings: dict, seed: int, image_si
 
 def validate_on_training_subject(synth_root, coarse_dir, dem_settings: dict, dgmd_settings: dict, seed: int = 0, *,
                                  image_size: int = 64, flow_method: str = "dis", device="cpu",
-                                 holdout: str | None = None, show_progress: bool = True) -> pd.DataFrame:
-    """Choose DGMD settings without the test subjects: train on every TRAINING subject but ``holdout`` (None: the
-    last one) and score DEM vs DEM + DGMD on the held-out subject's ME clips. Same arguments as
-    ``run_refine_benchmark`` (no out_dir: nothing is written, no checkpoint). Returns the per-clip rows' summary
-    (``summary_table``) with split "validation: held-out <subject>, trained on <others>"."""
+                                 holdout: str | None = None, show_progress: bool = True,
+                                 dem_dir: str | Path | None = None) -> pd.DataFrame:
+    """Choose DGMD settings without the test subjects: one fold over notebook 01's TRAINING subjects.
+
+    Only the training subjects' clips are read (a test subject's folder may be absent). ``holdout`` is held out of
+    everything: a fold DEM is trained the way notebook 01 trains DEM (same ``dem:`` settings and seed: pretrained on
+    the other training subjects' macro clips, fine-tuned on their ME clips; notebook 01's checkpoint cannot serve,
+    since both its stages saw the held-out subject, whose face the synthetic macro clips also show), DGMD is trained
+    on the fold DEM's meshes of the other training subjects, and DEM vs DEM + DGMD is scored on the held-out
+    subject's ME clips, coarse meshes from the fold DEM: the held-out subject plays a test subject's part.
+
+    Args:
+        synth_root, dem_settings, dgmd_settings, seed, image_size, flow_method, device, show_progress: as
+            ``run_refine_benchmark``.
+        coarse_dir: notebook 01's output folder; only its ``split.json`` is read.
+        holdout: the held-out training subject, e.g. "sub04" (None: the last training subject).
+        dem_dir: folder for the fold DEM's checkpoints, resumed by a rerun with the same settings (None: trained in
+            memory; nothing is written).
+
+    Returns:
+        The per-clip rows' summary (``summary_table``), split "validation: held-out <subject>, trained on <others>
+        (DEM and DGMD)".
+    """
     settings = RefineBenchmarkSettings.from_dict(dgmd_settings)
-    data = _coarse_data(synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device, show_progress,
-                        settings.image_size)
-    subjects = sorted(set(data.train_subjects))
+    split = load_split(coarse_dir)
+    subjects = list(split["train_subjects"])
     holdout = subjects[-1] if holdout is None else holdout
     if holdout not in subjects or len(subjects) < 2:
         raise ValueError(f"validation: held-out subject {holdout!r} must be one of at least two training subjects "
                          f"{subjects} (the test subjects are never used here)")
-    keep = [i for i, s in enumerate(data.train_subjects) if s != holdout]
-    held = [i for i, s in enumerate(data.train_subjects) if s == holdout]
-    dgmd, _ = train_variant(data.face_model, [data.train_refine[i] for i in keep], settings, seed, None,
-                            f"dgmd (validation, without {holdout})", device=device)
-    scoring = [data.train_scoring[i] for i in held]
-    rows = unrefined_rows(scoring, settings.moving_threshold_mm)
-    rows += refine_and_score(dgmd, [data.train_refine[i] for i in held], scoring, settings.moving_threshold_mm,
-                             METHOD_REFINED)
+    device = torch.device(device)
+    clips = _fold_clips(synth_root, coarse_dir, split, holdout, dem_settings, image_size, flow_method, device,
+                        show_progress, settings.image_size)
+    from microface.face.open_model import OpenFaceModel
+
+    face_model = OpenFaceModel().to(device)
+    if dem_dir is not None:
+        dem_dir = Path(dem_dir)
+        _check_run_description(dem_dir, {"dem": dem_settings, "seed": seed, "image_size": image_size,
+                                         "flow_method": flow_method, "holdout": holdout,
+                                         "macro": [c.key for c in clips["macro"]],
+                                         "micro": [c.key for c in clips["micro"]]})
+    dem = _fold_dem(face_model, clips["macro"], clips["micro"], dem_settings, seed, dem_dir, holdout, device)
+    train_refine, _ = coarse_clips(dem, face_model, clips["micro"], clips["micro_refine"])
+    held_refine, held_scoring = coarse_clips(dem, face_model, clips["held"], clips["held_refine"])
+    dgmd, _ = train_variant(face_model, train_refine, settings, seed, None, f"dgmd (validation, without {holdout})",
+                            device=device)
+    rows = unrefined_rows(held_scoring, settings.moving_threshold_mm)
+    rows += refine_and_score(dgmd, held_refine, held_scoring, settings.moving_threshold_mm, METHOD_REFINED)
     others = ", ".join(s for s in subjects if s != holdout)
-    return summary_table(pd.DataFrame(rows), f"validation: held-out {holdout}, trained on {others}")
+    return summary_table(pd.DataFrame(rows), f"validation: held-out {holdout}, trained on {others} (DEM and DGMD)")
+
+
+def _fold_clips(synth_root, coarse_dir, split: dict, holdout: str, dem_settings: dict, image_size: int,
+                flow_method: str, device: torch.device, show_progress: bool,
+                refine_size: int | None) -> dict[str, list[ClipTensors] | None]:
+    """The training subjects' clips of ``split`` for a validation fold, and no other clip.
+
+    Returns {"macro": the other training subjects' macro clips, "micro": their ME clips, "held": ``holdout``'s ME
+    clips} at DEM's ``image_size``, and "micro_refine" / "held_refine": the same ME clips at DGMD's ``refine_size``
+    (None when it is DEM's). The benchmark's coding sheets are listed without opening an image
+    (``check_images="none"``); frames are read for the clips returned only.
+    """
+    from microface.data.datasets import load_dataset
+
+    config = CoarseBenchmarkSettings.from_dict(dem_settings)
+    listed = {r.key: r for r in load_dataset("synth", Path(synth_root), kind="all", on_error="skip",
+                                             check_images="none")}
+    wanted = list(split["macro_train"]) + list(split["micro_train"])
+    missing = [k for k in wanted if k not in listed]
+    if missing:
+        raise ValueError(f"{coarse_dir}/split.json names training clips {missing[:3]} absent from {synth_root}: the "
+                         "coarse benchmark was run on another synthetic benchmark; rerun notebook 01")
+
+    def tensors(keys: list[str], size: int) -> list[ClipTensors]:
+        records = [listed[k] for k in keys]
+        return [_to_device(c, device) for c in clip_tensors_from_synth(records, size, flow_method, config.max_frames,
+                                                                         show_progress)]
+
+    held = [k for k in split["micro_train"] if listed[k].subject == holdout]
+    micro = [k for k in split["micro_train"] if listed[k].subject != holdout]
+    macro = [k for k in split["macro_train"] if listed[k].subject != holdout]
+    same = refine_size in (None, image_size)
+    return {"macro": tensors(macro, image_size), "micro": tensors(micro, image_size), "held": tensors(held, image_size),
+            "micro_refine": None if same else tensors(micro, refine_size),
+            "held_refine": None if same else tensors(held, refine_size)}
+
+
+def _fold_dem(face_model, macro_clips: list[ClipTensors], micro_clips: list[ClipTensors], dem_settings: dict,
+              seed: int, dem_dir: Path | None, holdout: str, device: torch.device):
+    """DEM trained as notebook 01 trains it (``run_coarse_benchmark``'s two DEM stages) on one fold's clips:
+    pretrained on ``macro_clips``, then fine-tuned on ``micro_clips`` (regularised to the pretrained model when the
+    ``base`` weight is > 0). dem_dir: checkpoints ``dem_pretrain.pt`` / ``dem.pt`` there (None: none). -> DEM (eval)."""
+    from microface.training.dem import train_dem
+
+    config = CoarseBenchmarkSettings.from_dict(dem_settings)
+    regularise = config.stage(1, config.finetune_lr, seed, False).loss_weights.base > 0
+    pretrain_path = None if dem_dir is None else dem_dir / "dem_pretrain.pt"
+    dem = build_dem(face_model, config.encoder, config.model, seed).to(device)
+    train_dem(dem, face_model, macro_clips, config.stage(config.pretrain_epochs, config.lr, seed, False),
+              pretrain_path, desc=f"fold DEM pretrain (without {holdout})")
+    if pretrain_path is not None:
+        load_checkpoint(pretrain_path, dem)
+    train_dem(dem, face_model, micro_clips, config.stage(config.finetune_epochs, config.finetune_lr, seed, False),
+              None if dem_dir is None else dem_dir / "dem.pt", desc=f"fold DEM fine-tune (without {holdout})",
+              regularise_to_base=regularise)
+    return dem.eval()
 
 
 def train_variant(face_model, train_refine: list[RefineClip], settings: RefineBenchmarkSettings, seed: int,
