@@ -83,6 +83,9 @@ def test_vertices_px_matches_projection_of_vertices(model):
     fit = fit_landmarks(meshes, model)
     by_hand = project_to_pixels(fit.vertices(model), fit.camera)
     assert torch.allclose(by_hand, fit.vertices_px(model))
+    shape, expression, pose = fit.model_inputs([2])  # one frame, e.g. a clip's onset
+    assert shape.shape == (1, model.n_shape) and expression.shape == (1, model.n_expression) and pose.shape == (1, 6)
+    assert torch.allclose(model(shape, expression, pose).vertices[0], fit.vertices(model)[2])
     with pytest.raises(ValueError, match="camera"):
         project_to_pixels(fit.vertices(model), fit.camera[:2])
 

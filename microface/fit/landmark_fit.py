@@ -9,15 +9,16 @@ from one crop under a weak-perspective model, with z in x's scale, so a 3D simil
 onto all three coordinates exactly; a perspective camera would add a focal length the points cannot determine.
 
 Objective, in the model's frame (mm, so every weight below is scale-free):
-    sum_t sum_n w_tn ||Q_tn - X_n(shape, expr_t, jaw_t)||^2            robust data term (Huber by IRLS)
+    sum_t sum_n w_tn ||Q_tn - X_n(shape, expr_t, jaw_t)||^2     robust data term (IRLS: Huber, then Cauchy)
   + identity_prior ||shape||^2 + expression_prior ||expr_t||^2 + jaw prior (Tikhonov)
   + temporal_expression ||expr_t - expr_{t-1}||^2 + temporal_jaw ||jaw_t - jaw_{t-1}||^2
   + AUs held in their valid range (active-set penalty, then clipped),
 where ``Q_t = R_t^T (P_t - t_t) / s_t`` is frame t's detection brought into the model frame by its similarity.
-The solver alternates closed-form steps: per-frame weighted Umeyama for (s, R, t), followed by a temporal
-smoother on the pose; one Gauss-Newton step for identity (shared), AUs and jaw (per frame) which is a single
+The solver alternates closed-form steps: per-frame weighted Umeyama for (s, R, t) (then an optional temporal
+smoother on the pose, which also fills frames without a face); one Gauss-Newton step for identity (shared), AUs and jaw (per frame) which is a single
 block-tridiagonal linear solve with the identity eliminated by its Schur complement (AUs and identity are linear
-given the jaw; the jaw is linearised); Huber weights from the residuals. Deterministic: no randomness, float64.
+given the jaw; the jaw is linearised); robust weights from the residuals. Deterministic: no randomness, float64.
+Cost: about 2 ms of CPU per frame for the open model (468 points, 6 iterations), linear in T.
 """
 from __future__ import annotations
 
@@ -93,11 +94,20 @@ class LandmarkFit:
     def n_frames(self) -> int:
         return int(self.expression.shape[0])
 
+    def model_inputs(self, frames=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``FaceModel.forward`` inputs for some frames: ``(shape (B, S), expression (B, E), pose (B, 6))``.
+
+        frames: None (all), an int, a slice or a sequence of frame indices. ``fit.model_inputs([onset])`` is the
+        onset's face, e.g. a start for DEM.
+        """
+        index = slice(None) if frames is None else ([frames] if isinstance(frames, int) else frames)
+        expression, pose = self.expression[index], self.pose[index]
+        return self.shape[None].expand(len(expression), -1), expression, pose
+
     def vertices(self, model) -> torch.Tensor:
         """Posed model vertices (T, V, 3) in mm (the FaceModel frame)."""
-        shape = self.shape[None].expand(self.n_frames, -1)
         with torch.no_grad():
-            return model(shape, self.expression, self.pose).vertices
+            return model(*self.model_inputs()).vertices
 
     def vertices_px(self, model) -> torch.Tensor:
         """Every model vertex in source-image pixels: (T, V, 2) (x right, y down)."""
