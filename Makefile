@@ -32,10 +32,10 @@ $(STAMP): requirements.lock pyproject.toml
 test: setup unit nbval lint
 
 unit:
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -rs tests
 
 nbval:
-	$(BIN)/python -m pytest -q --nbval-lax --nbval-kernel-name microface notebooks
+	$(BIN)/python -m pytest -q -rs --nbval-lax --nbval-kernel-name microface notebooks
 
 lint:
 	$(BIN)/snakemake --lint

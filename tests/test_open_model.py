@@ -5,14 +5,14 @@ import torch
 
 from microface.face import load_face_model
 from microface.mesh.geometry import axis_angle_to_matrix, vertex_normals
-from microface.face.open_model import ACTION_UNITS, AU_NAMES, IBUG68_FROM_MEDIAPIPE, OpenFaceModel
+from microface.face.open_model import ACTION_UNITS, AU_NAMES, IBUG68_FROM_MEDIAPIPE
 
 CASME2_SAMM_AUS = [1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 24, 25, 26]
 
 
-@pytest.fixture(scope="module")
-def model():
-    return OpenFaceModel()
+@pytest.fixture
+def model(open_face_model):
+    return open_face_model  # built once per session (tests/conftest.py)
 
 
 def test_topology_is_mediapipe_canonical(model):
@@ -139,3 +139,49 @@ def test_buffers_follow_dtype_and_registry():
     assert model.expression_dirs.dtype == torch.float64
     with pytest.raises(ValueError, match="unknown face model"):
         load_face_model("bfm")
+
+
+# ------------------------------------------------------------------------------ pose gradients at zero rotation
+def cross_matrix(k: int) -> torch.Tensor:
+    """[e_k]_x: the derivative of a rotation matrix along axis-angle coordinate k at the identity, shape (3, 3)."""
+    e = torch.zeros(3, dtype=torch.float64)
+    e[k] = 1.0
+    x, y, z = e
+    return torch.stack([torch.stack([0 * x, -z, y]), torch.stack([z, 0 * x, -x]), torch.stack([-y, x, 0 * x])])
+
+
+def test_axis_angle_gradient_at_exactly_zero_rotation(device):
+    """Rodrigues' formula divides by the angle; at axis-angle exactly 0 its gradient must still be the generator."""
+    zero = torch.zeros(3, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.equal(axis_angle_to_matrix(zero), torch.eye(3, dtype=torch.float64, device=device))
+    jacobian = torch.autograd.functional.jacobian(axis_angle_to_matrix, zero)  # (3, 3, 3): dR[i, j] / dw[k]
+    assert torch.isfinite(jacobian).all()
+    for k in range(3):
+        torch.testing.assert_close(jacobian[..., k].cpu(), cross_matrix(k), atol=1e-12, rtol=0)
+    # finite differences agree at 0 and along a batch that mixes zero, tiny and ordinary rotations
+    batch = torch.tensor([[0.0, 0.0, 0.0], [1e-9, 0.0, 0.0], [0.0, 0.0, 0.0], [0.3, -0.2, 0.1]],
+                         dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(axis_angle_to_matrix, (batch,), eps=1e-6, atol=1e-7)
+
+
+def test_face_model_pose_gradients_at_zero_rotation(face_model_on, device):
+    model = face_model_on
+    shape, expression, _ = model.zero_params(2)
+    shape = (torch.randn(2, model.n_shape, generator=torch.Generator().manual_seed(0)) * 0.5).to(device).double()
+    expression = (torch.rand(2, model.n_expression, generator=torch.Generator().manual_seed(1)) * 0.3).to(device).double()
+    pose = torch.zeros(2, 6, dtype=torch.float64, device=device, requires_grad=True)  # global and jaw exactly 0
+    some = torch.arange(0, model.n_vertices, 7, device=device)  # every 7th vertex keeps gradcheck quick
+
+    def vertices(p):
+        return model(shape, expression, p).vertices[:, some]
+
+    (grad,) = torch.autograd.grad(vertices(pose).sum(), pose)
+    assert torch.isfinite(grad).all()
+    assert torch.autograd.gradcheck(vertices, (pose,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    # a small global rotation about y turns the face: the first-order change is what the gradient predicts
+    (jac_y,) = torch.autograd.grad(vertices(pose)[..., 0].sum(), pose)
+    step = torch.zeros(2, 6, dtype=torch.float64, device=device)
+    step[:, 1] = 1e-4
+    with torch.no_grad():
+        moved = (vertices(step) - vertices(torch.zeros_like(step)))[..., 0].sum(-1) / 1e-4
+    torch.testing.assert_close(moved, jac_y[:, 1], rtol=1e-3, atol=1e-3)
