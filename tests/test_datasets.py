@@ -325,7 +325,7 @@ def test_synth_loader_reads_the_generator_output(tmp_path):
     """The loader's onset/apex/offset indices agree with the generator's own ground truth."""
     import numpy as np
 
-    synth = pytest.importorskip("microface.data.synth")
+    from microface.data import synth
     root = synth.generate(tmp_path / "bench", synth.SynthConfig(subjects=2, clips=1, macro_clips=1, image_size=32),
                           show_progress=False)
     records = load_synth(root, kind="all")

@@ -24,8 +24,8 @@ TINY = dict(hidden=16, gcn_layers=2)
 
 
 @pytest.fixture(scope="module")
-def face_model() -> OpenFaceModel:
-    return OpenFaceModel()
+def face_model(open_face_model) -> OpenFaceModel:
+    return open_face_model  # built once per session (tests/conftest.py)
 
 
 def camera(batch: int, size: int = SIZE):
@@ -286,7 +286,7 @@ def test_train_resume_and_evaluate(face_model, tmp_path):
 
 
 def test_viz_writes_png_and_html(face_model, tmp_path):
-    viz = pytest.importorskip("microface.viz.mesh")
+    from microface.viz import mesh as viz
     vertices = face_model.v_template
     values = torch.linspace(0, 1.2, face_model.n_vertices)
     figure = viz.error_heatmap_figure(vertices, face_model.faces, values, "apex error")

@@ -49,7 +49,7 @@ def test_encoder_config_rejects_unknown_keys():
 
 
 def test_weak_perspective_matches_renderer_projection():
-    render = pytest.importorskip("microface.render")
+    from microface import render
     from microface.render.camera import to_render_camera
 
     points = torch.randn(2, 10, 3) * 50
@@ -183,15 +183,12 @@ def test_gradients_reach_every_part_of_dem():
     assert missing == []
 
 
-def test_gradients_flow_through_face_model_and_renderer():
-    pytest.importorskip("microface.render")
-    pytest.importorskip("microface.face.open_model")
-    from microface.face.open_model import OpenFaceModel
+def test_gradients_flow_through_face_model_and_renderer(open_face_model):
     from microface.render.renderer import MeshRenderer
     from microface.losses.photometric import photometric_l1
     from microface.training.dem import reconstruct, render_frames
 
-    face = OpenFaceModel()
+    face = open_face_model
     dem = make_dem(n_shape=face.n_shape, n_expression=face.n_expression, solver="euler", step_size=0.25)
     images, flow, times = clip_inputs(1, frames=3)
     recon = reconstruct(dem, face, images, flow, times)

@@ -261,7 +261,6 @@ def test_dem_checkpoint_round_trip(tmp_path):
 
 
 def test_training_resumes_after_interruption(tmp_path, monkeypatch):
-    pytest.importorskip("microface.render")
     face = TinyFace()
     clips = [tiny_clip(i, face=face) for i in range(3)]
     settings = TrainSettings.from_dict({"epochs": 4, "batch_size": 2, "lr": 1e-2})

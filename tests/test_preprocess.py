@@ -13,7 +13,7 @@ import skimage.data
 
 from microface.data.clip import ClipRecord
 from microface.data.landmarks import (
-    IBUG68_FROM_MEDIAPIPE, FaceLandmarker, MultipleFacesError, NoFaceError, eye_centres, landmarker_unavailable_reason,
+    IBUG68_FROM_MEDIAPIPE, MultipleFacesError, NoFaceError, eye_centres, landmarker_unavailable_reason,
     to_ibug68,
 )
 from microface.data.preprocess import (
@@ -127,12 +127,9 @@ def test_ibug_mapping_is_68_distinct_mesh_indices():
         to_ibug68(np.zeros((100, 3)))
 
 
-@pytest.fixture(scope="module")
-def landmarker():
-    if LANDMARKER_MISSING is not None:
-        pytest.skip(f"face landmarker unavailable: {LANDMARKER_MISSING}")
-    with FaceLandmarker() as model:
-        yield model
+@pytest.fixture
+def landmarker(face_landmarker):
+    return face_landmarker  # opened once per session (tests/conftest.py); skips when the bundle is not built
 
 
 @needs_landmarker

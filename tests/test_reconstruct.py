@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from microface.cli import app
-from microface.data.landmarks import FaceLandmarker, landmarker_unavailable_reason, to_ibug68
+from microface.data.landmarks import landmarker_unavailable_reason, to_ibug68
 from microface.face.open_model import OpenFaceModel
 from microface.training.dem import build_dem
 from microface.models.dgmd import build_dgmd
@@ -43,8 +43,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def face_model() -> OpenFaceModel:
-    return OpenFaceModel()
+def face_model(open_face_model) -> OpenFaceModel:
+    return open_face_model  # built once per session (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +352,7 @@ def test_export_tool_refuses_a_bad_dgmd_image_size(tmp_path, face_model, capsys)
 
 # ----------------------------------------------------------------------------------------------- end to end
 @needs_landmarker
-def test_reconstruct_writes_every_output(tmp_path, bundle, face_video, face_model):
+def test_reconstruct_writes_every_output(tmp_path, bundle, face_video, face_model, face_landmarker):
     out = tmp_path / "recon"
     result = run_cli(face_video, "--out", out, "--checkpoint", bundle, "--window", 4)
     assert result.exit_code == 0, result.output
@@ -385,8 +385,7 @@ def test_reconstruct_writes_every_output(tmp_path, bundle, face_video, face_mode
     landmarks = np.load(out / "landmarks.npz")
     assert landmarks["landmarks68"].shape == (T, 68, 2) and landmarks["landmarks_mesh"].shape == (T, 468, 3)
     assert landmarks["detected"].all()
-    with FaceLandmarker() as landmarker:
-        first = select_face(landmarker.detect_all(decoded_frames(face_video)[0]), None)
+    first = select_face(face_landmarker.detect_all(decoded_frames(face_video)[0]), None)
     np.testing.assert_allclose(landmarks["landmarks68"][0], to_ibug68(first)[:, :2], atol=1e-3)
     # and the crop landmarks are those mapped by each window's transform
     t = 5
