@@ -4,6 +4,8 @@ independent computation."""
 from __future__ import annotations
 
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -108,3 +110,69 @@ def test_camera_to_arrays_rejects_batches_and_weak_cameras():
         camera_to_arrays(expand_camera(look_at_camera(500.0, 300.0, 64), 2))
     with pytest.raises(ValueError, match="weak camera"):
         camera_to_arrays(weak_perspective_camera(torch.ones(1), torch.zeros(1, 2)))
+
+
+# ----------------------------------------------------------------------------------------------- folder writes
+def test_replace_folder_swaps_a_previous_folder_and_leaves_nothing_behind(tmp_path):
+    from microface.utils.io import replace_folder, staging_folder
+
+    out = tmp_path / "result"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    staging = staging_folder(out)
+    assert staging.parent == tmp_path and staging.name.startswith(".result.tmp-") and not any(staging.iterdir())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(staging.stat().st_mode) == 0o777 & ~umask  # a folder like any other, not mkdtemp's 0700
+    (staging / "new.txt").write_text("new")
+    assert replace_folder(staging, out) == out
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
+
+
+def test_replace_folder_restores_the_previous_folder_when_the_move_fails(tmp_path):
+    from microface.utils.io import replace_folder
+
+    out = tmp_path / "result"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(FileNotFoundError):
+        replace_folder(tmp_path / "missing-staging", out)
+    assert (out / "old.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
+
+
+# ------------------------------------------------------------------------------------------------ argument checks
+def test_check_point_pair_names_both_arguments_and_the_layout():
+    from microface.utils.checks import check_point_pair
+
+    check_point_pair(torch.zeros(4, 3), torch.zeros(4, 3), ("predicted", "target"))  # (..., V, 3) with no batch
+    check_point_pair(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), ("refined", "coarse"), "(B, V, 3)")
+    message = r"^refined and coarse: expected the same \(B, V, 3\), got \(4, 3\) and \(4, 3\)$"
+    with pytest.raises(ValueError, match=message):
+        check_point_pair(torch.zeros(4, 3), torch.zeros(4, 3), ("refined", "coarse"), "(B, V, 3)")
+    with pytest.raises(ValueError, match=r"predicted and target: expected the same \(\.\.\., V, 3\)"):
+        check_point_pair(torch.zeros(2, 4, 3), torch.zeros(2, 5, 3), ("predicted", "target"))
+    with pytest.raises(ValueError, match="expected the same"):
+        check_point_pair(torch.zeros(2, 4, 2), torch.zeros(2, 4, 2), ("a", "b"))
+    with pytest.raises(ValueError, match="expected the same"):
+        check_point_pair(torch.zeros(3), torch.zeros(3), ("a", "b"))
+
+
+def test_check_mesh_arrays_messages():
+    import numpy as np
+
+    from microface.utils.checks import check_mesh_arrays
+
+    vertices, faces = np.zeros((4, 3)), np.array([[0, 1, 2], [1, 2, 3]])
+    check_mesh_arrays(vertices, faces, np.zeros(4), check_indices=True)
+    check_mesh_arrays(torch.zeros(4, 3), torch.tensor(faces), check_indices=True)
+    with pytest.raises(ValueError, match=r"^vertices: expected \(V, 3\), got \(4, 2\)$"):
+        check_mesh_arrays(np.zeros((4, 2)), faces)
+    with pytest.raises(ValueError, match=r"^error_maps\[1\] faces: expected \(F, 3\)"):
+        check_mesh_arrays(vertices, faces[:, :2], name="error_maps[1]")
+    with pytest.raises(ValueError, match=r"faces: expected indices in \[0, 4\), got \[0, 4\]"):
+        check_mesh_arrays(vertices, faces + np.array([0, 0, 1]), check_indices=True)
+    check_mesh_arrays(vertices, faces + np.array([0, 0, 1]))  # indices unchecked unless asked
+    with pytest.raises(ValueError, match=r"^m error: expected \(4,\) one value per vertex, got \(3,\)$"):
+        check_mesh_arrays(vertices, faces, np.zeros(3), name="m", values_name="error")

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,7 @@ import numpy as np
 import torch
 
 from microface.reconstruct.errors import ReconstructionError
+from microface.utils.io import replace_folder
 
 OUTPUT_FORMAT = "microface-reconstruction-v1"
 
@@ -59,18 +58,7 @@ def check_output_folder(out: Path) -> None:
 def commit_folder(staging: Path, out: Path) -> None:
     """Move a finished staging folder to ``out``; a previous reconstruction there is swapped out, then removed."""
     check_output_folder(out)
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_folder(staging, out)
 
 
 def _json_default(value: Any) -> Any:

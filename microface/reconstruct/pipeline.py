@@ -52,9 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -88,6 +86,7 @@ from microface.reconstruct.output import (
     write_viewer,
 )
 from microface.reconstruct.video import iter_video_frames, open_video, track_face
+from microface.utils.io import staging_folder
 
 STAGES = ("coarse", "dem", "dgmd")
 DEFAULT_WINDOW = 16
@@ -380,11 +379,7 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
     except BaseException:
         capture.release()
         raise
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; the result should be shared like any folder
+    staging = staging_folder(out)  # built in full, then moved onto out by commit_folder
     timings: dict[str, float] = {}
     started = time.perf_counter()
     try:
@@ -434,7 +429,6 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
         shown = np.unique(np.linspace(0, n_frames - 1, min(n_frames, viewer_max_frames)).round().astype(int))
         write_viewer(staging / "viewer.html", arrays, shown, faces, f"{Path(info.path).name}: {stage} meshes",
                      with_offsets=stage == "dgmd")
-        os.chmod(staging / "viewer.html", 0o666 & ~umask)  # written through mkstemp (0600)
         timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tic
         missing = [int(i) for i in arrays["frame_index"][~arrays["detected"]]]
         windows = sorted({(int(s), int((arrays["window_start"] == s).sum())) for s in arrays["window_start"]})

@@ -1,12 +1,14 @@
 """Atomic file writes: write beside the target, then rename, so an interrupted run never leaves half a file.
 
 One mechanism for every writer in the package, its tools and benchmarks (text, bytes, or anything that writes to a
-path: ``torch.save``, ``DataFrame.to_csv``, ``Figure.savefig``, ``cv2.VideoWriter``).
+path: ``torch.save``, ``DataFrame.to_csv``, ``Figure.savefig``, ``cv2.VideoWriter``). Whole folders the same way:
+build them in a :func:`staging_folder` (files inside it need no rename of their own), then :func:`replace_folder`.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,10 +18,14 @@ import pandas as pd
 import torch
 
 
-def _default_mode() -> int:
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_mode() -> int:
+    return 0o666 & ~_umask()
 
 
 @contextmanager
@@ -37,6 +43,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def staging_folder(path: str | Path) -> Path:
+    """A new, empty folder beside ``path`` (hidden name, ordinary permissions) to build a folder's contents in
+    before :func:`replace_folder` moves it onto ``path``. The caller removes it on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; results are shared like any folder
+    return staging
+
+
+def replace_folder(staging: str | Path, path: str | Path) -> Path:
+    """Move the finished folder ``staging`` onto ``path`` (same file system) by renames: a folder already at
+    ``path`` is first renamed aside, removed only once ``staging`` is in place, and restored if that fails.
+    -> the path."""
+    staging, path = Path(staging), Path(path)
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    try:
+        os.replace(staging, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from microface.utils.io import atomic_path
+from microface.viz.save import save_figure
 
 
 def training_curves(histories: dict[str, list[dict]]) -> pd.DataFrame:
@@ -49,7 +49,7 @@ def plot_training_curves(curves: pd.DataFrame, path=None, terms: tuple[str, ...]
     figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.1, 1, 1))
     if path is not None:
-        _save_figure(figure, Path(path))
+        save_figure(figure, path, suffixes=None, dpi=120, bbox_inches=None)
     return figure
 
 
@@ -66,13 +66,8 @@ def plot_errors(per_clip: pd.DataFrame, path=None):
         axis.set_title(f"expression-only error at the {title} (test subjects' ME clips)", fontsize=9)
     figure.tight_layout()
     if path is not None:
-        _save_figure(figure, Path(path))
+        save_figure(figure, path, suffixes=None, dpi=120, bbox_inches=None)
     return figure
-
-
-def _save_figure(figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120)
 
 
 CURVES_NAME = "training_curves.csv"

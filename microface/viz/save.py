@@ -1,4 +1,4 @@
-"""Saving matplotlib figures as PNG + PDF, atomically."""
+"""Saving matplotlib figures atomically: PNG + PDF for the paper, or one file in the format of its suffix."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,13 +6,14 @@ from pathlib import Path
 from microface.utils.io import atomic_path
 
 
-def save_figure(figure, path: str | Path) -> list[Path]:
-    """Write ``path`` (PNG) and its PDF twin, each via a temporary file and a rename. -> the two paths."""
+def save_figure(figure, path: str | Path, suffixes: tuple[str, ...] | None = (".png", ".pdf"), dpi: int = 150,
+                bbox_inches: str | None = "tight") -> list[Path]:
+    """Write ``figure`` to ``path`` with each of ``suffixes`` (None: ``path`` as it is), each via a temporary file
+    and a rename. dpi and bbox_inches go to ``Figure.savefig``. -> the paths written."""
     path = Path(path)
     written = []
-    for suffix in (".png", ".pdf"):
-        target = path.with_suffix(suffix)
+    for target in ([path] if suffixes is None else [path.with_suffix(s) for s in suffixes]):
         with atomic_path(target) as tmp:
-            figure.savefig(tmp, dpi=150, bbox_inches="tight")
+            figure.savefig(tmp, dpi=dpi, bbox_inches=bbox_inches)
         written.append(target)
     return written

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import zipfile
@@ -45,6 +44,7 @@ from microface.face.open_model import OpenFaceModel
 from microface.render.camera import Camera, camera_to_arrays, expand_camera, look_at_camera, project_points
 from microface.render.rasterize import interpolate_vertex_attributes, rasterize
 from microface.render.shading import shade_mesh
+from microface.utils.io import atomic_path, replace_folder, write_text_atomic
 from microface.utils.runtime import progress
 
 FORMAT = "microface-synth"
@@ -335,9 +335,8 @@ def save_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         buffer = io.BytesIO()
         np.lib.format.write_array(buffer, np.asanyarray(value), allow_pickle=False)
         members[f"{key}.npy"] = buffer.getvalue()
-    tmp = path.with_name(path.name + ".tmp")
-    _deterministic_zip(tmp, members)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        _deterministic_zip(tmp, members)
 
 
 def write_casme2_sheet(path: Path, rows: list[dict]) -> None:
@@ -360,9 +359,8 @@ def write_casme2_sheet(path: Path, rows: list[dict]) -> None:
             if name == "docProps/core.xml":
                 data = re.sub(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", b"2014-05-08T00:00:00Z", data)
             members[name] = data
-    tmp = path.with_name(path.name + ".tmp")
-    _deterministic_zip(tmp, members)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        _deterministic_zip(tmp, members)
 
 
 def _write_clip(clip: RenderedClip, root: Path, jpeg_quality: int) -> None:
@@ -380,11 +378,9 @@ def _write_clip(clip: RenderedClip, root: Path, jpeg_quality: int) -> None:
     gt_path = root / clip.spec.ground_truth_path
     gt_path.parent.mkdir(parents=True, exist_ok=True)
     save_npz_deterministic(gt_path, clip.ground_truth)
-    if frame_dir.exists():
-        shutil.rmtree(frame_dir)
-    os.replace(tmp_dir, frame_dir)  # the frame folder appears last: its presence marks the clip done
-    (root / ".rows").mkdir(exist_ok=True)
-    (root / ".rows" / f"{clip.spec.kind}_{clip.spec.clip_id}.json").write_text(json.dumps(clip.row, sort_keys=True))
+    replace_folder(tmp_dir, frame_dir)  # the frame folder appears last: its presence marks the clip done
+    row_path = root / ".rows" / f"{clip.spec.kind}_{clip.spec.clip_id}.json"
+    write_text_atomic(json.dumps(clip.row, sort_keys=True), row_path)
 
 
 def _read_manifest(out: Path) -> dict | None:
@@ -422,7 +418,7 @@ def generate(out: Path, config: SynthConfig, show_progress: bool = True) -> Path
         if not stamp.is_file() or stamp.read_text() != digest:
             shutil.rmtree(partial)  # leftovers of a different config: start over
     partial.mkdir(parents=True, exist_ok=True)
-    (partial / ".config_hash").write_text(digest)
+    write_text_atomic(digest, partial / ".config_hash")
     model = OpenFaceModel()
     specs = plan_clips(config)
     subjects: dict[int, Subject] = {}
@@ -460,10 +456,8 @@ def generate(out: Path, config: SynthConfig, show_progress: bool = True) -> Path
     }
     shutil.rmtree(partial / ".rows")
     (partial / ".config_hash").unlink()
-    tmp_manifest = partial / "synth_manifest.json.tmp"
-    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp_manifest, partial / "synth_manifest.json")
-    os.replace(partial, out)
+    write_text_atomic(json.dumps(manifest, indent=2, sort_keys=True), partial / "synth_manifest.json")
+    replace_folder(partial, out)
     return out
 
 
