@@ -12,12 +12,7 @@ from microface.data.flow import sample_at_points
 from microface.mesh.laplacian import uniform_laplacian_coordinates
 from microface.mesh.topology import face_adjacency, mesh_edges
 from microface.render.camera import Camera, project_points
-
-
-def _check_meshes(refined: torch.Tensor, coarse: torch.Tensor) -> None:
-    if refined.shape != coarse.shape or refined.ndim != 3 or refined.shape[-1] != 3:
-        raise ValueError(f"refined and coarse: expected the same (B, V, 3), got {tuple(refined.shape)} "
-                         f"and {tuple(coarse.shape)}")
+from microface.utils.checks import check_point_pair
 
 
 def laplacian_smoothness(refined: torch.Tensor, coarse: torch.Tensor, faces: torch.Tensor,
@@ -28,7 +23,7 @@ def laplacian_smoothness(refined: torch.Tensor, coarse: torch.Tensor, faces: tor
     rebuild) -> scalar. Zero for identical meshes and for a rigid translation of the whole mesh; positive for
     any offset field that varies between neighbours.
     """
-    _check_meshes(refined, coarse)
+    check_point_pair(refined, coarse, ("refined", "coarse"), "(B, V, 3)")
     edges = mesh_edges(faces) if edges is None else edges
     return uniform_laplacian_coordinates(refined - coarse, edges.to(refined.device)).pow(2).sum(-1).mean()
 
@@ -61,7 +56,7 @@ def normal_consistency(vertices: torch.Tensor, faces: torch.Tensor, reference: t
     cos = pair_cosines(vertices)
     if reference is None:
         return (1.0 - cos).mean()
-    _check_meshes(vertices, reference)
+    check_point_pair(vertices, reference, ("vertices", "reference"), "(B, V, 3)")
     return (pair_cosines(reference) - cos).abs().mean()
 
 
@@ -81,7 +76,7 @@ def flow_guided_loss(refined_t: torch.Tensor, refined_onset: torch.Tensor, camer
     distance ``sqrt(|d - flow|^2 + eps^2) - eps`` in pixels: exactly zero when the motion equals the flow, robust
     to flow outliers.
     """
-    _check_meshes(refined_t, refined_onset)
+    check_point_pair(refined_t, refined_onset, ("refined_t", "refined_onset"), "(B, V, 3)")
     if flow_onset_to_t.ndim != 4 or flow_onset_to_t.shape[:2] != (refined_t.shape[0], 2):
         raise ValueError(f"flow_onset_to_t: expected ({refined_t.shape[0]}, 2, H, W), got "
                          f"{tuple(flow_onset_to_t.shape)}")

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import torch
 
-
-def _check_pair(predicted: torch.Tensor, target: torch.Tensor) -> None:
-    if predicted.shape != target.shape or predicted.ndim < 2 or predicted.shape[-1] != 3:
-        raise ValueError(f"predicted and target: expected the same (..., V, 3), got {tuple(predicted.shape)} "
-                         f"and {tuple(target.shape)}")
+from microface.utils.checks import check_point_pair
 
 
 def per_vertex_error(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean Euclidean vertex distance. predicted, target (..., V, 3) mm -> (...) mm."""
-    _check_pair(predicted, target)
+    check_point_pair(predicted, target, ("predicted", "target"))
     return (predicted - target).norm(dim=-1).mean(-1)
 
 
@@ -23,7 +19,7 @@ def rigid_align(predicted: torch.Tensor, target: torch.Tensor, with_scale: bool 
     predicted, target (B, V, 3) -> aligned predicted (B, V, 3). Use it to score shape and expression apart
     from a rigid pose error.
     """
-    _check_pair(predicted, target)
+    check_point_pair(predicted, target, ("predicted", "target"))
     if predicted.ndim != 3:
         raise ValueError(f"rigid_align: expected (B, V, 3), got {tuple(predicted.shape)}")
     mu_p, mu_t = predicted.mean(1, keepdim=True), target.mean(1, keepdim=True)
@@ -46,7 +42,7 @@ def clip_vertex_error(predicted: torch.Tensor, target: torch.Tensor, apex: int, 
     Returns {"apex_mm": error at the apex frame, "clip_mm": mean over all frames, "max_frame_mm": worst frame}.
     align: rigidly align each predicted frame to its target first.
     """
-    _check_pair(predicted, target)
+    check_point_pair(predicted, target, ("predicted", "target"))
     if predicted.ndim != 3 or not 0 <= apex < predicted.shape[0]:
         raise ValueError(f"expected (T, V, 3) and 0 <= apex < T, got {tuple(predicted.shape)} and apex {apex}")
     if align:
@@ -103,7 +99,7 @@ def moving_static_errors(predicted: torch.Tensor, target: torch.Tensor, moving: 
     Shape:
         - predicted, target: (T, V, 3); moving: (V,) bool; gate: (T, V).
     """
-    _check_pair(predicted, target)
+    check_point_pair(predicted, target, ("predicted", "target"))
     if predicted.ndim != 3 or not 0 <= apex < predicted.shape[0]:
         raise ValueError(f"moving_static_errors: expected (T, V, 3) and 0 <= apex < T, got "
                          f"{tuple(predicted.shape)} and apex {apex}")

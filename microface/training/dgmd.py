@@ -26,7 +26,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F_nn
 
 from microface.data.flow import accumulate_flow_torch
 from microface.losses.geometry import flow_guided_loss, laplacian_smoothness, normal_consistency, vertex_visibility

@@ -1,4 +1,5 @@
-"""Argument checks shared by every layer: config dataclasses from YAML mappings, image tensors."""
+"""Argument checks shared by every layer: config dataclasses from YAML mappings, image tensors, point pairs,
+mesh arrays."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,3 +28,48 @@ def check_images(images: torch.Tensor, channels: int = 3, name: str = "image") -
     """Raise ValueError unless ``images`` is (B, channels, H, W)."""
     if images.ndim != 4 or images.shape[1] != channels:
         raise ValueError(f"{name}: expected (B, {channels}, H, W), got {tuple(images.shape)}")
+
+
+def check_point_pair(first: torch.Tensor, second: torch.Tensor, names: tuple[str, str] = ("first", "second"),
+                     layout: str = "(..., V, 3)") -> None:
+    """Raise ValueError unless ``first`` and ``second`` are 3D points of one shape laid out as ``layout``.
+
+    Args:
+        first, second: the two point sets (e.g. predicted and target vertices).
+        names: their argument names, for the message.
+        layout: ``"(..., V, 3)"`` (any number of leading axes, at least V) or a fixed rank such as ``"(B, V, 3)"``.
+
+    Example:
+        >>> check_point_pair(torch.zeros(2, 5, 3), torch.zeros(2, 4, 3), ("refined", "coarse"), "(B, V, 3)")
+        Traceback (most recent call last):
+        ...
+        ValueError: refined and coarse: expected the same (B, V, 3), got (2, 5, 3) and (2, 4, 3)
+    """
+    axes = [axis.strip() for axis in layout.strip("()").split(",")]
+    rank_ok = first.ndim >= len(axes) - 1 if axes[0] == "..." else first.ndim == len(axes)
+    if first.shape != second.shape or not rank_ok or first.shape[-1] != 3:
+        raise ValueError(f"{names[0]} and {names[1]}: expected the same {layout}, got {tuple(first.shape)} "
+                         f"and {tuple(second.shape)}")
+
+
+def check_mesh_arrays(vertices, faces, values=None, name: str = "", values_name: str = "values",
+                      check_indices: bool = False) -> None:
+    """Raise ValueError unless ``vertices`` (V, 3), ``faces`` (F, 3) and ``values`` (V,) (if given) fit together.
+
+    Args:
+        vertices, faces, values: arrays or tensors (anything with ``ndim`` and ``shape``).
+        name: prefixed to every message (e.g. ``"error_maps[2]"``); empty for none.
+        values_name: what ``values`` holds, for the message.
+        check_indices: also require face indices in ``[0, V)``.
+    """
+    prefix = f"{name} " if name else ""
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise ValueError(f"{prefix}vertices: expected (V, 3), got {tuple(vertices.shape)}")
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"{prefix}faces: expected (F, 3), got {tuple(faces.shape)}")
+    if check_indices and faces.shape[0] and (faces.min() < 0 or faces.max() >= vertices.shape[0]):
+        raise ValueError(f"{prefix}faces: expected indices in [0, {vertices.shape[0]}), got "
+                         f"[{faces.min()}, {faces.max()}]")
+    if values is not None and tuple(values.shape) != (vertices.shape[0],):
+        raise ValueError(f"{prefix}{values_name}: expected ({vertices.shape[0]},) one value per vertex, got "
+                         f"{tuple(values.shape)}")

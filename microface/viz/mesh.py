@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from microface.utils.checks import check_mesh_arrays
 from microface.utils.io import write_text_atomic
 
 
@@ -19,22 +20,13 @@ def _as_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _check_mesh(vertices: np.ndarray, faces: np.ndarray, values: np.ndarray | None) -> None:
-    if vertices.ndim != 2 or vertices.shape[1] != 3:
-        raise ValueError(f"vertices: expected (V, 3), got {vertices.shape}")
-    if faces.ndim != 2 or faces.shape[1] != 3:
-        raise ValueError(f"faces: expected (F, 3), got {faces.shape}")
-    if values is not None and values.shape != (vertices.shape[0],):
-        raise ValueError(f"values: expected ({vertices.shape[0]},) one per vertex, got {values.shape}")
-
-
 def _vertex_map_figure(vertices, faces, values, title: str, label: str, cmap: str, vmin=None, vmax=None):
     import matplotlib.pyplot as plt
     from matplotlib.tri import Triangulation
 
     vertices, faces = _as_numpy(vertices).astype(float), _as_numpy(faces).astype(int)
     values = _as_numpy(values).astype(float)
-    _check_mesh(vertices, faces, values)
+    check_mesh_arrays(vertices, faces, values)
     depth = vertices[faces, 2].mean(axis=1)
     order = np.argsort(depth)  # back to front: tripcolor paints in triangle order
     triangulation = Triangulation(vertices[:, 0], vertices[:, 1], faces[order])
@@ -80,7 +72,7 @@ def mesh_sequence_html(vertices, faces, path, values=None, title: str = "", incl
     faces = _as_numpy(faces).astype(int)
     if vertices.ndim != 3 or vertices.shape[-1] != 3:
         raise ValueError(f"vertices: expected (T, V, 3), got {vertices.shape}")
-    _check_mesh(vertices[0], faces, None)
+    check_mesh_arrays(vertices[0], faces)
     T, V, _ = vertices.shape
     if values is not None:
         values = _as_numpy(values).astype(float)

@@ -16,6 +16,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.tri import Triangulation
 
+from microface.utils.checks import check_mesh_arrays
 from microface.viz.save import save_figure  # noqa: F401  (re-exported)
 
 ROW_TITLES = ("input", "coarse", "refined", "error (mm)")
@@ -67,17 +68,6 @@ def _check_frames(images, name: str, count: int | None) -> np.ndarray:
     return np.clip(images, 0.0, 1.0)
 
 
-def _check_mesh(vertices: np.ndarray, faces: np.ndarray, values: np.ndarray, name: str) -> None:
-    if vertices.ndim != 2 or vertices.shape[1] != 3:
-        raise ValueError(f"{name} vertices: expected (V, 3), got {vertices.shape}")
-    if faces.ndim != 2 or faces.shape[1] != 3:
-        raise ValueError(f"{name} faces: expected (F, 3), got {faces.shape}")
-    if faces.size and (faces.min() < 0 or faces.max() >= vertices.shape[0]):
-        raise ValueError(f"{name} faces: expected indices in [0, {vertices.shape[0]}), got [{faces.min()}, {faces.max()}]")
-    if values.shape != (vertices.shape[0],):
-        raise ValueError(f"{name} error: expected ({vertices.shape[0]},) one value per vertex, got {values.shape}")
-
-
 def _check_error_maps(error_maps, count: int) -> list:
     """-> list of T items, each an (H, W) float array or a (vertices (V,3), faces (F,3), values (V,)) triple."""
     if isinstance(error_maps, (list, tuple)):
@@ -89,7 +79,8 @@ def _check_error_maps(error_maps, count: int) -> list:
                 raise ValueError(f"error_maps[{t}]: expected (vertices (V, 3), faces (F, 3), error (V,)), got {type(item)}")
             vertices, faces, values = (_as_numpy(x) for x in item)
             vertices, faces, values = vertices.astype(float), faces.astype(int), values.astype(float)
-            _check_mesh(vertices, faces, values, f"error_maps[{t}]")
+            check_mesh_arrays(vertices, faces, values, f"error_maps[{t}]", values_name="error",
+                              check_indices=True)
             checked.append((vertices, faces, values))
         return checked
     maps = _as_numpy(error_maps).astype(float)
