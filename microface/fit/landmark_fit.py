@@ -15,9 +15,10 @@ Objective, in the model's frame (mm, so every weight below is scale-free):
   + AUs held in their valid range (active-set penalty, then clipped),
 where ``Q_t = R_t^T (P_t - t_t) / s_t`` is frame t's detection brought into the model frame by its similarity.
 The solver alternates closed-form steps: per-frame weighted Umeyama for (s, R, t) (then an optional temporal
-smoother on the pose, which also fills frames without a face); one Gauss-Newton step for identity (shared), AUs and jaw (per frame) which is a single
-block-tridiagonal linear solve with the identity eliminated by its Schur complement (AUs and identity are linear
-given the jaw; the jaw is linearised); robust weights from the residuals. Deterministic: no randomness, float64.
+smoother on the pose, which also fills frames without a face); one Gauss-Newton step for identity (shared),
+AUs and jaw (per frame), which is a single block-tridiagonal linear solve with the identity eliminated by its
+Schur complement (AUs and identity are linear given the jaw; the jaw is linearised); robust weights from the
+residuals. Deterministic: no randomness, float64.
 Cost: about 2 ms of CPU per frame for the open model (468 points, 6 iterations), linear in T.
 """
 from __future__ import annotations
