@@ -121,7 +121,8 @@ class OpenModelLandmarks:
         rigid = self.jaw_weights >= 1.0
         # rigid rows: d/dtheta_k of R (x - p) = dR_k (x - p); rotated back: R^T dR_k (x - p)
         back = np.swapaxes(jaw_rot, 1, 2)[None] @ d_rot  # (3, T, 3, 3)
-        rigid_cols = np.einsum("ktij,tvj->tvik", back, lower_rest[:, rigid])
+        rigid_lower = lower_rest[:, rigid]
+        rigid_cols = np.stack([rigid_lower @ np.swapaxes(back[k], 1, 2) for k in range(3)], -1)  # (T, r, 3, 3)
         # blend rows: x' = x + w (R (x - p) + p - x), so J = [(1 - w) B + w R B | w dR_k (x - p)]
         w = self.jaw_weights[~rigid]
         band = lower_rest[:, ~rigid]
@@ -130,7 +131,7 @@ class OpenModelLandmarks:
         out = np.empty((T, m, 3, SE + 3))
         rotated = np.einsum("tij,vjp->tvip", jaw_rot, basis, optimize=True)
         out[..., :SE] = (1 - w)[None, :, None, None] * basis[None] + w[None, :, None, None] * rotated
-        out[..., SE:] = w[None, :, None, None] * np.einsum("ktij,tvj->tvik", d_rot, band)
+        out[..., SE:] = w[None, :, None, None] * np.stack([band @ np.swapaxes(d_rot[k], 1, 2) for k in range(3)], -1)
         return points, jaw_rot, rigid_cols, out
 
 

@@ -379,7 +379,7 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
         points, jaw_rot, rigid_jaw_jac, dynamic_jac = basis.linearise(shape, expression, jaw)
         scale, rotation, translation = _pose_step(points, target, weights, valid, settings.temporal_pose)
         # detections in the model frame: Q = R^T (P - t) / s  (mm)
-        model_target = np.einsum("tji,tnj->tni", rotation, target - translation[:, None]) / scale[:, None, None]
+        model_target = ((target - translation[:, None]) @ rotation) / scale[:, None, None]
         residual = np.linalg.norm(model_target - points, axis=-1)
         redescending = iteration >= settings.iterations - settings.cauchy_iterations
         weights = robust_weights(residual, valid, settings, redescending)
@@ -414,7 +414,7 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
     # final pose and weights for the final parameters
     points = basis.points(shape, expression, jaw)
     scale, rotation, translation = _pose_step(points, target, weights, valid, settings.temporal_pose)
-    model_target = np.einsum("tji,tnj->tni", rotation, target - translation[:, None]) / scale[:, None, None]
+    model_target = ((target - translation[:, None]) @ rotation) / scale[:, None, None]
     residual_mm = np.linalg.norm(model_target - points, axis=-1)
     weights = robust_weights(residual_mm, valid, settings, settings.cauchy_iterations > 0)
     wsum = weights.sum(1)
@@ -432,18 +432,23 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
 def _camera_for_forward(model, shape, expression, pose, scale, rotation, translation) -> np.ndarray:
     """(T, 3) scale, tx, ty such that ``project_to_pixels(model(...).vertices, camera)`` reproduces the fit.
 
-    The fit maps the unrotated model X to ``s R X + t``; ``model.forward`` rotates about its own centre (the head
-    centre, FLAME's root joint), ``V = R X + c'``, so the translation becomes ``t + s (R X - V)`` (any vertex).
+    The fit maps the unrotated model X to ``s R X + t``; ``model.forward`` rotates about its own centre c (the open
+    model's ``head_centre``, FLAME's root joint), ``V = R (X - c) + c``, so the translation becomes
+    ``t + s (R X - V) = t + s (R c - c)``; without a ``head_centre`` buffer, ``R X - V`` is read off a forward pass.
     """
-    T = len(expression)
-    dtype = torch.float64
-    sh = torch.as_tensor(shape, dtype=dtype)[None].expand(T, -1)
-    ex = torch.as_tensor(expression, dtype=dtype)
-    with torch.no_grad():
-        posed = model(sh, ex, torch.as_tensor(pose, dtype=dtype)).vertices.numpy()
-        unrotated_pose = pose.copy()
-        unrotated_pose[:, :3] = 0
-        rest = model(sh, ex, torch.as_tensor(unrotated_pose, dtype=dtype)).vertices.numpy()
-    offset = (np.einsum("tij,tvj->tvi", rotation, rest) - posed).mean(1)
+    if hasattr(model, "head_centre"):
+        centre = model.head_centre.detach().cpu().double().numpy()
+        offset = rotation @ centre - centre
+    else:
+        T = len(expression)
+        dtype = torch.float64
+        sh = torch.as_tensor(shape, dtype=dtype)[None].expand(T, -1)
+        ex = torch.as_tensor(expression, dtype=dtype)
+        with torch.no_grad():
+            posed = model(sh, ex, torch.as_tensor(pose, dtype=dtype)).vertices.numpy()
+            unrotated_pose = pose.copy()
+            unrotated_pose[:, :3] = 0
+            rest = model(sh, ex, torch.as_tensor(unrotated_pose, dtype=dtype)).vertices.numpy()
+        offset = (rest @ np.swapaxes(rotation, 1, 2) - posed).mean(1)
     t = translation + scale[:, None] * offset
     return np.stack([scale, t[:, 0], -t[:, 1]], 1)  # back to image axes: y down

@@ -22,21 +22,21 @@ def weighted_similarity(source: np.ndarray, target: np.ndarray, weights: np.ndar
     True
     """
     w = weights / np.maximum(weights.sum(1, keepdims=True), 1e-300)
-    mu_s = np.einsum("tn,tnk->tk", w, source)
-    mu_t = np.einsum("tn,tnk->tk", w, target)
+    mu_s = (w[:, None, :] @ source)[:, 0]
+    mu_t = (w[:, None, :] @ target)[:, 0]
     src = source - mu_s[:, None]
     tgt = target - mu_t[:, None]
     # cov[t, i, j] = sum_n w[t, n] * tgt[t, n, i] * src[t, n, j]
-    cov = np.einsum("tn,tni,tnj->tij", w, tgt, src)
+    cov = np.swapaxes(tgt * w[..., None], 1, 2) @ src
     u, sing, vt = np.linalg.svd(cov)
     sign = np.sign(np.linalg.det(u @ vt))
     sign[sign == 0] = 1.0
     d = np.ones_like(sing)
     d[:, 2] = sign
     rotation = (u * d[:, None, :]) @ vt
-    var_src = np.einsum("tn,tn->t", w, (src**2).sum(-1))
+    var_src = (w * (src**2).sum(-1)).sum(1)
     scale = (sing * d).sum(1) / np.maximum(var_src, 1e-300)
-    translation = mu_t - scale[:, None] * np.einsum("tij,tj->ti", rotation, mu_s)
+    translation = mu_t - scale[:, None] * (rotation @ mu_s[..., None])[..., 0]
     return scale, rotation, translation
 
 
