@@ -65,16 +65,16 @@ def face_landmarker():
 
 
 # ------------------------------------------------------------------------- a tiny trained chain (notebooks 00-02)
-# Four subjects, the last two held out: notebook 04 scores recognition by LOSO over the TEST subjects, which needs
-# at least two of them. Sizes are the smallest that run every path.
+# Four subjects (one ME and one macro clip each), the last two held out: notebook 04 scores recognition by LOSO
+# over the TEST subjects, which needs at least two of them. Sizes are the smallest that run every path.
 TINY_DEM = {
     "max_frames": 4, "test_fraction": 0.5, "pretrain_epochs": 1, "finetune_epochs": 1, "batch_size": 2,
     "encoder": {"channels": [8, 8], "hidden": 16},
     "model": {"code_dim": 17, "motion_dim": 8, "hidden": 16, "static_channels": [8], "motion_channels": [8],
               "solver": "rk4", "step_size": 0.25},
 }
-TINY_DGMD = {"moving_threshold_mm": 0.1, "model": {"hidden": 8, "gcn_layers": 1, "gate_floor_px": 0.05, "temporal_rank": 1,
-                                                   "flow_affine_free": True},
+TINY_DGMD = {"moving_threshold_mm": 0.1,
+             "model": {"hidden": 8, "gcn_layers": 1, "gate_floor_px": 0.05, "temporal_rank": 1, "flow_affine_free": True},
              "train": {"epochs": 1, "batch_size": 4}}
 TINY_EVALUATE = {"fields": {"step1_epochs": 1, "step2_epochs": 1}, "emotion_hidden": 8,
                  "recognition": {"epochs": 1, "batch_size": 4}, "image_batch_size": 8}
@@ -90,7 +90,7 @@ def tiny_chain(tmp_path_factory) -> dict:
     from microface.experiments.refine import run_refine_benchmark
 
     root = tmp_path_factory.mktemp("tiny_chain")
-    config = config_for_profile("smoke", subjects=4, clips=2, macro_clips=1, image_size=48,
+    config = config_for_profile("smoke", subjects=4, clips=1, macro_clips=1, image_size=48,
                                 micro_duration_s=(0.05, 0.07), macro_duration_s=(0.3, 0.4))
     synth = generate(root / "synth", config, show_progress=False)
     run_coarse_benchmark(synth, root / "dem", TINY_DEM, seed=0, image_size=TINY_IMAGE_SIZE, show_progress=False)

@@ -185,7 +185,8 @@ def test_icosphere_silhouette_area_matches_analytic_circle():
 def test_output_shapes_and_dtypes(batch_size, dtype, device):
     verts, faces = icosphere(1, 40.0, dtype=dtype)
     verts, faces = verts.to(device), faces.to(device)
-    verts = verts.expand(batch_size, -1, -1) + torch.linspace(-5, 5, batch_size, dtype=dtype, device=device)[:, None, None]
+    shift = torch.linspace(-5, 5, batch_size, dtype=dtype, device=device)[:, None, None]
+    verts = verts.expand(batch_size, -1, -1) + shift
     H, W = 20, 28
     cam = look_at_camera(300.0, 60.0, (H, W), batch_size=batch_size, dtype=dtype, device=device)
     albedo = torch.full((batch_size, verts.shape[1], 3), 0.5, dtype=dtype, device=device)

@@ -1,0 +1,67 @@
+"""The ablation table of notebook 05 (``run_ablations``) end to end on the tiny trained chain of ``conftest.py``.
+
+The settings follow ``config/smoke.yaml``'s ``ablations:`` section (DEM loss term ``landmark``, no image metrics),
+with one DGMD loss term instead of six and recognition off (the main-table test covers it) to keep the run short.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from microface.experiments.ablations import TABLE_NAME, run_ablations
+from microface.experiments.refine import METHOD_COARSE
+
+SETTINGS = {"dem_loss_terms": ["landmark"], "dgmd_loss_terms": ["flow"], "image_metrics": False,
+            "recognition": False}
+EXPECTED_ROWS = [
+    ("-", "full model (DEM + DGMD)"),
+    ("model", "w/o DEM (baseline-FT + DGMD)"),
+    ("model", "w/o DGMD (DEM)"),
+    ("model", "w/o macro pretraining"),
+    ("cue", "DGMD w/o geometry cue"),
+    ("cue", "DGMD w/o landmarks cue"),
+    ("cue", "DGMD w/o flow cue"),
+    ("attention", "DGMD w/o motion attention"),
+    ("denoising", "DGMD w/o temporal flow denoising"),  # the tiny DGMD has temporal_rank 1
+    ("denoising", "DGMD w/o affine-free flow cues"),  # and flow_affine_free, as the profiles do
+    ("mapping", "DGMD per-pixel mapping (not region-based)"),
+    ("DGMD loss", "DGMD loss w/o flow"),
+    ("DEM loss", "DEM loss w/o landmark"),
+]
+
+
+def test_run_ablations_writes_every_row(tiny_chain, tmp_path):
+    out = tmp_path / "ablations"
+    table = run_ablations(tiny_chain["synth"], tiny_chain["coarse_dir"], tiny_chain["refine_dir"], out,
+                          tiny_chain["dem"], tiny_chain["dgmd"], tiny_chain["evaluate"], SETTINGS, seed=0,
+                          image_size=tiny_chain["image_size"], show_progress=False)
+    assert list(zip(table["group"], table["method"])) == EXPECTED_ROWS
+    written = pd.read_csv(out / f"{TABLE_NAME}.csv")
+    assert list(written["method"]) == [name for _, name in EXPECTED_ROWS]
+    assert (out / f"{TABLE_NAME}.md").is_file() and (out / "per_clip.csv").is_file()
+    assert "fid" not in table.columns and "mer_acc" not in table.columns  # image metrics and recognition off
+    errors = table[["apex_error_mm", "clip_error_mm", "delta_apex_error_mm"]].to_numpy(dtype=float)
+    assert np.isfinite(errors).all() and (table["apex_error_mm"] > 0).all()
+    assert table["delta_apex_error_mm"].iloc[0] == 0.0
+    np.testing.assert_allclose(table["delta_apex_error_mm"], table["apex_error_mm"] - table["apex_error_mm"].iloc[0])
+
+    # "w/o DGMD" is notebook 01's DEM, scored on the same test clips as notebook 02's DEM row
+    refine = pd.read_csv(tiny_chain["refine_dir"] / "refine_table.csv").set_index("method")
+    rows = table.set_index("method")
+    assert math.isclose(rows.loc["w/o DGMD (DEM)", "apex_error_mm"], refine.loc[METHOD_COARSE, "all_apex_mm"],
+                        rel_tol=1e-4)
+    # only what an ablation changes was retrained, each into its own resumable checkpoint
+    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))
+    assert "dem_without_landmark.pt" in checkpoints and "dgmd_without_loss_flow.pt" in checkpoints
+    assert not any(name.startswith(("dem.pt", "dgmd.pt")) for name in checkpoints)
+
+
+def test_run_ablations_rejects_unknown_loss_terms(tiny_chain, tmp_path):
+    with pytest.raises(ValueError, match="dgmd_loss_terms"):
+        run_ablations(tiny_chain["synth"], tiny_chain["coarse_dir"], tiny_chain["refine_dir"], tmp_path / "a",
+                      tiny_chain["dem"], tiny_chain["dgmd"], tiny_chain["evaluate"],
+                      {**SETTINGS, "dgmd_loss_terms": ["flo"]}, image_size=tiny_chain["image_size"],
+                      show_progress=False)
