@@ -81,6 +81,30 @@ def test_dem_shapes_and_onset(batch, temporal):
     assert (out.expression[:, 0] - out.coarse.expression[:, 0]).abs().max() < 0.05
 
 
+@pytest.mark.parametrize("solver", ["dopri5", "rk4"])
+def test_still_field_keeps_a_still_clip_at_its_onset(solver):
+    """No motion, no change: with ``still_field`` a clip of identical frames and zero flow returns the onset's
+    expression on every frame, exactly; without it the (here trained-looking) field drifts."""
+    batch, frames = 2, 5
+    images = torch.rand(1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(1)).expand(batch, frames, -1, -1, -1)
+    flow = torch.zeros(batch, frames, 2, 32, 32)
+    times = torch.arange(frames, dtype=torch.float32).expand(batch, -1) / 200.0
+    outputs = {}
+    for still in (False, True):
+        dem = make_dem(solver=solver, step_size=0.1, still_field=still).eval()
+        with torch.no_grad():  # a field of a trained size (the seeded one is near zero by design)
+            dem.vector_field.net[-1].weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(2))
+            dem.vector_field.net[-1].bias.fill_(0.2)
+            outputs[still] = dem(images, flow, times)
+    assert torch.equal(outputs[True].motion, torch.zeros_like(outputs[True].motion))
+    still = outputs[True].expression
+    assert torch.equal(still, still[:, :1].expand_as(still))  # every frame IS the onset, bit for bit
+    assert torch.equal(outputs[True].expression[:, 0], outputs[False].expression[:, 0])  # same onset
+    drifting = outputs[False].expression
+    assert (drifting[:, -1] - drifting[:, 0]).abs().max() > 1e-2  # the flag is what stops the drift
+    assert DEMConfig.from_dict({"still_field": True}).still_field and not DEMConfig().still_field
+
+
 def test_dem_rejects_mismatched_inputs():
     dem = make_dem()
     images, flow, times = clip_inputs(2)

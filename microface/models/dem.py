@@ -51,6 +51,10 @@ class DEMConfig:
         step_size: step of fixed-step solvers in normalised time.
         adjoint: integrate with ``odeint_adjoint`` (memory O(1) in the number of steps).
         freeze_coarse: run the coarse encoder without gradients.
+        still_field: make the ODE vector field exactly zero where the motion features are zero,
+            ``f(z, m, tau) = net([z, m, tau]) - net([z, 0, tau])``, so a clip with no motion keeps its onset code
+            on every frame (no motion, no change). It adds no parameter, so a checkpoint trained without it loads
+            with it. Off by default (the tables were made without it); ``microface reconstruct`` turns it on.
 
     Raises:
         ValueError: an unknown ``temporal`` or ``solver``, or ``step_size`` / ``flow_scale`` <= 0.
@@ -69,6 +73,7 @@ class DEMConfig:
     step_size: float = 0.05
     adjoint: bool = False
     freeze_coarse: bool = False
+    still_field: bool = False
 
     def __post_init__(self) -> None:
         if self.temporal not in ("ode", "residual"):
@@ -180,10 +185,12 @@ class CodeVectorField(nn.Module):
         code_dim: D.
         motion_dim: M.
         hidden: MLP width.
+        still: return ``net([z, m, tau]) - net([z, 0, tau])``: exactly zero where m = 0 (``DEMConfig.still_field``).
     """
 
-    def __init__(self, code_dim: int, motion_dim: int, hidden: int):
+    def __init__(self, code_dim: int, motion_dim: int, hidden: int, still: bool = False):
         super().__init__()
+        self.still = bool(still)
         self.net = nn.Sequential(
             nn.Linear(code_dim + motion_dim + 1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
             nn.Linear(hidden, code_dim),
@@ -201,9 +208,12 @@ class CodeVectorField(nn.Module):
             tau: normalised times, shape (B, 1).
 
         Returns:
-            dz/dtau, shape (B, D).
+            dz/dtau, shape (B, D); with ``still``, exactly 0 in the rows where ``motion`` is all zero.
         """
-        return self.net(torch.cat([z, motion, tau], dim=-1))
+        field = self.net(torch.cat([z, motion, tau], dim=-1))
+        if self.still:  # same shapes, same ops: net of the same row twice is bitwise equal, so m = 0 gives exactly 0
+            field = field - self.net(torch.cat([z, torch.zeros_like(motion), tau], dim=-1))
+        return field
 
 
 class _MotionConditionedField(nn.Module):
@@ -374,7 +384,7 @@ class DEM(nn.Module):
         self.static_encoder = StaticEncoder(n_expression, config)
         self.motion_encoder = MotionEncoder(config)
         self.fusion = ResidualFusion(config)
-        self.vector_field = CodeVectorField(config.code_dim, config.motion_dim, config.hidden)
+        self.vector_field = CodeVectorField(config.code_dim, config.motion_dim, config.hidden, config.still_field)
         self.decoder = nn.Linear(config.code_dim, n_expression)
         # decoder = lift^T: with D >= E, decode(lift(e)) = e, so an untrained DEM reproduces the coarse onset
         with torch.no_grad():
