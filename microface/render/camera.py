@@ -308,3 +308,45 @@ def to_render_camera(camera: torch.Tensor, image_size: tuple[int, int]):
     scale_px = camera[:, 0] * (width / 2.0)
     principal = torch.stack([(camera[:, 1] + 1.0) * (width / 2.0), (1.0 - camera[:, 2]) * (height / 2.0)], dim=-1)
     return weak_perspective_camera(scale_px, principal)
+
+
+def orthographic_to_crop_camera(camera: torch.Tensor, transform: torch.Tensor) -> Camera:
+    """A source-image scaled-orthographic camera seen through a similarity crop, as a renderer :class:`Camera`.
+
+    The landmark fit's camera maps model points (mm, +y up) to source pixels:
+    ``p = scale * (X_x, -X_y) + (tx, ty)``; the crop maps source pixels to crop pixels: ``q = A p + b`` with
+    ``A = lambda * Rot(theta)`` (an eye-aligned crop: scale and in-plane rotation, no shear or reflection). So
+    ``q = lambda scale Rot(theta) (X_x, -X_y) + A (tx, ty) + b``: a weak camera of scale ``lambda * scale`` px/mm,
+    principal ``A (tx, ty) + b`` and rotation ``Rot(theta)`` (about the view axis) after the frontal one. The
+    in-plane rotation is why this is a :class:`Camera`, not the encoder's rotation-free ``(s, tx, ty)``.
+
+    Args:
+        camera: ``(scale px/mm, tx px, ty px)`` in the source image, shape (B, 3).
+        transform: source pixels -> crop pixels, shape (2, 3) (one crop for all) or (B, 2, 3).
+
+    Returns:
+        a weak Camera of batch B whose ``project_points`` gives crop pixels.
+
+    Raises:
+        ValueError: wrong shapes, or a transform that is not a similarity (shear, reflection, zero scale).
+    """
+    if camera.ndim != 2 or camera.shape[1] != 3:
+        raise ValueError(f"camera: expected (B, 3) = (scale px/mm, tx, ty), got {tuple(camera.shape)}")
+    B = camera.shape[0]
+    transform = torch.as_tensor(transform, dtype=camera.dtype, device=camera.device)
+    if transform.shape == (2, 3):
+        transform = transform.expand(B, 2, 3)
+    if transform.shape != (B, 2, 3):
+        raise ValueError(f"transform: expected (2, 3) or ({B}, 2, 3) source -> crop pixels, got {tuple(transform.shape)}")
+    A, b = transform[:, :, :2], transform[:, :, 2]
+    lam = torch.sqrt(torch.linalg.det(A).clamp_min(0.0))
+    similarity = torch.stack([A[:, 0, 0] - A[:, 1, 1], A[:, 0, 1] + A[:, 1, 0]], dim=-1).abs().amax(-1)
+    if bool((lam <= 0).any()) or bool((similarity > 1e-6 * lam.clamp_min(1e-12) + 1e-9).any()):
+        raise ValueError("transform: expected a similarity (rotation and positive scale), found shear, reflection or "
+                         "zero scale")
+    in_plane = torch.zeros(B, 3, 3, dtype=camera.dtype, device=camera.device)
+    in_plane[:, :2, :2] = A / lam[:, None, None]
+    in_plane[:, 2, 2] = 1.0
+    R = in_plane @ _frontal_rotation(B, camera.device, camera.dtype)
+    principal = (A @ camera[:, 1:, None])[..., 0] + b
+    return weak_perspective_camera(lam * camera[:, 0], principal, R=R)
