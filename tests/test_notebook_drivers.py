@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -76,7 +75,8 @@ def test_notebook_calls_one_driver_and_holds_no_logic(path):
 def test_the_rule_catches_a_notebook_with_logic(tmp_path):
     """The check above is not vacuous: the old 03_mer cell (a loop over models) fails it."""
     notebook = json.loads((ROOT / "notebooks" / "03_mer.ipynb").read_text())
-    cell = next(c for c in notebook["cells"] if c["cell_type"] == "code" and "run_mer_experiment(" in "".join(c["source"]))
+    cell = next(c for c in notebook["cells"]
+                if c["cell_type"] == "code" and "run_mer_experiment(" in "".join(c["source"]))
     cell["source"] = "rows = []\nfor name in mer['models']:\n    rows.append(run_mer_experiment(profile=profile))\n"
     path = tmp_path / "03_mer.ipynb"
     path.write_text(json.dumps(notebook))

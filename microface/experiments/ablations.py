@@ -206,7 +206,7 @@ def run_ablations_experiment(profile: str, seed: int, device: str, synth: dict, 
                           class_map=data["class_map"], seed=seed, image_size=data["size"],
                           flow_method=data["flow_method"], device=device)
     columns = [c for c in ABLATION_COLUMNS if c in table.columns]
+    written = f"written: {out_dir / 'ablation_table.csv'} {out_dir / 'ablation_table.md'}"
     return NotebookReport(tables={"ablation_table": table[columns]},
-                          notes={"split": table["split"].iloc[0],
-                                 "written": f"written: {out_dir / 'ablation_table.csv'} {out_dir / 'ablation_table.md'}"},
+                          notes={"split": table["split"].iloc[0], "written": written},
                           paths={"out_dir": out_dir, "synth_root": synth_root})

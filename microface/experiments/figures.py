@@ -35,8 +35,8 @@ def run_figures_experiment(profile: str, seed: int, device: str, synth: dict, da
 
     Returns:
         figures: ``qualitative_sequence``, ``displacement_over_time``, the ``BAR_CHARTS`` names and ``mer_uf1``
-        (saved and closed); notes: ``example`` (the test clip), ``qualitative_sequence`` (its PNG), ``written`` (the PNG files in the folder),
-        ``viewer``; paths: ``figures``, ``viewer``.
+        (saved and closed); notes: ``example`` (the test clip), ``qualitative_sequence`` (its PNG), ``written``
+        (the PNG files in the folder), ``viewer``; paths: ``figures``, ``viewer``.
     """
     report = NotebookReport()
     root = project_root()
@@ -81,7 +81,8 @@ def run_figures_experiment(profile: str, seed: int, device: str, synth: dict, da
         report.figures[name] = figure
     mer = pd.read_csv(results / "mer" / "mer_table.csv")
     mer = mer[mer["group"] == "all"]
-    figure = paper_figures.table_bar_figure(mer, "uf1", method_column="model", lower_is_better=False, title="MER (LOSO)")
+    figure = paper_figures.table_bar_figure(mer, "uf1", method_column="model", lower_is_better=False,
+                                            title="MER (LOSO)")
     paper_figures.save_figure(figure, out / "mer_uf1")
     plt.close(figure)
     report.figures["mer_uf1"] = figure
