@@ -27,7 +27,7 @@ CHECKPOINT_HELP = ("train the models with `snakemake all --cores 2 --configfile 
 
 def default_checkpoint_path() -> Path:
     """The packaged checkpoint: ``microface/assets/checkpoints/open_dem_dgmd.pt`` (may not exist yet)."""
-    return Path(__file__).resolve().parent / "assets" / "checkpoints" / "open_dem_dgmd.pt"
+    return Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "open_dem_dgmd.pt"
 
 
 def _plain(value: Any) -> Any:
@@ -152,8 +152,11 @@ def bundle_meta(bundle: dict) -> dict:
     return {k: v for k, v in bundle.items() if k not in ("dem_state", "dgmd_state")}
 
 
-def models_from_bundle(bundle: dict, face_model) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
+def models_from_bundle(bundle: dict, face_model, still_field: bool = False) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
     """(DEM, DGMD, meta) from a ``read_bundle`` dict, in eval mode on the face model's device.
+
+    still_field: build DEM with ``DEMConfig.still_field`` on (its ODE field is exactly zero without motion: a still
+    clip stays at its onset). It has no parameters, so any bundle loads with it; ``reconstruct`` turns it on.
 
     meta: ``bundle_meta`` (no weights), with "image_size" (DEM's crop size S) and "refine_size" (DGMD's, R).
     Raises ReconstructionError when the face model does not match the one the bundle was trained for.
@@ -171,7 +174,8 @@ def models_from_bundle(bundle: dict, face_model) -> tuple[torch.nn.Module, torch
         raise ReconstructionError(f"checkpoint {source} was trained for a {expected['name']!r} face model of other "
                                   f"sizes ({details}); use the face model it was trained with")
     try:
-        dem = build_dem(face_model, bundle["encoder_cfg"], bundle["dem_cfg"], seed=0)
+        dem_cfg = {**bundle["dem_cfg"], "still_field": True} if still_field else bundle["dem_cfg"]
+        dem = build_dem(face_model, bundle["encoder_cfg"], dem_cfg, seed=0)
         dem.load_state_dict(bundle["dem_state"])
         dgmd = build_dgmd(face_model, bundle["dgmd_cfg"], seed=0)
         dgmd.load_state_dict(bundle["dgmd_state"])
