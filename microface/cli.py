@@ -128,22 +128,35 @@ def prepare(
 
 @app.command()
 def reconstruct(
-    video: Path = typer.Argument(..., help="a video file OpenCV can read (mp4, avi, mov, ...) holding one face from frame 0"),
+    video: Path = typer.Argument(..., help="a video OpenCV can read (mp4, avi, mov, ...), a photo (.jpg, .png, ...) or "
+                                           "a folder of frames (img1.jpg, img2.jpg, ... in numeric order, as in the "
+                                           "ME datasets); one face"),
     out: Path = typer.Option(..., "--out", help="output folder, written atomically (a previous reconstruction there is replaced)"),
+    stage: str = typer.Option("fit", "--stage", help="fit: the face model fit to the tracked landmarks (identity per "
+                              "video, per-frame pose, camera, AUs, jaw); dem: + DEM's motion-driven change from the "
+                              "fit's onset; dgmd: + DGMD's per-vertex refinement; encoder: the learned per-frame "
+                              "encoder (the seed's baseline)"),
+    start: str = typer.Option("0", "--start", help="0: the first frame must hold a face; auto: start at the first frame that holds one"),
+    fps: Optional[float] = typer.Option(None, "--fps", help="frames per second of a frame folder (default 200, the ME "
+                                        "datasets' rate) or photo; overrides a video's own"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="model bundle (default: microface/assets/checkpoints/open_dem_dgmd.pt)"),
     face_model: str = typer.Option("open", "--face-model", help="open | flame (the one the checkpoint was trained for)"),
     flame: Optional[Path] = typer.Option(None, "--flame", help="FLAME model pickle, needed with --face-model flame"),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="read at most this many frames"),
+    flame_embedding: Optional[Path] = typer.Option(None, "--flame-embedding", help="FLAME's mediapipe_landmark_embedding.npz, "
+                                                   "needed to fit FLAME (all stages but encoder)"),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="reconstruct at most this many frames (from the start)"),
     window: int = typer.Option(16, "--window", help="frames per DEM clip; each window starts at its own onset"),
     mesh_format: str = typer.Option("obj", "--format", help="per-frame mesh files: obj | ply"),
     device: str = typer.Option("cpu", "--device", help="torch device of the models: cpu, cuda, ..."),
 ) -> None:
-    """Reconstruct a 3D face mesh per video frame (coarse encoder -> DEM -> DGMD) into OUT."""
+    """Reconstruct a 3D face mesh per frame into OUT: preview.png (look at it first: the mesh over 6 frames),
+    meshes/, params.npz (with vertices_px, every vertex in source pixels), landmarks.npz, viewer.html, summary.json."""
     from microface.reconstruct.pipeline import reconstruct_video, summary_lines
 
     try:
         summary = reconstruct_video(video, out, checkpoint=checkpoint, face_model=face_model, flame_path=flame,
-                                    max_frames=max_frames, window=window, mesh_format=mesh_format, device=device)
+                                    max_frames=max_frames, window=window, mesh_format=mesh_format, device=device,
+                                    stage=stage, start=start, fps=fps, mediapipe_embedding=flame_embedding)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=1)

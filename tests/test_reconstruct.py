@@ -354,7 +354,7 @@ def test_export_tool_refuses_a_bad_dgmd_image_size(tmp_path, face_model, capsys)
 @needs_landmarker
 def test_reconstruct_writes_every_output(tmp_path, bundle, face_video, face_model, face_landmarker):
     out = tmp_path / "recon"
-    result = run_cli(face_video, "--out", out, "--checkpoint", bundle, "--window", 4)
+    result = run_cli(face_video, "--out", out, "--checkpoint", bundle, "--window", 4, "--stage", "dgmd")
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output
 
@@ -412,7 +412,7 @@ def test_reconstruct_runs_dgmd_at_the_bundles_refine_size(tmp_path, refine_bundl
         return original(dem, dgmd, face_model, crops, flow, times, landmarks_crop, stage, **refine)
 
     monkeypatch.setattr(rec, "run_window", spy)
-    summary = rec.reconstruct_video(face_video, tmp_path / "out", checkpoint=refine_bundle, window=4,
+    summary = rec.reconstruct_video(face_video, tmp_path / "out", checkpoint=refine_bundle, window=4, stage="dgmd",
                                     show_progress=False)
     assert [c["crops"] for c in calls] == [(4, SIZE, SIZE, 3), (3, SIZE, SIZE, 3)]
     assert [c["flow"] for c in calls] == [(4, SIZE, SIZE, 2), (3, SIZE, SIZE, 2)]
@@ -433,12 +433,12 @@ def test_reconstruct_runs_dgmd_at_the_bundles_refine_size(tmp_path, refine_bundl
 
 
 @needs_landmarker
-def test_coarse_stage_as_ply_and_a_replaced_previous_run(tmp_path, bundle, face_video):
+def test_encoder_stage_as_ply_and_a_replaced_previous_run(tmp_path, bundle, face_video):
     out = tmp_path / "recon"
     rec.reconstruct_video(face_video, out, checkpoint=bundle, window=3, show_progress=False)
-    summary = rec.reconstruct_video(face_video, out, checkpoint=bundle, window=3, max_frames=5, stage="coarse",
+    summary = rec.reconstruct_video(face_video, out, checkpoint=bundle, window=3, max_frames=5, stage="encoder",
                                     mesh_format="ply", show_progress=False)
-    assert summary["frames"] == 5 and summary["stage"] == "coarse"
+    assert summary["frames"] == 5 and summary["stage"] == "encoder"
     assert sorted(p.name for p in (out / "meshes").iterdir()) == [f"frame_{i:05d}.ply" for i in range(5)]
     params = np.load(out / "params.npz")
     assert "dgmd_gate" not in params.files
@@ -558,7 +558,7 @@ def test_flame_route_builds_flame_with_the_checkpoint_sizes(tmp_path, face_video
                              dem_state=build_dem(flame, encoder, dem_cfg).state_dict(), dgmd_cfg=dgmd_cfg,
                              dgmd_state=build_dgmd(flame, dgmd_cfg).state_dict(), provenance={"note": "seeded"})
     result = run_cli(face_video, "--out", tmp_path / "out", "--checkpoint", bundle, "--face-model", "flame",
-                     "--flame", flame_path, "--window", 3, "--max-frames", 4)
+                     "--flame", flame_path, "--window", 3, "--max-frames", 4, "--stage", "encoder")
     assert result.exit_code == 0, result.output
     params = np.load(tmp_path / "out" / "params.npz")
     assert params["vertices"].shape == (4, 60, 3) and params["expression"].shape == (4, 3)

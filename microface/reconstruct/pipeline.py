@@ -83,12 +83,15 @@ from microface.reconstruct.output import (
     check_output_folder,
     commit_folder,
     write_arrays,
+    write_preview,
     write_viewer,
 )
-from microface.reconstruct.video import iter_video_frames, open_video, track_face
+from microface.reconstruct.video import open_source, track_face
 from microface.utils.io import staging_folder
 
-STAGES = ("coarse", "dem", "dgmd")
+STAGES = ("fit", "dem", "dgmd", "encoder")
+STAGE_ALIASES = {"coarse": "encoder"}  # the per-frame encoder's name before the landmark fit became the coarse stage
+MOTION_STAGES = ("dem", "dgmd")  # those that need optical flow and >= 2 frames
 DEFAULT_WINDOW = 16
 
 
@@ -98,11 +101,12 @@ DEFAULT_WINDOW = 16
 # ------------------------------------------------------------------------------------------------- video
 
 
-def iter_windows(items: Iterable, window: int) -> Iterator[tuple[int, list]]:
+def iter_windows(items: Iterable, window: int, allow_single: bool = False) -> Iterator[tuple[int, list]]:
     """Consecutive windows of ``window`` items -> (start, items) pairs; a final lone item joins the last window
     (so that every window has >= 2 items: DEM integrates over a clip). Streams, holding at most window + 2 items.
 
-    Raises ReconstructionError when there is exactly one item in all."""
+    Raises ReconstructionError when there is exactly one item in all, unless allow_single (a photo: stages "fit"
+    and "encoder" need no motion)."""
     if window < 2:
         raise ValueError(f"window: expected >= 2 frames, got {window}")
     buffer: list = []
@@ -113,16 +117,16 @@ def iter_windows(items: Iterable, window: int) -> Iterator[tuple[int, list]]:
             yield start, buffer[:window]
             start += window
             buffer = buffer[window:]
-    if len(buffer) == 1:
+    if len(buffer) == 1 and not (allow_single and start == 0):
         raise ReconstructionError("only one frame could be read; reconstruct needs at least 2 (DEM models motion "
                                   "from an onset frame)")
     if buffer:
         yield start, buffer
 
 
-def window_bounds(n_frames: int, window: int) -> list[tuple[int, int]]:
+def window_bounds(n_frames: int, window: int, allow_single: bool = False) -> list[tuple[int, int]]:
     """(start, stop) of the windows ``iter_windows`` makes from ``n_frames`` frames."""
-    return [(start, start + len(items)) for start, items in iter_windows(range(n_frames), window)]
+    return [(start, start + len(items)) for start, items in iter_windows(range(n_frames), window, allow_single)]
 
 
 # --------------------------------------------------------------------------------------- crops, flow, models
@@ -156,7 +160,7 @@ class WindowInputs:
     """What the models see of one window of T frames, made by ``prepare_window``.
 
     crops (T, S, S, 3) uint8, transform (2, 3) video -> crop pixels, landmarks_crop (T, 68, 2) crop pixels, flow
-    (T, S, S, 2) px onset -> t or None (stage "coarse"): DEM's inputs at its crop size S. refine_flow (T, R, R, 2)
+    (T, S, S, 2) px onset -> t or None (stages "fit", "encoder"): DEM's inputs at its crop size S. refine_flow (T, R, R, 2)
     and refine_landmarks (T, 68, 2) R-crop pixels: DGMD's at its own size R, None when R = S or without DGMD
     (DGMD then takes flow and landmarks_crop)."""
 
@@ -191,7 +195,7 @@ def prepare_window(images: np.ndarray, landmarks68: np.ndarray, image_size: int,
     options = dict(flow_options or {})
     crops, transform, landmarks_crop = _timed(timings, "crop", crop_window, images, landmarks68, image_size)
     inputs = WindowInputs(crops=crops, transform=transform, landmarks_crop=landmarks_crop)
-    if stage != "coarse":
+    if STAGE_ALIASES.get(stage, stage) in MOTION_STAGES:
         inputs.flow = _timed(timings, "flow", window_flow, crops, flow_method, **options)
     if stage == "dgmd" and refine_size is not None and int(refine_size) != int(image_size):
         refine_crops, _, inputs.refine_landmarks = _timed(timings, "crop", crop_window, images, landmarks68,
@@ -201,10 +205,23 @@ def prepare_window(images: np.ndarray, landmarks68: np.ndarray, image_size: int,
 
 
 @dataclass
+class WindowFit:
+    """The landmark fit's values for one window of T frames (numpy): shape (S,); expression (T, E) AUs; pose (T, 6);
+    camera (T, 3) scaled orthographic in source pixels (scale px/mm, tx, ty); transform (2, 3) source -> DEM-crop
+    pixels (the window's crop, for DGMD's camera)."""
+
+    shape: np.ndarray
+    expression: np.ndarray
+    pose: np.ndarray
+    camera: np.ndarray
+    transform: np.ndarray
+
+
+@dataclass
 class WindowResult:
     """Outputs for one window of T frames (numpy, float32): shape (S,); expression, encoder_expression (T, E);
-    pose (T, 6); camera (T, 3); coarse_vertices, vertices (T, V, 3) mm; gate (T, V) or None (no DGMD);
-    seconds: {"coarse_dem": s, "dgmd": s} model time."""
+    pose (T, 6); camera (T, 3) (the fit's source-pixel camera, or the encoder's crop-NDC one without a fit);
+    coarse_vertices, vertices (T, V, 3) mm; gate (T, V) or None (no DGMD); seconds: {"coarse_dem": s, "dgmd": s}."""
 
     shape: np.ndarray
     expression: np.ndarray
@@ -256,68 +273,143 @@ def _refine_inputs(flow: np.ndarray | None, landmarks_crop: np.ndarray | None, r
     return refine_flow, refine_landmarks, size
 
 
+def dem_expression_from_onset(dem, frames: torch.Tensor, flow: torch.Tensor, times: torch.Tensor,
+                              onset_expression: torch.Tensor) -> torch.Tensor:
+    """DEM's expression for one clip started from a GIVEN onset expression (the landmark fit's).
+
+    expression(t) = onset + (DEM(t) - DEM(0)), where DEM's static branch is fed ``onset_expression`` in place of
+    its coarse encoder's onset estimate: z0 = lift(onset) + residual(onset image); then DEM's own motion
+    encoder, ODE (or residual fusion) and decoder, as in ``DEM.forward``. Why both: feeding the onset to the
+    static branch starts the ODE at the code of the face actually fitted (the field depends on z, so the
+    motion-driven change is the one for that face), and the difference makes frame 0 the fit's onset exactly
+    (a trained decoder does not invert the lift, decode(lift(e)) != e) so DEM contributes only the change
+    driven by motion: with ``DEMConfig.still_field``, zero motion gives exactly the onset on every frame.
+
+    Args:
+        dem: a ``DEM``.
+        frames: (1, T, 3, S, S) in [0, 1]; flow: (1, T, 2, S, S) px onset -> t; times: (1, T) increasing.
+        onset_expression: (1, E) the onset's expression (the fit's AUs).
+    Returns:
+        (T, E) expressions, row 0 = onset_expression.
+    """
+    from microface.models.dem import integrate_codes, normalise_times
+
+    z0 = dem.static_encoder(frames[:, 0], onset_expression)
+    motion = dem.motion_encoder(flow)
+    if dem.config.temporal == "ode":
+        code = integrate_codes(dem.vector_field, z0, normalise_times(times), motion, dem.config)
+    else:
+        code = dem.fusion(z0, motion)
+    decoded = dem.decoder(code)[0]
+    return onset_expression + (decoded - decoded[:1])
+
+
 @torch.no_grad()
 def run_window(dem, dgmd, face_model, crops: np.ndarray, flow: np.ndarray | None, times: np.ndarray,
                landmarks_crop: np.ndarray | None, stage: str = "dgmd", *, refine_flow: np.ndarray | None = None,
-               refine_landmarks: np.ndarray | None = None) -> WindowResult:
+               refine_landmarks: np.ndarray | None = None, fit: WindowFit | None = None) -> WindowResult:
     """Reconstruct one window (a clip from its onset, frame 0).
 
     crops (T, S, S, 3) uint8; flow (T, S, S, 2) px onset -> t (needed for stages "dem" and "dgmd"); times (T,)
-    strictly increasing seconds; landmarks_crop (T, 68, 2) crop pixels (DGMD's landmark cue); stage:
-    "coarse" (per-frame coarse encoder), "dem" (+ DEM) or "dgmd" (+ DGMD). refine_flow (T, R, R, 2) px and
-    refine_landmarks (T, 68, 2) pixels of the R x R crop (same framing): DGMD's inputs at its own resolution R,
-    read off the flow's shape, and its camera rendered at R x R (stage "dgmd" only; None: DGMD takes flow and
-    landmarks_crop at S). Runs on the models' device.
+    strictly increasing seconds; landmarks_crop (T, 68, 2) crop pixels (DGMD's landmark cue); stage: "fit" (the
+    landmark fit's meshes), "encoder" (per-frame coarse encoder; alias "coarse"), "dem" (+ DEM) or "dgmd" (+ DGMD).
+    fit: the landmark fit's window (needed for "fit"): with it, "dem" / "dgmd" take identity, pose and camera from
+    the fit and start DEM from the fit's onset (``dem_expression_from_onset``), and DGMD sees the fit's onset
+    camera through the crop (``orthographic_to_crop_camera``); without it, from the coarse encoder (the seed's
+    chain). refine_flow (T, R, R, 2) px and refine_landmarks (T, 68, 2) pixels of the R x R crop (same framing):
+    DGMD's inputs at its own resolution R, read off the flow's shape, and its camera rendered at R x R (stage
+    "dgmd" only; None: DGMD takes flow and landmarks_crop at S). Runs on the models' device.
     """
-    from microface.render.camera import to_render_camera
+    from microface.render.camera import orthographic_to_crop_camera, to_render_camera
     from microface.training.dem import reconstruct
     from microface.training.dgmd import RefineClip, refine_clip
 
+    stage = STAGE_ALIASES.get(stage, stage)
     if stage not in STAGES:
         raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
+    if stage == "fit" and fit is None:
+        raise ValueError("stage 'fit': pass the landmark fit's window (fit=WindowFit(...))")
     crops = np.asarray(crops)
     if crops.ndim != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:
         raise ValueError(f"crops: expected (T, S, S, 3), got {crops.shape}")
     n_frames, size = crops.shape[0], crops.shape[1]
-    if stage != "coarse" and (flow is None or np.asarray(flow).shape != (n_frames, size, size, 2)):
+    if stage in MOTION_STAGES and (flow is None or np.asarray(flow).shape != (n_frames, size, size, 2)):
         raise ValueError(f"flow: expected ({n_frames}, {size}, {size}, 2) for stage {stage!r}, got "
                          f"{None if flow is None else np.asarray(flow).shape}")
+    if fit is not None and (fit.expression.shape[0] != n_frames or fit.pose.shape != (n_frames, 6)
+                            or fit.camera.shape != (n_frames, 3)):
+        raise ValueError(f"fit: expected expression ({n_frames}, E), pose ({n_frames}, 6), camera ({n_frames}, 3), "
+                         f"got {fit.expression.shape}, {fit.pose.shape}, {fit.camera.shape}")
     if stage == "dgmd":
         dgmd_flow, dgmd_landmarks, refine_size = _refine_inputs(flow, landmarks_crop, refine_flow, refine_landmarks,
                                                                 n_frames)
     parameter = next(dem.parameters())
     device, dtype = parameter.device, parameter.dtype
+    tensor = lambda a: torch.as_tensor(np.asarray(a), device=device, dtype=dtype)  # noqa: E731
     frames = torch.from_numpy(np.ascontiguousarray(crops)).to(device=device, dtype=dtype).permute(0, 3, 1, 2)[None] / 255.0
     start = time.perf_counter()
-    if stage == "coarse":
+    if fit is not None or stage == "encoder":  # the per-frame encoder (its expression is kept as encoder_expression)
         coarse = dem.encode_frames(frames)
-        shape = coarse.shape.mean(dim=1)
-        expression = coarse.expression
-        face = face_model(shape.expand(n_frames, -1), coarse.expression[0], coarse.pose[0])
-        coarse_vertices = face.vertices
+    if fit is not None:
+        shape, pose, camera = tensor(fit.shape)[None], tensor(fit.pose), tensor(fit.camera)
+        expression = tensor(fit.expression)
+        if stage in MOTION_STAGES:
+            flow_t = _flow_tensor(flow, device, dtype)
+            times_t = torch.as_tensor(np.asarray(times, dtype=np.float64), device=device).to(dtype)[None]
+            expression = dem_expression_from_onset(dem, frames, flow_t[None], times_t, expression[:1])
+        if stage == "encoder":
+            shape, expression, pose, camera = (coarse.shape.mean(dim=1), coarse.expression[0], coarse.pose[0],
+                                               coarse.camera[0])
+        coarse_vertices = face_model(shape.expand(n_frames, -1), expression, pose).vertices
+    elif stage == "encoder":
+        shape, expression, pose, camera = (coarse.shape.mean(dim=1), coarse.expression[0], coarse.pose[0],
+                                           coarse.camera[0])
+        coarse_vertices = face_model(shape.expand(n_frames, -1), expression, pose).vertices
     else:
         flow_t = _flow_tensor(flow, device, dtype)
         times_t = torch.as_tensor(np.asarray(times, dtype=np.float64), device=device).to(dtype)[None]
         recon = reconstruct(dem, face_model, frames, flow_t[None], times_t)
-        coarse, shape, expression = recon.output.coarse, recon.shape, recon.output.expression
+        coarse, shape, expression = recon.output.coarse, recon.shape, recon.output.expression[0]
+        pose, camera = coarse.pose[0], coarse.camera[0]
         coarse_vertices = recon.vertices[0]
     seconds = {"coarse_dem": time.perf_counter() - start}
     vertices, gate = coarse_vertices, None
     if stage == "dgmd":
         start = time.perf_counter()
-        landmarks = None if dgmd_landmarks is None else torch.as_tensor(np.asarray(dgmd_landmarks), device=device,
-                                                                         dtype=dtype)
+        landmarks = None if dgmd_landmarks is None else tensor(dgmd_landmarks)
+        if fit is not None:  # the onset's source camera through the R x R crop (same framing as the S crop)
+            render_camera = orthographic_to_crop_camera(camera[:1], tensor(fit.transform) * (refine_size / size))
+        else:
+            render_camera = to_render_camera(camera[:1], (refine_size, refine_size))
         clip = RefineClip(coarse_vertices=coarse_vertices,
                           flow_onset_to_t=flow_t if dgmd_flow is flow else _flow_tensor(dgmd_flow, device, dtype),
-                          camera=to_render_camera(coarse.camera[:, 0], (refine_size, refine_size)),
-                          landmarks2d=landmarks)
+                          camera=render_camera, landmarks2d=landmarks)
         refined = refine_clip(dgmd, clip)
         vertices, gate = refined.vertices, _numpy(refined.gate)
         seconds["dgmd"] = time.perf_counter() - start
-    return WindowResult(shape=_numpy(shape[0]), expression=_numpy(expression[0]),
-                        encoder_expression=_numpy(coarse.expression[0]), pose=_numpy(coarse.pose[0]),
-                        camera=_numpy(coarse.camera[0]), coarse_vertices=_numpy(coarse_vertices),
-                        vertices=_numpy(vertices), gate=gate, seconds=seconds)
+    return WindowResult(shape=_numpy(shape[0]), expression=_numpy(expression),
+                        encoder_expression=_numpy(coarse.expression[0]), pose=_numpy(pose), camera=_numpy(camera),
+                        coarse_vertices=_numpy(coarse_vertices), vertices=_numpy(vertices), gate=gate, seconds=seconds)
+
+
+def vertices_in_source(vertices: np.ndarray, camera: np.ndarray, stage: str, transform: np.ndarray,
+                       image_size: int) -> np.ndarray:
+    """Every vertex in source-image pixels: (T, V, 3) mm -> (T, V, 2) px (x right, y down).
+
+    camera (T, 3): the fit's scaled-orthographic source camera (stages "fit", "dem", "dgmd"), or for stage
+    "encoder" the encoder's weak-perspective crop camera, projected into the S x S crop and mapped back to the
+    source by the inverse of ``transform`` (T, 2, 3) source -> crop pixels.
+    """
+    from microface.data.preprocess import invert_transform
+    from microface.fit import project_to_pixels
+    from microface.render.camera import weak_perspective_project
+
+    points, cameras = torch.from_numpy(np.asarray(vertices, np.float64)), torch.from_numpy(np.asarray(camera, np.float64))
+    if STAGE_ALIASES.get(stage, stage) != "encoder":
+        return project_to_pixels(points, cameras).numpy().astype(np.float32)
+    crop_px = weak_perspective_project(points, cameras, (image_size, image_size)).numpy()
+    inverse = np.stack([invert_transform(t) for t in np.asarray(transform)])
+    return (np.einsum("tvj,tij->tvi", crop_px, inverse[:, :, :2]) + inverse[:, None, :, 2]).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------ mesh files
@@ -327,33 +419,80 @@ def run_window(dem, dgmd, face_model, crops: np.ndarray, flow: np.ndarray | None
 
 
 # --------------------------------------------------------------------------------------------------- driver
+def track_source(source, landmarker, start_auto: bool, max_frames: int | None, timings: dict) -> tuple[np.ndarray, np.ndarray, int]:
+    """First reading of a source: the tracked face of every frame reconstructed.
+
+    Returns meshes (T, 468, 3) source pixels (held where ``detected`` is False), detected (T,) bool, and the
+    index of the first frame (0, or the first frame holding a face with start_auto). T <= max_frames.
+    """
+    from contextlib import closing
+    from itertools import islice
+
+    frames = source.frames(0, None if start_auto else max_frames)
+    with closing(frames):
+        tracked = track_face(frames, landmarker, source.info.path, timings, start_auto=start_auto)
+        with closing(tracked):
+            records = [(f.index, f.mesh, f.detected) for f in islice(tracked, max_frames)]
+    index = np.array([r[0] for r in records], dtype=np.int64)
+    if len(index) and np.any(np.diff(index) != 1):
+        raise RuntimeError("track_source: frames were skipped after the start")  # track_face never skips later
+    return (np.stack([r[1] for r in records]).astype(np.float32), np.array([r[2] for r in records], dtype=bool),
+            int(index[0]))
+
+
+def fit_video(meshes: np.ndarray, detected: np.ndarray, model, mediapipe_embedding=None):
+    """The landmark fit of the whole video (one identity, per-frame pose, camera, AUs and jaw): see
+    ``microface.fit.fit_landmarks``. Frames without a face are ignored and filled by its temporal prior.
+    A fit error (e.g. FLAME without its MediaPipe embedding) becomes a ReconstructionError."""
+    from microface.fit import fit_landmarks
+
+    try:
+        return fit_landmarks(meshes, model, valid=detected, mediapipe_embedding=mediapipe_embedding)
+    except ValueError as err:
+        raise ReconstructionError(f"landmark fit: {err}") from None
+
+
+def preview_indices(n_frames: int, count: int = 6) -> np.ndarray:
+    """Up to ``count`` frame positions spread evenly over n_frames (first and last included): (K,) int."""
+    return np.unique(np.linspace(0, n_frames - 1, min(n_frames, count)).round().astype(np.int64))
+
+
 def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | Path | None = None,
                       face_model: str = "open", flame_path: str | Path | None = None, max_frames: int | None = None,
                       window: int = DEFAULT_WINDOW, mesh_format: str = "obj", device: str = "cpu",
-                      stage: str = "dgmd", task_path: str | Path | None = None, show_progress: bool = True,
-                      viewer_max_frames: int = DEFAULT_VIEWER_FRAMES) -> dict:
+                      stage: str = "fit", task_path: str | Path | None = None, show_progress: bool = True,
+                      viewer_max_frames: int = DEFAULT_VIEWER_FRAMES, start: str | int = 0, fps: float | None = None,
+                      mediapipe_embedding: str | Path | None = None) -> dict:
     """Reconstruct every frame of ``video`` into the folder ``out`` (layout and guarantees: module doc).
 
-    checkpoint: a bundle (default ``default_checkpoint_path()``); face_model "open" | "flame" (with flame_path);
-    max_frames: read at most this many frames; window: frames per DEM clip (>= 2); mesh_format "obj" | "ply";
-    device: torch device of the models; stage: "coarse" | "dem" | "dgmd" (what the meshes hold); task_path: the
-    landmarker bundle (default: ``microface.data.landmarks.default_task_path()``); viewer_max_frames: frames in
-    viewer.html (evenly subsampled beyond that). Returns the summary (also written as ``summary.json``).
-    Errors: FileNotFoundError (missing video, checkpoint or landmarker) and ReconstructionError (a ValueError:
-    unreadable video, no face in frame 0, wrong face model, unusable output folder), each naming the file.
+    video: a video file, a photo (.jpg/.png/...) or a folder of frames (natural order: img2 before img10).
+    checkpoint: a bundle (default ``default_checkpoint_path()``); face_model "open" | "flame" (with flame_path, and
+    mediapipe_embedding: FLAME's ``mediapipe_landmark_embedding.npz`` for the fit); max_frames: reconstruct at most
+    this many frames (from the start); window: frames per DEM clip (>= 2); mesh_format "obj" | "ply"; device: torch
+    device of the models; stage: "fit" | "dem" | "dgmd" | "encoder" (what the meshes hold, module doc);
+    task_path: the landmarker bundle (default: ``microface.data.landmarks.default_task_path()``); viewer_max_frames:
+    frames in viewer.html (evenly subsampled beyond that); start: 0 (the first frame must hold a face) or "auto"
+    (start at the first frame that holds one); fps: frames per second of a folder (default 200) or photo, or an
+    override for a video. Returns the summary (also written as ``summary.json``).
+    Errors: FileNotFoundError (missing input, checkpoint or landmarker) and ReconstructionError (a ValueError:
+    unreadable input, no face in frame 0, wrong face model, unusable output folder), each naming the file.
     """
     from microface import __version__
     from microface.data.landmarks import FaceLandmarker, to_ibug68
     from microface.utils.runtime import progress
 
+    stage = STAGE_ALIASES.get(stage, stage)
     if mesh_format not in MESH_FORMATS:
         raise ReconstructionError(f"mesh format: expected one of {MESH_FORMATS}, got {mesh_format!r}")
     if stage not in STAGES:
         raise ReconstructionError(f"stage: expected one of {STAGES}, got {stage!r}")
     if window < 2:
         raise ReconstructionError(f"window: expected >= 2 frames (DEM models motion from an onset), got {window}")
-    if max_frames is not None and max_frames < 2:
-        raise ReconstructionError(f"max frames: expected >= 2, got {max_frames}")
+    if max_frames is not None and max_frames < 1:
+        raise ReconstructionError(f"max frames: expected >= 1, got {max_frames}")
+    if str(start) not in ("0", "auto"):
+        raise ReconstructionError(f"start: expected 0 (the first frame holds the face) or 'auto', got {start!r}")
+    start_auto = str(start) == "auto"
     if face_model not in FACE_MODELS:
         raise ReconstructionError(f"face model: expected one of {FACE_MODELS}, got {face_model!r}")
     if face_model == "flame" and flame_path is None:
@@ -369,81 +508,123 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
                                   f"{face_model!r} (tools/export_checkpoint.py --face-model {face_model})")
     model = build_face_model(face_model, flame_path, bundle["face_model"]["n_shape"],
                              bundle["face_model"]["n_expression"]).to(torch_device)
-    dem, dgmd, meta = models_from_bundle(bundle, model)
+    dem, dgmd, meta = models_from_bundle(bundle, model, still_field=True)
     image_size, refine_size, flow_cfg = int(meta["image_size"]), int(meta["refine_size"]), meta["flow"]
     faces = model.faces.detach().cpu().numpy().astype(np.int64)
 
-    capture, info = open_video(video)
+    source = open_source(video, fps)
+    info = source.info
     try:
         landmarker = FaceLandmarker(task_path, max_faces=2)
     except BaseException:
-        capture.release()
+        source.close()
         raise
     staging = staging_folder(out)  # built in full, then moved onto out by commit_folder
     timings: dict[str, float] = {}
     started = time.perf_counter()
     try:
+        # 1. track the face in every frame, then fit the face model to the whole video
+        meshes, detected, first = track_source(source, landmarker, start_auto, max_frames, timings)
+        n_frames, frames_read = len(meshes), info.frames_read
+        info.start = first
+        if n_frames < 2 and stage in MOTION_STAGES:
+            raise ReconstructionError(f"{info.path} gave one frame: stage {stage!r} models motion from an onset and "
+                                      "needs >= 2 frames; use --stage fit (or encoder) for a photo")
+        fit, fit_summary = None, None
+        if stage != "encoder":
+            tic = time.perf_counter()
+            fit = fit_video(meshes, detected, model, mediapipe_embedding)
+            timings["fit"] = time.perf_counter() - tic
+            fit_summary = {"median_residual_px": float(np.nanmedian(fit.residual_px.numpy())),
+                           "frames_fitted": int(fit.valid.sum()), "settings": dataclasses.asdict(fit.settings)}
+        fitted = None if fit is None else {k: v.numpy() for k, v in (("expression", fit.expression), ("pose", fit.pose),
+                                                                     ("camera", fit.camera))}
+        # 2. read the frames again: crops (and flow) per window, the models, the meshes
         (staging / "meshes").mkdir()
         writer = write_obj if mesh_format == "obj" else write_ply
         columns: dict[str, list] = {k: [] for k in ("frame_index", "window_index", "window_start", "shape",
                                                     "expression", "encoder_expression", "pose", "camera",
-                                                    "crop_transform", "coarse_vertices", "vertices", "dgmd_gate",
-                                                    "mesh", "detected", "landmarks68_crop")}
-        total = info.frame_count if max_frames is None else min(info.frame_count or max_frames, max_frames)
-        frames = track_face(iter_video_frames(capture, info, max_frames), landmarker, info.path, timings)
+                                                    "crop_transform", "coarse_vertices", "vertices", "vertices_px",
+                                                    "dgmd_gate", "mesh", "detected", "landmarks68_crop")}
+        shown_preview = set(preview_indices(n_frames).tolist())
+        preview_images: list[np.ndarray] = []
+        images_iter = source.frames(first, n_frames)
         quiet = {} if show_progress else {"disable": True}  # else progress() honours MICROFACE_NO_PROGRESS
-        with progress(total=total or None, desc="reconstruct", unit="frame", **quiet) as bar:
-            for w, (start, items) in enumerate(iter_windows(frames, window)):
+        with progress(total=n_frames, desc="reconstruct", unit="frame", **quiet) as bar:
+            for w, (position, items) in enumerate(iter_windows(enumerate(images_iter), window,
+                                                               allow_single=stage not in MOTION_STAGES)):
                 n = len(items)
-                images = np.stack([f.image for f in items])
-                mesh = np.stack([f.mesh for f in items]).astype(np.float32)
+                at = np.arange(position, position + n)
+                images = np.stack([image for _, image in items])
+                preview_images += [image for p, image in items if p in shown_preview]
+                mesh = meshes[at]
                 inputs = prepare_window(images, to_ibug68(mesh)[..., :2], image_size, stage, flow_cfg["method"],
                                         flow_cfg.get("options", {}), refine_size, timings)
-                index = np.array([f.index for f in items], dtype=np.int64)
+                index = first + at
+                window_fit = None if fit is None else WindowFit(
+                    shape=fit.shape.numpy(), expression=fitted["expression"][at], pose=fitted["pose"][at],
+                    camera=fitted["camera"][at], transform=inputs.transform)
                 result = run_window(dem, dgmd, model, inputs.crops, inputs.flow, index / info.fps,
                                     inputs.landmarks_crop, stage, refine_flow=inputs.refine_flow,
-                                    refine_landmarks=inputs.refine_landmarks)
+                                    refine_landmarks=inputs.refine_landmarks, fit=window_fit)
                 for key, seconds in result.seconds.items():
                     timings[key] = timings.get(key, 0.0) + seconds
+                transforms = np.repeat(inputs.transform[None], n, 0)
                 tic = time.perf_counter()
                 for t in range(n):
                     writer(staging / "meshes" / f"frame_{index[t]:05d}.{mesh_format}", result.vertices[t], faces,
-                           f"microface reconstruct: video frame {index[t]}, stage {stage}, mm (face-model frame)")
+                           f"microface reconstruct: frame {index[t]}, stage {stage}, mm (face-model frame)")
                 timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tic
                 for key, value in (("frame_index", index), ("window_index", np.full(n, w, np.int32)),
-                                   ("window_start", np.full(n, start, np.int64)),
+                                   ("window_start", np.full(n, first + position, np.int64)),
                                    ("shape", np.repeat(result.shape[None], n, 0)), ("expression", result.expression),
                                    ("encoder_expression", result.encoder_expression), ("pose", result.pose),
-                                   ("camera", result.camera),
-                                   ("crop_transform", np.repeat(inputs.transform[None], n, 0)),
+                                   ("camera", result.camera), ("crop_transform", transforms),
                                    ("coarse_vertices", result.coarse_vertices), ("vertices", result.vertices),
-                                   ("dgmd_gate", result.gate), ("mesh", mesh),
-                                   ("detected", np.array([f.detected for f in items])),
+                                   ("vertices_px", vertices_in_source(result.vertices, result.camera, stage,
+                                                                      transforms, image_size)),
+                                   ("dgmd_gate", result.gate), ("mesh", mesh), ("detected", detected[at]),
                                    ("landmarks68_crop", inputs.landmarks_crop)):
                     columns[key].append(value)
                 bar.update(n)
         arrays = {k: np.concatenate(v) for k, v in columns.items() if v and v[0] is not None}
+        if len(arrays["frame_index"]) != n_frames:
+            raise ReconstructionError(f"{info.path}: {n_frames} frames were tracked but {len(arrays['frame_index'])} "
+                                      "could be read again (a file changed or a video that decodes differently)")
         tic = time.perf_counter()
         write_arrays(staging, arrays, info.fps, image_size, faces, refine_size)
-        n_frames = len(arrays["frame_index"])
         shown = np.unique(np.linspace(0, n_frames - 1, min(n_frames, viewer_max_frames)).round().astype(int))
         write_viewer(staging / "viewer.html", arrays, shown, faces, f"{Path(info.path).name}: {stage} meshes",
                      with_offsets=stage == "dgmd")
+        previewed = preview_indices(n_frames)
+        write_preview(staging / "preview.png", np.stack(preview_images), arrays["vertices_px"][previewed], faces,
+                      arrays["frame_index"][previewed])
         timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tic
+        info.frames_read = frames_read  # the first reading's count (the second reads the same frames again)
         missing = [int(i) for i in arrays["frame_index"][~arrays["detected"]]]
         windows = sorted({(int(s), int((arrays["window_start"] == s).sum())) for s in arrays["window_start"]})
+        path = Path(info.path)
         summary = {
             "format": OUTPUT_FORMAT,
-            "video": {**dataclasses.asdict(info), "size_bytes": Path(info.path).stat().st_size},
+            "video": {**dataclasses.asdict(info),
+                      "size_bytes": path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in source.paths)},
             "frames": n_frames,
+            "start": {"mode": "auto" if start_auto else "0", "frame": first},
             "frames_without_face": {"count": len(missing), "frames": missing,
-                                    "policy": "frame 0 must hold a face; elsewhere the previous landmarks are held"},
+                                    "policy": "the start frame must hold a face (--start auto: the first that does); "
+                                              "later, the previous landmarks are held and the fit interpolates"},
             "windows": {"size": window, "count": len(windows), "starts_and_lengths": windows},
             "stage": stage,
+            "fit": fit_summary,
+            "dem": {"still_field": bool(dem.config.still_field),
+                    "onset": "the landmark fit's" if stage in MOTION_STAGES else None},
+            "camera": "scaled orthographic (scale px/mm, tx, ty px) in source pixels, the fit's"
+                      if stage != "encoder" else "weak perspective (s, tx, ty) in crop NDC, the encoder's",
             "image_size": image_size,
             "refine_size": refine_size,
             "mesh_format": mesh_format,
             "viewer_frames": [int(i) for i in arrays["frame_index"][shown]],
+            "preview_frames": [int(i) for i in arrays["frame_index"][previewed]],
             "checkpoint": bundle_meta(bundle),
             "face_model": face_model,
             "flame_path": None if flame_path is None else str(flame_path),
@@ -456,7 +637,8 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
             "outputs": {"meshes": f"meshes/frame_NNNNN.{mesh_format}", "params.npz": PARAMS_KEYS,
                         "landmarks.npz": "landmarks68 (T,68,2) and landmarks_mesh (T,468,3) video pixels, detected (T,), "
                                          "landmarks68_crop (T,68,2) crop pixels, frame_index (T,)",
-                        "viewer.html": "plotly mesh sequence"},
+                        "viewer.html": "plotly mesh sequence",
+                        "preview.png": "the mesh drawn over up to 6 frames spread over the video"},
         }
         (staging / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
         commit_folder(staging, out)
@@ -464,7 +646,7 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
-        capture.release()
+        source.close()
         landmarker.close()
     return summary
 
@@ -480,7 +662,8 @@ def summary_lines(summary: dict, out: str | Path) -> list[str]:
         shown = ", ".join(map(str, missing["frames"][:10])) + (" ..." if missing["count"] > 10 else "")
         lines.append(f"warning: no face detected in {missing['count']} frames (landmarks held from the previous "
                      f"frame): {shown}")
-    lines.append(f"wrote {out}: meshes/, params.npz, landmarks.npz, viewer.html, summary.json")
+    lines.append(f"wrote {out}: preview.png (look at it first), meshes/, params.npz, landmarks.npz, viewer.html, "
+                 "summary.json")
     return lines
 
 
