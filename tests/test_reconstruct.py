@@ -27,7 +27,7 @@ from microface.models.dgmd import build_dgmd
 from microface.reconstruct import pipeline as rec
 from microface.reconstruct.bundle import load_bundle, save_bundle
 from microface.mesh.meshio import read_obj, read_ply
-from microface.reconstruct.video import select_face
+from microface.reconstruct.video import frames_to_video, select_face
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_landmarker = pytest.mark.skipif(landmarker_unavailable_reason() is not None,
@@ -575,3 +575,176 @@ def test_unavailable_device_fails_clearly(tmp_path, bundle, face_video):
     result = run_cli(face_video, "--out", tmp_path / "out", "--checkpoint", bundle, "--device", "gpu")
     assert result.exit_code != 0 and "'gpu' is not a torch device" in result.output
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------- the landmark fit as the coarse stage
+NOSE_TIP = 1  # MediaPipe's nose-tip landmark, and the same vertex of the open model (the canonical mesh topology)
+
+
+def write_frames(folder: Path, frames: list[np.ndarray], names: list[str]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name for name in names]
+    for path, frame in zip(paths, frames):
+        assert cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    return paths
+
+
+def turning_frames(n: int, degrees_per_frame: float, size: int = 224) -> list[np.ndarray]:
+    import skimage.data
+
+    face = cv2.resize(skimage.data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
+    return [cv2.warpAffine(face, cv2.getRotationMatrix2D((size / 2, size * 0.4), degrees_per_frame * i, 1.0),
+                           (size, size), borderMode=cv2.BORDER_REPLICATE) for i in range(n)]
+
+
+def roll_degrees(landmarks68: np.ndarray) -> np.ndarray:
+    """(T, 68, 2) -> (T,) angle of the line between the eye centres, degrees (image y down)."""
+    left, right = landmarks68[:, 36:42].mean(1), landmarks68[:, 42:48].mean(1)
+    return np.degrees(np.arctan2(right[:, 1] - left[:, 1], right[:, 0] - left[:, 0]))
+
+
+def check_preview(out: Path, n_frames: int, height: int, width: int) -> None:
+    from microface.reconstruct.output import preview_layout
+
+    data = (out / "preview.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    image = cv2.imread(str(out / "preview.png"), cv2.IMREAD_COLOR)
+    rows, columns, tile_h, tile_w = preview_layout(min(n_frames, 6), height, width)
+    assert image.shape == (rows * tile_h, columns * tile_w, 3)
+    assert image.std() > 5  # frames, not a blank sheet
+
+
+def test_orthographic_to_crop_camera_matches_projecting_then_cropping():
+    from microface.fit import project_to_pixels
+    from microface.render.camera import orthographic_to_crop_camera, project_points
+
+    points = torch.randn(2, 20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 50
+    camera = torch.tensor([[2.0, 300.0, 200.0], [1.5, 310.0, 190.0]], dtype=torch.float64)
+    angle, scale = 0.3, 0.4
+    A = scale * torch.tensor([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], dtype=torch.float64)
+    transform = torch.cat([A, torch.tensor([[5.0], [-7.0]], dtype=torch.float64)], dim=1)
+    expected = project_to_pixels(points, camera) @ A.T + transform[:, 2]
+    crop_camera = orthographic_to_crop_camera(camera, transform)
+    torch.testing.assert_close(project_points(points, crop_camera)[..., :2], expected)
+    assert torch.allclose(torch.linalg.det(crop_camera.R), torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="similarity"):
+        orthographic_to_crop_camera(camera, torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64))
+
+
+def test_folder_frames_sort_numerically(tmp_path):
+    from microface.reconstruct.video import folder_frames
+
+    for name in ["img10.jpg", "img2.jpg", "img1.jpg", "notes.txt", "img9.png"]:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in folder_frames(tmp_path)] == ["img1.jpg", "img2.jpg", "img9.png", "img10.jpg"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(rec.ReconstructionError, match="empty holds no image"):
+        folder_frames(tmp_path / "empty")
+
+
+@needs_landmarker
+def test_fit_stage_projects_onto_the_detected_face_and_draws_a_preview(tmp_path, bundle, face_video, face_model):
+    out = tmp_path / "fit"
+    summary = rec.reconstruct_video(face_video, out, checkpoint=bundle, window=4, show_progress=False)
+    assert summary["stage"] == "fit" and summary["fit"]["frames_fitted"] == N_FRAMES
+    params, landmarks = np.load(out / "params.npz"), np.load(out / "landmarks.npz")
+    assert params["vertices_px"].shape == (N_FRAMES, 468, 2)
+    # the fitted mesh lands on the face: projected nose tip within a few px of the detected one (224 px frames)
+    error = np.linalg.norm(params["vertices_px"][:, NOSE_TIP] - landmarks["landmarks_mesh"][:, NOSE_TIP, :2], axis=-1)
+    assert error.max() < 4.0, error
+    inner = np.linalg.norm(params["vertices_px"] - landmarks["landmarks_mesh"][..., :2], axis=-1)
+    assert np.median(inner) < 3.0
+    assert np.ptp(params["shape"], axis=0).max() == 0  # one identity for the video
+    check_preview(out, N_FRAMES, 224, 224)
+    assert summary["preview_frames"] == [0, 1, 2, 4, 5, 6]  # 6 frames spread over 7, ends included
+
+    # DEM and DGMD start from the fit: same identity and pose, the fit's expression at every window onset, and
+    # vertices_px the final mesh through the fit's camera
+    dgmd = rec.reconstruct_video(face_video, tmp_path / "dgmd", checkpoint=bundle, window=4, stage="dgmd",
+                                 show_progress=False)
+    refined = np.load(tmp_path / "dgmd" / "params.npz")
+    np.testing.assert_allclose(refined["pose"], params["pose"], atol=1e-6)
+    np.testing.assert_allclose(refined["shape"], params["shape"], atol=1e-6)
+    onsets = np.flatnonzero(refined["frame_index"] == refined["window_start"])
+    np.testing.assert_allclose(refined["expression"][onsets], params["expression"][onsets], atol=1e-6)
+    from microface.fit import project_to_pixels
+    expected = project_to_pixels(torch.from_numpy(refined["vertices"]).double(), torch.from_numpy(refined["camera"]))
+    np.testing.assert_allclose(refined["vertices_px"], expected.numpy(), atol=1e-3)
+    assert dgmd["dem"]["still_field"] is True and 0 < np.abs(refined["vertices"] - refined["coarse_vertices"]).max()
+
+
+@needs_landmarker
+def test_still_video_does_not_drift(tmp_path, bundle):
+    """No motion, no change: one frame repeated exactly (a folder of copies: an mp4 codec would make the copies
+    differ by a few grey levels, i.e. real motion for the tracker), through DEM (still_field on) and DGMD, moves no
+    vertex more than 0.05 mm."""
+    video = tmp_path / "still"
+    write_frames(video, turning_frames(1, 0.0) * 8, [f"img{i + 1}.png" for i in range(8)])
+    for stage in ("dem", "dgmd"):
+        summary = rec.reconstruct_video(video, tmp_path / stage, checkpoint=bundle, window=8, stage=stage,
+                                        show_progress=False)
+        vertices = np.load(tmp_path / stage / "params.npz")["vertices"]
+        drift = np.linalg.norm(vertices - vertices[:1], axis=-1).max()
+        assert drift <= 0.05, f"stage {stage}: a still video drifts {drift:.4f} mm"
+        assert summary["dem"]["still_field"] is True
+
+
+@needs_landmarker
+def test_a_photo_is_one_frame(tmp_path, bundle, face_model):
+    photo = write_frames(tmp_path, turning_frames(1, 0.0, size=200), ["portrait.jpg"])[0]
+    out = tmp_path / "out"
+    result = run_cli(photo, "--out", out, "--checkpoint", bundle)
+    assert result.exit_code == 0, result.output
+    params = np.load(out / "params.npz")
+    assert params["vertices"].shape == (1, 468, 3) and params["vertices_px"].shape == (1, 468, 2)
+    assert params["expression"].shape == (1, face_model.n_expression)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["video"]["kind"] == "photo" and summary["frames"] == 1
+    assert sorted(p.name for p in (out / "meshes").iterdir()) == ["frame_00000.obj"]
+    check_preview(out, 1, 200, 200)
+    result = run_cli(photo, "--out", tmp_path / "dem", "--checkpoint", bundle, "--stage", "dem")
+    assert result.exit_code != 0 and "--stage fit" in result.output and "portrait.jpg" in result.output
+
+
+@needs_landmarker
+def test_a_frame_folder_is_read_in_numeric_order(tmp_path, bundle):
+    frames = turning_frames(12, 2.0)  # the head rolls 2 degrees per frame: the order shows in the landmarks
+    write_frames(tmp_path / "clip", frames, [f"img{i + 1}.jpg" for i in range(12)])
+    out = tmp_path / "out"
+    result = run_cli(tmp_path / "clip", "--out", out, "--checkpoint", bundle, "--window", 6)
+    assert result.exit_code == 0, result.output
+    landmarks, params = np.load(out / "landmarks.npz"), np.load(out / "params.npz")
+    roll = roll_degrees(landmarks["landmarks68"])
+    assert np.all(np.diff(roll) < -1.0), roll  # img10 after img9, not after img1
+    assert float(params["fps"]) == 200.0  # the ME datasets' rate, a folder's default
+    np.testing.assert_allclose(params["time_s"], np.arange(12) / 200.0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["video"]["kind"] == "frames" and summary["frames"] == 12
+    check_preview(out, 12, 224, 224)
+    result = run_cli(tmp_path / "clip", "--out", tmp_path / "out30", "--checkpoint", bundle, "--fps", 30,
+                     "--max-frames", 3)
+    assert result.exit_code == 0, result.output
+    assert float(np.load(tmp_path / "out30" / "params.npz")["fps"]) == 30.0
+
+
+@needs_landmarker
+def test_start_auto_skips_the_frames_before_the_face(tmp_path, bundle):
+    blank = [np.full((224, 224, 3), 90, np.uint8)] * 3
+    paths = write_frames(tmp_path / "frames", blank + astronaut_frames(5), [f"f{i}.png" for i in range(8)])
+    video = frames_to_video(paths, tmp_path / "late_face.mp4", fps=25.0)
+    refused = run_cli(video, "--out", tmp_path / "refused", "--checkpoint", bundle)
+    assert refused.exit_code != 0 and "no face found in the first frame" in refused.output
+    assert "--start auto" in refused.output and "late_face.mp4" in refused.output
+    out = tmp_path / "out"
+    result = run_cli(video, "--out", out, "--checkpoint", bundle, "--start", "auto", "--stage", "dem", "--window", 3)
+    assert result.exit_code == 0, result.output
+    params = np.load(out / "params.npz")
+    np.testing.assert_array_equal(params["frame_index"], np.arange(3, 8))
+    np.testing.assert_allclose(params["time_s"], np.arange(3, 8) / 25.0)
+    assert sorted(p.name for p in (out / "meshes").iterdir()) == [f"frame_{i:05d}.obj" for i in range(3, 8)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["start"] == {"mode": "auto", "frame": 3} and summary["frames_without_face"]["count"] == 0
+    assert summary["preview_frames"] == [3, 4, 5, 6, 7]
+    blank_video = frames_to_video(paths[:3], tmp_path / "no_face.mp4")
+    result = run_cli(blank_video, "--out", tmp_path / "none", "--checkpoint", bundle, "--start", "auto")
+    assert result.exit_code != 0 and "no face found in any of the 3 frames" in result.output
