@@ -16,7 +16,6 @@ from microface.data.flow import accumulate_flow_opencv
 from microface.viz.curves import read_training_curves
 from microface.data.folds import subject_split
 from microface.data.datasets import load_dataset
-from microface.face.open_model import OpenFaceModel
 from microface.training.dem import build_dem
 from microface.data.synth import config_for_profile, generate
 
@@ -94,8 +93,8 @@ def test_clip_tensors_carry_rescaled_ground_truth(synth_root):
         assert float(error) < float(truth_clip.flow[apex].norm(dim=0)[moving].mean())
 
 
-def test_per_frame_baseline_sees_one_frame_at_a_time():
-    face_model = OpenFaceModel()
+def test_per_frame_baseline_sees_one_frame_at_a_time(open_face_model):
+    face_model = open_face_model
     model = build_baseline(face_model, {"channels": [8, 8], "hidden": 16}, seed=0).eval()
     assert isinstance(model, PerFrameBaseline)
     frames = torch.rand(1, 4, 3, 24, 24)
