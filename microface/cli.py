@@ -136,15 +136,19 @@ def reconstruct(
                               "video, per-frame pose, camera, AUs, jaw); dem: + DEM's motion-driven change from the "
                               "fit's onset; dgmd: + DGMD's per-vertex refinement; encoder: the learned per-frame "
                               "encoder (the seed's baseline)"),
-    start: str = typer.Option("0", "--start", help="0: the first frame must hold a face; auto: start at the first frame that holds one"),
+    start: str = typer.Option("0", "--start",
+                              help="0: the first frame must hold a face; auto: start at the first frame that "
+                                   "holds one"),
     fps: Optional[float] = typer.Option(None, "--fps", help="frames per second of a frame folder (default 200, the ME "
                                         "datasets' rate) or photo; overrides a video's own"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="model bundle (default: microface/assets/checkpoints/open_dem_dgmd.pt)"),
     face_model: str = typer.Option("open", "--face-model", help="open | flame (the one the checkpoint was trained for)"),
     flame: Optional[Path] = typer.Option(None, "--flame", help="FLAME model pickle, needed with --face-model flame"),
-    flame_embedding: Optional[Path] = typer.Option(None, "--flame-embedding", help="FLAME's mediapipe_landmark_embedding.npz, "
-                                                   "needed to fit FLAME (all stages but encoder)"),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="reconstruct at most this many frames (from the start)"),
+    flame_embedding: Optional[Path] = typer.Option(None, "--flame-embedding",
+                                                   help="FLAME's mediapipe_landmark_embedding.npz, needed to fit "
+                                                        "FLAME (all stages but encoder)"),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames",
+                                             help="reconstruct at most this many frames (from the start)"),
     window: int = typer.Option(16, "--window", help="frames per DEM clip; each window starts at its own onset"),
     mesh_format: str = typer.Option("obj", "--format", help="per-frame mesh files: obj | ply"),
     device: str = typer.Option("cpu", "--device", help="torch device of the models: cpu, cuda, ..."),

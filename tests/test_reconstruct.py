@@ -363,9 +363,10 @@ def test_reconstruct_writes_every_output(tmp_path, bundle, face_video, face_mode
     params = np.load(out / "params.npz")
     T, V, E, S = N_FRAMES, 468, face_model.n_expression, face_model.n_shape
     expected = {"frame_index": (T,), "time_s": (T,), "window_index": (T,), "shape": (T, S), "expression": (T, E),
-                "encoder_expression": (T, E), "pose": (T, 6), "camera": (T, 3), "crop_transform": (T, 2, 3),
-                "coarse_vertices": (T, V, 3), "vertices": (T, V, 3), "dgmd_gate": (T, V), "faces": (898, 3)}
+                "pose": (T, 6), "camera": (T, 3), "crop_transform": (T, 2, 3), "coarse_vertices": (T, V, 3),
+                "vertices": (T, V, 3), "vertices_px": (T, V, 2), "dgmd_gate": (T, V), "faces": (898, 3)}
     assert {k: params[k].shape for k in expected} == expected
+    assert "encoder_expression" not in params.files  # the per-frame encoder does not run beside the fit
     assert float(params["fps"]) == pytest.approx(25.0)
     np.testing.assert_allclose(params["time_s"], np.arange(T) / 25.0)
     np.testing.assert_array_equal(params["window_start"], [0, 0, 0, 0, 4, 4, 4])

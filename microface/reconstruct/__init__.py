@@ -1,4 +1,6 @@
-"""``microface reconstruct``: a video in, a 3D face mesh per frame out. See :mod:`microface.reconstruct.pipeline`.
+"""``microface reconstruct``: a video, a photo or a folder of frames in, a 3D face mesh per frame out.
+
+See :mod:`microface.reconstruct.pipeline`.
 
 ``video`` reads and tracks, ``pipeline`` reconstructs windows of frames, ``output`` writes the folder,
 ``bundle`` holds the checkpoint format, ``errors`` the error raised on bad input.

@@ -152,7 +152,8 @@ def bundle_meta(bundle: dict) -> dict:
     return {k: v for k, v in bundle.items() if k not in ("dem_state", "dgmd_state")}
 
 
-def models_from_bundle(bundle: dict, face_model, still_field: bool = False) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
+def models_from_bundle(bundle: dict, face_model,
+                       still_field: bool = False) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
     """(DEM, DGMD, meta) from a ``read_bundle`` dict, in eval mode on the face model's device.
 
     still_field: build DEM with ``DEMConfig.still_field`` on (its ODE field is exactly zero without motion: a still

@@ -30,7 +30,7 @@ PARAMS_KEYS = {
              "per-frame encoder shapes)",
     "expression": "(T, E) expression: the fit's AUs (stage 'fit'), fit onset + DEM's motion-driven change ('dem', "
                   "'dgmd'), the per-frame encoder's ('encoder')",
-    "encoder_expression": "(T, E) per-frame coarse-encoder expression",
+    "encoder_expression": "(T, E) per-frame coarse-encoder expression (stage 'encoder' only)",
     "pose": "(T, 6) global + jaw axis-angle (the fit's; stage 'encoder': the encoder's)",
     "camera": "(T, 3) the fit's scaled orthographic camera (scale px/mm, tx, ty px) in source pixels; stage "
               "'encoder': weak perspective (s, tx, ty) in crop NDC",
@@ -120,14 +120,17 @@ def preview_layout(n_frames: int, height: int, width: int, tile: int = PREVIEW_T
 
 def draw_mesh(image: np.ndarray, vertices_px: np.ndarray, faces: np.ndarray, label: str,
               colour: tuple[int, int, int] = (0, 255, 120)) -> np.ndarray:
-    """The mesh's triangle edges (1 px, anti-aliased) over an RGB image, with a label at the top left.
+    """The mesh's triangle edges (1 px, anti-aliased, 65 % opaque) over an RGB image, with a label at the top left.
 
     image (H, W, 3) uint8; vertices_px (V, 2) pixels of that image; faces (F, 3) -> (H, W, 3) uint8 (a copy)."""
     import cv2
 
-    canvas = np.ascontiguousarray(image).copy()
-    triangles = np.round(np.asarray(vertices_px, np.float64)[np.asarray(faces)] * 4).astype(np.int32)  # 2 fractional bits
-    cv2.polylines(canvas, list(triangles), True, colour, 1, cv2.LINE_AA, shift=2)
+    image = np.ascontiguousarray(image)
+    drawn = image.copy()
+    # 2 fractional bits (shift=2): sub-pixel vertex positions
+    triangles = np.round(np.asarray(vertices_px, np.float64)[np.asarray(faces)] * 4).astype(np.int32)
+    cv2.polylines(drawn, list(triangles), True, colour, 1, cv2.LINE_AA, shift=2)
+    canvas = cv2.addWeighted(image, 0.35, drawn, 0.65, 0.0)  # the face stays visible under the wireframe
     size = max(0.4, canvas.shape[0] / 500)
     for thickness, ink in ((3, (0, 0, 0)), (1, (255, 255, 255))):
         cv2.putText(canvas, label, (6, int(22 * size)), cv2.FONT_HERSHEY_SIMPLEX, size, ink, thickness, cv2.LINE_AA)

@@ -1,45 +1,53 @@
-"""``microface reconstruct``: a video in, a 3D face mesh per frame out (coarse encoder -> DEM -> DGMD).
+"""``microface reconstruct``: a video, a photo or a folder of frames in, a 3D face mesh per frame out.
 
-Pipeline, per video (one face, filmed roughly frontally):
+Stages (``--stage``): "fit" (default) the face model fit to the tracked landmarks; "dem" + DEM from the fit's
+onset; "dgmd" + DGMD; "encoder" the learned per-frame coarse encoder (the seed's per-frame baseline). Pipeline:
 
-1. frames are read with OpenCV (``cv2.VideoCapture``); a file that does not open or yields no frame raises
-   ``ReconstructionError`` ("corrupt or unreadable video") naming it;
+1. input (``microface.reconstruct.video.open_source``): a video read with OpenCV (a file that does not open or
+   yields no frame raises ``ReconstructionError``, "corrupt or unreadable video", naming it); a photo (one frame);
+   a folder of frames in natural order (``img2`` before ``img10``, the ME datasets' layout; fps 200 unless given);
 2. the face is tracked with the offline MediaPipe landmarker (``microface.data.landmarks.FaceLandmarker``),
    one detection per frame. The FIRST frame must hold a face (otherwise ``ReconstructionError`` naming the
-   video: trim it so it starts on the face). In a later frame with no detection the previous frame's
-   landmarks are held; such frames are counted and listed in ``summary.json`` (``frames_without_face``).
-   With two faces in a frame, the one nearest the previously tracked face is followed (in the first frame:
-   the best detection);
-3. the frames are cut into consecutive WINDOWS of ``window`` frames (a final lone frame joins the last
-   window, as DEM needs two frames per clip). Each window is a clip whose onset is its first frame, the
-   micro-expression convention the models were trained with: one eye-aligned crop transform per window,
-   from the onset frame's 68 landmarks (``microface.data.preprocess.eye_alignment_transform``), fixed over
-   the window so that the optical flow sees the face move; crops are the checkpoint's image size S (DEM's input);
-   when DGMD has its own resolution R != S (the bundle's ``refine_size``), each window is also cropped at R x R
-   with the same eye-aligned framing (the crop transform scaled by R / S);
-4. optical flow onset -> t per window (``microface.data.flow.clip_flow``, method from the checkpoint), on the
-   S crops for DEM and, when R != S, on the R crops for DGMD;
-5. coarse encoder + DEM (``microface.models.dem_training.reconstruct``): per-frame expression from DEM, pose
-   and weak-perspective camera from the coarse encoder, one identity (shape) per window;
-6. DGMD (``microface.models.dgmd_training.refine_clip``) adds small per-vertex offsets guided by the flow and
-   by the detected landmarks (in crop pixels), with the onset frame's camera held for the window; all three at
-   DGMD's resolution R (the weak-perspective camera is resolution-free: it is rendered at R x R). When the
-   bundle's DGMD has ``temporal_rank`` > 0, its flow cues come from the WINDOW's flows reduced to their leading
-   temporal modes, so a window should hold one expression (as the ME clips DGMD was trained on do).
+   input and suggesting ``--start auto``, which starts at the first frame that holds one). In a later frame with
+   no detection the previous frame's landmarks are held; such frames are counted and listed in ``summary.json``
+   (``frames_without_face``) and ignored by the fit. With two faces in a frame, the one nearest the previously
+   tracked face is followed (in the first frame: the best detection);
+3. the landmark fit (``microface.fit.fit_landmarks``) of the whole input's 468-point meshes: one identity, per
+   frame a scaled-orthographic camera in source pixels, pose (global + jaw) and AUs. Stage "fit" stops here
+   (its meshes are the fit's);
+4. the frames are read again and cut into consecutive WINDOWS of ``window`` frames (a final lone frame joins the
+   last window, as DEM needs two frames per clip; a photo is one window of one frame, stages "fit" / "encoder"
+   only). Each window is a clip whose onset is its first frame, the micro-expression convention the models were
+   trained with: one eye-aligned crop transform per window, from the onset frame's 68 landmarks
+   (``microface.data.preprocess.eye_alignment_transform``), fixed over the window so that the optical flow sees
+   the face move; crops are the checkpoint's image size S (DEM's input); when DGMD has its own resolution R != S
+   (the bundle's ``refine_size``), each window is also cropped at R x R with the same framing (transform x R / S);
+5. optical flow onset -> t per window (``microface.data.flow.clip_flow``, method from the checkpoint), on the
+   S crops for DEM and, when R != S, on the R crops for DGMD (stages "dem", "dgmd");
+6. DEM (``dem_expression_from_onset``): expression(t) = the fit's onset expression + (DEM(t) - DEM(onset)), DEM's
+   static branch fed the fit's onset; identity, pose and camera stay the fit's. DEM is built with
+   ``DEMConfig.still_field`` on (no parameters of its own): its ODE field is exactly zero without motion, so a
+   still clip keeps its onset expression (no motion, no change);
+7. DGMD (``microface.training.dgmd.refine_clip``) adds small per-vertex offsets guided by the flow and by the
+   detected landmarks (in crop pixels), with the onset's camera held for the window: the fit's source camera seen
+   through the R x R crop (``microface.render.camera.orthographic_to_crop_camera``). When the bundle's DGMD has
+   ``temporal_rank`` > 0, its flow cues come from the WINDOW's flows reduced to their leading temporal modes, so a
+   window should hold one expression (as the ME clips DGMD was trained on do).
 
-Windows are reconstructed independently, like the clips DEM was trained on, so the mesh may step at a window
-boundary (identity and expression restart from the new onset).
+Windows are reconstructed independently, like the clips DEM was trained on; with the fit as the onset of every
+window, identity and pose are continuous across window boundaries (the expression restarts from the fit's).
 
 Output folder (written to a hidden temporary folder beside it and renamed into place at the end, so an
 interrupted or failed run leaves no half-written folder; an existing folder is only replaced when it holds
 a previous reconstruction)::
 
-    meshes/frame_00000.obj|ply   refined mesh of every frame (mm, face-model frame, posed), 1-based OBJ faces
-    params.npz                   per-frame parameters and meshes (see ``PARAMS_KEYS``)
+    meshes/frame_00000.obj|ply   final mesh of every frame (mm, face-model frame, posed), 1-based OBJ faces
+    preview.png                  the mesh drawn over up to 6 frames spread over the input: look at it first
+    params.npz                   per-frame parameters and meshes, vertices_px in source pixels (``PARAMS_KEYS``)
     landmarks.npz                landmarks68 (T,68,2) and landmarks_mesh (T,468,3) in VIDEO pixels, detected (T,)
                                  bool, landmarks68_crop (T,68,2) crop pixels
     viewer.html                  interactive plotly page of the mesh sequence (coloured by DGMD offset, mm)
-    summary.json                 video, checkpoint provenance, frames, windows, failures, timings
+    summary.json                 input, start frame, fit, checkpoint provenance, frames, windows, failures, timings
 
 Checkpoint bundle (``save_bundle`` / ``load_bundle``): one ``torch.save`` dict, ``"format":
 "microface-reconstruct-v1"``, holding the face model's name and sizes, the crop size, the flow method, the
@@ -160,9 +168,9 @@ class WindowInputs:
     """What the models see of one window of T frames, made by ``prepare_window``.
 
     crops (T, S, S, 3) uint8, transform (2, 3) video -> crop pixels, landmarks_crop (T, 68, 2) crop pixels, flow
-    (T, S, S, 2) px onset -> t or None (stages "fit", "encoder"): DEM's inputs at its crop size S. refine_flow (T, R, R, 2)
-    and refine_landmarks (T, 68, 2) R-crop pixels: DGMD's at its own size R, None when R = S or without DGMD
-    (DGMD then takes flow and landmarks_crop)."""
+    (T, S, S, 2) px onset -> t or None (stages "fit", "encoder"): DEM's inputs at its crop size S. refine_flow
+    (T, R, R, 2) and refine_landmarks (T, 68, 2) R-crop pixels: DGMD's at its own size R, None when R = S or
+    without DGMD (DGMD then takes flow and landmarks_crop)."""
 
     crops: np.ndarray
     transform: np.ndarray
@@ -219,13 +227,14 @@ class WindowFit:
 
 @dataclass
 class WindowResult:
-    """Outputs for one window of T frames (numpy, float32): shape (S,); expression, encoder_expression (T, E);
+    """Outputs for one window of T frames (numpy, float32): shape (S,); expression (T, E); encoder_expression
+    (T, E) the per-frame encoder's, or None when it did not run (a fit's window, stage "encoder" aside);
     pose (T, 6); camera (T, 3) (the fit's source-pixel camera, or the encoder's crop-NDC one without a fit);
     coarse_vertices, vertices (T, V, 3) mm; gate (T, V) or None (no DGMD); seconds: {"coarse_dem": s, "dgmd": s}."""
 
     shape: np.ndarray
     expression: np.ndarray
-    encoder_expression: np.ndarray
+    encoder_expression: np.ndarray | None
     pose: np.ndarray
     camera: np.ndarray
     coarse_vertices: np.ndarray
@@ -348,8 +357,7 @@ def run_window(dem, dgmd, face_model, crops: np.ndarray, flow: np.ndarray | None
     tensor = lambda a: torch.as_tensor(np.asarray(a), device=device, dtype=dtype)  # noqa: E731
     frames = torch.from_numpy(np.ascontiguousarray(crops)).to(device=device, dtype=dtype).permute(0, 3, 1, 2)[None] / 255.0
     start = time.perf_counter()
-    if fit is not None or stage == "encoder":  # the per-frame encoder (its expression is kept as encoder_expression)
-        coarse = dem.encode_frames(frames)
+    coarse = dem.encode_frames(frames) if stage == "encoder" else None  # with a fit, the encoder is not needed
     if fit is not None:
         shape, pose, camera = tensor(fit.shape)[None], tensor(fit.pose), tensor(fit.camera)
         expression = tensor(fit.expression)
@@ -388,7 +396,8 @@ def run_window(dem, dgmd, face_model, crops: np.ndarray, flow: np.ndarray | None
         vertices, gate = refined.vertices, _numpy(refined.gate)
         seconds["dgmd"] = time.perf_counter() - start
     return WindowResult(shape=_numpy(shape[0]), expression=_numpy(expression),
-                        encoder_expression=_numpy(coarse.expression[0]), pose=_numpy(pose), camera=_numpy(camera),
+                        encoder_expression=None if coarse is None else _numpy(coarse.expression[0]),
+                        pose=_numpy(pose), camera=_numpy(camera),
                         coarse_vertices=_numpy(coarse_vertices), vertices=_numpy(vertices), gate=gate, seconds=seconds)
 
 
@@ -404,7 +413,8 @@ def vertices_in_source(vertices: np.ndarray, camera: np.ndarray, stage: str, tra
     from microface.fit import project_to_pixels
     from microface.render.camera import weak_perspective_project
 
-    points, cameras = torch.from_numpy(np.asarray(vertices, np.float64)), torch.from_numpy(np.asarray(camera, np.float64))
+    points = torch.from_numpy(np.asarray(vertices, np.float64))
+    cameras = torch.from_numpy(np.asarray(camera, np.float64))
     if STAGE_ALIASES.get(stage, stage) != "encoder":
         return project_to_pixels(points, cameras).numpy().astype(np.float32)
     crop_px = weak_perspective_project(points, cameras, (image_size, image_size)).numpy()
@@ -419,7 +429,8 @@ def vertices_in_source(vertices: np.ndarray, camera: np.ndarray, stage: str, tra
 
 
 # --------------------------------------------------------------------------------------------------- driver
-def track_source(source, landmarker, start_auto: bool, max_frames: int | None, timings: dict) -> tuple[np.ndarray, np.ndarray, int]:
+def track_source(source, landmarker, start_auto: bool, max_frames: int | None,
+                 timings: dict) -> tuple[np.ndarray, np.ndarray, int]:
     """First reading of a source: the tracked face of every frame reconstructed.
 
     Returns meshes (T, 468, 3) source pixels (held where ``detected`` is False), detected (T,) bool, and the
@@ -607,7 +618,8 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
         summary = {
             "format": OUTPUT_FORMAT,
             "video": {**dataclasses.asdict(info),
-                      "size_bytes": path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in source.paths)},
+                      "size_bytes": path.stat().st_size if path.is_file()
+                      else sum(p.stat().st_size for p in source.paths)},
             "frames": n_frames,
             "start": {"mode": "auto" if start_auto else "0", "frame": first},
             "frames_without_face": {"count": len(missing), "frames": missing,

@@ -203,7 +203,8 @@ class FrameSource:
                     if not capture.grab():
                         return
                 read_before = self.info.frames_read
-                yield from iter_video_frames(capture, self.info, None if max_frames is None else read_before + max_frames)
+                limit = None if max_frames is None else read_before + max_frames
+                yield from iter_video_frames(capture, self.info, limit)
             finally:
                 capture.release()
             return
