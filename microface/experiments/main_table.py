@@ -34,7 +34,7 @@ from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synt
 from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
 from microface.experiments.report import NotebookReport
 from microface.experiments.refine import RefineBenchmarkSettings, coarse_clips, load_split, model_frame_offsets
-from microface.metrics.geometry import moving_vertices, temporal_jitter
+from microface.metrics.geometry import moving_static_errors, moving_vertices, temporal_jitter
 from microface.models.baseline import build_baseline
 from microface.training.dem import TrainSettings, build_dem, render_frames
 from microface.training.fields import fields_finetune
@@ -173,11 +173,10 @@ def score_method(method: str, model, dgmd, face_model, clips: list[ClipTensors],
             mesh = mesh + model_offsets
             expression = expression + offsets_to_expression(model_offsets, basis)
             recon = dataclasses.replace(recon, vertices=recon.vertices + offsets[None])
-        error = (mesh - truth.truth).norm(dim=-1)
         moving = moving_vertices(truth.truth, truth.apex, moving_threshold_mm)
-        rows.append({"method": method, "key": clip.key, "apex_error_mm": float(error[truth.apex].mean()),
-                     "clip_error_mm": float(error.mean()),
-                     "moving_apex_error_mm": float(error[truth.apex, moving].mean()) if moving.any() else float("nan"),
+        scores = moving_static_errors(mesh, truth.truth, moving, truth.apex)
+        rows.append({"method": method, "key": clip.key, "apex_error_mm": scores["all_apex_mm"],
+                     "clip_error_mm": scores["all_clip_mm"], "moving_apex_error_mm": scores["moving_apex_mm"],
                      "jitter_mm_per_frame2": float(temporal_jitter(mesh)),
                      "gt_jitter_mm_per_frame2": float(temporal_jitter(truth.truth))})
         out = render_frames(recon, face_model, batch.frames, renderer, "onset")
