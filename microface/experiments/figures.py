@@ -6,6 +6,7 @@ bar chart per entry of ``BAR_CHARTS`` plus ``mer_uf1``, and ``refined_sequence.h
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from microface.config import project_root, resolve
@@ -74,6 +75,10 @@ def run_figures_experiment(profile: str, seed: int, device: str, synth: dict, da
     # 3 · tables as bar charts
     for table_path, metric, error, unit, name in BAR_CHARTS:
         table = pd.read_csv(results / table_path)
+        if not np.isfinite(table[metric].to_numpy(dtype=float)).any():
+            # e.g. recognition on a split with one test subject: the table says why (its mer_protocol column)
+            report.notes[name] = f"{name}: not drawn, {table_path} has no finite {metric}"
+            continue
         figure = paper_figures.table_bar_figure(table, metric, error_column=error, unit=unit,
                                                 lower_is_better=not metric.startswith("mer_"), title=table_path)
         paper_figures.save_figure(figure, out / name)

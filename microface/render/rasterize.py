@@ -55,29 +55,10 @@ import torch
 
 from microface.render.camera import Camera, _size_hw, project_points
 
-__all__ = [
-    "Camera",
-    "Fragments",
-    "RenderOutput",
-    "MeshRenderer",
-    "look_at_camera",
-    "weak_perspective_camera",
-    "project_points",
-    "rasterize",
-    "interpolate_vertex_attributes",
-    "sample_texture",
-    "sh_basis",
-    "sh_constant",
-    "shade_sh",
-    "shade_mesh",
-    "SH_BASIS_CONSTANTS",
-]
+__all__ = ["Fragments", "rasterize", "interpolate_vertex_attributes", "packed_pix_to_face"]
 
 # Faces enumerated per vectorised chunk of (pixel, face) candidates: bounds peak memory at a few hundred MB.
 _MAX_CANDIDATES_PER_CHUNK = 1 << 22
-
-
-# --------------------------------------------------------------------------------------------- cameras
 
 
 # ---------------------------------------------------------------------------------------- rasterizer
@@ -558,12 +539,6 @@ def interpolate_vertex_attributes(
     values = torch.einsum("pk,pkc->pc", bary[fg], face_attrs[p2f[fg]])
     out = torch.zeros(B * H * W, C, dtype=values.dtype, device=values.device).index_put((fg,), values)
     return out.reshape(B, H, W, C)
-
-
-# ------------------------------------------------------------------------------------------- shading
-
-
-# ------------------------------------------------------------------------------------------ renderer
 
 
 def packed_pix_to_face(pix_to_face: torch.Tensor, n_faces: int) -> torch.Tensor:
