@@ -326,7 +326,7 @@ def photos(media: Path, landmarker, model) -> dict:
     for label, name in PHOTOS.items():
         mesh = landmarker(read_image(media / name))
         fit = fit_landmarks(mesh[None], model)
-        rows[label] = au_row(model, fit.expression.numpy()[0], float(fit.pose[0, 3]))
+        rows[label] = au_row(model, fit.activation.numpy()[0], float(fit.pose[0, 3]))  # a photo: rest 0
     return rows
 
 
@@ -335,7 +335,7 @@ def smile_video(frames, landmarker, dlib68, model) -> dict:
     from microface.fit import fit_landmarks
 
     fit = fit_landmarks(meshes, model, valid)
-    expression = fit.expression.numpy()
+    expression = fit.activation.numpy()  # relative to the person's own neutral (FitSettings.rest_percentile)
     names = list(model.au_names)
     au12 = expression[:, names.index("AU12")]
     # dlib's mouth width (lip corners, over the inter-ocular distance): an independent smile signal
@@ -409,7 +409,9 @@ def report(talk: dict, stills: dict, photo_rows: dict, smile: dict, command: str
               "Posed photos (`*-ph.jpg`, each fitted alone: identity and expression from one image) and "
               f"`{SMILE}` ({smile['frames']} frames, {smile['valid']} with a face; "
               f"smile peak = frame {smile['peak_frame']}, "
-              "where dlib's mouth width over inter-ocular distance is largest). Jaw = jaw opening, rad.", "",
+              "where dlib's mouth width over inter-ocular distance is largest). Jaw = jaw opening, rad. AU values "
+              "are `LandmarkFit.activation`: relative to the person's own neutral in a video (the 10th percentile "
+              "of each AU over its frames), the fitted AU for a photo.", "",
               "| input | " + " | ".join(REPORT_AUS) + " | jaw |", "|---|" + "---:|" * (len(REPORT_AUS) + 1)]
     rows = {**{f"photo: {k}": v for k, v in photo_rows.items()},
             f"{SMILE}: neutral (first 6)": smile["neutral_start"], f"{SMILE}: smile peak": smile["smile_peak"],

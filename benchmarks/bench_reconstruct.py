@@ -6,8 +6,8 @@ memory, ``resource.getrusage(...).ru_maxrss``, is its own):
 - front end: decode (OpenCV) + face landmarks (LiteRT MediaPipe) + eye-aligned crops, per frame;
 - flow: DIS onset -> t per window (the checkpoint's method);
 - per-frame baseline: the coarse encoder alone, ONE frame at a time (batch 1) + face model;
-- coarse only: the coarse encoder on each window's frames as one batch + face model;
-- + DEM: coarse encoder + DEM (motion CNN, ODE) + face model, per window;
+- coarse encoder only: the coarse encoder on each window's frames as one batch + face model;
+- + DEM: coarse encoder + DEM (motion CNN, ODE) + face model, per window (``run_window``'s learned coarse stage);
 - + DGMD: all of the above + DGMD's refinement (rasterization, cues, graph convolutions);
 - reconstruct command: ``microface.reconstruct.reconstruct_video`` end to end, writing every output file.
 
@@ -41,9 +41,9 @@ from microface.utils.io import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "reconstruct.md"
-MODEL_STAGES = ("per-frame", "coarse", "dem", "dgmd")
+MODEL_STAGES = ("per-frame", "encoder", "dem", "dgmd")
 LABELS = {"frontend": "front end (decode + landmarks + crop)", "flow": "flow onset->t (DIS)",
-          "per-frame": "per-frame baseline (coarse encoder, batch 1)", "coarse": "coarse only (encoder per window)",
+          "per-frame": "per-frame baseline (coarse encoder, batch 1)", "encoder": "coarse encoder only (per window)",
           "dem": "+ DEM", "dgmd": "+ DGMD", "command": "`reconstruct` command (all stages + writing files)",
           "models": "models built, nothing run (memory floor)"}
 
@@ -162,7 +162,7 @@ def stage_models(args, work: Path, stage: str) -> dict:
     if stage == "models":
         return {"frames": n, "seconds": 0.0, "models": described}
     if stage == "per-frame":
-        jobs = [(slice(t, t + 1), "coarse") for t in range(n)]
+        jobs = [(slice(t, t + 1), "encoder") for t in range(n)]
     else:
         jobs = [(slice(int(a), int(b)), stage) for a, b in bounds]
 
@@ -187,7 +187,7 @@ def stage_command(args, work: Path) -> dict:
     checkpoint = args.checkpoint if kwargs is None else save_bundle(work / "seeded.pt", **kwargs)
     tic = time.perf_counter()
     summary = reconstruct_video(args.video, work / "out", checkpoint=checkpoint, max_frames=args.frames,
-                                window=args.window, show_progress=False)
+                                window=args.window, stage="dgmd", show_progress=False)
     return {"frames": summary["frames"], "seconds": time.perf_counter() - tic, "parts": summary["timings_s"],
             "models": described}
 

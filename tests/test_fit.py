@@ -245,3 +245,25 @@ def test_flame_with_a_tiny_embedding_fits_its_landmarks(tmp_path):
     fitted = np.einsum("tlck,lc->tlk", corners_px, embedding.bary)
     # measured 0.25 px (0.12 mm)
     assert np.linalg.norm(fitted - meshes[:, embedding.landmark_indices, :2], axis=-1).mean() < 0.4
+
+
+def test_activation_is_relative_to_the_persons_own_neutral(model):
+    """A face whose rest shape the identity modes cannot hold reads as a constant AU; the activation removes it."""
+    frames = 40
+    au = list(model.au_names)
+    expression = np.zeros((frames, model.n_expression))
+    expression[:, au.index("AU1")] = 0.6  # this person's brows simply sit high: no expression
+    expression[15:25, au.index("AU12")] = np.sin(np.linspace(0, np.pi, 10))  # a smile, then back
+    with torch.no_grad():
+        vertices = model(torch.zeros(frames, model.n_shape, dtype=torch.float64), torch.tensor(expression),
+                         torch.zeros(frames, 6, dtype=torch.float64)).vertices.numpy()
+    meshes = landmarker_view(vertices, np.full(frames, 1.5), np.tile([320.0, 180.0], (frames, 1)))
+    fit = fit_landmarks(meshes, model)
+    assert fit.expression[:, au.index("AU1")].min() > 0.3  # the model input keeps the geometry
+    assert fit.activation[:, au.index("AU1")].max() < 0.05
+    assert fit.activation[:, au.index("AU12")].max() > 0.6
+    assert fit.activation[:10, au.index("AU12")].max() < 0.05
+    # a photo (or a clip shorter than rest_min_frames) has no neutral of its own: activation = expression
+    photo = fit_landmarks(meshes[18], model)
+    assert torch.equal(photo.rest_expression, torch.zeros(model.n_expression))
+    assert torch.equal(photo.activation, photo.expression.clamp(0, 1))

@@ -24,8 +24,8 @@ import torch
 
 from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
 from microface.experiments.main_table import EvaluationSettings, finish_table, method_row, prepare_eval_data
-from microface.experiments.report import NotebookReport
 from microface.experiments.refine import RefineBenchmarkSettings, coarse_clips, train_variant
+from microface.experiments.report import NotebookReport
 from microface.models.baseline import build_baseline
 from microface.training.dem import build_dem, train_dem
 from microface.training.dgmd import DGMDLossWeights

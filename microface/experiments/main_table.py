@@ -32,8 +32,8 @@ import torch
 
 from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synth, collate_clips
 from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
-from microface.experiments.report import NotebookReport
 from microface.experiments.refine import RefineBenchmarkSettings, coarse_clips, load_split, model_frame_offsets
+from microface.experiments.report import NotebookReport
 from microface.metrics.geometry import moving_static_errors, moving_vertices, temporal_jitter
 from microface.models.baseline import build_baseline
 from microface.training.dem import TrainSettings, build_dem, render_frames

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 N_MEDIAPIPE = 468
 EMBEDDING_FILENAME = "mediapipe_landmark_embedding.npz"
 EMBEDDING_KEYS = ("lmk_face_idx", "lmk_b_coords", "landmark_indices")

@@ -64,6 +64,12 @@ class FitSettings:
     au_range: tuple[float, float] = (0.0, 1.0)  # valid AU intensities (FACS: >= 0); open model only
     jaw_opening_range: tuple[float, float] = (-0.05, 0.5)  # radians about x; positive opens the mouth
     bound_penalty: float = 1.0e5  # weight pulling an AU / the jaw that reached its bound back onto it
+    # person-specific neutral (OpenFace-style calibration): a video's AU activation is read relative to the low
+    # percentile of its own AU values, since 12 identity modes cannot hold every person's rest face and the AUs take
+    # up the rest (a neutral man read AU1 0.98, AU15 0.96 without it). Needs rest_min_frames valid frames; a photo
+    # or short clip keeps rest 0. Geometry is unchanged: ``expression`` stays the model input.
+    rest_percentile: float = 10.0
+    rest_min_frames: int = 24
 
 
 @dataclass
@@ -78,6 +84,8 @@ class LandmarkFit:
     point_weights: (T, N) final robust weight per landmark in [0, 1] (0 on invalid frames): low = occluded/outlier.
     residual_px: (T,) weighted RMS distance (px, x-y-z) between the detections and the fitted points (NaN if invalid).
     landmark_indices: (N,) the MediaPipe indices that were fitted.
+    rest_expression: (E,) the person's neutral in AU units (see ``FitSettings.rest_percentile``; zeros for a photo,
+        a short clip or an unbounded expression space such as FLAME's).
     All tensors are float32 on the CPU (``valid`` bool, ``landmark_indices`` long).
     """
 
@@ -89,7 +97,17 @@ class LandmarkFit:
     point_weights: torch.Tensor
     residual_px: torch.Tensor
     landmark_indices: torch.Tensor
+    rest_expression: torch.Tensor | None = None
     settings: FitSettings = field(default_factory=FitSettings)
+
+    @property
+    def activation(self) -> torch.Tensor:
+        """AU activations relative to the person's neutral, ``clip(expression - rest_expression, 0, 1)``: (T, E).
+
+        This is what "AU12 rose" means; ``expression`` is what the face model needs to reproduce the geometry.
+        """
+        rest = self.rest_expression if self.rest_expression is not None else torch.zeros_like(self.expression[0])
+        return (self.expression - rest).clamp(0.0, 1.0)
 
     @property
     def n_frames(self) -> int:
@@ -117,7 +135,8 @@ class LandmarkFit:
     def to_numpy(self) -> dict[str, np.ndarray]:
         """The fit as plain arrays (for ``np.savez``)."""
         return {name: getattr(self, name).numpy() for name in
-                ("shape", "expression", "pose", "camera", "valid", "point_weights", "residual_px", "landmark_indices")}
+                ("shape", "expression", "pose", "camera", "valid", "point_weights", "residual_px", "landmark_indices",
+                 "rest_expression", "activation")}
 
 
 def project_to_pixels(vertices: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
@@ -422,11 +441,29 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
                                           / np.maximum(wsum, 1e-12)), np.nan)
     pose = np.concatenate([rotation_to_axis_angle(rotation), jaw], 1)
     camera = _camera_for_forward(model, shape, expression, pose, scale, rotation, translation)
+    rest = person_neutral(expression, valid, settings) if np.isfinite(lo) else np.zeros(E)
     as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
     return LandmarkFit(
         shape=as_t(shape), expression=as_t(expression), pose=as_t(pose), camera=as_t(camera),
         valid=torch.as_tensor(valid), point_weights=as_t(weights), residual_px=as_t(residual_px),
-        landmark_indices=torch.as_tensor(basis.landmark_indices, dtype=torch.long), settings=settings)
+        landmark_indices=torch.as_tensor(basis.landmark_indices, dtype=torch.long), rest_expression=as_t(rest),
+        settings=settings)
+
+
+def person_neutral(expression: np.ndarray, valid: np.ndarray, settings: FitSettings) -> np.ndarray:
+    """A video's own neutral: the ``rest_percentile`` of each AU over its valid frames.
+
+    Args:
+        expression: (T, E) fitted AU values.
+        valid: (T,) bool, frames that held a face.
+        settings: ``rest_percentile`` and ``rest_min_frames``.
+
+    Returns:
+        (E,) AU values of the person's rest face; zeros with fewer than ``rest_min_frames`` valid frames.
+    """
+    if valid.sum() < max(1, settings.rest_min_frames):
+        return np.zeros(expression.shape[1])
+    return np.percentile(expression[valid], settings.rest_percentile, axis=0)
 
 
 def _camera_for_forward(model, shape, expression, pose, scale, rotation, translation) -> np.ndarray:

@@ -68,7 +68,8 @@ def run_demo(video, max_frames: int, window: int, out_dir) -> NotebookReport:
     out = resolve(out_dir, root)
     video, report.notes["video"] = demo_video(video, out, root)
 
-    summary = reconstruct_video(video, out, max_frames=max_frames, window=window)
+    # the whole chain (landmark fit -> DEM -> DGMD), so that DGMD's motion attention can be shown
+    summary = reconstruct_video(video, out, max_frames=max_frames, window=window, stage="dgmd")
     report.notes["summary"] = "\n".join(summary_lines(summary, out))
 
     params = np.load(out / "params.npz")
