@@ -78,6 +78,7 @@ def run_figures_experiment(profile: str, seed: int, device: str, synth: dict, da
         if not np.isfinite(table[metric].to_numpy(dtype=float)).any():
             # e.g. recognition on a split with one test subject: the table says why (its mer_protocol column)
             report.notes[name] = f"{name}: not drawn, {table_path} has no finite {metric}"
+            report.figures[name] = _message_figure(report.notes[name])
             continue
         figure = paper_figures.table_bar_figure(table, metric, error_column=error, unit=unit,
                                                 lower_is_better=not metric.startswith("mer_"), title=table_path)
@@ -99,3 +100,12 @@ def run_figures_experiment(profile: str, seed: int, device: str, synth: dict, da
     report.notes["viewer"] = f"interactive viewer: {html}"
     report.paths.update(figures=out, viewer=html)
     return report
+
+
+def _message_figure(text: str):
+    """A small figure that only says ``text``: shown (not saved) where a chart has nothing to draw."""
+    figure, axis = plt.subplots(figsize=(6, 1))
+    axis.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    axis.set_axis_off()
+    plt.close(figure)
+    return figure
