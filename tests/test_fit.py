@@ -7,13 +7,8 @@ import pytest
 import torch
 
 from microface.face import load_face_model
-from microface.fit import (
-    EMBEDDING_FILENAME,
-    FitSettings,
-    fit_landmarks,
-    load_mediapipe_embedding,
-    project_to_pixels,
-)
+from microface.fit import EMBEDDING_FILENAME, FitSettings, fit_landmarks, load_mediapipe_embedding
+from microface.render.camera import orthographic_to_pixels
 
 T = 36
 
@@ -81,13 +76,13 @@ def test_recovers_known_parameters_and_vertices(model):
 def test_vertices_px_matches_projection_of_vertices(model):
     meshes, _ = synthetic_video(model, frames=4)
     fit = fit_landmarks(meshes, model)
-    by_hand = project_to_pixels(fit.vertices(model), fit.camera)
+    by_hand = orthographic_to_pixels(fit.vertices(model), fit.camera)
     assert torch.allclose(by_hand, fit.vertices_px(model))
     shape, expression, pose = fit.model_inputs([2])  # one frame, e.g. a clip's onset
     assert shape.shape == (1, model.n_shape) and expression.shape == (1, model.n_expression) and pose.shape == (1, 6)
     assert torch.allclose(model(shape, expression, pose).vertices[0], fit.vertices(model)[2])
     with pytest.raises(ValueError, match="camera"):
-        project_to_pixels(fit.vertices(model), fit.camera[:2])
+        orthographic_to_pixels(fit.vertices(model), fit.camera[:2])
 
 
 def occlude(meshes: np.ndarray, frames: np.ndarray, fraction: float = 0.2, seed: int = 3) -> np.ndarray:
@@ -184,8 +179,8 @@ def test_rejects_nan_all_invalid_and_bad_mask(model):
 
 # ----------------------------------------------------------------------------------------------- FLAME
 def tiny_flame(tmp_path):
-    from tests.fixtures_flame import write_tiny_flame
     from microface.face.flame import FlameFaceModel
+    from tests.fixtures_flame import write_tiny_flame
 
     path = write_tiny_flame(tmp_path / "flame", with_chumpy=False)
     return FlameFaceModel(path, n_shape=4, n_expression=3)

@@ -616,7 +616,7 @@ def check_preview(out: Path, n_frames: int, height: int, width: int) -> None:
 
 
 def test_orthographic_to_crop_camera_matches_projecting_then_cropping():
-    from microface.fit import project_to_pixels
+    from microface.render.camera import orthographic_to_pixels
     from microface.render.camera import orthographic_to_crop_camera, project_points
 
     points = torch.randn(2, 20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 50
@@ -624,7 +624,7 @@ def test_orthographic_to_crop_camera_matches_projecting_then_cropping():
     angle, scale = 0.3, 0.4
     A = scale * torch.tensor([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], dtype=torch.float64)
     transform = torch.cat([A, torch.tensor([[5.0], [-7.0]], dtype=torch.float64)], dim=1)
-    expected = project_to_pixels(points, camera) @ A.T + transform[:, 2]
+    expected = orthographic_to_pixels(points, camera) @ A.T + transform[:, 2]
     crop_camera = orthographic_to_crop_camera(camera, transform)
     torch.testing.assert_close(project_points(points, crop_camera)[..., :2], expected)
     assert torch.allclose(torch.linalg.det(crop_camera.R), torch.ones(2, dtype=torch.float64))
@@ -668,8 +668,8 @@ def test_fit_stage_projects_onto_the_detected_face_and_draws_a_preview(tmp_path,
     np.testing.assert_allclose(refined["shape"], params["shape"], atol=1e-6)
     onsets = np.flatnonzero(refined["frame_index"] == refined["window_start"])
     np.testing.assert_allclose(refined["expression"][onsets], params["expression"][onsets], atol=1e-6)
-    from microface.fit import project_to_pixels
-    expected = project_to_pixels(torch.from_numpy(refined["vertices"]).double(), torch.from_numpy(refined["camera"]))
+    from microface.render.camera import orthographic_to_pixels
+    expected = orthographic_to_pixels(torch.from_numpy(refined["vertices"]).double(), torch.from_numpy(refined["camera"]))
     np.testing.assert_allclose(refined["vertices_px"], expected.numpy(), atol=1e-3)
     assert dgmd["dem"]["still_field"] is True and 0 < np.abs(refined["vertices"] - refined["coarse_vertices"]).max()
 

@@ -63,6 +63,7 @@ import numpy as np
 
 from microface.data.clip import ClipRecord
 from microface.data.landmarks import N_MESH_LANDMARKS, eye_centres, to_ibug68
+from microface.utils.io import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -372,15 +373,8 @@ def prepare_clip(record: ClipRecord, config: PrepareConfig) -> dict[str, np.ndar
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            (np.savez_compressed if compress else np.savez)(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        (np.savez_compressed if compress else np.savez)(fh, **arrays)
 
 
 def record_hash(record: ClipRecord) -> str:
@@ -421,10 +415,7 @@ def load_manifest(out_dir: str | Path) -> dict:
 
 
 def _write_manifest(out_dir: Path, manifest: dict) -> None:
-    path = out_dir / MANIFEST_NAME
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(json.dumps(manifest, indent=1, sort_keys=True), out_dir / MANIFEST_NAME)
 
 
 def _progress(total: int, desc: str):

@@ -5,7 +5,7 @@ from microface.fit.landmark_basis import (
     landmark_basis,
     load_mediapipe_embedding,
 )
-from microface.fit.landmark_fit import FitSettings, LandmarkFit, fit_landmarks, project_to_pixels
+from microface.fit.landmark_fit import FitSettings, LandmarkFit, fit_landmarks
 
 __all__ = [
     "EMBEDDING_FILENAME",
@@ -15,5 +15,4 @@ __all__ = [
     "fit_landmarks",
     "landmark_basis",
     "load_mediapipe_embedding",
-    "project_to_pixels",
 ]

@@ -32,6 +32,7 @@ import torch
 
 from microface.fit.landmark_basis import N_MEDIAPIPE, MediapipeEmbedding, landmark_basis, rotation_matrices
 from microface.fit.procrustes import rotation_to_axis_angle, weighted_similarity
+from microface.render.camera import orthographic_to_pixels
 
 # MediaPipe's image axes (x right, y down, z away from the camera) -> the model's (x to the subject's left = image
 # right, y up, z toward the camera): a rotation by pi about x, so the similarity stays proper.
@@ -79,7 +80,7 @@ class LandmarkFit:
     shape: (S,) identity, one per video. expression: (T, E) AU activations in ``au_range``.
     pose: (T, 6) global axis-angle (3) + jaw axis-angle (3), radians, the FaceModel convention.
     camera: (T, 3) scale (px per mm), tx, ty (px): ``vertices_px = scale * (V_x, -V_y) + (tx, ty)`` for the
-        model's posed vertices V (mm), see ``project_to_pixels``.
+        model's posed vertices V (mm), see ``orthographic_to_pixels``.
     valid: (T,) bool, frames that held a face (the others are interpolated by the temporal prior).
     point_weights: (T, N) final robust weight per landmark in [0, 1] (0 on invalid frames): low = occluded/outlier.
     residual_px: (T,) weighted RMS distance (px, x-y-z) between the detections and the fitted points (NaN if invalid).
@@ -130,31 +131,13 @@ class LandmarkFit:
 
     def vertices_px(self, model) -> torch.Tensor:
         """Every model vertex in source-image pixels: (T, V, 2) (x right, y down)."""
-        return project_to_pixels(self.vertices(model), self.camera)
+        return orthographic_to_pixels(self.vertices(model), self.camera)
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         """The fit as plain arrays (for ``np.savez``)."""
         return {name: getattr(self, name).numpy() for name in
                 ("shape", "expression", "pose", "camera", "valid", "point_weights", "residual_px", "landmark_indices",
                  "rest_expression", "activation")}
-
-
-def project_to_pixels(vertices: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
-    """Scaled-orthographic projection into the source image.
-
-    Args:
-        vertices: (T, V, 3) mm in the FaceModel frame (+y up).
-        camera: (T, 3) scale (px/mm), tx, ty (px).
-    Returns:
-        (T, V, 2) pixels, x right, y down.
-    """
-    if vertices.ndim != 3 or vertices.shape[-1] != 3:
-        raise ValueError(f"vertices: expected (T, V, 3), got {tuple(vertices.shape)}")
-    if camera.shape != (vertices.shape[0], 3):
-        raise ValueError(f"camera: expected ({vertices.shape[0]}, 3), got {tuple(camera.shape)}")
-    camera = camera.to(vertices.dtype)
-    flip = torch.tensor([1.0, -1.0], dtype=vertices.dtype, device=vertices.device)
-    return camera[:, None, :1] * vertices[..., :2] * flip + camera[:, None, 1:]
 
 
 # ------------------------------------------------------------------------------------------------- input checks
@@ -467,7 +450,7 @@ def person_neutral(expression: np.ndarray, valid: np.ndarray, settings: FitSetti
 
 
 def _camera_for_forward(model, shape, expression, pose, scale, rotation, translation) -> np.ndarray:
-    """(T, 3) scale, tx, ty such that ``project_to_pixels(model(...).vertices, camera)`` reproduces the fit.
+    """(T, 3) scale, tx, ty such that ``orthographic_to_pixels(model(...).vertices, camera)`` reproduces the fit.
 
     The fit maps the unrotated model X to ``s R X + t``; ``model.forward`` rotates about its own centre c (the open
     model's ``head_centre``, FLAME's root joint), ``V = R (X - c) + c``, so the translation becomes

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from microface.utils.io import write_text_atomic
+
 
 def write_obj(path: str | Path, vertices: np.ndarray, faces: np.ndarray, comment: str = "") -> None:
     """Write a Wavefront OBJ file.
@@ -24,7 +26,7 @@ def write_obj(path: str | Path, vertices: np.ndarray, faces: np.ndarray, comment
         buffer.write("".join(f"# {line}\n" for line in comment.splitlines()))
     np.savetxt(buffer, np.asarray(vertices, dtype=np.float64), fmt="v %.6f %.6f %.6f")
     np.savetxt(buffer, np.asarray(faces, dtype=np.int64) + 1, fmt="f %d %d %d")
-    Path(path).write_text(buffer.getvalue())
+    write_text_atomic(buffer.getvalue(), path)
 
 
 def write_ply(path: str | Path, vertices: np.ndarray, faces: np.ndarray, comment: str = "") -> None:
@@ -44,7 +46,7 @@ def write_ply(path: str | Path, vertices: np.ndarray, faces: np.ndarray, comment
                  f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n")
     np.savetxt(buffer, vertices, fmt="%.6f %.6f %.6f")
     np.savetxt(buffer, faces, fmt="3 %d %d %d")
-    Path(path).write_text(buffer.getvalue())
+    write_text_atomic(buffer.getvalue(), path)
 
 
 def read_obj(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -410,13 +410,13 @@ def vertices_in_source(vertices: np.ndarray, camera: np.ndarray, stage: str, tra
     source by the inverse of ``transform`` (T, 2, 3) source -> crop pixels.
     """
     from microface.data.preprocess import invert_transform
-    from microface.fit import project_to_pixels
+    from microface.render.camera import orthographic_to_pixels
     from microface.render.camera import weak_perspective_project
 
     points = torch.from_numpy(np.asarray(vertices, np.float64))
     cameras = torch.from_numpy(np.asarray(camera, np.float64))
     if STAGE_ALIASES.get(stage, stage) != "encoder":
-        return project_to_pixels(points, cameras).numpy().astype(np.float32)
+        return orthographic_to_pixels(points, cameras).numpy().astype(np.float32)
     crop_px = weak_perspective_project(points, cameras, (image_size, image_size)).numpy()
     inverse = np.stack([invert_transform(t) for t in np.asarray(transform)])
     return (np.einsum("tvj,tij->tvi", crop_px, inverse[:, :, :2]) + inverse[:, None, :, 2]).astype(np.float32)

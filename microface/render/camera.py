@@ -350,3 +350,22 @@ def orthographic_to_crop_camera(camera: torch.Tensor, transform: torch.Tensor) -
     R = in_plane @ _frontal_rotation(B, camera.device, camera.dtype)
     principal = (A @ camera[:, 1:, None])[..., 0] + b
     return weak_perspective_camera(lam * camera[:, 0], principal, R=R)
+
+
+def orthographic_to_pixels(vertices: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    """Scaled-orthographic projection into the source image (the camera of ``microface.fit.LandmarkFit``).
+
+    Args:
+        vertices: (T, V, 3) mm in the FaceModel frame (+y up).
+        camera: (T, 3) scale (px/mm), tx, ty (px).
+
+    Returns:
+        (T, V, 2) pixels, x right, y down.
+    """
+    if vertices.ndim != 3 or vertices.shape[-1] != 3:
+        raise ValueError(f"vertices: expected (T, V, 3), got {tuple(vertices.shape)}")
+    if camera.shape != (vertices.shape[0], 3):
+        raise ValueError(f"camera: expected ({vertices.shape[0]}, 3), got {tuple(camera.shape)}")
+    camera = camera.to(vertices.dtype)
+    flip = torch.tensor([1.0, -1.0], dtype=vertices.dtype, device=vertices.device)
+    return camera[:, None, :1] * vertices[..., :2] * flip + camera[:, None, 1:]

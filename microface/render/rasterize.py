@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import torch
 
-from microface.render.camera import Camera, _size_hw, project_points
+from microface.render.camera import _size_hw
 
 __all__ = ["Fragments", "rasterize", "interpolate_vertex_attributes", "packed_pix_to_face"]
 
