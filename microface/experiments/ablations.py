@@ -2,7 +2,7 @@
 
 Every variant reuses what notebooks 01 and 02 trained where it can and retrains only what the ablation changes, on
 the TRAINING subjects (fixed epochs, no epoch chosen on a test subject); scores are on the TEST subjects'
-ME clips with ``microface.evaluation.method_row`` (the same columns as the main table).
+ME clips with ``microface.experiments.main_table.method_row`` (the same columns as the main table).
 
 - full model: DEM + DGMD (notebooks 01 + 02);
 - without DEM: baseline-FT's per-frame meshes refined by a DGMD retrained on them;

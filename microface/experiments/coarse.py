@@ -23,7 +23,7 @@ next to the ground truth's own jitter on the same frames. A reference row scores
 
 Data: clips are cut from onset to offset and subsampled (``subsample_indices``) to ``max_frames`` frames; the
 ODE gets the kept frames' true times. Everything is written under ``out_dir`` (checkpoints resume through
-``microface.train.fit``; a rerun with the same settings trains nothing).
+``microface.training.loop.fit``; a rerun with the same settings trains nothing).
 """
 from __future__ import annotations
 

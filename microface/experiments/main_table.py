@@ -53,7 +53,7 @@ class EvaluationSettings:
     """The ``evaluate:`` section of a profile config.
 
     fields: ``FieldsScheduleConfig`` keys (step1/step2 epochs and lr, step2_weights); emotion_hidden: width of the
-    FIELDS emotion head; recognition: ``microface.mer.MERRunConfig`` keys for the trajectory classifier (epochs,
+    FIELDS emotion head; recognition: ``microface.experiments.mer.MERRunConfig`` keys for the trajectory classifier (epochs,
     batch_size, lr, model); image_batch_size: images per Inception forward pass.
     """
 

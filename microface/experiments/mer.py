@@ -1,7 +1,7 @@
 """Leave-one-subject-out (LOSO) training and evaluation of the MER models (FDP, MOL, trajectory classifier).
 
 ``run_loso(model_name, samples, config, out_dir, protocol="fixed-epoch")`` trains one model per fold with
-:func:`microface.train.fit` (seeded, checkpointed, resumable), predicts the held-out subject, pools the
+:func:`microface.training.loop.fit` (seeded, checkpointed, resumable), predicts the held-out subject, pools the
 predictions over folds and scores them with :mod:`microface.metrics.recognition`. Folds and the epoch-selection protocols
 come from :mod:`microface.data.folds`:
 

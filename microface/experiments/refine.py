@@ -17,7 +17,7 @@ its ``split.json``), same kept frames, and its trained DEM (``checkpoints/dem.pt
   ``moving_threshold_mm``) and STATIC ones, per clip; the columns give the error at the apex and averaged
   over the clip's kept frames for each part, and the mean motion-attention gate on each part.
 
-Everything is written under ``out_dir``: ``checkpoints/dgmd*.pt`` (resumed by ``microface.train.fit``),
+Everything is written under ``out_dir``: ``checkpoints/dgmd*.pt`` (resumed by ``microface.training.loop.fit``),
 ``refine_table.csv`` / ``.md``, ``per_clip.csv``, ``training_curves.csv``, ``benchmark_config.json``.
 """
 from __future__ import annotations

@@ -248,7 +248,7 @@ def _dem_outputs_for_distillation(model: DEM, batch: ClipBatch) -> dict[str, tor
 # ---------------------------------------------------------------------------------------------- drivers
 def train_dem(dem: DEM, face_model: FaceModel, clips: list[ClipTensors], settings: TrainSettings,
               checkpoint_path: Path | None = None, desc: str = "dem", regularise_to_base: bool = False) -> list[dict]:
-    """Train DEM (with its coarse encoder) on ``clips`` with ``microface.train.fit``; resumes from
+    """Train DEM (with its coarse encoder) on ``clips`` with ``microface.training.loop.fit``; resumes from
     ``checkpoint_path``. regularise_to_base: build a frozen copy of ``dem`` as it is now (load the pretrained
     weights first) and add the "base" term. Returns the history."""
     from microface.losses.perceptual import build_perceptual_distance

@@ -3,7 +3,7 @@
 Data: ``RefineClip`` (one clip from its onset: coarse meshes (T,V,3) mm, flow onset->t (T,2,H,W) px with frame 0
 the onset, one camera for the clip, optional landmarks and ground truth). Build them from the synthetic
 benchmark's ground-truth npz with :func:`clip_from_ground_truth` (coarse meshes given as tensors: DEM's, or
-any ground-truth-free stand-in) or from a trained DEM with ``microface.refine_benchmark.coarse_clips``.
+any ground-truth-free stand-in) or from a trained DEM with ``microface.experiments.refine.coarse_clips``.
 
 Losses per training frame t (every term used when its weight is > 0 and its data exist); DGMD is run on frame t
 AND on the onset (zero flow), so a static correction that landmarks ask for at both cancels in the motion:
@@ -133,7 +133,7 @@ def flow_from_vertices(onset_vertices: torch.Tensor, vertices: torch.Tensor, fac
 
 def clip_from_ground_truth(gt: dict, coarse_vertices: torch.Tensor, key: str = "", flow: str = "accumulate",
                            end: str = "offset", faces: torch.Tensor | None = None) -> RefineClip:
-    """A RefineClip from a benchmark npz (``microface.synth.load_ground_truth``) and coarse meshes.
+    """A RefineClip from a benchmark npz (``microface.data.synth.load_ground_truth``) and coarse meshes.
 
     gt: vertices (T,V,3), vertices_canonical, landmarks2d (T,68,2), flow (T-1,H,W,2) float16 consecutive,
     camera_R / camera_t / focal / principal, onset / apex / offset; coarse_vertices (T, V, 3) mm in the same
@@ -362,7 +362,7 @@ def dgmd_losses(dgmd: DGMD, batch: FrameBatch, weights: DGMDLossWeights,
 # ------------------------------------------------------------------------------------------------ drivers
 def train_dgmd(dgmd: DGMD, clips: list[RefineClip], settings: DGMDTrainSettings,
                checkpoint_path: Path | None = None, desc: str = "dgmd") -> list[dict]:
-    """Train DGMD on the clips' coarse meshes with ``microface.train.fit`` (seeded; checkpoints to and resumes
+    """Train DGMD on the clips' coarse meshes with ``microface.training.loop.fit`` (seeded; checkpoints to and resumes
     from ``checkpoint_path``). Returns the history (mean loss terms per epoch)."""
     if not clips:
         raise ValueError("train_dgmd: expected at least one RefineClip, got none")
