@@ -332,10 +332,11 @@ def photos(media: Path, landmarker, model) -> dict:
 
 def smile_video(frames, landmarker, dlib68, model) -> dict:
     meshes, valid, ref, ref_valid = detect_all(frames, landmarker, dlib68)
-    from microface.fit import fit_landmarks
+    from microface.fit import FitSettings, fit_landmarks
 
     fit = fit_landmarks(meshes, model, valid)
     expression = fit.activation.numpy()  # relative to the person's own neutral (FitSettings.rest_percentile)
+    onset_relative = fit_landmarks(meshes, model, valid, FitSettings(rest_reference="first")).activation.numpy()
     names = list(model.au_names)
     au12 = expression[:, names.index("AU12")]
     # dlib's mouth width (lip corners, over the inter-ocular distance): an independent smile signal
@@ -351,6 +352,9 @@ def smile_video(frames, landmarker, dlib68, model) -> dict:
         "neutral_end": au_row(model, expression[last].mean(0), float(fit.pose[last, 3].mean())),
         "au12_vs_width_r": pearson(au12[both], width[both]),
         "au6_vs_width_r": pearson(expression[both, names.index("AU6")], width[both]),
+        # the micro-expression convention: the clip's first frame is its neutral onset
+        "smile_peak_vs_first": au_row(model, onset_relative[peak], float(fit.pose[peak, 3])),
+        "neutral_end_vs_first": au_row(model, onset_relative[last].mean(0), float(fit.pose[last, 3].mean())),
     }
 
 
@@ -415,7 +419,9 @@ def report(talk: dict, stills: dict, photo_rows: dict, smile: dict, command: str
               "| input | " + " | ".join(REPORT_AUS) + " | jaw |", "|---|" + "---:|" * (len(REPORT_AUS) + 1)]
     rows = {**{f"photo: {k}": v for k, v in photo_rows.items()},
             f"{SMILE}: neutral (first 6)": smile["neutral_start"], f"{SMILE}: smile peak": smile["smile_peak"],
-            f"{SMILE}: neutral (last 6)": smile["neutral_end"]}
+            f"{SMILE}: neutral (last 6)": smile["neutral_end"],
+            f"{SMILE}: smile peak, rest = first frame": smile["smile_peak_vs_first"],
+            f"{SMILE}: neutral (last 6), rest = first frame": smile["neutral_end_vs_first"]}
     for label, row in rows.items():
         lines.append(f"| {label} | " + " | ".join(f"{row[au]:.2f}" for au in REPORT_AUS) + f" | {row['jaw']:.3f} |")
     lines += ["", f"On `{SMILE}`, Pearson r of AU12 with dlib's mouth width: {smile['au12_vs_width_r']:.3f}; "

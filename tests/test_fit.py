@@ -262,3 +262,23 @@ def test_activation_is_relative_to_the_persons_own_neutral(model):
     photo = fit_landmarks(meshes[18], model)
     assert torch.equal(photo.rest_expression, torch.zeros(model.n_expression))
     assert torch.equal(photo.activation, photo.expression.clamp(0, 1))
+
+
+def test_activation_relative_to_the_first_frame(model):
+    """The micro-expression convention: a clip's first frame is its neutral onset."""
+    frames = 30
+    au = list(model.au_names)
+    expression = np.zeros((frames, model.n_expression))
+    expression[:, au.index("AU15")] = np.linspace(0.5, 0.0, frames)  # lip corners rise from a low rest...
+    expression[:, au.index("AU12")] = np.linspace(0.0, 0.6, frames)  # ...into a smile
+    with torch.no_grad():
+        vertices = model(torch.zeros(frames, model.n_shape, dtype=torch.float64), torch.tensor(expression),
+                         torch.zeros(frames, 6, dtype=torch.float64)).vertices.numpy()
+    meshes = landmarker_view(vertices, np.full(frames, 1.5), np.tile([320.0, 180.0], (frames, 1)))
+    fit = fit_landmarks(meshes, model, settings=FitSettings(rest_reference="first"))
+    assert torch.equal(fit.rest_expression, fit.expression[0])
+    assert fit.activation[0].abs().max() == 0
+    assert fit.activation[-1, au.index("AU12")] > 0.3
+    assert fit.activation[:, au.index("AU15")].max() < 0.05  # below its onset value: no activation
+    with pytest.raises(ValueError, match="rest_reference"):
+        fit_landmarks(meshes, model, settings=FitSettings(rest_reference="median"))

@@ -71,6 +71,9 @@ class FitSettings:
     # or short clip keeps rest 0. Geometry is unchanged: ``expression`` stays the model input.
     rest_percentile: float = 10.0
     rest_min_frames: int = 24
+    # which frames define that neutral: "percentile" (above; for any video), "first" (the first valid frame: the
+    # micro-expression convention, a clip starts at its neutral onset) or "none" (activation = expression)
+    rest_reference: str = "percentile"
 
 
 @dataclass
@@ -434,18 +437,23 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
 
 
 def person_neutral(expression: np.ndarray, valid: np.ndarray, settings: FitSettings) -> np.ndarray:
-    """A video's own neutral: the ``rest_percentile`` of each AU over its valid frames.
+    """A video's own neutral: the ``rest_percentile`` of each AU over its valid frames, or its first valid frame.
 
     Args:
         expression: (T, E) fitted AU values.
         valid: (T,) bool, frames that held a face.
-        settings: ``rest_percentile`` and ``rest_min_frames``.
+        settings: ``rest_reference``, ``rest_percentile`` and ``rest_min_frames``.
 
     Returns:
         (E,) AU values of the person's rest face; zeros with fewer than ``rest_min_frames`` valid frames.
     """
-    if valid.sum() < max(1, settings.rest_min_frames):
+    if settings.rest_reference not in ("percentile", "first", "none"):
+        raise ValueError(f"FitSettings.rest_reference: expected 'percentile', 'first' or 'none', got "
+                         f"{settings.rest_reference!r}")
+    if settings.rest_reference == "none" or valid.sum() < max(1, settings.rest_min_frames):
         return np.zeros(expression.shape[1])
+    if settings.rest_reference == "first":
+        return expression[np.flatnonzero(valid)[0]].copy()
     return np.percentile(expression[valid], settings.rest_percentile, axis=0)
 
 
