@@ -1,15 +1,27 @@
 # microface: the reproduce chain. `snakemake all --cores 2` runs the smoke profile; choose another with
-# `--configfile config/cpu.yaml` (or full.yaml on GPU nodes with `--profile profiles/slurm`).
+# `--configfile config/cpu.yaml`, your own copy of one, `--config key=value` overrides (or full.yaml on GPU nodes
+# with `--profile profiles/slurm`).
 import os
 
 from snakemake.utils import validate
 
-configfile: "config/smoke.yaml"
+from microface.config import write_config
+
+# config/smoke.yaml only when no --configfile is given: merged under the user's file it would fill a section the
+# user left out with smoke values, where the schema should refuse the file instead
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/smoke.yaml"
+
+
 validate(config, "config/schema.yaml")
 
 PROFILE = config["profile"]
 RESULTS = f"results/{PROFILE}"
-CONFIG_FILE = f"config/{PROFILE}.yaml"
+# The one handoff: the validated, merged config (config file(s) + --config overrides) that every notebook reads
+# with `papermill -f`. Rewritten only when its text changes, so an unchanged config reruns nothing.
+CONFIG_FILE = f"{RESULTS}/config.yaml"
+write_config(config, CONFIG_FILE)
 NOTEBOOKS = f"{RESULTS}/notebooks"
 PAPERMILL = "papermill --log-output --no-progress-bar -k microface"
 # Every notebook rule claims all cores, so Snakemake runs them one at a time: two torch jobs sharing the cores,
@@ -175,6 +187,8 @@ rule figures:
     output:
         notebook=f"{NOTEBOOKS}/06_figures.ipynb",
         sequence=f"figures/{PROFILE}/qualitative_sequence.png",
+    resources:
+        gpu=1,  # runs DEM and DGMD over the test clips on the config's device (cuda in config/full.yaml)
     log:
         f"{RESULTS}/logs/06_figures.log",
     params:
