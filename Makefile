@@ -1,6 +1,8 @@
 # microface: two commands on a fresh machine.
 #   make reproduce   set up (venv, pinned packages, kernel, MediaPipe bundle) and run `snakemake all` (smoke)
 #   make test        unit tests, nbval over every notebook, snakemake --lint, a dry run
+#   make lab         JupyterLab on the notebooks (the `microface` kernel is registered inside .venv)
+#   make browser-check  headless Chromium opens JupyterLab and a reconstruction's viewer (apt-get install chromium)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +12,7 @@ STAMP := $(VENV)/.microface-installed
 # Snakemake's shell rules call papermill (and the kernel runs python): the venv must come first on PATH
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: reproduce setup test unit nbval lint benchmarks clean-results
+.PHONY: reproduce setup test unit nbval lint benchmarks clean-results lab browser-check
 
 reproduce: setup
 	$(BIN)/snakemake all --cores $(CORES) --configfile config/$(PROFILE).yaml
@@ -40,6 +42,13 @@ nbval:
 lint:
 	$(BIN)/snakemake --lint
 	$(BIN)/snakemake -n all --cores $(CORES)
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+# screenshots and the server log into results/browser_check/; about 30 s
+browser-check: setup
+	$(BIN)/python tools/browser_check.py
 
 benchmarks: setup
 	$(BIN)/python benchmarks/bench_render.py

@@ -5,6 +5,7 @@ wheel, else (offline) one clip of a one-subject synthetic benchmark written as a
 """
 from __future__ import annotations
 
+import html
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,28 @@ def demo_video(video, out: Path, root: Path) -> tuple[str | Path, str]:
     return video, f"{note}video: {video}"
 
 
+def viewer_iframe(viewer: Path, width: int = 700, height: int = 600) -> str:
+    """An ``<iframe>`` whose ``srcdoc`` is the whole viewer page, for ``IPython.display.HTML``.
+
+    Why not an IFrame of the file: JupyterLab serves only files under its root (``/files/...``), and the root differs
+    by route (the repository on Binder, ``notebooks/`` for ``make lab``), so no one path reaches ``results/`` from
+    both; an absolute filesystem path reaches it from neither. The page travels inside the output instead, and the
+    iframe keeps plotly's full HTML document (its own scripts) apart from JupyterLab's page.
+
+    Args:
+        viewer: viewer.html (plotly.js embedded, about 4 MB: it works offline).
+        width, height: the iframe's size in CSS pixels.
+
+    Returns:
+        the iframe's HTML (the page escaped into one attribute).
+    """
+    viewer = Path(viewer)
+    if not viewer.is_file():
+        raise FileNotFoundError(f"viewer: {viewer} does not exist (reconstruct_video writes it)")
+    page = html.escape(viewer.read_text(encoding="utf-8"), quote=True)
+    return f'<iframe srcdoc="{page}" width="{int(width)}" height="{int(height)}" style="border: 0"></iframe>'
+
+
 def run_demo(video, max_frames: int, window: int, out_dir) -> NotebookReport:
     """The demo notebook end to end: ``reconstruct_video`` into ``out_dir``, then what it wrote.
 
@@ -60,8 +83,8 @@ def run_demo(video, max_frames: int, window: int, out_dir) -> NotebookReport:
     Returns:
         notes: ``video``, ``summary`` (``summary_lines``), ``written`` (params.npz's arrays and shapes, the first
         meshes); figures: ``attention`` (mean DGMD gate and mean |offset| in mm per frame; not saved); values:
-        ``viewer_src`` (viewer.html for an IFrame: relative to the cwd when under it); paths: ``out``,
-        ``video``, ``viewer``.
+        ``viewer_html`` (``viewer_iframe``: viewer.html inside an iframe, for ``IPython.display.HTML``); paths:
+        ``out``, ``video``, ``viewer``.
     """
     report = NotebookReport()
     root = project_root()
@@ -89,7 +112,6 @@ def run_demo(video, max_frames: int, window: int, out_dir) -> NotebookReport:
     report.figures["attention"] = figure
 
     viewer = out / "viewer.html"
-    report.values["viewer_src"] = (str(viewer.relative_to(Path.cwd())) if viewer.is_relative_to(Path.cwd())
-                                   else str(viewer))
+    report.values["viewer_html"] = viewer_iframe(viewer)
     report.paths.update(out=out, video=Path(video), viewer=viewer)
     return report
