@@ -102,6 +102,7 @@ def export(profile: str, dgmd_checkpoint: Path, *, root: Path, config_path: Path
     from microface.training.dem import build_dem
     from microface.models.dgmd import build_dgmd
     from microface.reconstruct.bundle import build_face_model, default_checkpoint_path, save_bundle
+    from microface.utils.io import portable_path
 
     config_path = Path(config_path) if config_path else root / "config" / f"{profile}.yaml"
     if not config_path.is_file():
@@ -129,16 +130,18 @@ def export(profile: str, dgmd_checkpoint: Path, *, root: Path, config_path: Path
     except RuntimeError as err:
         raise ValueError(f"the checkpoints do not fit the models built from {config_path} and the DGMD config "
                          f"({dgmd_cfg_source}): {str(err).splitlines()[0]}") from None
+    # paths as portable_path writes them (relative to the compendium, or ~/...): the bundle ships to other machines
     provenance = {
         "profile": profile,
-        "config": {"path": str(config_path), "sha256": _sha256(config_path)},
-        "dem_checkpoint": {"path": str(dem_path), "sha256": _sha256(dem_path), "epoch": dem_state.get("epoch"),
-                           "train_config": dem_state.get("config")},
-        "dgmd_checkpoint": {"path": str(dgmd_checkpoint), "sha256": _sha256(Path(dgmd_checkpoint)),
+        "config": {"path": portable_path(config_path, root), "sha256": _sha256(config_path)},
+        "dem_checkpoint": {"path": portable_path(dem_path, root), "sha256": _sha256(dem_path),
+                           "epoch": dem_state.get("epoch"), "train_config": dem_state.get("config")},
+        "dgmd_checkpoint": {"path": portable_path(dgmd_checkpoint, root), "sha256": _sha256(Path(dgmd_checkpoint)),
                             "epoch": dgmd_state.get("epoch"), "train_config": dgmd_state.get("config")},
-        "dgmd_config_source": dgmd_cfg_source,
+        "dgmd_config_source": portable_path(dgmd_config, root) if dgmd_config is not None else dgmd_cfg_source,
         "git_commit": _git_commit(root),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join([Path(sys.argv[0]).name,
+                             *(portable_path(arg, root) if Path(arg).is_absolute() else arg for arg in sys.argv[1:])]),
     }
     provenance = json.loads(json.dumps(provenance, default=str))  # training configs may hold non-JSON values
     return save_bundle(out if out is not None else default_checkpoint_path(), face_model_name=face_model,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from microface.reconstruct.errors import ReconstructionError
-from microface.utils.io import replace_folder, write_bytes_atomic
+from microface.utils.io import portable_path, replace_folder, write_bytes_atomic
 
 OUTPUT_FORMAT = "microface-reconstruction-v1"
 
@@ -71,7 +71,7 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (np.ndarray, torch.Tensor)):
         return np.asarray(value).tolist()
     if isinstance(value, Path):
-        return str(value)
+        return portable_path(value)  # a record names files the same on any machine
     raise TypeError(f"not JSON-able: {type(value).__name__}")
 
 

@@ -95,7 +95,7 @@ from microface.reconstruct.output import (
     write_viewer,
 )
 from microface.reconstruct.video import open_source, track_face
-from microface.utils.io import staging_folder
+from microface.utils.io import portable_path, staging_folder
 
 STAGES = ("fit", "dem", "dgmd", "encoder")
 STAGE_ALIASES = {"coarse": "encoder"}  # the per-frame encoder's name before the landmark fit became the coarse stage
@@ -617,7 +617,7 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
         path = Path(info.path)
         summary = {
             "format": OUTPUT_FORMAT,
-            "video": {**dataclasses.asdict(info),
+            "video": {**dataclasses.asdict(info), "path": portable_path(info.path),
                       "size_bytes": path.stat().st_size if path.is_file()
                       else sum(p.stat().st_size for p in source.paths)},
             "frames": n_frames,
@@ -637,9 +637,9 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
             "mesh_format": mesh_format,
             "viewer_frames": [int(i) for i in arrays["frame_index"][shown]],
             "preview_frames": [int(i) for i in arrays["frame_index"][previewed]],
-            "checkpoint": bundle_meta(bundle),
+            "checkpoint": {**bundle_meta(bundle), "path": portable_path(bundle["path"])},
             "face_model": face_model,
-            "flame_path": None if flame_path is None else str(flame_path),
+            "flame_path": None if flame_path is None else portable_path(flame_path),
             "device": str(device),
             "torch_threads": torch.get_num_threads(),
             "timings_s": {**{k: round(v, 4) for k, v in timings.items()},

@@ -75,6 +75,41 @@ def replace_folder(staging: str | Path, path: str | Path) -> Path:
     return path
 
 
+def portable_path(path: str | Path, root: str | Path | None = None) -> str:
+    """How a record (a ``summary.json``, a checkpoint's provenance) names ``path`` so it reads the same on any
+    machine: relative to the compendium root when inside it (``results/cpu/dem/checkpoints/dem.pt``), else
+    ``~/...`` when inside the user's home, else the absolute path as is (a shared mount such as ``/data/CASME2``
+    has no shorter name that means the same file elsewhere).
+
+    Args:
+        path: a file or folder; a relative path is taken from the current directory.
+        root: the compendium root (default: ``microface.config.project_root()``, or none when the current
+            directory is outside a compendium, e.g. an installed package used elsewhere).
+
+    Returns:
+        The path as a POSIX string.
+    """
+    path = Path(path).expanduser()
+    absolute = Path(os.path.abspath(path))  # no symlink resolution: the name the user gave, made absolute
+    if root is None:
+        from microface.config import project_root
+
+        try:
+            root = project_root()
+        except FileNotFoundError:
+            root = None
+    bases = [(Path(root), None)] if root is not None else []
+    bases.append((Path.home(), "~"))
+    for base, prefix in bases:
+        for candidate, base_form in ((absolute, base), (absolute.resolve(), base.resolve())):
+            if candidate.is_relative_to(base_form):
+                relative = candidate.relative_to(base_form).as_posix()
+                if prefix is None:
+                    return relative
+                return prefix if relative == "." else f"{prefix}/{relative}"
+    return absolute.as_posix()
+
+
 def write_text_atomic(text: str, path: str | Path) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically -> the path."""
     with atomic_path(path) as tmp:
