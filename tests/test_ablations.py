@@ -30,6 +30,7 @@ EXPECTED_ROWS = [
     ("mapping", "DGMD per-pixel mapping (not region-based)"),
     ("DGMD loss", "DGMD loss w/o flow"),
     ("DEM loss", "DEM loss w/o landmark"),
+    ("landmarks", "oracle landmarks"),  # DEM + DGMD retrained and scored on the ground-truth landmarks
 ]
 
 
@@ -56,6 +57,9 @@ def test_run_ablations_writes_every_row(tiny_chain, tmp_path):
     # only what an ablation changes was retrained, each into its own resumable checkpoint
     checkpoints = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))
     assert "dem_without_landmark.pt" in checkpoints and "dgmd_without_loss_flow.pt" in checkpoints
+    assert {"dem_oracle_landmarks_pretrain.pt", "dem_oracle_landmarks.pt", "dgmd_oracle_landmarks.pt"} <= set(checkpoints)
+    # the tiny chain's DEM and DGMD read detected landmarks; the oracle row's, the ground truth's: other models
+    assert rows.loc["oracle landmarks", "apex_error_mm"] != rows.loc["full model (DEM + DGMD)", "apex_error_mm"]
     assert not any(name.startswith(("dem.pt", "dgmd.pt")) for name in checkpoints)
 
 

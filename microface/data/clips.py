@@ -155,12 +155,16 @@ def _resize_flow(flow: np.ndarray, image_size: int) -> np.ndarray:
 
 
 def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: str = "dis",
-                             max_frames: int = 8) -> ClipTensors:
+                             max_frames: int = 8, landmarks: str = "detected",
+                             landmark_cache: str | Path | None = None) -> ClipTensors:
     """One synthetic-benchmark record -> ClipTensors of its kept frames (see ``clip_tensors_from_synth``)."""
+    from microface.data.clip_landmarks import LANDMARK_SOURCES, clip_landmarks
     from microface.data.flow import accumulate_flow_opencv, clip_flow
 
     if flow_method not in FLOW_SOURCES:
         raise ValueError(f"flow_method: expected one of {FLOW_SOURCES}, got {flow_method!r}")
+    if landmarks not in LANDMARK_SOURCES:
+        raise ValueError(f"landmarks: expected one of {LANDMARK_SOURCES}, got {landmarks!r}")
     if record.ground_truth is None:
         raise ValueError(f"clip {record.key}: no ground truth; load the synthetic benchmark with load_dataset('synth', ...)")
     indices = subsample_indices(record.onset, record.apex, record.offset, max_frames)
@@ -170,8 +174,12 @@ def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: s
             raise ValueError(f"{record.ground_truth}: ground truth has {expression.shape[0]} frames, the clip folder "
                              f"{len(record.frames)}; regenerate the benchmark with `microface synth`")
         fps = float(truth["fps"])
-        shape, pose, landmarks = truth["shape"], truth["pose"][indices], truth["landmarks2d"][indices]
+        shape, pose = truth["shape"], truth["pose"][indices]
+        # the ground-truth landmarks are read for the "oracle" ablation only: no real video has them
+        points = truth["landmarks2d"][indices] if landmarks == "oracle" else None
         consecutive = truth["flow"] if flow_method == "gt" else None
+    if landmarks == "detected":
+        points = clip_landmarks(record, landmark_cache).points[indices]
     frames, originals = zip(*(_read_rgb(record.frames[i], image_size) for i in indices))
     frames = np.stack(frames)
     height, width = originals[0]
@@ -180,31 +188,35 @@ def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: s
     else:
         gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
         flow = clip_flow(gray, mode="onset", onset=0, method=flow_method)
-    landmarks = landmarks * np.array([image_size / width, image_size / height], np.float32)
+    points = points * np.array([image_size / width, image_size / height], np.float32)
     return ClipTensors(
         frames=torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0,
         flow=torch.from_numpy(np.ascontiguousarray(flow)).permute(0, 3, 1, 2).float(),
         times=torch.from_numpy(indices / fps).float(),
         expression=torch.from_numpy(expression[indices]).float(), shape=torch.from_numpy(shape).float(),
-        pose=torch.from_numpy(pose).float(), landmarks2d=torch.from_numpy(landmarks).float(),
+        pose=torch.from_numpy(pose).float(), landmarks2d=torch.from_numpy(points).float(),
         apex=int(np.searchsorted(indices, record.apex)), key=record.key,
     )
 
 
 def clip_tensors_from_synth(records: list[ClipRecord], image_size: int, flow_method: str = "dis",
-                            max_frames: int = 8, show_progress: bool = True) -> list[ClipTensors]:
+                            max_frames: int = 8, show_progress: bool = True, landmarks: str = "detected",
+                            landmark_cache: str | Path | None = None) -> list[ClipTensors]:
     """Synthetic-benchmark records (``load_dataset("synth", root, kind=...)``) -> ClipTensors for DEM training.
 
     Per clip: frames onset..offset subsampled to ``max_frames`` (``subsample_indices``), resized to
     (image_size, image_size), frames (T,3,S,S) in [0,1]; times (T,) in seconds (the ODE gets the true, irregular
     times); flow onset->t (T,2,S,S) in resized pixels: "dis" / "tvl1" run ``microface.data.flow.clip_flow`` on
     the resized gray frames, "gt" composes the ground-truth consecutive flows
-    (``microface.data.flow.accumulate_flow_opencv``) and rescales them; ground truth expression (T,E), shape (S,), pose (T,6), landmarks2d (T,68,2) in resized pixels; apex:
-    the apex's position among the kept frames.
+    (``microface.data.flow.accumulate_flow_opencv``) and rescales them; ground truth expression (T,E), shape (S,),
+    pose (T,6); landmarks2d (T,68,2) in resized pixels: with ``landmarks="detected"`` the offline MediaPipe
+    landmarker's on the full-resolution frames (``microface.data.clip_landmarks.clip_landmarks``, cached under
+    ``landmark_cache`` when given, frames without a face held), with "oracle" the ground truth's (the ablation
+    row "oracle landmarks" only; no real video has them); apex: the apex's position among the kept frames.
     """
     if image_size < 8:
         raise ValueError(f"image_size: expected >= 8 pixels, got {image_size}")
-    return [clip_tensors_from_record(r, image_size, flow_method, max_frames)
+    return [clip_tensors_from_record(r, image_size, flow_method, max_frames, landmarks, landmark_cache)
             for r in progress(records, desc="clips", disable=not show_progress)]
 
 

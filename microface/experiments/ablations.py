@@ -12,7 +12,11 @@ ME clips with ``microface.experiments.main_table.method_row`` (the same columns 
   region-based pixel-vertex mapping: DGMD retrained with that switch;
 - each DGMD loss term removed (flow, landmark, laplacian, normal, offset): DGMD retrained without it;
 - each DEM loss term removed (``dem_loss_terms``): DEM's ME fine-tuning stage rerun from notebook 01's pretrained
-  checkpoint without that term (the macro pretraining keeps every term), scored with the full model's DGMD.
+  checkpoint without that term (the macro pretraining keeps every term), scored with the full model's DGMD;
+- oracle landmarks: DEM (both stages) and DGMD retrained as notebooks 01 and 02 train them, and scored, with the
+  benchmark's ground-truth 2D landmarks in place of the detected ones (``dem.landmarks: oracle``); no real video
+  has them, so this row measures what the landmark detector costs. When the config itself asks for the oracle,
+  the row is the full model.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
+from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description, _train_stage
 from microface.experiments.main_table import EvaluationSettings, finish_table, method_row, prepare_eval_data
 from microface.experiments.refine import RefineBenchmarkSettings, coarse_clips, train_variant
 from microface.experiments.report import NotebookReport
@@ -35,6 +39,7 @@ from microface.utils.io import write_table
 from microface.utils.runtime import progress
 
 TABLE_NAME = "ablation_table"
+ORACLE_LANDMARKS = "oracle landmarks"
 CUES = {"geometry": "use_geometry", "landmarks": "use_landmarks", "flow": "use_flow"}
 DGMD_LOSS_TERMS = tuple(f.name for f in fields(DGMDLossWeights))
 
@@ -142,9 +147,18 @@ def run_ablations(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dic
                                                                              coarse_dir, checkpoints, device),
                          full_dgmd))
 
+    scored = [(name, group, model, dgmd, data) for name, group, model, dgmd in variants]
+    if coarse.landmarks == "oracle":
+        scored.append((ORACLE_LANDMARKS, "landmarks", dem, full_dgmd, data))
+    else:
+        oracle_dem, oracle_dgmd, oracle_data = oracle_landmark_models(
+            synth_root, coarse_dir, dem_settings, dgmd_settings, class_map, seed, image_size, flow_method, checkpoints,
+            device, show_progress)
+        scored.append((ORACLE_LANDMARKS, "landmarks", oracle_dem, oracle_dgmd, oracle_data))
+
     rows, per_clip = [], []
-    for name, group, model, dgmd in progress(variants, desc="score ablations", disable=not show_progress):
-        row, clip_rows = method_row(name, model, dgmd, data, evaluation, out_dir, seed, device,
+    for name, group, model, dgmd, variant_data in progress(scored, desc="score ablations", disable=not show_progress):
+        row, clip_rows = method_row(name, model, dgmd, variant_data, evaluation, out_dir, seed, device,
                                     image_metrics=settings.image_metrics, recognition=settings.recognition)
         rows.append({"group": group, **row})
         per_clip += clip_rows
@@ -174,6 +188,61 @@ def dem_without_term(term: str, face_model, coarse: CoarseBenchmarkSettings, dat
     train_dem(dem, face_model, data.train_clips, settings, checkpoints / f"dem_without_{term}.pt",
               desc=f"DEM w/o {term}", regularise_to_base=settings.loss_weights.base > 0)
     return dem.eval()
+
+
+def oracle_landmark_models(synth_root, coarse_dir, dem_settings: dict, dgmd_settings: dict, class_map: str,
+                           seed: int, image_size: int, flow_method: str, checkpoints: Path, device,
+                           show_progress: bool = True):
+    """The "oracle landmarks" row: DEM and DGMD trained as notebooks 01 and 02 train them (same clips, seed and
+    settings) but with the benchmark's ground-truth 2D landmarks (``dem.landmarks: oracle``), and the data to
+    score them on (the test clips' landmarks the ground truth's too).
+
+    Args:
+        synth_root, coarse_dir, dem_settings, dgmd_settings, class_map, seed, image_size, flow_method, device,
+            show_progress: as ``run_ablations``.
+        checkpoints: folder of the ablation checkpoints (``dem_oracle_landmarks_pretrain.pt``,
+            ``dem_oracle_landmarks.pt``, ``dgmd_oracle_landmarks.pt``; a rerun resumes them).
+
+    Returns:
+        (DEM, DGMD, EvalData): both models in eval mode, and ``prepare_eval_data``'s clips with oracle landmarks.
+    """
+    from microface.data.clips import _to_device, clip_tensors_from_synth
+    from microface.data.datasets import load_dataset
+    from microface.experiments.refine import load_split
+
+    oracle = {**dem_settings, "landmarks": "oracle"}
+    coarse = CoarseBenchmarkSettings.from_dict(oracle)
+    refine = RefineBenchmarkSettings.from_dict(dgmd_settings)
+    data = prepare_eval_data(synth_root, coarse_dir, oracle, dgmd_settings, class_map, image_size, flow_method,
+                             device, show_progress)
+    face_model = data.face_model
+    split = load_split(coarse_dir)
+    listed = {r.key: r for r in load_dataset("synth", Path(synth_root), kind="all", on_error="skip",
+                                             check_images="none")}
+
+    def tensors(keys: list[str], size: int):
+        clips = clip_tensors_from_synth([listed[k] for k in keys], size, flow_method, coarse.max_frames,
+                                        show_progress, "oracle")
+        return [_to_device(c, device) for c in clips]
+
+    # DEM as notebook 01 trains it: pretrained on the training subjects' macro clips, fine-tuned on their ME clips
+    micro = tensors(split["micro_train"], image_size)
+    pre, ft = coarse.pretrain_epochs, coarse.finetune_epochs
+    dem = build_dem(face_model, coarse.encoder, coarse.model, seed).to(device)
+    pretrain_path, dem_path = checkpoints / "dem_oracle_landmarks_pretrain.pt", checkpoints / "dem_oracle_landmarks.pt"
+    _train_stage(dem, face_model, tensors(split["macro_train"], image_size), coarse.stage(pre, coarse.lr, seed, False),
+                 pretrain_path, "DEM-pretrain (oracle landmarks)")
+    finetune = coarse.stage(ft, coarse.finetune_lr, seed, False)
+    _train_stage(dem, face_model, micro, finetune, dem_path, "DEM-finetune (oracle landmarks)",
+                 start_from=pretrain_path, regularise=finetune.loss_weights.base > 0)
+    dem.eval()
+    # DGMD as notebook 02 trains it: on that DEM's meshes of the training subjects' ME clips
+    same = refine.image_size in (None, image_size)
+    train_refine = coarse_clips(dem, face_model, micro,
+                                None if same else tensors(split["micro_train"], refine.image_size))[0]
+    dgmd = train_variant(face_model, train_refine, refine, seed, checkpoints / "dgmd_oracle_landmarks.pt",
+                         ORACLE_LANDMARKS, device=device)[0]
+    return dem, dgmd, data
 
 
 # ----------------------------------------------------------------------------------------------- notebook 05

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from microface.data.clip import ClipRecord
+from microface.data.clip_landmarks import landmark_cache_dir
 from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synth
 from microface.data.folds import split_label, subject_split
 from microface.experiments.report import NotebookReport
@@ -62,7 +63,10 @@ class CoarseBenchmarkSettings:
     by number) held out for testing; pretrain_epochs: macro-clip stage (baseline, DEM stage a); finetune_epochs:
     ME stage (baseline-FT, DEM stage b); lr / finetune_lr: Adam learning rates of the two stages; batch_size:
     clips per batch; albedo: "onset" | "constant" (photometric texture, see ``TrainSettings``); weights:
-    ``LossWeights`` keys; encoder: ``EncoderConfig`` keys (channels, hidden); model: ``DEMConfig`` keys.
+    ``LossWeights`` keys; encoder: ``EncoderConfig`` keys (channels, hidden); model: ``DEMConfig`` keys;
+    landmarks: "detected" (the offline MediaPipe landmarker on the rendered frames, for training and test clips
+    alike: what DEM's landmark loss and DGMD's landmark cue read) | "oracle" (the benchmark's ground-truth
+    landmarks; the ablation row "oracle landmarks" only, since no real video has them).
     """
 
     max_frames: int = 8
@@ -76,8 +80,13 @@ class CoarseBenchmarkSettings:
     weights: dict = field(default_factory=dict)
     encoder: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
+    landmarks: str = "detected"
 
     def __post_init__(self) -> None:
+        from microface.data.clip_landmarks import LANDMARK_SOURCES
+
+        if self.landmarks not in LANDMARK_SOURCES:
+            raise ValueError(f"dem.landmarks: expected one of {LANDMARK_SOURCES}, got {self.landmarks!r}")
         if self.max_frames < 3:
             raise ValueError(f"dem.max_frames: expected >= 3 (onset, apex, offset), got {self.max_frames}")
         if not 0.0 < self.test_fraction < 1.0:
@@ -243,7 +252,8 @@ def run_coarse_benchmark(synth_root, out_dir, settings: dict, seed: int = 0, *, 
                        out_dir / "split.json")
 
     def tensors(records: list[ClipRecord]) -> list[ClipTensors]:
-        clips = clip_tensors_from_synth(records, image_size, flow_method, config.max_frames, show_progress)
+        clips = clip_tensors_from_synth(records, image_size, flow_method, config.max_frames, show_progress,
+                                        config.landmarks, landmark_cache_dir(synth_root))
         return [_to_device(c, device) for c in clips]
 
     macro_clips, micro_clips, test_clips = tensors(macro_train), tensors(micro_train), tensors(micro_test)

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from microface.data.clip_landmarks import landmark_cache_dir
 from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synth, collate_clips
 from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
 from microface.experiments.refine import RefineBenchmarkSettings, coarse_clips, load_split, model_frame_offsets
@@ -69,9 +70,12 @@ class EvaluationSettings:
 
 # ------------------------------------------------------------------------------------------------- data
 def labelled_clip_tensors(records, class_names: tuple[str, ...], image_size: int, flow_method: str, max_frames: int,
-                          device, show_progress: bool) -> list[ClipTensors]:
-    """ClipTensors of records (as notebook 01 builds them) with ``label`` set to the class index."""
-    clips = clip_tensors_from_synth(records, image_size, flow_method, max_frames, show_progress)
+                          device, show_progress: bool, landmarks: str = "detected",
+                          landmark_cache=None) -> list[ClipTensors]:
+    """ClipTensors of records (as notebook 01 builds them) with ``label`` set to the class index; landmarks,
+    landmark_cache: as ``clip_tensors_from_synth``."""
+    clips = clip_tensors_from_synth(records, image_size, flow_method, max_frames, show_progress, landmarks,
+                                    landmark_cache)
     out = []
     for record, clip in zip(records, clips):
         if record.label not in class_names:
@@ -281,6 +285,7 @@ def prepare_eval_data(synth_root, coarse_dir, dem_settings: dict, dgmd_settings:
     from microface.render.renderer import MeshRenderer
 
     config = CoarseBenchmarkSettings.from_dict(dem_settings)
+    cache = landmark_cache_dir(synth_root)
     split = load_split(coarse_dir)
     class_names = tuple(CLASS_MAPS[class_map].order)
     micro = {r.key: r for r in load_dataset("synth", Path(synth_root), kind="micro", class_map=class_map)}
@@ -289,17 +294,17 @@ def prepare_eval_data(synth_root, coarse_dir, dem_settings: dict, dgmd_settings:
     if not test_records:
         raise ValueError(f"{coarse_dir}/split.json: none of its test clips carries a {class_map!r} label in {synth_root}")
     train_clips = labelled_clip_tensors(train_records, class_names, image_size, flow_method, config.max_frames,
-                                        device, show_progress)
+                                        device, show_progress, config.landmarks, cache)
     test_clips = labelled_clip_tensors(test_records, class_names, image_size, flow_method, config.max_frames,
-                                       device, show_progress)
+                                       device, show_progress, config.landmarks, cache)
     refine_settings = RefineBenchmarkSettings.from_dict(dgmd_settings)
     refine_size = refine_settings.image_size
     train_refine = test_refine = None
     if refine_size not in (None, image_size):
         train_refine = labelled_clip_tensors(train_records, class_names, refine_size, flow_method, config.max_frames,
-                                             device, show_progress)
+                                             device, show_progress, config.landmarks, cache)
         test_refine = labelled_clip_tensors(test_records, class_names, refine_size, flow_method, config.max_frames,
-                                            device, show_progress)
+                                            device, show_progress, config.landmarks, cache)
     face_model = OpenFaceModel().to(device)
     return EvalData(face_model=face_model, train_records=train_records, test_records=test_records,
                     train_clips=train_clips, test_clips=test_clips, class_names=class_names,

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from microface.data.clip_landmarks import landmark_cache_dir
 from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synth, collate_clips
 from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
 from microface.experiments.report import NotebookReport
@@ -250,7 +251,7 @@ def _coarse_data(synth_root, coarse_dir, dem_settings: dict, seed: int, image_si
 
     def tensors(keys: list[str], size: int) -> list[ClipTensors]:
         clips = clip_tensors_from_synth([micro[k] for k in keys], size, flow_method, config.max_frames,
-                                        show_progress)
+                                        show_progress, config.landmarks, landmark_cache_dir(synth_root))
         return [_to_device(c, device) for c in clips]
 
     def refine_inputs(keys: list[str]) -> list[ClipTensors] | None:
@@ -342,8 +343,9 @@ def _fold_clips(synth_root, coarse_dir, split: dict, holdout: str, dem_settings:
 
     def tensors(keys: list[str], size: int) -> list[ClipTensors]:
         records = [listed[k] for k in keys]
-        return [_to_device(c, device) for c in clip_tensors_from_synth(records, size, flow_method, config.max_frames,
-                                                                         show_progress)]
+        clips = clip_tensors_from_synth(records, size, flow_method, config.max_frames, show_progress,
+                                        config.landmarks, landmark_cache_dir(synth_root))
+        return [_to_device(c, device) for c in clips]
 
     held = [k for k in split["micro_train"] if listed[k].subject == holdout]
     micro = [k for k in split["micro_train"] if listed[k].subject != holdout]

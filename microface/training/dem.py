@@ -9,6 +9,8 @@ optional ground truth). Losses, each used when its weight is > 0 and its data ex
   ``albedo = "constant"`` instead renders a uniform grey albedo lit by the encoder's SH;
 - perceptual: the same render composited over the frame, through ``build_perceptual_distance`` (named);
 - landmark: projected iBUG-68 points vs ``landmarks2d`` (optional iBUG weighting), in units of image width;
+  on the benchmark the detected landmarks (``microface.data.clip_landmarks``; ground truth only with
+  ``dem.landmarks: oracle``);
 - param: FIELDS direct supervision of expression / shape / pose where ground truth exists;
 - expression_reg, smooth (first difference of codes), consistency (ODE vs per-frame codes), identity (per-frame
   shape codes of a clip agree); base (fine-tuning: pull toward the frozen pretrained model); emotion (FIELDS).

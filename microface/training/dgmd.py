@@ -140,6 +140,8 @@ def clip_from_ground_truth(gt: dict, coarse_vertices: torch.Tensor, key: str = "
     posed world frame (all frames of the clip). The clip keeps frames onset..offset (``end="offset"``) or
     onset..last (``end="last"``). flow: "accumulate" (chained consecutive flows,
     ``microface.data.flow.accumulate_flow_torch``) or "exact" (from the ground-truth meshes, needs ``faces``).
+    An oracle clip for tests: its landmarks (and flow, camera) are the ground truth's, which no real video has;
+    the benchmark's clips come from ``coarse_clips`` with detected landmarks (``dem.landmarks``).
     """
     vertices = torch.as_tensor(np.asarray(gt["vertices"]), dtype=torch.float32)
     T = vertices.shape[0]
