@@ -73,7 +73,7 @@ def test_subject_split_holds_out_the_last_third():
 
 def test_clip_tensors_carry_rescaled_ground_truth(synth_root):
     records = load_dataset("synth", synth_root, kind="macro")
-    clips = clip_tensors_from_synth(records, 32, "gt", max_frames=5, show_progress=False)
+    clips = clip_tensors_from_synth(records, 32, "gt", max_frames=5, show_progress=False, landmarks="oracle")
     for record, clip in zip(records, clips):
         truth = np.load(record.ground_truth)
         kept = subsample_indices(record.onset, record.apex, record.offset, 5)
