@@ -76,12 +76,15 @@ def synth(
     macro_clips: int = typer.Option(2, help="Macro-expression clips per subject (for DEM pretraining)."),
     seed: int = typer.Option(0, help="Dataset seed: the same seed gives byte-identical files."),
     profile: str = typer.Option("smoke", help="Size profile: smoke | cpu | full."),
+    version: int = typer.Option(1, "--version", help="1: painted mask at the profile's image size; 2: real skin "
+                                "(textures from real face photos) in a 640x480 CASME II frame."),
 ) -> None:
     """Generate the synthetic micro-expression benchmark with 3D ground truth."""
     from microface.data.synth import config_for_profile, generate
 
     try:
-        config = config_for_profile(profile, subjects=subjects, clips=clips, macro_clips=macro_clips, seed=seed)
+        config = config_for_profile(profile, subjects=subjects, clips=clips, macro_clips=macro_clips, seed=seed,
+                                    version=version)
         generate(out, config)
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)

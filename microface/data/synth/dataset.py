@@ -59,6 +59,9 @@ GROUND_TRUTH_KEYS = (
     "frame_numbers", "onset", "apex", "offset", "noise_sigma",
 )
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+VERSIONS = (1, 2)
+V2_FIELDS = ("frame_size", "face_width_px", "texture_size", "test_fraction")
+V2_JPEG_QUALITY = 90  # version 2's default JPEG quality (an explicit jpeg_quality override wins)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,12 @@ class SynthConfig:
     micro_duration_s / macro_duration_s: (min, max) onset->offset durations; micro_apex_mm: (min, max)
     largest vertex displacement at the apex; overlap_fraction: share of multi-AU micro clips whose AUs start
     at different times; jpeg_quality: frames are JPEG like CASME II's.
+
+    version: 1 renders the painted mask at image_size x image_size; 2 renders real skin into a CASME II frame
+    (``render_v2``, ``appearance``): frame_size (W, H) pixels, face_width_px (min, max), texture_size texels of the
+    real-face pool textures, test_fraction the share of subjects (the last by number, as the experiments' split)
+    wearing textures of identities no other subject wears. image_size is not used by version 2. The version 2
+    fields are left out of a version 1 config's hash and manifest, so version 1 datasets keep their bytes.
     """
 
     subjects: int = 3
@@ -84,8 +93,17 @@ class SynthConfig:
     lead_frames: tuple[int, int] = (2, 6)
     overlap_fraction: float = 0.5
     jpeg_quality: int = 95
+    version: int = 1
+    frame_size: tuple[int, int] = (640, 480)
+    face_width_px: tuple[float, float] = (250.0, 300.0)
+    texture_size: int = 256
+    test_fraction: float = 1.0 / 3.0
 
     def __post_init__(self) -> None:
+        if self.version not in VERSIONS:
+            raise ValueError(f"synth config: version must be one of {VERSIONS}, got {self.version!r}")
+        if self.version == 2 and not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"synth config: test_fraction must be in (0, 1), got {self.test_fraction}")
         for name in ("subjects", "clips", "image_size", "fps", "macro_fps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"synth config: {name} must be >= 1, got {getattr(self, name)}")
@@ -97,8 +115,17 @@ class SynthConfig:
         if not 0 < low <= high:
             raise ValueError(f"synth config: micro_apex_mm must be 0 < min <= max, got {self.micro_apex_mm}")
 
+    def to_dict(self) -> dict:
+        """The config as written to the manifest and hashed: a version 1 config leaves out the version 2 fields
+        (and ``version``), exactly as before they existed."""
+        values = asdict(self)
+        if self.version == 1:
+            for name in ("version",) + V2_FIELDS:
+                values.pop(name)
+        return values
+
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 PROFILES: dict[str, dict] = {
@@ -115,6 +142,8 @@ def config_for_profile(profile: str, **overrides) -> SynthConfig:
         raise ValueError(f"unknown synth profile {profile!r}: expected one of {', '.join(PROFILES)}")
     values = dict(PROFILES[profile])
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("version", 1) == 2:
+        values.setdefault("jpeg_quality", V2_JPEG_QUALITY)
     return SynthConfig(**values)
 
 
@@ -174,9 +203,36 @@ def plan_clips(config: SynthConfig) -> list[ClipSpec]:
     return specs
 
 
-def subject_for(config: SynthConfig, subject_id: int, model: OpenFaceModel) -> Subject:
+def subject_for(config: SynthConfig, subject_id: int, model: OpenFaceModel, textures: dict | None = None) -> Subject:
+    """Subject ``subject_id`` of the dataset; version 2 needs ``textures`` (subject -> pool texture, from
+    ``_textures_for``) and dresses the version 1 subject with real skin (``appearance.appearance_v2``)."""
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, subject_id, 7]))
-    return sample_subject(subject_id, rng, model, config.image_size)
+    subject = sample_subject(subject_id, rng, model, config.image_size)
+    if config.version == 1:
+        return subject
+    from microface.data.synth.appearance import appearance_v2
+
+    if textures is None:
+        textures = _textures_for(config)
+    rng_v2 = np.random.default_rng(np.random.SeedSequence([config.seed, subject_id, 8]))
+    return appearance_v2(subject, textures[subject_id], rng_v2, config.frame_size, config.face_width_px)
+
+
+def _textures_for(config: SynthConfig) -> dict:
+    """Version 2: the pool texture each subject wears (``appearance.assign_textures``). -> {subject: PoolTexture}."""
+    from microface.data.synth.appearance import assign_textures
+    from microface.data.synth.textures import texture_pool
+
+    return assign_textures(texture_pool(config.texture_size), config.subjects, config.test_fraction)
+
+
+def render_any(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, subject: Subject) -> RenderedClip:
+    """Render one clip with the config's version (``render_clip`` or ``render_v2.render_clip_v2``)."""
+    if config.version == 1:
+        return render_clip(spec, config, model, subject)
+    from microface.data.synth.render_v2 import render_clip_v2
+
+    return render_clip_v2(spec, config, model, subject)
 
 
 def _subject_camera(subject: Subject, image_size: int) -> Camera:
@@ -422,6 +478,7 @@ def generate(out: Path, config: SynthConfig, show_progress: bool = True) -> Path
     model = OpenFaceModel()
     specs = plan_clips(config)
     subjects: dict[int, Subject] = {}
+    textures = _textures_for(config) if config.version == 2 else None
     bar = progress(specs, desc="synth clips", disable=not show_progress)
     with torch.no_grad():
         for spec in bar:
@@ -430,8 +487,8 @@ def generate(out: Path, config: SynthConfig, show_progress: bool = True) -> Path
             if done:
                 continue
             if spec.subject not in subjects:
-                subjects[spec.subject] = subject_for(config, spec.subject, model)
-            clip = render_clip(spec, config, model, subjects[spec.subject])
+                subjects[spec.subject] = subject_for(config, spec.subject, model, textures)
+            clip = render_any(spec, config, model, subjects[spec.subject])
             _write_clip(clip, partial, config.jpeg_quality)
     for kind, folder in (("micro", partial), ("macro", partial / "macro")):
         rows = [json.loads((partial / ".rows" / f"{s.kind}_{s.clip_id}.json").read_text())
@@ -442,7 +499,7 @@ def generate(out: Path, config: SynthConfig, show_progress: bool = True) -> Path
     manifest = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "config": asdict(config),
+        "config": config.to_dict(),
         "config_hash": digest,
         "face_model": "open (MediaPipe canonical mesh, microface AU fields)",
         "au_names": list(model.au_names),
@@ -454,6 +511,8 @@ def generate(out: Path, config: SynthConfig, show_progress: bool = True) -> Path
             for s in specs
         ],
     }
+    if textures is not None:
+        manifest["textures"] = {f"sub{number:02d}": texture.name for number, texture in textures.items()}
     shutil.rmtree(partial / ".rows")
     (partial / ".config_hash").unlink()
     write_text_atomic(json.dumps(manifest, indent=2, sort_keys=True), partial / "synth_manifest.json")

@@ -22,7 +22,9 @@ class Subject:
     shape: (S,) identity coefficients; texture: (3, Ht, Wt) albedo in UV space (MediaPipe UVs, v down);
     sh: (9, 3) lighting; distance_mm, focal_px: frontal perspective camera; noise_sigma: sensor noise (0-1
     intensity units); head_amplitude_rad / head_frequency_hz / head_phase: small sinusoidal head motion per
-    axis (3,); background: (3,) grey level of the static backdrop.
+    axis (3,); background: (3,) grey level of the static backdrop (version 1) or an (H, W, 3) image (version 2,
+    ``appearance.appearance_v2``); principal: (2,) principal point in pixels (version 2; None: the image centre);
+    texture_name: the real-face pool texture worn (version 2; None: painted).
     """
 
     subject_id: int
@@ -36,6 +38,8 @@ class Subject:
     head_frequency_hz: np.ndarray
     head_phase: np.ndarray
     background: np.ndarray
+    principal: np.ndarray | None = None
+    texture_name: str | None = None
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, octaves: tuple[int, ...]) -> np.ndarray:

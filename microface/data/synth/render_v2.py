@@ -1,0 +1,163 @@
+"""Version 2 clip rendering: a real-skin face composited into a CASME II-sized frame, with noise (JPEG on writing).
+
+The clip's expression, head motion and timing are those of version 1 (``dataset._clip_parameters``). The face is
+rendered only inside a window around it (the bounding box of the projected mesh over the whole clip, plus a
+4 px margin) with the full frame's camera shifted to the window, over the matching crop of the subject's
+background, and pasted into the frame: the same pixels as a full-frame render, at a fraction of the cost.
+
+Ground truth is in full-frame pixels: ``camera_*`` / ``focal`` / ``principal`` describe the W x H frame,
+``landmarks2d`` (T, 68, 2) are in its pixels, ``mask`` (T, H, W), ``flow`` (T - 1, H, W, 2) and ``flow_mask``
+(T - 1, H, W) cover it (zero / False off the face).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from microface.data.synth.dataset import (
+    ClipSpec,
+    RenderedClip,
+    SynthConfig,
+    _clip_parameters,
+    _leading_fragments,
+)
+from microface.data.synth.subjects import Subject
+from microface.face.open_model import OpenFaceModel
+from microface.render.camera import Camera, camera_to_arrays, expand_camera, look_at_camera, project_points
+from microface.render.rasterize import interpolate_vertex_attributes, rasterize
+from microface.render.shading import shade_mesh
+
+WINDOW_MARGIN_PX = 4
+
+
+def frame_camera(subject: Subject, frame_size: tuple[int, int]) -> Camera:
+    """The subject's full-frame perspective camera (batch 1, float64). frame_size: (W, H)."""
+    width, height = frame_size
+    camera = look_at_camera(subject.distance_mm, subject.focal_px, (height, width), batch_size=1, dtype=torch.float64)
+    if subject.principal is not None:
+        camera = replace(camera, principal=torch.tensor(subject.principal, dtype=torch.float64)[None])
+    return camera
+
+
+def face_window(screen: torch.Tensor, frame_size: tuple[int, int], margin: int = WINDOW_MARGIN_PX) -> tuple[int, int, int, int]:
+    """Pixel box (x0, y0, x1, y1), end-exclusive, holding every projected vertex of the clip plus ``margin``,
+    clipped to the frame. screen: (T, V, 3) full-frame screen points."""
+    width, height = frame_size
+    x0 = max(0, int(np.floor(float(screen[..., 0].min()))) - margin)
+    y0 = max(0, int(np.floor(float(screen[..., 1].min()))) - margin)
+    x1 = min(width, int(np.ceil(float(screen[..., 0].max()))) + margin + 1)
+    y1 = min(height, int(np.ceil(float(screen[..., 1].max()))) + margin + 1)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"synth v2: the face projects outside the {width}x{height} frame")
+    return x0, y0, x1, y1
+
+
+def _visible_at(points_px: torch.Tensor, zbuf: torch.Tensor, tolerance_mm: float = 1.0) -> np.ndarray:
+    """Whether screen points (B, H, W, 3) land on the window and are not hidden in zbuf (B, h, w). -> bool."""
+    h, w = zbuf.shape[1:]
+    x = points_px[..., 0].floor().long()
+    y = points_px[..., 1].floor().long()
+    inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+    xc, yc = x.clamp(0, w - 1), y.clamp(0, h - 1)
+    b = torch.arange(points_px.shape[0])[:, None, None].expand_as(xc)
+    depth_there = zbuf[b, yc, xc]
+    return (inside & (depth_there > 0) & (points_px[..., 2] <= depth_there + tolerance_mm)).numpy()
+
+
+def render_clip_v2(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, subject: Subject) -> RenderedClip:
+    """Render one version 2 clip and its ground truth in memory (see the module docstring).
+
+    Returns a RenderedClip whose frames are (T, H, W, 3) for ``config.frame_size`` (W, H).
+    """
+    expression, pose, translation, onset, offset, fps = _clip_parameters(spec, config, model, subject)
+    n_frames = expression.shape[0]
+    width, height = config.frame_size
+    dtype = torch.float64
+    with torch.no_grad():
+        shape_t = torch.tensor(subject.shape, dtype=dtype)[None].expand(n_frames, -1)
+        canonical = model.double()(shape_t, torch.tensor(expression, dtype=dtype),
+                                   torch.cat([torch.zeros(n_frames, 3, dtype=dtype),
+                                              torch.tensor(pose[:, 3:], dtype=dtype)], 1)).vertices
+        posed = model(shape_t, torch.tensor(expression, dtype=dtype), torch.tensor(pose, dtype=dtype)).vertices
+        posed = posed + torch.tensor(translation, dtype=dtype)[:, None, :]
+        model.float()
+        cam = frame_camera(subject, config.frame_size)
+        screen = project_points(posed, expand_camera(cam, n_frames))
+        x0, y0, x1, y1 = face_window(screen, config.frame_size)
+        h, w = y1 - y0, x1 - x0
+        window_cam = replace(cam, principal=cam.principal - torch.tensor([[x0, y0]], dtype=dtype))
+        window_screen = project_points(posed, expand_camera(window_cam, n_frames))
+        # pixels in float32 (twice as fast as float64); geometry, landmarks and cameras stay float64
+        posed32, screen32 = posed.float(), window_screen.float()
+        fragments = rasterize(screen32, model.faces, (h, w), blur_radius_px=0.7, perspective_correct=True)
+        texture = torch.from_numpy(subject.texture)[None].expand(n_frames, -1, -1, -1)
+        sh = torch.tensor(subject.sh, dtype=torch.float32)[None].expand(n_frames, -1, -1)
+        backdrop = torch.tensor(subject.background[y0:y1, x0:x1], dtype=torch.float32).permute(2, 0, 1)[None]
+        window = shade_mesh(fragments, posed32, model.faces, texture, sh, backdrop.expand(n_frames, -1, -1, -1),
+                            model.uvs)
+        frames_clean = np.empty((n_frames, height, width, 3), np.float32)
+        frames_clean[:] = subject.background.astype(np.float32)[None]
+        frames_clean[:, y0:y1, x0:x1] = window.permute(0, 2, 3, 1).clamp(0, 1).numpy()
+        # ground-truth flow t -> t+1: where the surface point under each pixel at t projects at t+1
+        leading = _leading_fragments(fragments, n_frames - 1)
+        cam_pairs = expand_camera(window_cam, n_frames - 1)
+        points_next = interpolate_vertex_attributes(leading, model.faces, posed32[1:]).reshape(n_frames - 1, -1, 3)
+        points_now = interpolate_vertex_attributes(leading, model.faces, posed32[:-1]).reshape(n_frames - 1, -1, 3)
+        points_next, points_now = points_next.double(), points_now.double()
+        next_px = project_points(points_next, cam_pairs).reshape(n_frames - 1, h, w, 3)
+        now_px = project_points(points_now, cam_pairs).reshape(n_frames - 1, h, w, 3)
+        window_mask = fragments.mask.numpy()
+        window_flow = torch.where(torch.tensor(window_mask[:-1])[..., None], next_px[..., :2] - now_px[..., :2],
+                                  torch.zeros(n_frames - 1, h, w, 2, dtype=dtype))
+        zbuf = fragments.zbuf[..., 0].double()
+        window_flow_mask = window_mask[:-1] & _visible_at(next_px, zbuf[1:])
+        # per-vertex visibility: in the frame and in front of the window's z-buffer
+        visibility = _visible_at(window_screen[:, :, None, :], zbuf, 1.5)[:, :, 0]
+        landmarks2d = screen[:, model.landmark_indices, :2]
+    mask = np.zeros((n_frames, height, width), bool)
+    mask[:, y0:y1, x0:x1] = window_mask
+    flow = np.zeros((n_frames - 1, height, width, 2), np.float16)
+    flow[:, y0:y1, x0:x1] = window_flow.numpy().astype(np.float16)
+    flow_mask = np.zeros((n_frames - 1, height, width), bool)
+    flow_mask[:, y0:y1, x0:x1] = window_flow_mask
+    rng = np.random.default_rng(spec.seed + 1)
+    noisy = frames_clean + np.float32(subject.noise_sigma) * rng.standard_normal(frames_clean.shape, dtype=np.float32)
+    frames_uint8 = np.clip(np.rint(noisy * np.float32(255.0)), 0, 255).astype(np.uint8)
+    motion = np.linalg.norm(canonical.numpy() - canonical.numpy()[onset][None], axis=-1).max(axis=1)
+    apex = int(np.argmax(motion[onset: offset + 1])) + onset  # the true apex: largest motion from onset
+    first_number = 1 + int(rng.integers(0, 40))
+    frame_numbers = np.arange(first_number, first_number + n_frames)
+    gt = {
+        "vertices": posed.numpy().astype(np.float32),
+        "vertices_canonical": canonical.numpy().astype(np.float32),
+        "shape": subject.shape.astype(np.float32),
+        "expression": expression.astype(np.float32),
+        "pose": pose.astype(np.float32),
+        "translation": translation.astype(np.float32),
+        "au_names": np.array(model.au_names),
+        "landmarks2d": landmarks2d.numpy().astype(np.float32),
+        "flow": flow,
+        "flow_mask": flow_mask,
+        "mask": mask,
+        "visibility": visibility,
+        **camera_to_arrays(cam),
+        "sh": subject.sh.astype(np.float32),
+        "fps": np.int32(fps),
+        "frame_numbers": frame_numbers.astype(np.int32),
+        "onset": np.int32(onset),
+        "apex": np.int32(apex),
+        "offset": np.int32(offset),
+        "noise_sigma": np.float32(subject.noise_sigma),
+    }
+    row = {
+        "Subject": spec.subject,
+        "Filename": spec.clip_id,
+        "OnsetFrame": int(frame_numbers[onset]),
+        "ApexFrame": int(frame_numbers[apex]),
+        "OffsetFrame": int(frame_numbers[offset]),
+        "Action Units": "+".join(au[2:] for au in spec.aus),
+        "Estimated Emotion": spec.emotion,
+    }
+    return RenderedClip(spec, frames_clean, frames_uint8, gt, row)
