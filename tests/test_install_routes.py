@@ -161,7 +161,8 @@ def test_demo_viewer_iframe_carries_the_page(tmp_path):
     page = '<html><body><div id="plot"></div><script>var a = "x" && 1 < 2;</script></body></html>'
     (tmp_path / "viewer.html").write_text(page)
     frame = viewer_iframe(tmp_path / "viewer.html", width=640, height=480)
-    match = re.fullmatch(r'<iframe srcdoc="([^"]*)" width="640" height="480" style="border: 0"></iframe>', frame)
+    match = re.fullmatch(r'<div><iframe srcdoc="([^"]*)" width="640" height="480" style="border: 0"></iframe></div>',
+                         frame)
     assert match, frame
     assert html.unescape(match.group(1)) == page
     with pytest.raises(FileNotFoundError, match="viewer"):

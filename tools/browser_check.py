@@ -1,4 +1,4 @@
-"""Browser check: JupyterLab and a reconstruction's plotly viewer, opened in headless Chromium, screenshotted, looked at.
+"""Browser check: JupyterLab and a reconstruction's plotly viewer, opened in headless Chromium and screenshotted.
 
 What it does (CI runs it after ``make test``; ``make browser-check`` runs it alone), in a temporary folder:
 
@@ -6,16 +6,19 @@ What it does (CI runs it after ``make test``; ``make browser-check`` runs it alo
    frame shifted by one more pixel), ``--stage dgmd``: the chain the Binder demo runs, writing ``viewer.html``.
 2. JupyterLab from this environment (``python -m jupyterlab``) on a free port of 127.0.0.1 only, with a random
    token, its root the temporary folder (which also holds a copy of ``notebooks/demo.ipynb``).
-3. Headless Chromium (Debian package ``chromium``; ``$CHROMIUM`` names another binary) takes two screenshots:
-   ``jupyterlab.png`` (``/lab/tree/demo.ipynb``) and ``viewer.png`` (``viewer.html`` as JupyterLab serves it,
-   ``/files/recon/viewer.html``: plotly draws the mesh with WebGL, on SwiftShader without a GPU).
+3. Headless Chromium (Debian package ``chromium``; ``$CHROMIUM`` names another binary) takes three screenshots:
+   ``jupyterlab.png`` (``/lab/tree/demo.ipynb``), ``viewer.png`` (``viewer.html`` as JupyterLab serves it,
+   ``/files/recon/viewer.html``: plotly draws the mesh with WebGL, on SwiftShader without a GPU) and
+   ``demo_viewer.png``: a notebook whose one cell, run on the ``microface`` kernel, shows the viewer the way
+   ``notebooks/demo.ipynb`` does (``HTML(viewer_iframe(...))``), trusted as a notebook one has just run is.
 4. Checks: the server answers ``/api/status``; the ``microface`` kernel is among its kernelspecs; the JupyterLab
    page's DOM has its shell (``jp-LabShell``) and its screenshot is not blank; the viewer's screenshot has the mesh
-   (``mesh_fraction``: dark Inferno pixels in the plot, left of the colour bar) on at least ``MIN_MESH_FRACTION`` of it.
+   (``mesh_fraction``: dark Inferno pixels in the plot, left of the colour bar) on at least ``MIN_MESH_FRACTION`` of it,
+   and so has the notebook's output (JupyterLab's own page has no such pixels).
 5. Stops the server (SIGTERM to its process group, then SIGKILL after ``STOP_TIMEOUT_S``) whatever happened.
 
-Every step has a time limit (under 5 minutes in all; SIGTERM still stops the server); the check takes about 30 s. A failure exits 1 with one line that says what failed
-and what to do. Usage::
+Every step has a time limit (under 5 minutes in all; SIGTERM still stops the server); the check takes under a minute.
+A failure exits 1 with one line that says what failed and what to do. Usage::
 
     .venv/bin/python tools/browser_check.py                          # screenshots into results/browser_check/
     .venv/bin/python tools/browser_check.py --out DIR                # elsewhere
@@ -42,13 +45,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 # wall-clock limits, seconds: all steps together stay under 5 minutes (CI allows this check 5)
-RECONSTRUCT_TIMEOUT_S = 90.0
-SERVER_TIMEOUT_S = 60.0   # JupyterLab up and answering
-CHROMIUM_TIMEOUT_S = 40.0  # each of the 3 Chromium runs
+RECONSTRUCT_TIMEOUT_S = 60.0
+DEMO_CELL_TIMEOUT_S = 45.0  # the demo display cell on the microface kernel
+SERVER_TIMEOUT_S = 45.0   # JupyterLab up and answering
+CHROMIUM_TIMEOUT_S = 30.0  # each of the 4 Chromium runs
 STOP_TIMEOUT_S = 15.0     # SIGTERM -> exit, else SIGKILL (5 s more)
 MIN_MESH_FRACTION = 0.03  # of the viewer's plot area (900 x 700 window, colour bar excluded)
 MIN_UI_FRACTION = 0.02    # non-white pixels of the JupyterLab page
 MIN_UI_COLOURS = 16       # distinct colours of the JupyterLab page (a blank or error page has a handful)
+MESH_DARK = 25            # R, G and B below this: Inferno's near-black end (JupyterLab's text is >= ~33)
 
 
 class CheckFailed(RuntimeError):
@@ -135,11 +140,11 @@ def mesh_fraction(image: np.ndarray, plot_width: float = 0.8, top: float = 0.1, 
         plot_width, top, bottom: the plot area as fractions of the width and height.
 
     Returns:
-        fraction in [0, 1] of the plot area whose pixels are all below 60 in R, G and B.
+        fraction in [0, 1] of the plot area whose pixels are all below ``MESH_DARK`` in R, G and B.
     """
     h, w, _ = image.shape
     plot = image[int(top * h):int(bottom * h), :int(plot_width * w)]
-    return float((plot.max(axis=-1) < 60).mean())
+    return float((plot.max(axis=-1) < MESH_DARK).mean())
 
 
 def ui_stats(image: np.ndarray) -> tuple[float, int]:
@@ -174,8 +179,9 @@ def reconstruct(frames: Path, out: Path) -> Path:
         raise CheckFailed(f"microface reconstruct took over {RECONSTRUCT_TIMEOUT_S:.0f} s") from error
     viewer = out / "viewer.html"
     if done.returncode != 0 or not viewer.is_file():
+        output = (done.stdout + done.stderr).strip()[-600:]
         raise CheckFailed(f"microface reconstruct failed (exit {done.returncode}; is the landmarker bundle built? "
-                          f"`python tools/build_face_landmarker_task.py`): {(done.stdout + done.stderr).strip()[-600:]}")
+                          f"`python tools/build_face_landmarker_task.py`): {output}")
     return viewer
 
 
@@ -185,29 +191,59 @@ def get_json(url: str, timeout: float = 5.0) -> dict:
         return json.loads(response.read().decode())
 
 
-def start_lab(root_dir: Path, port: int, token: str, log: Path) -> subprocess.Popen:
+def demo_notebook(work: Path, viewer: Path, data_dir: Path) -> Path:
+    """Run a one-cell notebook that shows ``viewer`` as notebooks/demo.ipynb does, on the ``microface`` kernel, and
+    sign it in ``data_dir`` (trusted, as the outputs of a notebook one has just run are: JupyterLab renders trusted
+    HTML as is and sanitises untrusted HTML). Returns ``work/demo_viewer.ipynb``."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbformat.sign import NotebookNotary
+
+    source = (f"from IPython.display import HTML\nfrom microface.reconstruct.demo import viewer_iframe\n\n"
+              f"HTML(viewer_iframe({str(viewer.relative_to(work))!r}))")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    notebook.metadata["kernelspec"] = {"name": "microface", "display_name": "microface", "language": "python"}
+    try:
+        NotebookClient(notebook, kernel_name="microface", timeout=DEMO_CELL_TIMEOUT_S, startup_timeout=30,
+                       resources={"metadata": {"path": str(work)}}).execute()
+    except Exception as error:  # nbclient raises its own errors (no kernel, cell error, timeout)
+        raise CheckFailed(f"the demo display cell failed on the microface kernel: {str(error)[-600:]}") from error
+    path = work / "demo_viewer.ipynb"
+    nbformat.write(notebook, path)
+    NotebookNotary(data_dir=str(data_dir)).sign(notebook)
+    return path
+
+
+def start_lab(root_dir: Path, port: int, token: str, log: Path, data_dir: Path) -> subprocess.Popen:
     """JupyterLab on 127.0.0.1:``port`` with ``token``, no browser, serving ``root_dir``; its own process group.
 
-    Returns the process; waits until ``/api/status`` answers (at most ``SERVER_TIMEOUT_S``), else stops it and
-    raises CheckFailed with the end of its log."""
+    ``data_dir``: its JUPYTER_DATA_DIR (the notebook signatures of ``demo_notebook``; kernels and extensions of this
+    environment are found under sys.prefix whatever it is), workspaces and user settings. Returns the process;
+    waits until ``/api/status`` answers (at most ``SERVER_TIMEOUT_S``), else stops it and raises CheckFailed with
+    the end of its log."""
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.ip={HOST}",
                f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
                f"--ServerApp.root_dir={root_dir}", "--LabApp.news_url=None", "--LabApp.check_for_updates_class="
-               "jupyterlab.NeverCheckForUpdate"]
+               "jupyterlab.NeverCheckForUpdate", f"--LabApp.workspaces_dir={data_dir / 'workspaces'}",
+               f"--LabApp.user_settings_dir={data_dir / 'settings'}"]  # nothing written to the user's ~/.jupyter
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")  # CI containers run as root
     with open(log, "w") as handle:
         server = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=root_dir,
-                                  start_new_session=True)
+                                  start_new_session=True, env={**os.environ, "JUPYTER_DATA_DIR": str(data_dir)})
     deadline = time.monotonic() + SERVER_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            break
-        try:
-            get_json(f"http://{HOST}:{port}/api/status?token={token}")
-            return server
-        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
-            time.sleep(0.5)
+    try:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                break
+            try:
+                get_json(f"http://{HOST}:{port}/api/status?token={token}")
+                return server
+            except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+                time.sleep(0.5)
+    except BaseException:  # SIGTERM (SystemExit) or Ctrl-C while waiting: no server left behind
+        stop_lab(server)
+        raise
     stop_lab(server)
     raise CheckFailed(f"JupyterLab did not answer on {HOST}:{port} within {SERVER_TIMEOUT_S:.0f} s (exit "
                       f"{server.returncode}; is jupyterlab installed? `make setup`): {log.read_text()[-600:]}")
@@ -229,6 +265,13 @@ def stop_lab(server: subprocess.Popen) -> None:
             continue
 
 
+def exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM handler: raise SystemExit(143), so that a CI timeout still runs ``check``'s ``finally`` (the server
+    is stopped)."""
+    print("browser check FAILED: stopped by SIGTERM (a time limit?); stopping JupyterLab", file=sys.stderr)
+    sys.exit(143)
+
+
 def check(out: Path, work: Path) -> list[str]:
     """The whole browser check (see the module doc); screenshots into ``out``, scratch in ``work``. Returns the
     lines of its report; raises CheckFailed at the first failure."""
@@ -237,10 +280,14 @@ def check(out: Path, work: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     viewer = reconstruct(write_frames(work / "frames"), work / "recon")
     shutil.copy(ROOT / "notebooks" / "demo.ipynb", work / "demo.ipynb")
-    lines = [f"reconstruct: {viewer.stat().st_size / 1e6:.1f} MB viewer.html"]
+    data_dir = work / ".jupyter_data"
+    data_dir.mkdir()
+    demo = demo_notebook(work, viewer, data_dir)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)  # again: nbclient resets SIGTERM to its default (exit at once)
+    lines = [f"reconstruct: {viewer.stat().st_size / 1e6:.1f} MB viewer.html; {demo.name} run and signed"]
 
     port, token = free_port(), secrets.token_hex(16)
-    server = start_lab(work, port, token, out / "jupyterlab.log")
+    server = start_lab(work, port, token, out / "jupyterlab.log", data_dir)
     try:
         base = f"http://{HOST}:{port}"
         specs = get_json(f"{base}/api/kernelspecs?token={token}")["kernelspecs"]
@@ -267,6 +314,14 @@ def check(out: Path, work: Path) -> list[str]:
             raise CheckFailed(f"{out / 'viewer.png'}: the mesh covers {fraction:.1%} of the plot (expected >= "
                               f"{MIN_MESH_FRACTION:.0%}): plotly drew no mesh (WebGL unavailable?)")
         lines.append(f"viewer.png: mesh on {fraction:.1%} of the plot area")
+
+        chromium(binary, f"{base}/lab/tree/{demo.name}?token={token}", screenshot=out / "demo_viewer.png",
+                 size=(1280, 900), budget_ms=25000)
+        fraction = mesh_fraction(read_png(out / "demo_viewer.png"), plot_width=1.0, top=0.0, bottom=1.0)
+        if fraction < MIN_MESH_FRACTION:
+            raise CheckFailed(f"{out / 'demo_viewer.png'}: the mesh covers {fraction:.1%} of the page (expected >= "
+                              f"{MIN_MESH_FRACTION:.0%}): JupyterLab did not show the demo's viewer output")
+        lines.append(f"demo_viewer.png: the notebook's viewer output shows the mesh on {fraction:.1%} of the page")
     finally:
         stop_lab(server)
     lines.append(f"server stopped (exit {server.returncode}); {time.monotonic() - started:.0f} s in all")
@@ -276,9 +331,9 @@ def check(out: Path, work: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "browser_check",
-                        help="folder for jupyterlab.png, viewer.png and jupyterlab.log")
+                        help="folder for jupyterlab.png, viewer.png, demo_viewer.png and jupyterlab.log")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a CI timeout still runs check()'s `finally`
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="browser_check_") as work:
         try:
             lines = check(args.out.resolve(), Path(work))

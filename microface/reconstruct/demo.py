@@ -62,13 +62,14 @@ def viewer_iframe(viewer: Path, width: int = 700, height: int = 600) -> str:
         width, height: the iframe's size in CSS pixels.
 
     Returns:
-        the iframe's HTML (the page escaped into one attribute).
+        ``<div><iframe srcdoc="..."></iframe></div>`` (the page escaped into one attribute).
     """
     viewer = Path(viewer)
     if not viewer.is_file():
         raise FileNotFoundError(f"viewer: {viewer} does not exist (reconstruct_video writes it)")
     page = html.escape(viewer.read_text(encoding="utf-8"), quote=True)
-    return f'<iframe srcdoc="{page}" width="{int(width)}" height="{int(height)}" style="border: 0"></iframe>'
+    # in a <div>: IPython.display.HTML warns ("Consider using IPython.display.IFrame") on a bare <iframe>
+    return f'<div><iframe srcdoc="{page}" width="{int(width)}" height="{int(height)}" style="border: 0"></iframe></div>'
 
 
 def run_demo(video, max_frames: int, window: int, out_dir) -> NotebookReport:
