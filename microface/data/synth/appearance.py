@@ -7,7 +7,8 @@ module replaces the appearance and the camera:
   :func:`assign_textures` so that test subjects wear textures of identities no training subject wears;
 - skin tone: the texture times an overall gain in [0.85, 1.15] and a per-channel gain in [0.95, 1.05];
 - lighting: 2nd-order SH, ambient 0.9-1.15 plus a directional term of strength 0.15-0.5 from the front-upper
-  hemisphere, small random band-2 terms and a slight colour tint;
+  hemisphere, small random band-2 terms and a slight colour tint, scaled so that a frontal normal receives an
+  irradiance of 0.85-1.05 (the texture's own brightness shows);
 - background: a scikit-image photo (coffee, rocket, chelsea, brick, gravel, grass, camera; none shows a human face)
   randomly cropped to the frame, flipped, defocused (Gaussian sigma 2-5 px) and mixed 50/50 with a flat wall grey;
 - camera: CASME II's geometry, a 640 x 480 frame with the face 250-300 px wide (the mesh is ~150 mm wide) at
@@ -20,9 +21,11 @@ from dataclasses import replace
 
 import cv2
 import numpy as np
+import torch
 
 from microface.data.synth.subjects import Subject
 from microface.data.synth.textures import PoolTexture, split_identities
+from microface.render.shading import sh_basis
 
 BACKGROUNDS: tuple[str, ...] = ("coffee", "rocket", "chelsea", "brick", "gravel", "grass", "camera")
 MESH_WIDTH_MM = 150.0  # the canonical mesh's width, as version 1 assumes
@@ -93,7 +96,11 @@ def lighting(rng: np.random.Generator) -> np.ndarray:
     sh[2] = strength * direction[2] / 1.023328
     sh[3] = strength * direction[0] / 1.023328
     sh[4:] = rng.normal(0.0, 0.04, (5, 1))
-    return sh * rng.uniform(0.93, 1.07, 3)[None, :]
+    sh = sh * rng.uniform(0.93, 1.07, 3)[None, :]
+    # exposure: scale so a frontal normal receives irradiance 0.85-1.05 (the raw coefficients above give ~0.45 under
+    # sh_basis's normalisation, a dim, muddy face)
+    frontal = float((sh_basis(torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)).numpy() @ sh).mean())
+    return sh * rng.uniform(0.85, 1.05) / frontal
 
 
 def appearance_v2(subject: Subject, texture: PoolTexture, rng: np.random.Generator, frame_size: tuple[int, int],
