@@ -58,8 +58,6 @@ rule data:
     params:
         papermill=PAPERMILL,
         results=results_folder,
-    conda:
-        "environment.yml"
     shell:
         "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
 
@@ -80,8 +78,6 @@ rule dem_pretrain:
     params:
         papermill=PAPERMILL,
         results=results_folder,
-    conda:
-        "environment.yml"
     shell:
         "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
 
@@ -102,8 +98,6 @@ rule dgmd_refine:
     params:
         papermill=PAPERMILL,
         results=results_folder,
-    conda:
-        "environment.yml"
     shell:
         "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
 
@@ -124,8 +118,6 @@ rule mer:
     params:
         papermill=PAPERMILL,
         results=results_folder,
-    conda:
-        "environment.yml"
     shell:
         "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
 
@@ -147,8 +139,6 @@ rule evaluate:
     params:
         papermill=PAPERMILL,
         results=results_folder,
-    conda:
-        "environment.yml"
     shell:
         "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
 
@@ -170,8 +160,6 @@ rule ablations:
     params:
         papermill=PAPERMILL,
         results=results_folder,
-    conda:
-        "environment.yml"
     shell:
         "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
 
@@ -194,7 +182,5 @@ rule figures:
     params:
         papermill=PAPERMILL,
         results=results_folder,
-    conda:
-        "environment.yml"
     shell:
         "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
