@@ -40,7 +40,7 @@ nbval:
 	$(BIN)/python -m pytest -q -rs --nbval-lax --nbval-kernel-name microface notebooks
 
 lint:
-	$(BIN)/snakemake --lint
+	$(BIN)/python tools/lint_workflow.py
 	$(BIN)/snakemake -n all --cores $(CORES)
 
 lab: setup
