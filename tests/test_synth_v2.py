@@ -214,3 +214,26 @@ def test_synth_vs_real_figure_shows_onset_apex_and_amplified_difference():
     assert axes[1, 2].images[0].get_array().max() == 0.0
     with pytest.raises(ValueError, match="differ in size"):
         synth_vs_real_figure([{"title": "c", "onset": onset, "apex": apex[:10]}])
+
+
+@needs_landmarker
+def test_v2_chunked_rendering_changes_no_bit(monkeypatch, astronaut_pool, model):
+    from microface.data.synth import render_v2
+
+    config = config_for_profile("smoke", subjects=1, clips=1, macro_clips=0, seed=5, version=2,
+                                micro_duration_s=(0.05, 0.05), lead_frames=(2, 2))
+    with pytest.warns(UserWarning, match="1 identity"):
+        textures = assign_textures(astronaut_pool, 1, config.test_fraction)
+    subject = synth_dataset.subject_for(config, 1, model, textures)
+    spec = synth_dataset.plan_clips(config)[0]
+    whole = render_v2.render_clip_v2(spec, config, model, subject)
+    monkeypatch.setattr(render_v2, "CHUNK_FRAMES", 5)  # 14 frames: chunks 5 + 5 + 4, flow pairs across borders
+    chunked = render_v2.render_clip_v2(spec, config, model, subject)
+    assert np.array_equal(whole.frames_uint8, chunked.frames_uint8)
+    for key in ("flow", "flow_mask", "mask", "visibility", "landmarks2d"):
+        assert np.array_equal(whole.ground_truth[key], chunked.ground_truth[key]), key
+    # the flow is zero off the face and small on it: this 0.05 s clip reaches up to 3 mm (~5 px) within 5 frames
+    flow = whole.ground_truth["flow"].astype(np.float32)
+    assert np.all(flow[~whole.ground_truth["mask"][:-1]] == 0)
+    moving = np.linalg.norm(flow, axis=-1)[whole.ground_truth["flow_mask"]]
+    assert 0.0 < np.median(moving) < 0.5 and moving.max() < 3.0

@@ -30,6 +30,7 @@ from microface.render.rasterize import interpolate_vertex_attributes, rasterize
 from microface.render.shading import shade_mesh
 
 WINDOW_MARGIN_PX = 4
+CHUNK_FRAMES = 32  # frames rendered together: bounds memory (the output does not depend on it, bit for bit)
 
 
 def frame_camera(subject: Subject, frame_size: tuple[int, int]) -> Camera:
@@ -91,40 +92,53 @@ def render_clip_v2(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, su
         window_screen = project_points(posed, expand_camera(window_cam, n_frames))
         # pixels in float32 (twice as fast as float64); geometry, landmarks and cameras stay float64
         posed32, screen32 = posed.float(), window_screen.float()
-        fragments = rasterize(screen32, model.faces, (h, w), blur_radius_px=0.7, perspective_correct=True)
-        texture = torch.from_numpy(subject.texture)[None].expand(n_frames, -1, -1, -1)
-        sh = torch.tensor(subject.sh, dtype=torch.float32)[None].expand(n_frames, -1, -1)
+        texture = torch.from_numpy(subject.texture)[None]
+        sh = torch.tensor(subject.sh, dtype=torch.float32)[None]
         backdrop = torch.tensor(subject.background[y0:y1, x0:x1], dtype=torch.float32).permute(2, 0, 1)[None]
-        window = shade_mesh(fragments, posed32, model.faces, texture, sh, backdrop.expand(n_frames, -1, -1, -1),
-                            model.uvs)
+        frames_uint8 = np.empty((n_frames, height, width, 3), np.uint8)
         frames_clean = np.empty((n_frames, height, width, 3), np.float32)
         frames_clean[:] = subject.background.astype(np.float32)[None]
-        frames_clean[:, y0:y1, x0:x1] = window.permute(0, 2, 3, 1).clamp(0, 1).numpy()
-        # ground-truth flow t -> t+1: where the surface point under each pixel at t projects at t+1
-        leading = _leading_fragments(fragments, n_frames - 1)
-        cam_pairs = expand_camera(window_cam, n_frames - 1)
-        points_next = interpolate_vertex_attributes(leading, model.faces, posed32[1:]).reshape(n_frames - 1, -1, 3)
-        points_now = interpolate_vertex_attributes(leading, model.faces, posed32[:-1]).reshape(n_frames - 1, -1, 3)
-        points_next, points_now = points_next.double(), points_now.double()
-        next_px = project_points(points_next, cam_pairs).reshape(n_frames - 1, h, w, 3)
-        now_px = project_points(points_now, cam_pairs).reshape(n_frames - 1, h, w, 3)
-        window_mask = fragments.mask.numpy()
-        window_flow = torch.where(torch.tensor(window_mask[:-1])[..., None], next_px[..., :2] - now_px[..., :2],
-                                  torch.zeros(n_frames - 1, h, w, 2, dtype=dtype))
-        zbuf = fragments.zbuf[..., 0].double()
-        window_flow_mask = window_mask[:-1] & _visible_at(next_px, zbuf[1:])
-        # per-vertex visibility: in the frame and in front of the window's z-buffer
-        visibility = _visible_at(window_screen[:, :, None, :], zbuf, 1.5)[:, :, 0]
+        window_mask = np.zeros((n_frames, h, w), bool)
+        window_flow = np.zeros((n_frames - 1, h, w, 2), np.float16)
+        window_flow_mask = np.zeros((n_frames - 1, h, w), bool)
+        visibility = np.zeros((n_frames, posed.shape[1]), bool)
+        rng = np.random.default_rng(spec.seed + 1)
+        sigma = np.float32(subject.noise_sigma)
+        for start in range(0, n_frames, CHUNK_FRAMES):
+            stop = min(start + CHUNK_FRAMES, n_frames)
+            count, pairs = stop - start, min(stop, n_frames - 1) - start
+            # one frame more than the chunk: flow t -> t+1 needs frame t+1's depth
+            fragments = rasterize(screen32[start:min(stop + 1, n_frames)], model.faces, (h, w), blur_radius_px=0.7,
+                                  perspective_correct=True)
+            shown = _leading_fragments(fragments, count)
+            window = shade_mesh(shown, posed32[start:stop], model.faces, texture.expand(count, -1, -1, -1),
+                                sh.expand(count, -1, -1), backdrop.expand(count, -1, -1, -1), model.uvs)
+            frames_clean[start:stop, y0:y1, x0:x1] = window.permute(0, 2, 3, 1).clamp(0, 1).numpy()
+            noisy = frames_clean[start:stop] + sigma * rng.standard_normal((count, height, width, 3), dtype=np.float32)
+            frames_uint8[start:stop] = np.clip(np.rint(noisy * np.float32(255.0)), 0, 255).astype(np.uint8)
+            window_mask[start:stop] = shown.mask.numpy()
+            zbuf = fragments.zbuf[..., 0].double()
+            # per-vertex visibility: in the frame and in front of the window's z-buffer
+            visibility[start:stop] = _visible_at(window_screen[start:stop, :, None, :], zbuf[:count], 1.5)[:, :, 0]
+            if pairs > 0:
+                # ground-truth flow t -> t+1: where the surface point under each pixel at t projects at t+1
+                leading = _leading_fragments(fragments, pairs)
+                cam_pairs = expand_camera(window_cam, pairs)
+                points_next = interpolate_vertex_attributes(leading, model.faces, posed32[start + 1:start + 1 + pairs])
+                points_now = interpolate_vertex_attributes(leading, model.faces, posed32[start:start + pairs])
+                next_px = project_points(points_next.reshape(pairs, -1, 3).double(), cam_pairs).reshape(pairs, h, w, 3)
+                now_px = project_points(points_now.reshape(pairs, -1, 3).double(), cam_pairs).reshape(pairs, h, w, 3)
+                moving = window_mask[start:start + pairs]
+                flow_pairs = np.where(moving[..., None], (next_px[..., :2] - now_px[..., :2]).numpy(), 0.0)
+                window_flow[start:start + pairs] = flow_pairs.astype(np.float16)
+                window_flow_mask[start:start + pairs] = moving & _visible_at(next_px, zbuf[1:1 + pairs])
         landmarks2d = screen[:, model.landmark_indices, :2]
     mask = np.zeros((n_frames, height, width), bool)
     mask[:, y0:y1, x0:x1] = window_mask
     flow = np.zeros((n_frames - 1, height, width, 2), np.float16)
-    flow[:, y0:y1, x0:x1] = window_flow.numpy().astype(np.float16)
+    flow[:, y0:y1, x0:x1] = window_flow
     flow_mask = np.zeros((n_frames - 1, height, width), bool)
     flow_mask[:, y0:y1, x0:x1] = window_flow_mask
-    rng = np.random.default_rng(spec.seed + 1)
-    noisy = frames_clean + np.float32(subject.noise_sigma) * rng.standard_normal(frames_clean.shape, dtype=np.float32)
-    frames_uint8 = np.clip(np.rint(noisy * np.float32(255.0)), 0, 255).astype(np.uint8)
     motion = np.linalg.norm(canonical.numpy() - canonical.numpy()[onset][None], axis=-1).max(axis=1)
     apex = int(np.argmax(motion[onset: offset + 1])) + onset  # the true apex: largest motion from onset
     first_number = 1 + int(rng.integers(0, 40))
