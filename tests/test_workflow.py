@@ -216,3 +216,17 @@ def test_slurm_profile_plans_gpu_and_cpu_jobs(tmp_path):
         expected = ("gpu", "1") if rule in GPU_RULES else ("cpu", None)
         assert (planned[rule]["slurm_partition"], planned[rule].get("gpu")) == expected, (rule, planned[rule])
     assert all("-f results/full/config.yaml" in line for line in papermill_lines(result.stdout))
+
+
+def test_any_profile_name_uses_the_synth_preset_it_names(tmp_path, monkeypatch):
+    """A user's profile `mine` generates the synthetic benchmark of the preset its config names (not of its name)."""
+    import microface.data.synth as synth_package
+    from microface.data.synth import PROFILES
+    from microface.experiments.coarse import benchmark_root
+
+    made = {}
+    monkeypatch.setattr(synth_package, "generate", lambda root, config, **_: made.setdefault("config", config) and root)
+    synth = {"preset": "cpu", "subjects": 2, "clips": 1, "macro_clips": 0}
+    benchmark_root(tmp_path, {"dataset": "synth", "root": None}, synth, "mine", seed=3, show_progress=False)
+    config = made["config"]
+    assert config.image_size == PROFILES["cpu"]["image_size"] and config.seed == 3 and config.subjects == 2

@@ -186,8 +186,8 @@ def benchmark_root(results_dir, data: dict, synth: dict, profile: str, seed: int
         return root
     from microface.data.synth import config_for_profile, generate
 
-    config = config_for_profile(profile, seed=seed, subjects=synth["subjects"], clips=synth["clips"],
-                                macro_clips=synth["macro_clips"])
+    config = config_for_profile(synth.get("preset", profile), seed=seed, subjects=synth["subjects"],
+                                clips=synth["clips"], macro_clips=synth["macro_clips"])
     return generate(root, config, show_progress=show_progress)
 
 

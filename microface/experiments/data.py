@@ -46,7 +46,8 @@ def run_data_experiment(profile: str, seed: int, synth: dict, data: dict, result
 
     # the dataset: the synthetic benchmark is generated once per profile (deterministic)
     if data["dataset"] == "synth" and data["root"] is None:
-        dataset_root = generate(results / "synth", config_for_profile(profile, seed=seed, **synth))
+        sizes = {key: value for key, value in synth.items() if key != "preset"}
+        dataset_root = generate(results / "synth", config_for_profile(synth.get("preset", profile), seed=seed, **sizes))
     else:
         dataset_root = resolve(data["root"], root)
     records = load_dataset(data["dataset"], dataset_root, class_map=data["class_map"])
