@@ -36,7 +36,7 @@ def held_out_subjects(n_subjects: int, test_fraction: float) -> list[int]:
     subjects (``microface.data.folds.subject_split``). One subject: none."""
     if n_subjects < 2:
         return []
-    n_test = min(n_subjects - 1, max(1, int(round(n_subjects * test_fraction))))
+    n_test = min(n_subjects - 1, max(1, round(n_subjects * test_fraction)))
     return list(range(n_subjects - n_test + 1, n_subjects + 1))
 
 

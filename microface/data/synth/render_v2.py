@@ -16,13 +16,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from microface.data.synth.dataset import (
-    ClipSpec,
-    RenderedClip,
-    SynthConfig,
-    _clip_parameters,
-    _leading_fragments,
-)
+from microface.data.synth.dataset import ClipSpec, RenderedClip, SynthConfig, _clip_parameters, _leading_fragments
 from microface.data.synth.subjects import Subject
 from microface.face.open_model import OpenFaceModel
 from microface.render.camera import Camera, camera_to_arrays, expand_camera, look_at_camera, project_points
@@ -42,7 +36,8 @@ def frame_camera(subject: Subject, frame_size: tuple[int, int]) -> Camera:
     return camera
 
 
-def face_window(screen: torch.Tensor, frame_size: tuple[int, int], margin: int = WINDOW_MARGIN_PX) -> tuple[int, int, int, int]:
+def face_window(screen: torch.Tensor, frame_size: tuple[int, int],
+                margin: int = WINDOW_MARGIN_PX) -> tuple[int, int, int, int]:
     """Pixel box (x0, y0, x1, y1), end-exclusive, holding every projected vertex of the clip plus ``margin``,
     clipped to the frame. screen: (T, V, 3) full-frame screen points."""
     width, height = frame_size

