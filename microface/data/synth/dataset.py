@@ -311,11 +311,27 @@ def render_clip(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, subje
     rng = np.random.default_rng(spec.seed + 1)
     noisy = frames_clean + rng.normal(0.0, subject.noise_sigma, frames_clean.shape)
     frames_uint8 = np.clip(np.round(noisy * 255.0), 0, 255).astype(np.uint8)
-    motion = np.linalg.norm(canonical.numpy() - canonical.numpy()[onset][None], axis=-1).max(axis=1)
-    apex = int(np.argmax(motion[onset: offset + 1])) + onset  # the true apex: largest motion from onset
     first_number = 1 + int(rng.integers(0, 40))
     frame_numbers = np.arange(first_number, first_number + n_frames)
     cam = _subject_camera(subject, size)
+    return finish_clip(spec, model, subject, frames_clean, frames_uint8, posed=posed, canonical=canonical,
+                       expression=expression, pose=pose, translation=translation, landmarks2d=landmarks2d,
+                       flow=flow.numpy().astype(np.float16), flow_mask=flow_mask, mask=mask, visibility=visibility,
+                       camera=cam, fps=fps, frame_numbers=frame_numbers, onset=onset, offset=offset)
+
+
+
+def finish_clip(spec: ClipSpec, model: OpenFaceModel, subject: Subject, frames_clean: np.ndarray,
+                frames_uint8: np.ndarray, *, posed: torch.Tensor, canonical: torch.Tensor, expression: np.ndarray,
+                pose: np.ndarray, translation: np.ndarray, landmarks2d: torch.Tensor, flow: np.ndarray,
+                flow_mask: np.ndarray, mask: np.ndarray, visibility: np.ndarray, camera, fps: int,
+                frame_numbers: np.ndarray, onset: int, offset: int) -> RenderedClip:
+    """A rendered clip's ground-truth npz arrays and coding-sheet row (both benchmark versions write these).
+
+    The apex is the true one: the frame of largest canonical motion from the onset. ``flow`` is already float16.
+    """
+    motion = np.linalg.norm(canonical.numpy() - canonical.numpy()[onset][None], axis=-1).max(axis=1)
+    apex = int(np.argmax(motion[onset: offset + 1])) + onset  # the true apex: largest motion from onset
     gt = {
         "vertices": posed.numpy().astype(np.float32),
         "vertices_canonical": canonical.numpy().astype(np.float32),
@@ -325,11 +341,11 @@ def render_clip(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, subje
         "translation": translation.astype(np.float32),
         "au_names": np.array(model.au_names),
         "landmarks2d": landmarks2d.numpy().astype(np.float32),
-        "flow": flow.numpy().astype(np.float16),
+        "flow": flow,
         "flow_mask": flow_mask,
         "mask": mask,
         "visibility": visibility,
-        **camera_to_arrays(cam),
+        **camera_to_arrays(camera),
         "sh": subject.sh.astype(np.float32),
         "fps": np.int32(fps),
         "frame_numbers": frame_numbers.astype(np.int32),
@@ -348,7 +364,6 @@ def render_clip(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, subje
         "Estimated Emotion": spec.emotion,
     }
     return RenderedClip(spec, frames_clean, frames_uint8, gt, row)
-
 
 def _leading_fragments(fragments, count: int):
     """The first ``count`` frames of batched Fragments (packed face indices b * F + f stay valid for them)."""

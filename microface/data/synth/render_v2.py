@@ -16,10 +16,17 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from microface.data.synth.dataset import ClipSpec, RenderedClip, SynthConfig, _clip_parameters, _leading_fragments
+from microface.data.synth.dataset import (
+    ClipSpec,
+    RenderedClip,
+    SynthConfig,
+    _clip_parameters,
+    _leading_fragments,
+    finish_clip,
+)
 from microface.data.synth.subjects import Subject
 from microface.face.open_model import OpenFaceModel
-from microface.render.camera import Camera, camera_to_arrays, expand_camera, look_at_camera, project_points
+from microface.render.camera import Camera, expand_camera, look_at_camera, project_points
 from microface.render.rasterize import interpolate_vertex_attributes, rasterize
 from microface.render.shading import shade_mesh
 
@@ -134,39 +141,9 @@ def render_clip_v2(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, su
     flow[:, y0:y1, x0:x1] = window_flow
     flow_mask = np.zeros((n_frames - 1, height, width), bool)
     flow_mask[:, y0:y1, x0:x1] = window_flow_mask
-    motion = np.linalg.norm(canonical.numpy() - canonical.numpy()[onset][None], axis=-1).max(axis=1)
-    apex = int(np.argmax(motion[onset: offset + 1])) + onset  # the true apex: largest motion from onset
     first_number = 1 + int(rng.integers(0, 40))
     frame_numbers = np.arange(first_number, first_number + n_frames)
-    gt = {
-        "vertices": posed.numpy().astype(np.float32),
-        "vertices_canonical": canonical.numpy().astype(np.float32),
-        "shape": subject.shape.astype(np.float32),
-        "expression": expression.astype(np.float32),
-        "pose": pose.astype(np.float32),
-        "translation": translation.astype(np.float32),
-        "au_names": np.array(model.au_names),
-        "landmarks2d": landmarks2d.numpy().astype(np.float32),
-        "flow": flow,
-        "flow_mask": flow_mask,
-        "mask": mask,
-        "visibility": visibility,
-        **camera_to_arrays(cam),
-        "sh": subject.sh.astype(np.float32),
-        "fps": np.int32(fps),
-        "frame_numbers": frame_numbers.astype(np.int32),
-        "onset": np.int32(onset),
-        "apex": np.int32(apex),
-        "offset": np.int32(offset),
-        "noise_sigma": np.float32(subject.noise_sigma),
-    }
-    row = {
-        "Subject": spec.subject,
-        "Filename": spec.clip_id,
-        "OnsetFrame": int(frame_numbers[onset]),
-        "ApexFrame": int(frame_numbers[apex]),
-        "OffsetFrame": int(frame_numbers[offset]),
-        "Action Units": "+".join(au[2:] for au in spec.aus),
-        "Estimated Emotion": spec.emotion,
-    }
-    return RenderedClip(spec, frames_clean, frames_uint8, gt, row)
+    return finish_clip(spec, model, subject, frames_clean, frames_uint8, posed=posed, canonical=canonical,
+                       expression=expression, pose=pose, translation=translation, landmarks2d=landmarks2d, flow=flow,
+                       flow_mask=flow_mask, mask=mask, visibility=visibility, camera=cam, fps=fps,
+                       frame_numbers=frame_numbers, onset=onset, offset=offset)
