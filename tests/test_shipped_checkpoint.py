@@ -5,14 +5,17 @@ The clip: one micro-expression of a synthetic subject the checkpoint never saw (
 rendered at DGMD's 128 px and resized to DEM's 64 px crops, DIS flow, 8 kept frames), scored the way notebooks 01
 and 02 score (expression-only meshes on the ground-truth shape, DGMD's offsets rotated into the model frame; mm).
 
-Recorded on 2026-11-29 (torch 2.13.0 CPU), mean per-vertex error, mm:
+Recorded on 2026-11-29 (torch 2.13.0 CPU), mean per-vertex error, mm, with the landmarks DGMD now reads at test
+time (MediaPipe on the rendered frames; ``dem.landmarks: detected``):
 
-    apex: DEM 0.139058, DEM + DGMD 0.113572, neutral face 0.150303
-    clip: DEM 0.079529, DEM + DGMD 0.073780, neutral face 0.063679
+    apex: DEM 0.139058, DEM + DGMD 0.574784, neutral face 0.150303
+    clip: DEM 0.079529, DEM + DGMD 0.369424, neutral face 0.063679
 
-So the checkpoint BEATS the neutral face at the apex (DGMD by 24 %) and does NOT over the whole clip (the frames
-around the onset, where the truth is nearly neutral, carry DEM's small expression offsets). A change of more than
-5 % either way means the checkpoint or the pipeline changed: check why, then record the new numbers here.
+This checkpoint's DGMD was trained with the benchmark's ground-truth landmarks (oracle), and with detected ones it
+makes DEM's mesh WORSE (with oracle landmarks it gave 0.113572 mm at the apex): a checkpoint trained on detected
+landmarks must replace it (`snakemake all --configfile config/cpu.yaml`, then tools/export_checkpoint.py). DEM alone
+beats the neutral face at the apex. A change of more than 5 % either way means the checkpoint or the pipeline changed:
+check why, then record the new numbers here.
 """
 from __future__ import annotations
 
@@ -29,8 +32,8 @@ from microface.reconstruct.bundle import default_checkpoint_path, load_bundle
 from microface.training.dgmd import refine_clip
 
 SHIPPED = Path(__file__).resolve().parents[1] / "microface" / "assets" / "checkpoints" / "open_dem_dgmd.pt"
-RECORDED_MM = {("DEM", "apex"): 0.139058, ("DEM + DGMD", "apex"): 0.113572, ("neutral", "apex"): 0.150303,
-               ("DEM", "clip"): 0.079529, ("DEM + DGMD", "clip"): 0.073780, ("neutral", "clip"): 0.063679}
+RECORDED_MM = {("DEM", "apex"): 0.139058, ("DEM + DGMD", "apex"): 0.574784, ("neutral", "apex"): 0.150303,
+               ("DEM", "clip"): 0.079529, ("DEM + DGMD", "clip"): 0.369424, ("neutral", "clip"): 0.063679}
 TOLERANCE = 0.05
 
 
@@ -67,5 +70,5 @@ def test_shipped_checkpoint_reconstructs_an_unseen_clip_within_the_recorded_erro
         measured[(method, "clip")] = float(error.mean())
     for key, recorded in RECORDED_MM.items():
         assert abs(measured[key] / recorded - 1) <= TOLERANCE, f"{key}: {measured[key]:.6f} mm, recorded {recorded}"
-    # the recorded behaviour: better than the neutral face at the apex, and DGMD improves on DEM there
-    assert measured[("DEM + DGMD", "apex")] < measured[("DEM", "apex")] < measured[("neutral", "apex")]
+    # the recorded behaviour: DEM beats the neutral face at the apex; this DGMD (trained on oracle landmarks) does not
+    assert measured[("DEM", "apex")] < measured[("neutral", "apex")] < measured[("DEM + DGMD", "apex")]
