@@ -20,14 +20,14 @@ import torch
 from typer.testing import CliRunner
 
 from microface.cli import app
-from microface.data.landmarks import landmarker_unavailable_reason, to_ibug68
+from microface.data.landmarks import landmarker_unavailable_reason, select_face, to_ibug68
 from microface.face.open_model import OpenFaceModel
-from microface.training.dem import build_dem
+from microface.mesh.meshio import read_obj, read_ply
 from microface.models.dgmd import build_dgmd
 from microface.reconstruct import pipeline as rec
 from microface.reconstruct.bundle import load_bundle, save_bundle
-from microface.mesh.meshio import read_obj, read_ply
-from microface.reconstruct.video import frames_to_video, select_face
+from microface.reconstruct.video import frames_to_video
+from microface.training.dem import build_dem
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_landmarker = pytest.mark.skipif(landmarker_unavailable_reason() is not None,
@@ -616,8 +616,7 @@ def check_preview(out: Path, n_frames: int, height: int, width: int) -> None:
 
 
 def test_orthographic_to_crop_camera_matches_projecting_then_cropping():
-    from microface.render.camera import orthographic_to_pixels
-    from microface.render.camera import orthographic_to_crop_camera, project_points
+    from microface.render.camera import orthographic_to_crop_camera, orthographic_to_pixels, project_points
 
     points = torch.randn(2, 20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 50
     camera = torch.tensor([[2.0, 300.0, 200.0], [1.5, 310.0, 190.0]], dtype=torch.float64)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from microface.data.clip import ClipRecord
-from microface.data.landmarks import default_task_path, to_ibug68
+from microface.data.landmarks import default_task_path, select_face, to_ibug68
 from microface.data.preprocess import ClipError, clip_path, read_rgb
 from microface.utils.io import atomic_path
 
@@ -105,14 +105,12 @@ def track_faces(faces_per_frame: list[np.ndarray]) -> np.ndarray:
     """
     n_points = next((f.shape[1] for f in faces_per_frame if len(f)), 68)
     out = np.full((len(faces_per_frame), n_points, 2), np.nan, np.float32)
-    reference = None
+    previous = None
     for t, faces in enumerate(faces_per_frame):
-        if len(faces) == 0:
-            continue
-        centres = faces[:, :, :2].mean(1)
-        choice = 0 if reference is None else int(np.argmin(np.linalg.norm(centres - reference, axis=1)))
-        out[t] = faces[choice, :, :2]
-        reference = centres[choice]
+        face = select_face(faces, previous)
+        if face is not None:
+            out[t] = face[:, :2]
+            previous = face
     return out
 
 

@@ -313,3 +313,22 @@ class FaceLandmarker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def select_face(faces: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
+    """The face to follow among a frame's detections (used by ``reconstruct`` and the benchmark's landmark cache).
+
+    Args:
+        faces: detections, best first, shape (F, L, D) pixels (D >= 2; F may be 0).
+        previous: the face followed so far, shape (L, D), or None.
+
+    Returns:
+        (L, D): the first (best) detection when there is no previous face, else the one whose landmark centroid is
+        nearest the previous face's; None when F = 0.
+    """
+    if len(faces) == 0:
+        return None
+    if previous is None or len(faces) == 1:
+        return faces[0]
+    distance = np.linalg.norm(faces[:, :, :2].mean(1) - previous[:, :2].mean(0), axis=1)
+    return faces[int(np.argmin(distance))]

@@ -404,6 +404,31 @@ class DEM(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_coarse):
             return self.coarse_encoder(frames.flatten(0, 1)).reshape_batch(batch, n_frames)
 
+    def evolve(self, onset_frame: torch.Tensor, onset_expression: torch.Tensor, flow_onset_to_t: torch.Tensor,
+               tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The static branch from an onset expression, the motion branch, their fusion and the codes' evolution.
+
+        ``forward`` feeds the coarse encoder's onset expression; ``reconstruct`` feeds the landmark fit's.
+
+        Args:
+            onset_frame: onset images in [0, 1], shape (B, 3, H, W).
+            onset_expression: the onset's expression, shape (B, E).
+            flow_onset_to_t: optical flow from the onset in pixels, shape (B, T, 2, H, W).
+            tau: normalised frame times (``normalise_times``), shape (B, T).
+
+        Returns:
+            z0 (B, D), motion features (B, T, M), the residual fusion's codes (B, T, D), and the evolved codes
+            (B, T, D): the ODE's with ``temporal == "ode"``, else the fusion's.
+        """
+        z0 = self.static_encoder(onset_frame, onset_expression)
+        motion = self.motion_encoder(flow_onset_to_t)
+        frame_code = self.fusion(z0, motion)
+        if self.config.temporal == "ode":
+            code = integrate_codes(self.vector_field, z0, tau, motion, self.config)
+        else:
+            code = frame_code
+        return z0, motion, frame_code, code
+
     def forward(self, frames: torch.Tensor, flow_onset_to_t: torch.Tensor, frame_times: torch.Tensor) -> DEMOutput:
         """Temporally consistent expressions of a batch of clips (frame 0 is the onset).
 
@@ -428,14 +453,8 @@ class DEM(nn.Module):
         if frame_times.shape != frames.shape[:2]:
             raise ValueError(f"frame_times: expected {tuple(frames.shape[:2])}, got {tuple(frame_times.shape)}")
         coarse = self.encode_frames(frames)
-        z0 = self.static_encoder(frames[:, 0], coarse.expression[:, 0])
-        motion = self.motion_encoder(flow_onset_to_t)
         tau = normalise_times(frame_times.to(frames.dtype))
-        frame_code = self.fusion(z0, motion)
-        if self.config.temporal == "ode":
-            code = integrate_codes(self.vector_field, z0, tau, motion, self.config)
-        else:
-            code = frame_code
+        z0, motion, frame_code, code = self.evolve(frames[:, 0], coarse.expression[:, 0], flow_onset_to_t, tau)
         return DEMOutput(
             code=code, expression=self.decoder(code), frame_code=frame_code,
             frame_expression=self.decoder(frame_code), z0=z0, motion=motion, tau=tau, coarse=coarse,

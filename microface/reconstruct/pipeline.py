@@ -288,8 +288,8 @@ def dem_expression_from_onset(dem, frames: torch.Tensor, flow: torch.Tensor, tim
 
     expression(t) = onset + (DEM(t) - DEM(0)), where DEM's static branch is fed ``onset_expression`` in place of
     its coarse encoder's onset estimate: z0 = lift(onset) + residual(onset image); then DEM's own motion
-    encoder, ODE (or residual fusion) and decoder, as in ``DEM.forward``. Why both: feeding the onset to the
-    static branch starts the ODE at the code of the face actually fitted (the field depends on z, so the
+    encoder, ODE (or residual fusion) and decoder (``DEM.evolve``, the path ``DEM.forward`` takes). Why both:
+    feeding the onset to the static branch starts the ODE at the code of the face actually fitted (the field depends on z, so the
     motion-driven change is the one for that face), and the difference makes frame 0 the fit's onset exactly
     (a trained decoder does not invert the lift, decode(lift(e)) != e) so DEM contributes only the change
     driven by motion: with ``DEMConfig.still_field``, zero motion gives exactly the onset on every frame.
@@ -301,14 +301,9 @@ def dem_expression_from_onset(dem, frames: torch.Tensor, flow: torch.Tensor, tim
     Returns:
         (T, E) expressions, row 0 = onset_expression.
     """
-    from microface.models.dem import integrate_codes, normalise_times
+    from microface.models.dem import normalise_times
 
-    z0 = dem.static_encoder(frames[:, 0], onset_expression)
-    motion = dem.motion_encoder(flow)
-    if dem.config.temporal == "ode":
-        code = integrate_codes(dem.vector_field, z0, normalise_times(times), motion, dem.config)
-    else:
-        code = dem.fusion(z0, motion)
+    *_, code = dem.evolve(frames[:, 0], onset_expression, flow, normalise_times(times.to(frames.dtype)))
     decoded = dem.decoder(code)[0]
     return onset_expression + (decoded - decoded[:1])
 

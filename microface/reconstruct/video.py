@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
+from microface.data.landmarks import select_face
 from microface.reconstruct.errors import ReconstructionError
 from microface.utils.io import atomic_path
 
@@ -66,19 +67,6 @@ def iter_video_frames(capture: cv2.VideoCapture, info: VideoInfo, max_frames: in
     if info.frames_read == 0:
         raise ReconstructionError(f"corrupt or unreadable video {info.path}: OpenCV opened it but decoded no frame; "
                                   "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`")
-
-
-def select_face(faces: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
-    """The face to follow among detections: faces (F, 468, 3), previous (468, 3) or None -> (468, 3) or None.
-
-    None when F = 0; the first (best) detection when there is no previous face; else the one whose landmark
-    centroid is nearest the previous face's."""
-    if len(faces) == 0:
-        return None
-    if previous is None or len(faces) == 1:
-        return faces[0]
-    distance = np.linalg.norm(faces[:, :, :2].mean(1) - previous[:, :2].mean(0), axis=1)
-    return faces[int(np.argmin(distance))]
 
 
 @dataclass
