@@ -136,15 +136,17 @@ def subsample_indices(onset: int, apex: int, offset: int, max_frames: int) -> np
     return grid
 
 
-def _read_rgb(path: Path, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """One frame -> ((image_size, image_size, 3) uint8 RGB, original (H, W))."""
+def _read_rgb(path: Path) -> np.ndarray:
+    """One frame -> (H, W, 3) uint8 RGB at its own size."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"frame {path} could not be read as an image; regenerate the benchmark with `microface synth`")
-    original = image.shape[:2]
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _resize_rgb(image: np.ndarray, image_size: int) -> np.ndarray:
     # INTER_AREA keeps pixel centres at (j + 0.5) * scale, the convention landmarks and flows are rescaled by
-    resized = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB), original
+    return cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
 
 
 def _resize_flow(flow: np.ndarray, image_size: int) -> np.ndarray:
@@ -156,9 +158,10 @@ def _resize_flow(flow: np.ndarray, image_size: int) -> np.ndarray:
 
 def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: str = "dis",
                              max_frames: int = 8, landmarks: str = "detected",
-                             landmark_cache: str | Path | None = None) -> ClipTensors:
+                             landmark_cache: str | Path | None = None, face_crop: bool | None = None) -> ClipTensors:
     """One synthetic-benchmark record -> ClipTensors of its kept frames (see ``clip_tensors_from_synth``)."""
     from microface.data.clip_landmarks import LANDMARK_SOURCES, clip_landmarks
+    from microface.data.face_crop import crop_flow, crop_image, face_box, needs_face_crop
     from microface.data.flow import accumulate_flow_opencv, clip_flow
 
     if flow_method not in FLOW_SOURCES:
@@ -180,28 +183,36 @@ def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: s
         consecutive = truth["flow"] if flow_method == "gt" else None
     if landmarks == "detected":
         points = clip_landmarks(record, landmark_cache).points[indices]
-    frames, originals = zip(*(_read_rgb(record.frames[i], image_size) for i in indices))
-    frames = np.stack(frames)
-    height, width = originals[0]
+    sources = [_read_rgb(record.frames[i]) for i in indices]
+    height, width = sources[0].shape[:2]
+    crop = needs_face_crop(points[0], width) if face_crop is None else face_crop
+    if crop:
+        box = face_box(points[0])
+        frames = np.stack([crop_image(image, box, image_size) for image in sources])
+        points = box.to_crop(points, image_size)
+    else:
+        frames = np.stack([_resize_rgb(image, image_size) for image in sources])
+        points = points * np.array([image_size / width, image_size / height], np.float32)
     if flow_method == "gt":
-        flow = _resize_flow(accumulate_flow_opencv(consecutive, int(indices[0]), indices), image_size)
+        onset_flow = accumulate_flow_opencv(consecutive, int(indices[0]), indices)
+        flow = crop_flow(onset_flow, box, image_size) if crop else _resize_flow(onset_flow, image_size)
     else:
         gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
         flow = clip_flow(gray, mode="onset", onset=0, method=flow_method)
-    points = points * np.array([image_size / width, image_size / height], np.float32)
     return ClipTensors(
         frames=torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0,
         flow=torch.from_numpy(np.ascontiguousarray(flow)).permute(0, 3, 1, 2).float(),
         times=torch.from_numpy(indices / fps).float(),
         expression=torch.from_numpy(expression[indices]).float(), shape=torch.from_numpy(shape).float(),
-        pose=torch.from_numpy(pose).float(), landmarks2d=torch.from_numpy(points).float(),
+        pose=torch.from_numpy(pose).float(), landmarks2d=torch.from_numpy(np.asarray(points, np.float32)).float(),
         apex=int(np.searchsorted(indices, record.apex)), key=record.key,
     )
 
 
 def clip_tensors_from_synth(records: list[ClipRecord], image_size: int, flow_method: str = "dis",
                             max_frames: int = 8, show_progress: bool = True, landmarks: str = "detected",
-                            landmark_cache: str | Path | None = None) -> list[ClipTensors]:
+                            landmark_cache: str | Path | None = None,
+                            face_crop: bool | None = None) -> list[ClipTensors]:
     """Synthetic-benchmark records (``load_dataset("synth", root, kind=...)``) -> ClipTensors for DEM training.
 
     Per clip: frames onset..offset subsampled to ``max_frames`` (``subsample_indices``), resized to
@@ -213,10 +224,13 @@ def clip_tensors_from_synth(records: list[ClipRecord], image_size: int, flow_met
     landmarker's on the full-resolution frames (``microface.data.clip_landmarks.clip_landmarks``, cached under
     ``landmark_cache`` when given, frames without a face held), with "oracle" the ground truth's (the ablation
     row "oracle landmarks" only; no real video has them); apex: the apex's position among the kept frames.
+    face_crop: cut frames, landmarks and flow to the clip's square face box (``microface.data.face_crop``, from the
+    onset's landmarks above) before resizing; None: when the face spans less than half the frame's width (CASME II
+    and version 2 frames, not version 1's face-filling ones), so version 1 clips are unchanged.
     """
     if image_size < 8:
         raise ValueError(f"image_size: expected >= 8 pixels, got {image_size}")
-    return [clip_tensors_from_record(r, image_size, flow_method, max_frames, landmarks, landmark_cache)
+    return [clip_tensors_from_record(r, image_size, flow_method, max_frames, landmarks, landmark_cache, face_crop)
             for r in progress(records, desc="clips", disable=not show_progress)]
 
 
