@@ -12,11 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from microface.data.clip_landmarks import (NoFaceInClipError, clip_landmarks, hold_missing, landmark_cache_dir,
-                                           track_faces)
+from microface.data.clip_landmarks import (
+    NoFaceInClipError,
+    clip_landmarks,
+    detect_frames,
+    follow_faces,
+    hold_missing,
+    landmark_cache_dir,
+    track_faces,
+)
 from microface.data.clips import clip_tensors_from_synth, subsample_indices
 from microface.data.datasets import load_dataset
-from microface.data.landmarks import landmarker_unavailable_reason
+from microface.data.landmarks import landmarker_unavailable_reason, to_ibug68
 
 LANDMARKER_MISSING = landmarker_unavailable_reason()
 needs_landmarker = pytest.mark.skipif(LANDMARKER_MISSING is not None,
@@ -56,11 +63,52 @@ def test_hold_missing_holds_the_previous_frame_and_the_first_found():
 
 
 def test_track_faces_follows_the_face_nearest_the_last_one():
-    face = lambda x: np.full((1, 3, 3), x, np.float32)  # noqa: E731
+    face = lambda x: np.full((1, 3, 3), x, np.float32)
     frames = [np.zeros((0, 3, 3), np.float32), face(10.0), np.concatenate([face(50.0), face(11.0)]), face(12.0)]
     tracked = track_faces(frames)
     assert tracked.shape == (4, 3, 2) and np.isnan(tracked[0]).all()
     assert tracked[1, 0, 0] == 10.0 and tracked[2, 0, 0] == 11.0 and tracked[3, 0, 0] == 12.0
+
+
+def test_follow_faces_gives_the_index_of_the_followed_detection():
+    face = lambda x: np.full((1, 3, 2), x, np.float32)
+    frames = [np.concatenate([face(10.0), face(90.0)]), np.zeros((0, 3, 2), np.float32),
+              np.concatenate([face(91.0), face(12.0)]), face(13.0)]
+    np.testing.assert_array_equal(follow_faces(frames), [0, -1, 1, 0])
+
+
+def test_detect_frames_keeps_the_mesh_of_the_followed_face(tmp_path, monkeypatch):
+    """With two faces in a frame (the other one detected first), the 468-point mesh kept is the face whose 68
+    points are followed; a frame without a face has NaN in both and is held in the points only."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    followed = [rng.uniform(0, 50, (468, 3)).astype(np.float32) + np.float32(t) for t in range(4)]
+    other = rng.uniform(300, 350, (468, 3)).astype(np.float32)
+    detections = [followed[0][None], np.stack([other, followed[1]]), np.zeros((0, 468, 3), np.float32),
+                  np.stack([other, followed[3]])]
+
+    class FakeLandmarker:
+        def detect_all(self, image):  # the frame's index is its grey level / 10
+            return detections[int(image[0, 0, 0]) // 10]
+
+    monkeypatch.setattr("microface.data.clip_landmarks._landmarker", lambda task_path: FakeLandmarker())
+    frames = []
+    for t in range(4):
+        frames.append(tmp_path / f"img{t + 1}.png")
+        cv2.imwrite(str(frames[-1]), np.full((8, 8, 3), 10 * t, np.uint8))
+    points, meshes = detect_frames(frames, tmp_path / "unused.task", "sub01/EP01_01")
+    assert points.shape == (4, 68, 2) and meshes.shape == (4, 468, 3) and meshes.dtype == np.float32
+    for t in (0, 1, 3):
+        np.testing.assert_array_equal(meshes[t], followed[t])
+        np.testing.assert_array_equal(points[t], to_ibug68(followed[t])[:, :2])
+    assert np.isnan(meshes[2]).all() and np.isnan(points[2]).all()
+    detected = hold_missing(points, "sub01/EP01_01", meshes)
+    assert detected.held == (2,) and detected.valid.tolist() == [True, True, False, True]
+    np.testing.assert_array_equal(detected.points[2], points[1])  # the points are held ...
+    assert np.isnan(detected.meshes[2]).all()  # ... the meshes are not
+    with pytest.raises(ValueError, match="'sub01/EP01_01' meshes: expected \\(4, 468, 3\\)"):
+        hold_missing(points, "sub01/EP01_01", meshes[:, :68])
 
 
 @needs_landmarker
@@ -72,10 +120,17 @@ def test_detected_landmarks_are_near_the_ground_truth_and_cached(synth, monkeypa
     assert len(detected.held) <= len(record.frames) // 10  # the detector sees the cartoon face on 96 px renders
     error = np.linalg.norm(detected.points - truth, axis=-1).mean(-1)  # (T,) px
     assert float(error.mean()) < 5.0 and float(error.max()) < 8.0
+    # the 468-point meshes are the same face's, NaN only where no face was found
+    assert detected.meshes.shape == (len(record.frames), 468, 3) and detected.meshes.dtype == np.float32
+    found = detected.valid
+    assert np.isfinite(detected.meshes[found]).all() and np.isnan(detected.meshes[~found]).all()
+    np.testing.assert_array_equal(to_ibug68(detected.meshes[found])[..., :2], detected.points[found])
     # cached beside the benchmark: a second call detects nothing
     assert (landmark_cache_dir(synth) / "clips").is_dir()
     monkeypatch.setattr("microface.data.clip_landmarks.detect_frames", lambda *a, **k: pytest.fail("re-detected"))
-    np.testing.assert_array_equal(clip_landmarks(record, landmark_cache_dir(synth)).points, detected.points)
+    cached = clip_landmarks(record, landmark_cache_dir(synth))
+    np.testing.assert_array_equal(cached.points, detected.points)
+    np.testing.assert_array_equal(cached.meshes, detected.meshes)
 
 
 @needs_landmarker
