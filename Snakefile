@@ -6,6 +6,7 @@ import os
 from snakemake.utils import validate
 
 from microface.config import write_config
+from microface.experiments.mer_plan import PROTOCOL as MER_PROTOCOL, fold_file_name, mer_fold_plan, mer_models
 
 # config/smoke.yaml only when no --configfile is given: merged under the user's file it would fill a section the
 # user left out with smoke values, where the schema should refuse the file instead
@@ -45,7 +46,8 @@ rule all:
         f"{NOTEBOOKS}/06_figures.ipynb",
 
 
-rule data:
+# a checkpoint: the LOSO folds of notebook 03 (one job each, below) are the subjects of the index it writes
+checkpoint data:
     threads: ALL_CORES
     input:
         notebook="notebooks/00_data.ipynb",
@@ -102,17 +104,51 @@ rule dgmd_refine:
         "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
 
 
+MER_FOLD = f"{RESULTS}/mer/{{model}}/{MER_PROTOCOL}/folds/{{holdout}}.json"
+
+
+def mer_fold_files(wildcards):
+    """Every (model, held-out subject) fold file of notebook 03, once rule `data` has written the index."""
+    results = os.path.dirname(checkpoints.data.get().output.index)
+    plan = mer_fold_plan(config["data"], config["mer"], results)
+    return [MER_FOLD.format(model=model, holdout=fold_file_name(subject)) for model, subject in plan]
+
+
+# One LOSO fold of notebook 03: a cluster runs them side by side, a laptop in turn (each claims all cores); every
+# fold seeds itself, so a fold gives the same predictions here as inside the notebook's loop.
+rule mer_fold:
+    threads: ALL_CORES
+    input:
+        config=CONFIG_FILE,
+        index=rules.data.output.index,
+    output:
+        fold=MER_FOLD,
+    wildcard_constraints:
+        model="|".join(mer_models(config["data"], config["mer"])[0]),
+        holdout=r"[A-Za-z0-9_.-]+",
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/03_mer/{{model}}/{{holdout}}.log",
+    params:
+        results=RESULTS,
+    shell:
+        "microface mer-fold --config {input.config} --model {wildcards.model} --holdout {wildcards.holdout} "
+        "--results {params.results} > {log} 2>&1"
+
+
+# Notebook 03 merges the folds into the table (it trains a fold itself only when its file is missing, as when the
+# notebook runs alone from JupyterLab), so it needs no GPU.
 rule mer:
     threads: ALL_CORES
     input:
         notebook="notebooks/03_mer.ipynb",
         config=CONFIG_FILE,
         index=rules.data.output.index,
+        folds=mer_fold_files,
     output:
         notebook=f"{NOTEBOOKS}/03_mer.ipynb",
         table=f"{RESULTS}/mer/mer_table.csv",
-    resources:
-        gpu=1,
     log:
         f"{RESULTS}/logs/03_mer.log",
     params:

@@ -129,6 +129,32 @@ def prepare(
         typer.echo(f"  skipped {key}: {reason}")
 
 
+@app.command("mer-fold")
+def mer_fold(
+    config: Path = typer.Option(..., "--config", help="the run's config: results/<profile>/config.yaml, as the "
+                                "Snakefile writes it (or any profile YAML)"),
+    model: str = typer.Option(..., "--model", help="fdp | mol | trajectory (one of the config's mer.models)"),
+    holdout: str = typer.Option(..., "--holdout", help="the held-out subject: <dataset>/<subject> (synth/sub01) or "
+                                "its file name (synth_sub01)"),
+    results: Optional[Path] = typer.Option(None, "--results", help="results/<profile> holding notebook 00's "
+                                           "prepared/ (default: the config file's folder)"),
+) -> None:
+    """Train and test ONE leave-one-subject-out fold of notebook 03 (MER) and write its predictions to
+    RESULTS/mer/MODEL/fixed-epoch/folds/SUBJECT.json; notebook 03 merges the folds into the same table it makes alone."""
+    from microface.config import load_config
+    from microface.experiments.mer import run_mer_fold
+
+    try:
+        values = load_config(config)
+        path = run_mer_fold(profile=values["profile"], seed=values["seed"], device=values["device"],
+                            data=values["data"], mer=values["mer"], results_dir=results or config.parent,
+                            model=model, holdout=holdout)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"wrote {path}")
+
+
 @app.command()
 def reconstruct(
     video: Path = typer.Argument(..., help="a video OpenCV can read (mp4, avi, mov, ...), a photo (.jpg, .png, ...) or "

@@ -23,7 +23,8 @@ from microface.config import config_text, load_config, write_config
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
 NOTEBOOK_RULES = ["data", "dem_pretrain", "dgmd_refine", "mer", "evaluate", "ablations", "figures"]
-GPU_RULES = {"dem_pretrain", "dgmd_refine", "mer", "evaluate", "ablations", "figures"}
+JOB_RULES = NOTEBOOK_RULES + ["mer_fold"]  # mer_fold: one LOSO fold of notebook 03 per job, merged by rule mer
+GPU_RULES = {"dem_pretrain", "dgmd_refine", "mer_fold", "evaluate", "ablations", "figures"}
 
 needs_snakemake = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed (pip install -e .[notebooks])")
 
@@ -41,6 +42,29 @@ def dry_run(work: Path, *args: str) -> subprocess.CompletedProcess:
     """``snakemake -n -p all ARGS`` from the repository root, working in ``work``."""
     command = [SNAKEMAKE, "-n", "-p", "all", "--cores", "1", "-s", str(ROOT / "Snakefile"), "-d", str(work), *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def data_ran(work: Path, profile: str, subjects: dict[str, bool]) -> None:
+    """Pretend rule ``data`` (a checkpoint) has run in ``work``: its notebook and an index.csv with two clips per
+    subject, labelled or not (``subjects``: name -> labelled), newer than the config a first dry run wrote."""
+    results = work / "results" / profile
+    (results / "notebooks").mkdir(parents=True, exist_ok=True)
+    rows = ["dataset,subject,clip_id,label"]
+    rows += [f"synth,{name},EP0{i},{'happiness' if labelled else ''}" for name, labelled in subjects.items()
+             for i in (1, 2)]
+    (results / "index.csv").write_text("\n".join(rows) + "\n")
+    (results / "notebooks" / "00_data.ipynb").write_text("{}")
+
+
+def fold_jobs(output: str) -> list[tuple[str, str, str]]:
+    """(model, holdout, shell command) of every mer_fold job a ``-p`` dry run prints."""
+    jobs = []
+    for block in re.split(r"\n(?=\[|rule |checkpoint )", output):
+        if re.search(r"^rule mer_fold:", block, flags=re.M):
+            wildcards = dict(re.findall(r"(\w+)=([\w.-]+)", re.search(r"wildcards: (.*)", block).group(1)))
+            command = re.search(r"^\s*(?:Shell command:\s*)?(microface mer-fold .*)$", block, flags=re.M).group(1)
+            jobs.append((wildcards["model"], wildcards["holdout"], command))
+    return sorted(jobs)
 
 
 def papermill_lines(output: str) -> list[str]:
@@ -169,7 +193,7 @@ def test_slurm_profile_keys_are_ones_snakemake_and_the_plugin_accept():
 
     accepted = SNAKEMAKE_RESOURCES | plugin_resources()
     assert {"slurm_partition", "gpu", "gpu_model", "slurm_extra", "cpus_per_task"} <= accepted  # the parse found them
-    rules = set(re.findall(r"^rule (\w+):", (ROOT / "Snakefile").read_text(), flags=re.M))
+    rules = set(re.findall(r"^(?:rule|checkpoint) (\w+):", (ROOT / "Snakefile").read_text(), flags=re.M))
     resources = [("default-resources", config["default-resources"])]
     resources += [(f"set-resources/{rule}", values) for rule, values in config.get("set-resources", {}).items()]
     for where, values in resources:
@@ -177,7 +201,7 @@ def test_slurm_profile_keys_are_ones_snakemake_and_the_plugin_accept():
         assert not unknown, f"profiles/slurm/config.yaml {where}: {sorted(unknown)} are read by neither " \
                             f"snakemake nor the slurm plugin"
     assert set(config.get("set-resources", {})) <= rules and set(config.get("set-threads", {})) <= rules
-    assert set(config["set-threads"]) == set(NOTEBOOK_RULES), "every notebook rule needs its threads on the cluster"
+    assert set(config["set-threads"]) == set(JOB_RULES), "every notebook and fold rule needs its threads on the cluster"
 
 
 def test_slurm_profile_gpu_requests_pass_the_plugins_own_checks():
@@ -186,7 +210,7 @@ def test_slurm_profile_gpu_requests_pass_the_plugins_own_checks():
     from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
 
     config = profile()
-    for rule in NOTEBOOK_RULES:
+    for rule in JOB_RULES:
         values = {**config["default-resources"], **config.get("set-resources", {}).get(rule, {})}
         job = SimpleNamespace(resources=SimpleNamespace(**values, get=values.get))
         validate_slurm_extra(job)  # raises on --gres / --gpus / --partition ... in slurm_extra
@@ -202,20 +226,49 @@ def test_slurm_profile_gpu_requests_pass_the_plugins_own_checks():
 def test_slurm_profile_plans_gpu_and_cpu_jobs(tmp_path):
     slurm_plugin()
     work = workdir(tmp_path)
-    result = dry_run(work, "--profile", str(ROOT / "profiles" / "slurm"),
-                     "--configfile", str(ROOT / "config" / "full.yaml"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = ("--profile", str(ROOT / "profiles" / "slurm"), "--configfile", str(ROOT / "config" / "full.yaml"))
+    first = dry_run(work, *args)  # a fresh run: every notebook; the folds wait for the checkpoint `data`
+    assert first.returncode == 0, first.stderr[-3000:]
+    data_ran(work, "full", {"sub01": True, "sub02": True})
+    second = dry_run(work, *args)  # rule data has run: the folds are jobs now
+    assert second.returncode == 0, second.stderr[-3000:]
     planned = {}
-    for block in re.split(r"\n(?=\[|rule )", result.stdout):
-        rule = re.search(r"^rule (\w+):", block, flags=re.M)
+    for block in re.split(r"\n(?=\[|rule |checkpoint )", first.stdout + "\n" + second.stdout):
+        rule = re.search(r"^(?:rule|checkpoint) (\w+):", block, flags=re.M)
         resources = re.search(r"^\s*resources: (.*)$", block, flags=re.M)
         if rule and resources:
             planned[rule.group(1)] = dict(item.split("=", 1) for item in resources.group(1).split(", "))
-    assert set(NOTEBOOK_RULES) <= set(planned), result.stdout[-3000:]
-    for rule in NOTEBOOK_RULES:  # GPU jobs to the GPU partition with one GPU, the others to the CPU partition
+    assert set(JOB_RULES) <= set(planned), (first.stdout + second.stdout)[-3000:]
+    for rule in JOB_RULES:  # GPU jobs to the GPU partition with one GPU, the others to the CPU partition
         expected = ("gpu", "1") if rule in GPU_RULES else ("cpu", None)
         assert (planned[rule]["slurm_partition"], planned[rule].get("gpu")) == expected, (rule, planned[rule])
-    assert all("-f results/full/config.yaml" in line for line in papermill_lines(result.stdout))
+    assert all("-f results/full/config.yaml" in line for line in papermill_lines(first.stdout))
+    assert [(model, holdout) for model, holdout, _ in fold_jobs(second.stdout)] == [
+        (model, subject) for model in ("fdp", "mol", "trajectory") for subject in ("synth_sub01", "synth_sub02")]
+
+
+@needs_snakemake
+def test_mer_folds_are_jobs_of_their_own_merged_by_notebook_03(tmp_path):
+    """Once rule data has written the index, every (model, labelled subject) is a fold job of its own that reads the
+    handed config, and notebook 03 (rule mer) waits for all of them."""
+    work = workdir(tmp_path)
+    my = str(user_config(tmp_path, profile="mine"))
+    assert dry_run(work, "--configfile", my).returncode == 0
+    data_ran(work, "mine", {"sub01": True, "sub02": False, "sub10": True})  # sub02: no labelled clip, no fold
+    result = dry_run(work, "--configfile", my)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = fold_jobs(result.stdout)
+    expected = [(model, subject) for model in ("fdp", "mol", "trajectory") for subject in ("synth_sub01", "synth_sub10")]
+    assert [(model, holdout) for model, holdout, _ in jobs] == expected, result.stdout[-3000:]
+    for model, holdout, command in jobs:
+        assert command.startswith(f"microface mer-fold --config results/mine/config.yaml --model {model} "
+                                   f"--holdout {holdout} --results results/mine "), command
+    merge = next(block for block in re.split(r"\n(?=\[|rule |checkpoint )", result.stdout)
+                 if re.search(r"^rule mer:", block, flags=re.M))
+    inputs = re.search(r"^\s*input: (.*)$", merge, flags=re.M).group(1).split(", ")
+    folds = sorted(path for path in inputs if "/folds/" in path)
+    assert folds == sorted(f"results/mine/mer/{m}/fixed-epoch/folds/{h}.json" for m, h in expected), merge
+    assert "gpu" not in re.search(r"^\s*resources: (.*)$", merge, flags=re.M).group(1)  # merging needs no GPU
 
 
 def test_any_profile_name_uses_the_synth_preset_it_names(tmp_path, monkeypatch):

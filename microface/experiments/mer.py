@@ -14,12 +14,14 @@ come from :mod:`microface.data.folds`:
 Outputs, under ``out_dir/<model>/<protocol>/`` (each written to a temporary file, then renamed):
 ``predictions.csv`` (one row per clip), ``folds.csv`` (per fold: sizes, selected epoch, training seconds),
 ``metrics.csv`` (ACC/UF1/UAR/WF1 per source dataset and pooled over all), ``confusion.csv``, ``run.json``;
-checkpoints in ``checkpoints/<subject>.pt`` (an interrupted run resumes from them) and, under test-peek, the
-per-epoch test logits in ``peek/<subject>/epoch_XXXX.pt``.
+per fold, ``folds/<subject>.json`` (its prediction rows and fold row: :func:`run_loso_fold`, which the workflow
+runs as one job per fold, writes it and :func:`run_loso` reads it back instead of training again), checkpoints in
+``checkpoints/<subject>.pt`` (an interrupted run resumes from them) and, under test-peek, the per-epoch test logits
+in ``peek/<subject>/epoch_XXXX.pt``.
 """
 from __future__ import annotations
 
-import re
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from microface.data.folds import check_protocol, label_table, loso_folds, select_epoch
+from microface.experiments.mer_plan import PROTOCOL, fold_file_name, fold_path, mer_models
 from microface.experiments.report import NotebookReport
 from microface.metrics.recognition import confusion_table, mer_breakdown, mer_scores
 from microface.models.fdp import FDP, FDPConfig, fdp_loss
@@ -38,7 +41,7 @@ from microface.models.mol import MOL, MOLConfig, mol_loss
 from microface.models.trajectory import TrajectoryClassifier, TrajectoryConfig, trajectory_loss
 from microface.training.loop import TrainConfig, fit
 from microface.utils.checks import config_from_dict
-from microface.utils.io import atomic_torch_save, write_csv_atomic, write_json_atomic
+from microface.utils.io import atomic_torch_save, write_csv_atomic, write_json_atomic, write_text_atomic
 from microface.utils.runtime import progress, seed_everything
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -209,10 +212,6 @@ class LOSOResult:
     out_dir: Path
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "subject"
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, spec: ModelSpec, samples: MERSamples, indices: np.ndarray,
                    batch_size: int, device: torch.device | str) -> torch.Tensor:
@@ -232,14 +231,12 @@ def _check_inputs(model_name: str, spec: ModelSpec, samples: MERSamples) -> tupl
     return spec.required + tuple(k for k in spec.optional if k in samples.inputs)
 
 
-def run_loso(model_name: str, samples: MERSamples, config: MERRunConfig | Mapping[str, Any], out_dir: Path | str,
-             protocol: str = "fixed-epoch", device: torch.device | str = "cpu") -> LOSOResult:
-    """Train and test ``model_name`` ("fdp", "mol" or "trajectory") over LOSO folds of ``samples``.
+def _loso_setup(model_name: str, samples: MERSamples, config: MERRunConfig | Mapping[str, Any], protocol: str
+                ) -> tuple[ModelSpec, MERRunConfig, tuple[str, ...], dict, list]:
+    """The checks and settings shared by :func:`run_loso` and :func:`run_loso_fold`.
 
-    config: MERRunConfig or its mapping. protocol: "fixed-epoch" (default) or "test-peek" (reproduces the
-    published code's best-epoch-on-test selection; labelled everywhere). Returns the pooled tables, also
-    written under ``out_dir/<model_name>/<protocol>/``. Rerunning with the same arguments resumes from the
-    per-fold checkpoints; a changed config raises rather than mixing runs.
+    Returns:
+        (model spec, run config, input keys, model config with n_classes, LOSO folds in natural subject order).
     """
     if model_name not in MODELS:
         raise ValueError(f"model_name must be one of {sorted(MODELS)}, got {model_name!r}")
@@ -248,39 +245,36 @@ def run_loso(model_name: str, samples: MERSamples, config: MERRunConfig | Mappin
     config = config if isinstance(config, MERRunConfig) else MERRunConfig.from_dict(config)
     keys = _check_inputs(model_name, spec, samples)
     model_cfg = model_config_for(model_name, config, samples.class_names)
+    folds = loso_folds(samples.subjects)
+    file_names = [fold_file_name(fold.test_subject) for fold in folds]
+    if len(set(file_names)) != len(file_names):
+        raise ValueError(f"subjects {[f.test_subject for f in folds]} collide as file names {file_names}; rename them")
+    return spec, config, keys, model_cfg, folds
+
+
+def run_loso(model_name: str, samples: MERSamples, config: MERRunConfig | Mapping[str, Any], out_dir: Path | str,
+             protocol: str = "fixed-epoch", device: torch.device | str = "cpu") -> LOSOResult:
+    """Train and test ``model_name`` ("fdp", "mol" or "trajectory") over LOSO folds of ``samples``.
+
+    config: MERRunConfig or its mapping. protocol: "fixed-epoch" (default) or "test-peek" (reproduces the
+    published code's best-epoch-on-test selection; labelled everywhere). Returns the pooled tables, also
+    written under ``out_dir/<model_name>/<protocol>/``. A fold whose file :func:`run_loso_fold` already wrote
+    (e.g. as a workflow job of its own) is read back, not trained again; the others are trained here, in turn.
+    Rerunning with the same arguments resumes from the per-fold files and checkpoints; a changed config raises
+    rather than mixing runs.
+    """
+    spec, config, keys, model_cfg, folds = _loso_setup(model_name, samples, config, protocol)
     run_dir = Path(out_dir) / model_name / protocol
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic({"model": model_name, "protocol": protocol, "config": asdict(config) | {"model": model_cfg},
                        "n_clips": len(samples), "class_names": list(samples.class_names)}, run_dir / "run.json")
-
-    folds = loso_folds(samples.subjects)
-    file_names = [_safe_name(fold.test_subject) for fold in folds]
-    if len(set(file_names)) != len(file_names):
-        raise ValueError(f"subjects {[f.test_subject for f in folds]} collide as file names {file_names}; rename them")
-    class_names = list(samples.class_names)
     prediction_rows, fold_rows = [], []
     for fold in progress(folds, desc=f"{model_name} LOSO ({protocol})", unit="fold"):
-        selected_epoch, logits, history = _run_fold(model_name, spec, samples, fold, config, model_cfg, keys,
-                                                    protocol, run_dir, device)
-        probabilities = torch.softmax(logits, dim=1).numpy()
-        predicted = probabilities.argmax(1)
-        for row, clip in enumerate(fold.test_idx.tolist()):
-            truth = int(samples.labels[clip])
-            prediction_rows.append({
-                "model": model_name, "fold": fold.test_subject, "dataset": samples.datasets[clip],
-                "subject": samples.subjects[clip], "clip_id": samples.clip_ids[clip],
-                "truth": class_names[truth], "predicted": class_names[int(predicted[row])],
-                "truth_index": truth, "predicted_index": int(predicted[row]), "epoch": selected_epoch,
-                **{f"p_{name}": float(probabilities[row, k]) for k, name in enumerate(class_names)},
-            })
-        fold_rows.append({
-            "model": model_name, "test_subject": fold.test_subject, "n_train": len(fold.train_idx),
-            "n_test": len(fold.test_idx), "epochs": config.epochs, "selected_epoch": selected_epoch,
-            "train_seconds": float(sum(h["epoch_seconds"] for h in history)),
-            "final_train_loss": float(history[-1]["loss"]),
-            "fold_acc": float((predicted == samples.labels[fold.test_idx].numpy()).mean()),
-        })
+        rows, fold_row = _fold_rows(model_name, spec, samples, fold, config, model_cfg, keys, protocol, out_dir, device)
+        prediction_rows += rows
+        fold_rows.append(fold_row)
 
+    class_names = list(samples.class_names)
     predictions = label_table(pd.DataFrame(prediction_rows), protocol)
     fold_table = label_table(pd.DataFrame(fold_rows), protocol)
     metrics = mer_breakdown(predictions["truth"].to_numpy(), predictions["predicted"].to_numpy(),
@@ -296,19 +290,99 @@ def run_loso(model_name: str, samples: MERSamples, config: MERRunConfig | Mappin
     return LOSOResult(protocol, predictions, fold_table, metrics, confusion, run_dir)
 
 
-def _run_fold(model_name: str, spec: ModelSpec, samples: MERSamples, fold, config: MERRunConfig,
-              model_cfg: dict, keys: tuple[str, ...], protocol: str, run_dir: Path, device
-              ) -> tuple[int, torch.Tensor, list[dict]]:
-    """Train one fold (resuming from its checkpoint); return (selected epoch, test logits (N_test, K), history)."""
-    subject_name = _safe_name(fold.test_subject)
-    checkpoint = run_dir / "checkpoints" / f"{subject_name}.pt"
-    peek_dir = run_dir / "peek" / subject_name
-    train_config = TrainConfig(
+def run_loso_fold(model_name: str, samples: MERSamples, config: MERRunConfig | Mapping[str, Any],
+                  out_dir: Path | str, test_subject: str, protocol: str = "fixed-epoch",
+                  device: torch.device | str = "cpu") -> Path:
+    """Train and test ONE fold of :func:`run_loso`: ``test_subject`` held out, the other subjects trained on.
+
+    A fold's numbers do not depend on the folds run before it: each fold seeds its model's initialisation and
+    training from ``config.seed`` (and epoch e's batch order from ``(seed, e)``), so this gives the very rows
+    :func:`run_loso` computes for that fold inside its loop, and run_loso reads the file back instead.
+
+    Args:
+        model_name, samples, config, out_dir, protocol, device: as for :func:`run_loso` (the same samples: a fold's
+            training set is every other subject's clips).
+        test_subject: the held-out subject, its id (``"synth/sub01"``) or its file name (``"synth_sub01"``).
+
+    Returns:
+        The fold file written, ``out_dir/<model_name>/<protocol>/folds/<subject>.json``: the config and test clips
+        it was made for, its prediction rows (one per test clip) and its fold row. An existing file made with
+        this config for these clips is kept as it is.
+    """
+    spec, config, keys, model_cfg, folds = _loso_setup(model_name, samples, config, protocol)
+    chosen = [fold for fold in folds if test_subject in (fold.test_subject, fold_file_name(fold.test_subject))]
+    if not chosen:
+        raise ValueError(f"test_subject {test_subject!r} is none of the samples' subjects "
+                         f"{[fold.test_subject for fold in folds]} (nor their file names)")
+    _fold_rows(model_name, spec, samples, chosen[0], config, model_cfg, keys, protocol, out_dir, device)
+    return fold_path(out_dir, model_name, protocol, chosen[0].test_subject)
+
+
+def _train_config(model_name: str, fold, config: MERRunConfig, model_cfg: dict, keys: tuple[str, ...],
+                  protocol: str) -> TrainConfig:
+    """The TrainConfig of one fold (what its checkpoint and fold file are checked against)."""
+    return TrainConfig(
         epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay, seed=config.seed,
         grad_clip=config.grad_clip,
         extra={"model": model_name, "model_config": model_cfg, "protocol": protocol, "batch_size": config.batch_size,
                "test_subject": fold.test_subject, "n_train": len(fold.train_idx), "inputs": list(keys)},
     )
+
+
+def _fold_rows(model_name: str, spec: ModelSpec, samples: MERSamples, fold, config: MERRunConfig, model_cfg: dict,
+               keys: tuple[str, ...], protocol: str, out_dir: Path | str, device) -> tuple[list[dict], dict]:
+    """One fold's prediction rows (one per test clip) and fold row: read back from its fold file when that was
+    written with this config for these test clips, else trained (resuming from its checkpoint) and written there.
+    JSON keeps every number exactly (floats as their shortest repr), so a read-back row equals the computed one."""
+    path = fold_path(out_dir, model_name, protocol, fold.test_subject)
+    train_config = _train_config(model_name, fold, config, model_cfg, keys, protocol)
+    made_for = {"config": json.loads(json.dumps(asdict(train_config))),
+                "test_clips": [samples.clip_ids[clip] for clip in fold.test_idx.tolist()]}
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("config") != made_for["config"]:
+            raise ValueError(f"fold file {path} was written with a different config; delete it (and "
+                             f"{path.parent.parent / 'checkpoints'}) or change the output folder (found "
+                             f"{stored.get('config')}, asked {made_for['config']})")
+        if stored.get("test_clips") != made_for["test_clips"]:
+            raise ValueError(f"fold file {path} holds the clips {stored.get('test_clips')}, but the samples' "
+                             f"{fold.test_subject} has {made_for['test_clips']}; delete it to run the fold again")
+        return stored["predictions"], stored["fold"]
+
+    selected_epoch, logits, history = _run_fold(model_name, spec, samples, fold, config, model_cfg, keys, protocol,
+                                                path.parent.parent, device, train_config)
+    selected_epoch = int(selected_epoch)
+    class_names = list(samples.class_names)
+    probabilities = torch.softmax(logits, dim=1).numpy()
+    predicted = probabilities.argmax(1)
+    rows = []
+    for row, clip in enumerate(fold.test_idx.tolist()):
+        truth = int(samples.labels[clip])
+        rows.append({
+            "model": model_name, "fold": fold.test_subject, "dataset": samples.datasets[clip],
+            "subject": samples.subjects[clip], "clip_id": samples.clip_ids[clip],
+            "truth": class_names[truth], "predicted": class_names[int(predicted[row])],
+            "truth_index": truth, "predicted_index": int(predicted[row]), "epoch": selected_epoch,
+            **{f"p_{name}": float(probabilities[row, k]) for k, name in enumerate(class_names)},
+        })
+    fold_row = {
+        "model": model_name, "test_subject": fold.test_subject, "n_train": len(fold.train_idx),
+        "n_test": len(fold.test_idx), "epochs": config.epochs, "selected_epoch": selected_epoch,
+        "train_seconds": float(sum(h["epoch_seconds"] for h in history)),
+        "final_train_loss": float(history[-1]["loss"]),
+        "fold_acc": float((predicted == samples.labels[fold.test_idx].numpy()).mean()),
+    }
+    write_text_atomic(json.dumps({**made_for, "predictions": rows, "fold": fold_row}, indent=1), path)
+    return rows, fold_row
+
+
+def _run_fold(model_name: str, spec: ModelSpec, samples: MERSamples, fold, config: MERRunConfig,
+              model_cfg: dict, keys: tuple[str, ...], protocol: str, run_dir: Path, device,
+              train_config: TrainConfig) -> tuple[int, torch.Tensor, list[dict]]:
+    """Train one fold (resuming from its checkpoint); return (selected epoch, test logits (N_test, K), history)."""
+    subject_name = fold_file_name(fold.test_subject)
+    checkpoint = run_dir / "checkpoints" / f"{subject_name}.pt"
+    peek_dir = run_dir / "peek" / subject_name
     seed_everything(config.seed)
     model = spec.build(model_cfg).to(device)
     train_idx, test_idx = fold.train_idx, fold.test_idx
@@ -465,9 +539,48 @@ def samples_from_prepared(prepared_dir: str | Path, inputs: Sequence[str] = ("cl
 # Notebook 03
 
 
+def _model_run(name: str, profile: str, seed: int, mer: dict, prepared: Path) -> tuple[MERSamples, MERRunConfig]:
+    """One model's samples (from notebook 00's ``prepared/``) and run config, as the profile's mer section sets them."""
+    from microface.experiments.mer_tables import mer_model_settings
+
+    inputs, sample_kwargs = mer_model_settings(name, profile, mer)
+    samples = samples_from_prepared(prepared, inputs, **sample_kwargs)
+    config = MERRunConfig.from_dict(mer_model_settings(name, profile, mer, run_config=True, seed=seed,
+                                                       samples=samples))
+    return samples, config
+
+
+def run_mer_fold(profile: str, seed: int, device: str, data: dict, mer: dict, results_dir, model: str,
+                 holdout: str) -> Path:
+    """One (model, held-out subject) fold of notebook 03, as a job of its own (``microface mer-fold``, Snakemake rule
+    ``mer_fold``): the same samples, settings and numbers as inside :func:`run_mer_experiment`, whose loop then
+    reads the fold file back.
+
+    Args:
+        profile, seed, device, data, mer, results_dir: as for :func:`run_mer_experiment`.
+        model: one of the models the config runs (``mer_plan.mer_models``).
+        holdout: the held-out subject, ``"<dataset>/<subject>"`` or its file name (``mer_plan.fold_file_name``).
+
+    Returns:
+        The fold file, ``results_dir/mer/<model>/fixed-epoch/folds/<subject>.json``.
+    """
+    from microface.config import project_root, resolve
+
+    models, skipped = mer_models(data, mer)
+    if model not in models:
+        raise ValueError(f"model {model!r}: the config runs {models} (mer.models {list(mer['models'])}; "
+                         f"{'; '.join(skipped) or 'none skipped'})")
+    results = resolve(results_dir, project_root())
+    samples, config = _model_run(model, profile, seed, mer, results / "prepared")
+    return run_loso_fold(model, samples, config, results / "mer", holdout, protocol=PROTOCOL, device=device)
+
+
 def run_mer_experiment(profile: str, seed: int, device: str, data: dict, mer: dict, results_dir) -> NotebookReport:
     """Notebook 03_mer end to end: each model of ``mer["models"]``, in that order, under LOSO with the
     "fixed-epoch" protocol on ``results_dir/prepared``, then the table with the chance level beside it.
+
+    The folds that the workflow ran as jobs of their own (:func:`run_mer_fold`) are read from their files; any
+    fold without one is trained here, so the notebook also runs alone and gives the same table either way.
 
     Args:
         profile: the profile's name (names ``config/<profile>.yaml`` in the settings' errors).
@@ -484,23 +597,18 @@ def run_mer_experiment(profile: str, seed: int, device: str, data: dict, mer: di
         ``skipped`` (models skipped and why, one per line; empty when none); paths: ``out_dir``.
     """
     from microface.config import project_root, resolve
-    from microface.experiments.mer_tables import chance_level, mer_model_settings, write_mer_table
+    from microface.experiments.mer_tables import chance_level, write_mer_table
 
     results = resolve(results_dir, project_root())
-    prepared = results / "prepared"
     out_dir = results / "mer"
-    rows, skipped = [], []
-    for name in mer["models"]:
-        inputs, sample_kwargs = mer_model_settings(name, profile, mer)
-        if name == "trajectory" and data["dataset"] != "synth":
-            skipped.append("trajectory upper bound needs ground-truth expressions: synthetic benchmark only; skipped")
-            continue
-        samples = samples_from_prepared(prepared, inputs, **sample_kwargs)
-        config = MERRunConfig.from_dict(mer_model_settings(name, profile, mer, run_config=True, seed=seed,
-                                                           samples=samples))
+    rows = []
+    models, skipped = mer_models(data, mer)
+    for name in models:
+        samples, config = _model_run(name, profile, seed, mer, results / "prepared")
         started = time.perf_counter()
-        result = run_loso(name, samples, config, out_dir, protocol="fixed-epoch", device=device)
+        result = run_loso(name, samples, config, out_dir, protocol=PROTOCOL, device=device)
         table = result.metrics.assign(model=name, seconds=round(time.perf_counter() - started, 1))
+        # the folds' own training time (recorded when they ran, here or as jobs of their own)
         table["train_s_per_fold"] = result.folds["train_seconds"].mean()
         rows.append(table)
     chance = chance_level(samples)
