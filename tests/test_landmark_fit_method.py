@@ -81,3 +81,17 @@ def test_the_fit_beats_the_neutral_face_on_a_macro_clip(synth, open_face_model):
     fitted = apex_error(torch.from_numpy(expression[apex])[None])
     neutral = apex_error(torch.zeros_like(target))
     assert fitted < 0.95 * neutral, (fitted, neutral)
+
+
+def test_a_clip_without_a_face_gets_the_neutral_face(synth, monkeypatch, caplog):
+    from microface.data.clip_landmarks import NoFaceInClipError
+
+    def no_face(record, cache_dir):
+        raise NoFaceInClipError(f"clip {record.key!r}: the face landmarker found no face")
+
+    monkeypatch.setattr("microface.experiments.landmark_fit_method.clip_landmarks", no_face)
+    record = load_dataset("synth", synth, kind="micro")[0]
+    expression = fit_clip_expressions([record], MAX_FRAMES, None, show_progress=False)[0]
+    kept = subsample_indices(record.onset, record.apex, record.offset, MAX_FRAMES)
+    assert expression.shape == (len(kept), 17) and not expression.any()
+    assert "predicts the neutral face" in caplog.text and record.key in caplog.text

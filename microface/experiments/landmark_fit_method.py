@@ -118,8 +118,8 @@ def fit_clip_expressions(records: list[ClipRecord], max_frames: int, cache_dir: 
     Returns:
         One (K_i, E) float32 array per record, K_i = len(subsample_indices(...)), E = 17 (the open model's AUs, the
         space of the benchmark's ground-truth ``expression``): the activation relative to the clip's onset (module
-        doc, ``fit_clip_expression``). A clip
-        where the landmarker finds no face in any frame gets zeros (the neutral face), with a warning.
+        doc, ``fit_clip_expression``). A clip where the landmarker finds no face in any frame gets zeros (the
+        neutral face), with a warning.
 
     Raises:
         FileNotFoundError: the face landmarker is unavailable.
