@@ -9,7 +9,7 @@ import torch
 from microface.data import synth as synth_package
 from microface.data.clips import clip_tensors_from_synth
 from microface.data.datasets import load_dataset
-from microface.data.face_crop import FaceBox, crop_flow, crop_image, face_box, needs_face_crop
+from microface.data.face_crop import FaceBox, check_box_in_frame, crop_flow, crop_image, face_box, needs_face_crop
 from microface.data.synth import config_for_profile, generate
 from microface.data.synth import dataset as synth_dataset
 from microface.data.synth.appearance import assign_textures
@@ -41,6 +41,14 @@ def test_points_and_pixels_land_in_the_same_place_also_past_the_frame_edge():
     ys, xs = np.nonzero(crop[..., 0] > 60)
     centre = box.to_crop(np.array([152.0, 32.0]), 40)
     assert abs(xs.mean() + 0.5 - centre[0]) < 0.6 and abs(ys.mean() + 0.5 - centre[1]) < 0.6
+
+
+def test_a_box_off_the_frame_is_refused_with_the_clip_named():
+    assert check_box_in_frame(FaceBox(-50, -50, 300), (640, 480)) == FaceBox(-50, -50, 300)
+    with pytest.raises(ValueError, match="clip 'sub01/EP01_01'.*off its 640x480"):
+        check_box_in_frame(face_box(_face_points(1e6, 10, 200, 200)), (640, 480), "sub01/EP01_01")
+    with pytest.raises(ValueError, match="off its"):
+        check_box_in_frame(FaceBox(0, 0, 5000), (640, 480))
 
 
 def test_flow_is_cropped_and_rescaled_to_crop_pixels():

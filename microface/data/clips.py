@@ -161,7 +161,7 @@ def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: s
                              landmark_cache: str | Path | None = None, face_crop: bool | None = None) -> ClipTensors:
     """One synthetic-benchmark record -> ClipTensors of its kept frames (see ``clip_tensors_from_synth``)."""
     from microface.data.clip_landmarks import LANDMARK_SOURCES, clip_landmarks
-    from microface.data.face_crop import crop_flow, crop_image, face_box, needs_face_crop
+    from microface.data.face_crop import check_box_in_frame, crop_flow, crop_image, face_box, needs_face_crop
     from microface.data.flow import accumulate_flow_opencv, clip_flow
 
     if flow_method not in FLOW_SOURCES:
@@ -187,7 +187,7 @@ def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: s
     height, width = sources[0].shape[:2]
     crop = needs_face_crop(points[0], width) if face_crop is None else face_crop
     if crop:
-        box = face_box(points[0])
+        box = check_box_in_frame(face_box(points[0]), (width, height), record.key)
         frames = np.stack([crop_image(image, box, image_size) for image in sources])
         points = box.to_crop(points, image_size)
     else:

@@ -58,6 +58,17 @@ def face_box(points: np.ndarray) -> FaceBox:
     return FaceBox(int(round(centre_x - side / 2.0)), int(round(centre_y - side / 2.0)), side)
 
 
+def check_box_in_frame(box: FaceBox, frame_size: tuple[int, int], key: str = "") -> FaceBox:
+    """Refuse a box whose centre is off the frame or that is more than twice the frame's larger side: landmarks
+    that put the face there are wrong (returns ``box`` otherwise). frame_size: (W, H) pixels."""
+    width, height = frame_size
+    centre_x, centre_y = box.x0 + box.side / 2.0, box.y0 + box.side / 2.0
+    if not (0 <= centre_x < width and 0 <= centre_y < height) or box.side > 2 * max(width, height):
+        raise ValueError(f"clip {key!r}: its landmarks put the face box (x0 {box.x0}, y0 {box.y0}, side {box.side} px) "
+                         f"off its {width}x{height} frames")
+    return box
+
+
 def needs_face_crop(points: np.ndarray, frame_width: int) -> bool:
     """Whether frames of this width are wider than a face crop: the face (onset landmarks (68, 2), pixels) spans
     less than ``CROP_BELOW_WIDTH_SHARE`` of it."""
