@@ -44,22 +44,22 @@ def test_run_ablations_writes_every_row(tiny_chain, tmp_path):
     assert list(written["method"]) == [name for _, name in EXPECTED_ROWS]
     assert (out / f"{TABLE_NAME}.md").is_file() and (out / "per_clip.csv").is_file()
     assert "fid" not in table.columns and "mer_acc" not in table.columns  # image metrics and recognition off
-    errors = table[["apex_error_mm", "clip_error_mm", "delta_apex_error_mm"]].to_numpy(dtype=float)
-    assert np.isfinite(errors).all() and (table["apex_error_mm"] > 0).all()
-    assert table["delta_apex_error_mm"].iloc[0] == 0.0
-    np.testing.assert_allclose(table["delta_apex_error_mm"], table["apex_error_mm"] - table["apex_error_mm"].iloc[0])
+    errors = table[["all_apex_mm", "all_clip_mm", "delta_all_apex_mm"]].to_numpy(dtype=float)
+    assert np.isfinite(errors).all() and (table["all_apex_mm"] > 0).all()
+    assert table["delta_all_apex_mm"].iloc[0] == 0.0
+    np.testing.assert_allclose(table["delta_all_apex_mm"], table["all_apex_mm"] - table["all_apex_mm"].iloc[0])
 
     # "w/o DGMD" is notebook 01's DEM, scored on the same test clips as notebook 02's DEM row
     refine = pd.read_csv(tiny_chain["refine_dir"] / "refine_table.csv").set_index("method")
     rows = table.set_index("method")
-    assert math.isclose(rows.loc["w/o DGMD (DEM)", "apex_error_mm"], refine.loc[METHOD_COARSE, "all_apex_mm"],
+    assert math.isclose(rows.loc["w/o DGMD (DEM)", "all_apex_mm"], refine.loc[METHOD_COARSE, "all_apex_mm"],
                         rel_tol=1e-4)
     # only what an ablation changes was retrained, each into its own resumable checkpoint
     checkpoints = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))
     assert "dem_without_landmark.pt" in checkpoints and "dgmd_without_loss_flow.pt" in checkpoints
     assert {"dem_oracle_landmarks_pretrain.pt", "dem_oracle_landmarks.pt", "dgmd_oracle_landmarks.pt"} <= set(checkpoints)
     # the tiny chain's DEM and DGMD read detected landmarks; the oracle row's, the ground truth's: other models
-    assert rows.loc["oracle landmarks", "apex_error_mm"] != rows.loc["full model (DEM + DGMD)", "apex_error_mm"]
+    assert rows.loc["oracle landmarks", "all_apex_mm"] != rows.loc["full model (DEM + DGMD)", "all_apex_mm"]
     assert not any(name.startswith(("dem.pt", "dgmd.pt")) for name in checkpoints)
 
 
@@ -69,3 +69,16 @@ def test_run_ablations_rejects_unknown_loss_terms(tiny_chain, tmp_path):
                       tiny_chain["dem"], tiny_chain["dgmd"], tiny_chain["evaluate"],
                       {**SETTINGS, "dgmd_loss_terms": ["flo"]}, image_size=tiny_chain["image_size"],
                       show_progress=False)
+
+
+@pytest.mark.parametrize("section, term, weights_key", [("dgmd_loss_terms", "vertex", "dgmd.train.weights"),
+                                                         ("dem_loss_terms", "param", "dem.weights")])
+def test_run_ablations_refuses_terms_that_already_weigh_zero(tmp_path, section, term, weights_key):
+    # the main models are self-supervised: the 3D-truth terms weigh 0, so "w/o" them would be the full model.
+    # The refusal comes first: the (absent) benchmark and notebooks 01 / 02 are never read.
+    from tests.conftest import TINY_DEM, TINY_DGMD, TINY_EVALUATE
+
+    with pytest.raises(ValueError, match=f"ablations.{section}: \\['{term}'\\] already weigh 0 in {weights_key}"):
+        run_ablations(tmp_path / "synth", tmp_path / "dem", tmp_path / "dgmd", tmp_path / "a", TINY_DEM, TINY_DGMD,
+                      TINY_EVALUATE, {**SETTINGS, section: [term]}, show_progress=False)
+    assert not (tmp_path / "a").exists()  # refused before anything was written or trained

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from microface.experiments.coarse import METHODS, REFERENCE, run_coarse_benchmark
+from microface.experiments.coarse import METHODS, REFERENCE, CoarseBenchmarkSettings, run_coarse_benchmark
 from microface.models.baseline import PerFrameBaseline, build_baseline
 from microface.data.clips import clip_tensors_from_synth, subsample_indices
 from microface.data.flow import accumulate_flow_opencv
@@ -129,15 +129,24 @@ def test_benchmark_end_to_end_and_resume(synth_root, tmp_path):
     assert set(per_clip["key"].str.split("/").str[1]) == {"sub03"}
 
     curves = read_training_curves(out)
+    supervised_stages = {"baseline +3D supervision (macro)", "baseline-FT +3D supervision (ME)",
+                         "DEM pretrain +3D supervision (macro)", "DEM fine-tune +3D supervision (ME)"}
     assert set(curves["stage"]) == {"baseline (macro)", "baseline-FT (ME)", "DEM w/o macro pretraining (ME)",
-                                    "DEM pretrain (macro)", "DEM fine-tune (ME)"}
+                                    "DEM pretrain (macro)", "DEM fine-tune (ME)", *supervised_stages}
+    # the main rows never see the 3D truth; the "+3D supervision" rows train with it in both stages
+    supervised = curves["stage"].isin(supervised_stages)
+    assert "param" not in set(curves.loc[~supervised, "term"])
+    for stage in supervised_stages:
+        assert "param" in set(curves.loc[curves["stage"] == stage, "term"]), stage
     assert curves.loc[curves["stage"] == "DEM w/o macro pretraining (ME)", "epoch"].max() == 1  # 1 + 1 epochs
     # the per-frame baseline is trained without temporal terms, DEM with them
     assert "smooth" not in set(curves.loc[curves["stage"] == "baseline (macro)", "term"])
     assert "smooth" in set(curves.loc[curves["stage"] == "DEM pretrain (macro)", "term"])
 
     checkpoints = sorted((out / "checkpoints").glob("*.pt"))
-    assert len(checkpoints) == 5
+    assert [p.name for p in checkpoints] == sorted(
+        ["baseline.pt", "baseline_ft.pt", "dem_scratch.pt", "dem_pretrain.pt", "dem.pt", "baseline_3d.pt",
+         "baseline_ft_3d.pt", "dem_pretrain_3d.pt", "dem_3d.pt"])
     stamps = {p.name: p.stat().st_mtime_ns for p in checkpoints}
     again = run_coarse_benchmark(synth_root, out, TINY, seed=0, image_size=32, flow_method="dis", show_progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in checkpoints} == stamps  # nothing retrained
@@ -147,6 +156,28 @@ def test_benchmark_end_to_end_and_resume(synth_root, tmp_path):
 
     with pytest.raises(ValueError, match="other settings"):
         run_coarse_benchmark(synth_root, out, {**TINY, "max_frames": 5}, seed=0, image_size=32, show_progress=False)
+
+
+def test_main_weights_are_self_supervised_and_supervision_is_added_on_top():
+    config = CoarseBenchmarkSettings.from_dict({"weights": {"photometric": 1.0, "perceptual": 0.5, "param": 0.25},
+                                                "supervision": {"param": 1.0}, "perceptual": "gradient_ssim"})
+    main = config.stage(2, 1e-3, 0, per_frame=False)
+    supervised = config.stage(2, 1e-3, 0, per_frame=False, supervised=True)
+    assert main.weights["param"] == 0.25 and supervised.weights["param"] == 1.25  # added, not replaced
+    assert {k: v for k, v in supervised.weights.items() if k != "param"} == {
+        k: v for k, v in main.weights.items() if k != "param"}
+    assert main.perceptual == supervised.perceptual == "gradient_ssim" and main.weights["perceptual"] == 0.5
+    # without a param weight the main rows read no 3D truth; per-frame stages still drop the temporal terms
+    default = CoarseBenchmarkSettings.from_dict({})
+    assert default.stage(1, 1e-3, 0, False).weights["param"] == 0.0 and default.perceptual == "inception"
+    per_frame = default.stage(1, 1e-3, 0, per_frame=True, supervised=True)
+    assert per_frame.weights["param"] == 1.0 and per_frame.weights["smooth"] == 0.0
+    with pytest.raises(ValueError, match="unknown keys"):
+        CoarseBenchmarkSettings.from_dict({"supervision": {"vertex": 1.0}})
+    with pytest.raises(ValueError, match="dem.supervision"):
+        CoarseBenchmarkSettings.from_dict({"supervision": {"param": 0.0}})
+    with pytest.raises(ValueError, match="dem.perceptual"):
+        CoarseBenchmarkSettings.from_dict({"perceptual": "vgg"})
 
 
 def test_settings_reject_unknown_keys_and_bad_values(synth_root, tmp_path):

@@ -5,6 +5,9 @@ The contract (``microface.experiments.main_table``'s docstring): the trajectory 
 leave-one-subject-out over the TEST subjects only, because the FIELDS row saw the training subjects' emotion
 labels. The test records the subjects of every sample handed to the LOSO runner.
 
+The landmark fit (``microface.experiments.landmark_fit_method``, another module, minutes per clip) is replaced by a
+stand-in that returns half the ground-truth expression at the kept frames: the row must score what it is given.
+
 The Inception networks behind the perceptual distance and FID are replaced by a cheap stand-in (channel means
 and spreads as features): they have their own tests (``test_image_metrics.py``), and on 2 cores they would take
 minutes here; FID itself still runs on the stand-in features.
@@ -19,7 +22,9 @@ import torch
 import microface.experiments.main_table as main_table
 import microface.experiments.mer as mer
 import microface.metrics.image as image_metrics
-from microface.experiments.main_table import METHODS, run_evaluation
+from microface.data.clip_landmarks import landmark_cache_dir
+from microface.data.clips import subsample_indices
+from microface.experiments.main_table import LANDMARK_FIT, METHODS, NEUTRAL, run_evaluation, verdict_lines
 
 
 def stand_in_features(images: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -50,7 +55,36 @@ def recorded_loso(monkeypatch) -> list[dict]:
     return calls
 
 
-def test_run_evaluation_trains_the_classifier_on_the_test_subjects_only(tiny_chain, recorded_loso, tmp_path):
+@pytest.fixture
+def half_truth_landmark_fit(monkeypatch) -> list[dict]:
+    """Replace the landmark fit by half the ground-truth expression at each record's kept frames; records its calls."""
+    calls: list[dict] = []
+
+    def fit(records, max_frames, cache_dir, show_progress=True):
+        calls.append({"keys": [r.key for r in records], "max_frames": max_frames, "cache_dir": cache_dir})
+        out = []
+        for record in records:
+            kept = subsample_indices(record.onset, record.apex, record.offset, max_frames)
+            out.append(0.5 * np.load(record.ground_truth)["expression"][kept].astype(np.float32))
+        return out
+
+    monkeypatch.setattr(main_table, "landmark_fit_expressions", fit)
+    return calls
+
+
+def test_verdict_states_both_targets_with_numbers():
+    table = pd.DataFrame({"method": [NEUTRAL, LANDMARK_FIT, "baseline-FT", "DEM", "DEM + DGMD"],
+                          "all_apex_mm": [0.20, 0.15, 0.12, 0.11, 0.10],
+                          "moving_apex_mm": [0.40, 0.30, 0.28, 0.27, 0.25]})
+    lines = verdict_lines(table)
+    assert lines[0].startswith("(a) DEM + DGMD beats the neutral face") and "0.1000 vs 0.2000 mm" in lines[0]
+    assert "50.0%" in lines[0]
+    assert lines[1].startswith("(b) DEM + DGMD does NOT beat the landmark fit") and "16.7%" in lines[1]
+    assert "moving-vertex" in lines[1] and "0.2500 vs 0.3000 mm" in lines[1]
+
+
+def test_run_evaluation_trains_the_classifier_on_the_test_subjects_only(tiny_chain, recorded_loso,
+                                                                        half_truth_landmark_fit, tmp_path):
     from microface.experiments.refine import load_split
 
     split = load_split(tiny_chain["coarse_dir"])
@@ -68,9 +102,20 @@ def test_run_evaluation_trains_the_classifier_on_the_test_subjects_only(tiny_cha
         assert (out / name).is_file(), name
     per_clip = pd.read_csv(out / "per_clip.csv")
     assert {f"synth/{k.split('/')[1]}" for k in per_clip["key"]} == test_subjects  # geometry on test clips only
-    numbers = table[["apex_error_mm", "clip_error_mm", "photometric_l1", "perceptual", "fid",
-                     "mer_acc", "mer_uf1", "mer_uar", "mer_wf1"]].to_numpy(dtype=float)
-    assert np.isfinite(numbers).all()
+    geometry = table[["all_apex_mm", "all_clip_mm", "static_apex_mm", "static_clip_mm", "all_apex_std_mm",
+                      "mer_acc", "mer_uf1", "mer_uar", "mer_wf1"]].to_numpy(dtype=float)
+    assert np.isfinite(geometry).all()
+    # the references have no render in the crop: NaN image columns; every trained method has them
+    rows = table.set_index("method")
+    images = rows[["photometric_l1", "perceptual", "fid"]]
+    assert images.loc[[NEUTRAL, LANDMARK_FIT]].isna().all().all()
+    assert np.isfinite(images.drop(index=[NEUTRAL, LANDMARK_FIT]).to_numpy(dtype=float)).all()
+    # the neutral face does not move; half the true expression lies between it and the truth
+    assert rows.loc[NEUTRAL, "jitter_mm_per_frame2"] == 0.0
+    assert 0.0 < rows.loc[LANDMARK_FIT, "all_apex_mm"] < rows.loc[NEUTRAL, "all_apex_mm"]
+    assert [sorted(c["keys"]) for c in half_truth_landmark_fit] == [sorted(split["micro_test"])]
+    assert half_truth_landmark_fit[0]["max_frames"] == tiny_chain["dem"]["max_frames"]
+    assert half_truth_landmark_fit[0]["cache_dir"] == landmark_cache_dir(tiny_chain["synth"])
     assert ((table[["mer_acc", "mer_uar"]] >= 0) & (table[["mer_acc", "mer_uar"]] <= 1)).all().all()
 
     # recognition from reconstruction: one LOSO run per method, on the test subjects' clips and nothing else

@@ -12,7 +12,8 @@ import torch
 from microface.experiments.coarse import run_coarse_benchmark
 from microface.mesh.geometry import axis_angle_to_matrix
 from microface.face.open_model import OpenFaceModel
-from microface.experiments.refine import (METHOD_COARSE, METHOD_REFINED, REFERENCE, EvalClip, load_refine_run,
+from microface.experiments.refine import (METHOD_COARSE, METHOD_COARSE_3D, METHOD_REFINED, METHOD_REFINED_3D,
+                                          REFERENCE, EvalClip, RefineBenchmarkSettings, load_refine_run,
                                           model_frame_offsets, run_refine_benchmark, score_clip)
 from microface.metrics.geometry import moving_vertices
 from microface.data.synth import config_for_profile, generate
@@ -78,7 +79,7 @@ def test_refine_benchmark_end_to_end_and_resume(coarse_run, tmp_path):
     out = tmp_path / "dgmd"
     table = run_refine_benchmark(synth, coarse_dir, out, TINY_DEM, TINY_DGMD, seed=0, image_size=32,
                                  show_progress=False)
-    assert list(table["method"]) == [METHOD_COARSE, METHOD_REFINED, REFERENCE]
+    assert list(table["method"]) == [METHOD_COARSE, METHOD_REFINED, METHOD_COARSE_3D, METHOD_REFINED_3D, REFERENCE]
     assert (table["n_test_clips"] == 2).all() and table["split"].iloc[0].startswith("test sub03")
     for column in ("moving_apex_mm", "static_apex_mm", "all_clip_mm"):
         assert np.isfinite(table[column]).all()
@@ -88,17 +89,24 @@ def test_refine_benchmark_end_to_end_and_resume(coarse_run, tmp_path):
     assert math.isclose(rows.loc[METHOD_COARSE, "all_apex_mm"], dem_coarse["apex_error_mm"], rel_tol=1e-4)
     assert math.isclose(rows.loc[REFERENCE, "all_apex_mm"],
                         coarse_table.iloc[-1]["apex_error_mm"], rel_tol=1e-4)
+    # "DEM +3D supervision" is notebook 01's row of that name; its DGMD alone trains on the 3D truth (vertex)
+    assert math.isclose(rows.loc[METHOD_COARSE_3D, "all_apex_mm"],
+                        coarse_table.set_index("method").loc["DEM +3D supervision", "apex_error_mm"], rel_tol=1e-4)
+    curves = pd.read_csv(out / "training_curves.csv")
+    supervised = curves["stage"].str.contains("+3D supervision", regex=False)
+    assert supervised.any() and "vertex" in set(curves.loc[supervised, "term"])
+    assert "vertex" not in set(curves.loc[~supervised, "term"])
     # DGMD is bounded and gated: its offsets are small and the gate is in [0, 1]
     assert 0.0 <= rows.loc[METHOD_REFINED, "gate_all"] <= 1.0
     assert rows.loc[METHOD_REFINED, "offset_mean_mm"] < 2.0
     per_clip = pd.read_csv(out / "per_clip.csv")
     assert set(per_clip["key"].str.split("/").str[1]) == {"sub03"}  # test subject only
 
-    checkpoint = out / "checkpoints" / "dgmd.pt"
-    stamp = checkpoint.stat().st_mtime_ns
+    checkpoints = [out / "checkpoints" / "dgmd.pt", out / "checkpoints" / "dgmd_3d.pt"]
+    stamps = [checkpoint.stat().st_mtime_ns for checkpoint in checkpoints]
     again = run_refine_benchmark(synth, coarse_dir, out, TINY_DEM, TINY_DGMD, seed=0, image_size=32,
                                  show_progress=False)
-    assert checkpoint.stat().st_mtime_ns == stamp  # nothing retrained
+    assert [checkpoint.stat().st_mtime_ns for checkpoint in checkpoints] == stamps  # nothing retrained
     pd.testing.assert_frame_equal(again, table)
     model, test_refine, test_scoring = load_refine_run(synth, coarse_dir, out, TINY_DEM, TINY_DGMD, 0, image_size=32)
     assert len(test_refine) == len(test_scoring) == 2 and model.config.hidden == 8
@@ -106,6 +114,19 @@ def test_refine_benchmark_end_to_end_and_resume(coarse_run, tmp_path):
     other = {**TINY_DGMD, "model": {**TINY_DGMD["model"], "hidden": 4}}
     with pytest.raises(ValueError, match="other settings"):
         run_refine_benchmark(synth, coarse_dir, out, TINY_DEM, other, seed=0, image_size=32, show_progress=False)
+
+
+def test_supervision_weights_add_to_the_main_dgmd_weights():
+    settings = RefineBenchmarkSettings.from_dict({"train": {"weights": {"flow": 2.0, "vertex": 0.0},
+                                                            "supervision": {"vertex": 1.5}}})
+    main, supervised = settings.main_weights(), settings.main_weights(supervised=True)
+    assert main["vertex"] == 0.0 and supervised["vertex"] == 1.5 and main["flow"] == supervised["flow"] == 2.0
+    assert "supervision" not in settings.train_settings(0).__dict__  # not a DGMDTrainSettings key
+    assert RefineBenchmarkSettings.from_dict({}).supervision == {"vertex": 1.0}
+    with pytest.raises(ValueError, match="unknown keys"):
+        RefineBenchmarkSettings.from_dict({"train": {"supervision": {"param": 1.0}}})
+    with pytest.raises(ValueError, match="dgmd.train.supervision"):
+        RefineBenchmarkSettings.from_dict({"train": {"supervision": {"vertex": 0.0}}})
 
 
 def test_refine_benchmark_needs_notebook_01(coarse_run, tmp_path):

@@ -10,9 +10,14 @@ ME clips with ``microface.experiments.main_table.method_row`` (the same columns 
 - without macro pretraining: "DEM w/o macro pretraining" (notebook 01) + the full model's DGMD;
 - DGMD without each local cue (geometry, landmarks, flow), without motion attention, with per-pixel instead of
   region-based pixel-vertex mapping: DGMD retrained with that switch;
-- each DGMD loss term removed (flow, landmark, laplacian, normal, offset): DGMD retrained without it;
-- each DEM loss term removed (``dem_loss_terms``): DEM's ME fine-tuning stage rerun from notebook 01's pretrained
-  checkpoint without that term (the macro pretraining keeps every term), scored with the full model's DGMD;
+- each DGMD loss term removed (``dgmd_loss_terms``: flow, landmark, laplacian, normal, offset): DGMD retrained
+  without it;
+- each DEM loss term removed (``dem_loss_terms``: photometric, perceptual, landmark, smooth, consistency, ...): DEM's
+  ME fine-tuning stage rerun from notebook 01's pretrained checkpoint without that term (the macro pretraining
+  keeps every term), scored with the full model's DGMD;
+- a term whose weight is already 0 in the main (self-supervised) model, such as ``param`` or ``vertex`` (the 3D
+  truth, see the "+3D supervision" rows of notebook 04), cannot be removed: ``check_removable`` refuses it before
+  anything trains;
 - oracle landmarks: DEM (both stages) and DGMD retrained as notebooks 01 and 02 train them, and scored, with the
   benchmark's ground-truth 2D landmarks in place of the detected ones (``dem.landmarks: oracle``); no real video
   has them, so this row measures what the landmark detector costs. When the config itself asks for the oracle,
@@ -54,7 +59,7 @@ class AblationSettings:
     """
 
     dem_loss_terms: list = field(default_factory=list)
-    dgmd_loss_terms: list = field(default_factory=lambda: list(DGMD_LOSS_TERMS))
+    dgmd_loss_terms: list = field(default_factory=lambda: [t for t in DGMD_LOSS_TERMS if t != "vertex"])
     image_metrics: bool = True
     recognition: bool = True
 
@@ -68,6 +73,23 @@ class AblationSettings:
         return config_from_dict(cls, values, "ablations")
 
 
+def check_removable(terms: list, weights: dict, section: str, weights_key: str) -> None:
+    """Refuse to ablate a loss term that is not there: one unknown to ``weights`` or whose weight is already 0.
+
+    Args:
+        terms: the loss terms to remove one at a time; weights: every term's weight in the full model.
+        section: the config key listing ``terms`` (named in the error); weights_key: the config key of ``weights``.
+    """
+    unknown = sorted(set(terms) - set(weights))
+    if unknown:
+        raise ValueError(f"{section}: unknown loss term(s) {unknown}; choose from {sorted(weights)}")
+    off = [term for term in terms if not weights[term] > 0]
+    if off:
+        raise ValueError(f"{section}: {off} already weigh 0 in {weights_key}, so removing them changes nothing; "
+                         f"drop them from {section} (the terms that weigh > 0: "
+                         f"{[t for t, w in weights.items() if w > 0]})")
+
+
 def run_ablations(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dict, dgmd_settings: dict,
                   eval_settings: dict, ablation_settings: dict, class_map: str = "5class", seed: int = 0, *,
                   image_size: int = 64, flow_method: str = "dis", device="cpu",
@@ -78,6 +100,8 @@ def run_ablations(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dic
     evaluation = EvaluationSettings.from_dict(eval_settings)
     refine = RefineBenchmarkSettings.from_dict(dgmd_settings)
     coarse = CoarseBenchmarkSettings.from_dict(dem_settings)
+    check_removable(settings.dgmd_loss_terms, refine.main_weights(), "ablations.dgmd_loss_terms", "dgmd.train.weights")
+    check_removable(settings.dem_loss_terms, coarse.main_weights(), "ablations.dem_loss_terms", "dem.weights")
     out_dir, device = Path(out_dir), torch.device(device)
     checkpoints = out_dir / "checkpoints"
     _check_run_description(out_dir, {"ablations": asdict(settings), "evaluate": asdict(evaluation),
@@ -164,7 +188,7 @@ def run_ablations(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dic
         per_clip += clip_rows
     table = finish_table(rows, data)
     full = table.iloc[0]
-    table.insert(3, "delta_apex_error_mm", table["apex_error_mm"] - full["apex_error_mm"])
+    table.insert(3, "delta_all_apex_mm", table["all_apex_mm"] - full["all_apex_mm"])
     write_table(pd.DataFrame(per_clip), out_dir, "per_clip", markdown=False)
     write_table(table, out_dir, TABLE_NAME)
     return table
@@ -246,8 +270,9 @@ def oracle_landmark_models(synth_root, coarse_dir, dem_settings: dict, dgmd_sett
 
 
 # ----------------------------------------------------------------------------------------------- notebook 05
-ABLATION_COLUMNS = ["method", "group", "apex_error_mm", "delta_apex_error_mm", "moving_apex_error_mm", "clip_error_mm",
-                    "jitter_mm_per_frame2", "photometric_l1", "perceptual", "fid", "mer_acc", "mer_uf1", "mer_wf1"]
+ABLATION_COLUMNS = ["method", "group", "all_apex_mm", "delta_all_apex_mm", "moving_apex_mm", "static_apex_mm",
+                    "all_clip_mm", "jitter_mm_per_frame2", "photometric_l1", "perceptual", "fid", "mer_acc", "mer_uf1",
+                    "mer_wf1"]
 
 
 def run_ablations_experiment(profile: str, seed: int, device: str, synth: dict, data: dict, dem: dict, dgmd: dict,

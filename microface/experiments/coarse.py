@@ -1,6 +1,6 @@
 """The coarse-stage benchmark of notebook 01_dem_pretrain: per-frame encoder vs DEM on the synthetic benchmark.
 
-Four methods, all trained from scratch on TRAINING subjects only and scored on the micro-expression (ME) clips
+Six methods, all trained from scratch on TRAINING subjects only and scored on the micro-expression (ME) clips
 of held-out TEST subjects (a fixed split: the last ``test_fraction`` of subjects by number; leave-one-subject-out
 is out of reach on 2 CPU cores). No epoch is ever chosen on test subjects: every stage trains a fixed number of
 epochs and its last epoch is scored.
@@ -12,7 +12,14 @@ epochs and its last epoch is scored.
 - ``DEM w/o macro pretraining``: DEM around a fresh coarse encoder trained on the training subjects' ME clips only,
   for ``pretrain_epochs + finetune_epochs`` epochs (as many epochs as DEM's two stages together, so it differs
   from DEM by its data, not by its amount of training);
-- ``DEM``: DEM (with its fresh coarse encoder) pretrained on the macro clips, then fine-tuned on the ME clips.
+- ``DEM``: DEM (with its fresh coarse encoder) pretrained on the macro clips, then fine-tuned on the ME clips;
+- ``baseline-FT +3D supervision``, ``DEM +3D supervision``: the same two pipelines (macro stage and ME stage) trained
+  with the synthetic 3D truth as well: ``dem.supervision`` (default ``{param: 1.0}``, the direct parameter loss)
+  is added to ``dem.weights``. They are other methods, with their own checkpoints (``*_3d.pt``).
+
+The four main methods are self-supervised: their losses (photometric, perceptual, landmarks on the detected
+landmarks, regularisers) read no 3D truth, since ``dem.weights.param`` defaults to 0 here (a profile that sets
+it > 0 supervises the main rows too, and should not).
 
 Every model starts from the same seeded initialisation of the coarse encoder. Scores (``evaluate_geometry``)
 are per-vertex errors in mm at the apex and averaged over the clip, on meshes at ZERO pose (rigid head pose is
@@ -41,13 +48,16 @@ from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synt
 from microface.data.folds import split_label, subject_split
 from microface.experiments.report import NotebookReport
 from microface.models.baseline import build_baseline
-from microface.training.dem import TrainSettings, build_dem, evaluate_geometry
+from microface.training.dem import LossWeights, TrainSettings, build_dem, evaluate_geometry
 from microface.training.loop import load_checkpoint
 from microface.utils.checks import config_from_dict
 from microface.utils.io import write_table, write_text_atomic
 from microface.viz.curves import CURVES_NAME, training_curves
 
-METHODS = ("baseline", "baseline-FT", "DEM w/o macro pretraining", "DEM")
+SUPERVISED = " +3D supervision"  # suffix of a method trained with the synthetic 3D truth
+METHODS = ("baseline", "baseline-FT", "DEM w/o macro pretraining", "DEM", f"baseline-FT{SUPERVISED}",
+           f"DEM{SUPERVISED}")
+PERCEPTUAL_DISTANCES = ("inception", "gradient_ssim", "auto")
 REFERENCE = "reference: neutral face (no expression)"
 TABLE_NAME = "coarse_table"
 # temporal terms a per-frame method must not see
@@ -63,7 +73,11 @@ class CoarseBenchmarkSettings:
     by number) held out for testing; pretrain_epochs: macro-clip stage (baseline, DEM stage a); finetune_epochs:
     ME stage (baseline-FT, DEM stage b); lr / finetune_lr: Adam learning rates of the two stages; batch_size:
     clips per batch; albedo: "onset" | "constant" (photometric texture, see ``TrainSettings``); weights:
-    ``LossWeights`` keys; encoder: ``EncoderConfig`` keys (channels, hidden); model: ``DEMConfig`` keys;
+    ``LossWeights`` keys of the main (self-supervised) rows, ``param`` 0 unless given; perceptual: the network of
+    the perceptual term ("inception": ``InceptionFeatureDistance``; "gradient_ssim" | "auto", see
+    ``build_perceptual_distance``), used when ``weights.perceptual`` > 0; supervision: ``LossWeights`` keys added to
+    ``weights`` for the "+3D supervision" rows (default ``{param: 1.0}``); encoder: ``EncoderConfig`` keys
+    (channels, hidden); model: ``DEMConfig`` keys;
     landmarks: "detected" (the offline MediaPipe landmarker on the rendered frames, for training and test clips
     alike: what DEM's landmark loss and DGMD's landmark cue read) | "oracle" (the benchmark's ground-truth
     landmarks; the ablation row "oracle landmarks" only, since no real video has them).
@@ -81,6 +95,8 @@ class CoarseBenchmarkSettings:
     encoder: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
     landmarks: str = "detected"
+    perceptual: str = "inception"
+    supervision: dict = field(default_factory=lambda: {"param": 1.0})
 
     def __post_init__(self) -> None:
         from microface.data.clip_landmarks import LANDMARK_SOURCES
@@ -94,16 +110,33 @@ class CoarseBenchmarkSettings:
         if self.pretrain_epochs < 1 or self.finetune_epochs < 1:
             raise ValueError(f"dem.pretrain_epochs / finetune_epochs: expected >= 1, got {self.pretrain_epochs}, "
                              f"{self.finetune_epochs}")
+        if self.perceptual not in PERCEPTUAL_DISTANCES:
+            raise ValueError(f"dem.perceptual: expected one of {PERCEPTUAL_DISTANCES}, got {self.perceptual!r}")
+        LossWeights.from_dict(self.weights)
+        LossWeights.from_dict(self.supervision)  # unknown keys fail here, naming the loss terms
+        if not self.supervision or any(not value > 0 for value in self.supervision.values()):
+            raise ValueError(f"dem.supervision: expected loss weights > 0 (e.g. {{param: 1.0}}), got "
+                             f"{self.supervision}")
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "CoarseBenchmarkSettings":
         return config_from_dict(cls, values, "dem")
 
-    def stage(self, epochs: int, lr: float, seed: int, per_frame: bool) -> TrainSettings:
-        """TrainSettings of one training stage; ``per_frame`` switches the temporal loss terms off."""
-        weights = {**self.weights, **(PER_FRAME_OFF if per_frame else {})}
+    def main_weights(self, supervised: bool = False) -> dict:
+        """Every ``LossWeights`` term of the main rows (``weights``, ``param`` 0 unless given); ``supervised``: plus
+        ``supervision``, term by term (the "+3D supervision" rows)."""
+        weights = asdict(LossWeights.from_dict({"param": 0.0, **self.weights}))
+        if supervised:
+            for term, value in self.supervision.items():
+                weights[term] += value
+        return weights
+
+    def stage(self, epochs: int, lr: float, seed: int, per_frame: bool, supervised: bool = False) -> TrainSettings:
+        """TrainSettings of one training stage; ``per_frame`` switches the temporal loss terms off; ``supervised``
+        adds the 3D supervision (``main_weights``)."""
+        weights = {**self.main_weights(supervised), **(PER_FRAME_OFF if per_frame else {})}
         return TrainSettings(epochs=epochs, lr=lr, seed=seed, batch_size=self.batch_size, weights=weights,
-                             albedo=self.albedo)
+                             albedo=self.albedo, perceptual=self.perceptual)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -202,10 +235,56 @@ def _train_stage(model: nn.Module, face_model, clips: list[ClipTensors], setting
     return train_dem(model, face_model, clips, settings, path, desc=desc, regularise_to_base=regularise)
 
 
+def _train_pipelines(face_model, config: CoarseBenchmarkSettings, macro_clips: list[ClipTensors],
+                     micro_clips: list[ClipTensors], checkpoints: Path, seed: int, device: torch.device,
+                     supervised: bool) -> tuple[dict[str, nn.Module], dict[str, list[dict]]]:
+    """Train the main methods (``supervised`` False: baseline, baseline-FT, DEM w/o macro pretraining, DEM) or the
+    "+3D supervision" ones (True: baseline and DEM pipelines with ``dem.supervision`` added in both stages;
+    checkpoints ``baseline_3d.pt``, ``baseline_ft_3d.pt``, ``dem_pretrain_3d.pt``, ``dem_3d.pt``).
+
+    Returns:
+        ({method: trained model} for the table's rows, {training stage: history}).
+    """
+    pre, ft = config.pretrain_epochs, config.finetune_epochs
+    regularise = config.stage(1, config.finetune_lr, seed, False, supervised).loss_weights.base > 0
+    tag, suffix = ("_3d", SUPERVISED) if supervised else ("", "")
+    histories: dict[str, list[dict]] = {}
+    models: dict[str, nn.Module] = {}
+
+    baseline = build_baseline(face_model, config.encoder, seed).to(device)
+    histories[f"baseline{suffix} (macro)"] = _train_stage(
+        baseline, face_model, macro_clips, config.stage(pre, config.lr, seed, True, supervised),
+        checkpoints / f"baseline{tag}.pt", f"baseline{suffix}")
+    if not supervised:
+        models["baseline"] = baseline
+    baseline_ft = build_baseline(face_model, config.encoder, seed).to(device)
+    histories[f"baseline-FT{suffix} (ME)"] = _train_stage(
+        baseline_ft, face_model, micro_clips, config.stage(ft, config.finetune_lr, seed, True, supervised),
+        checkpoints / f"baseline_ft{tag}.pt", f"baseline-FT{suffix}", start_from=checkpoints / f"baseline{tag}.pt",
+        regularise=regularise)
+    models[f"baseline-FT{suffix}"] = baseline_ft
+    if not supervised:
+        scratch = build_dem(face_model, config.encoder, config.model, seed).to(device)
+        histories["DEM w/o macro pretraining (ME)"] = _train_stage(
+            scratch, face_model, micro_clips, config.stage(pre + ft, config.lr, seed, False),
+            checkpoints / "dem_scratch.pt", "DEM-scratch")
+        models["DEM w/o macro pretraining"] = scratch
+    dem = build_dem(face_model, config.encoder, config.model, seed).to(device)
+    histories[f"DEM pretrain{suffix} (macro)"] = _train_stage(
+        dem, face_model, macro_clips, config.stage(pre, config.lr, seed, False, supervised),
+        checkpoints / f"dem_pretrain{tag}.pt", f"DEM-pretrain{suffix}")
+    histories[f"DEM fine-tune{suffix} (ME)"] = _train_stage(
+        dem, face_model, micro_clips, config.stage(ft, config.finetune_lr, seed, False, supervised),
+        checkpoints / f"dem{tag}.pt", f"DEM-finetune{suffix}", start_from=checkpoints / f"dem_pretrain{tag}.pt",
+        regularise=regularise)
+    models[f"DEM{suffix}"] = dem
+    return models, histories
+
+
 def run_coarse_benchmark(synth_root, out_dir, settings: dict, seed: int = 0, *, image_size: int = 64,
                          flow_method: str = "dis", device: str | torch.device = "cpu",
                          show_progress: bool = True) -> pd.DataFrame:
-    """Train the four methods (module docstring) and score them on the test subjects' ME clips.
+    """Train the six methods (module docstring) and score them on the test subjects' ME clips.
 
     synth_root: a synthetic benchmark (``microface synth``); out_dir: where checkpoints (``checkpoints/*.pt``),
     the split (``split.json``), the table (``coarse_table.csv`` / ``.md``), per-clip scores (``per_clip.csv``) and
@@ -259,35 +338,14 @@ def run_coarse_benchmark(synth_root, out_dir, settings: dict, seed: int = 0, *, 
     macro_clips, micro_clips, test_clips = tensors(macro_train), tensors(micro_train), tensors(micro_test)
     face_model = OpenFaceModel().to(device)
     checkpoints = out_dir / "checkpoints"
-    finetune_regularised = config.stage(1, config.finetune_lr, seed, False).loss_weights.base > 0
-    pre, ft = config.pretrain_epochs, config.finetune_epochs
     histories: dict[str, list[dict]] = {}
     models: dict[str, nn.Module] = {}
 
-    baseline = build_baseline(face_model, config.encoder, seed).to(device)
-    histories["baseline (macro)"] = _train_stage(
-        baseline, face_model, macro_clips, config.stage(pre, config.lr, seed, True), checkpoints / "baseline.pt",
-        "baseline")
-    models["baseline"] = baseline
-    baseline_ft = build_baseline(face_model, config.encoder, seed).to(device)
-    histories["baseline-FT (ME)"] = _train_stage(
-        baseline_ft, face_model, micro_clips, config.stage(ft, config.finetune_lr, seed, True),
-        checkpoints / "baseline_ft.pt", "baseline-FT", start_from=checkpoints / "baseline.pt",
-        regularise=finetune_regularised)
-    models["baseline-FT"] = baseline_ft
-    scratch = build_dem(face_model, config.encoder, config.model, seed).to(device)
-    histories["DEM w/o macro pretraining (ME)"] = _train_stage(
-        scratch, face_model, micro_clips, config.stage(pre + ft, config.lr, seed, False),
-        checkpoints / "dem_scratch.pt", "DEM-scratch")
-    models["DEM w/o macro pretraining"] = scratch
-    dem = build_dem(face_model, config.encoder, config.model, seed).to(device)
-    histories["DEM pretrain (macro)"] = _train_stage(
-        dem, face_model, macro_clips, config.stage(pre, config.lr, seed, False), checkpoints / "dem_pretrain.pt",
-        "DEM-pretrain")
-    histories["DEM fine-tune (ME)"] = _train_stage(
-        dem, face_model, micro_clips, config.stage(ft, config.finetune_lr, seed, False), checkpoints / "dem.pt",
-        "DEM-finetune", start_from=checkpoints / "dem_pretrain.pt", regularise=finetune_regularised)
-    models["DEM"] = dem
+    for supervised in (False, True):
+        trained, stage_histories = _train_pipelines(face_model, config, macro_clips, micro_clips, checkpoints, seed,
+                                                    device, supervised)
+        models.update(trained)
+        histories.update(stage_histories)
 
     per_clip = []
     rows = []

@@ -17,9 +17,9 @@ from microface.viz import mesh as viz
 from microface.viz import paper as paper_figures
 
 # (table under results_dir, metric column, error-bar column, unit, figure name)
-BAR_CHARTS = [("evaluate/main_table.csv", "apex_error_mm", "apex_error_std_mm", "mm", "main_apex_error"),
+BAR_CHARTS = [("evaluate/main_table.csv", "all_apex_mm", "all_apex_std_mm", "mm", "main_apex_error"),
               ("evaluate/main_table.csv", "mer_wf1", None, None, "main_recognition_wf1"),
-              ("ablations/ablation_table.csv", "apex_error_mm", "apex_error_std_mm", "mm", "ablation_apex_error"),
+              ("ablations/ablation_table.csv", "all_apex_mm", "all_apex_std_mm", "mm", "ablation_apex_error"),
               ("dem/coarse_table.csv", "apex_error_mm", "apex_error_std_mm", "mm", "coarse_apex_error")]
 
 

@@ -4,9 +4,11 @@ It continues the coarse benchmark (``microface.experiments.coarse``, notebook 01
 its ``split.json``), same kept frames, and its trained DEM (``checkpoints/dem.pt``) gives the coarse meshes.
 
 - DGMD trains on the TRAINING subjects' ME clips only, with its self-supervised losses (flow, landmarks,
-  Laplacian, normals, offset; ``microface.training.dgmd``) and, where the profile weights it, the
-  supervised ``vertex`` loss on those subjects' 3D ground truth (the synthetic benchmark has it; the test
-  subjects' never enters training). It trains a fixed number of epochs and the last one is scored: no epoch is
+  Laplacian, normals, offset; ``microface.training.dgmd``; ``dgmd.train.weights``, ``vertex`` 0).
+- "DEM + DGMD +3D supervision": a second DGMD, trained the same way on the coarse meshes of notebook 01's
+  "DEM +3D supervision" (``checkpoints/dem_3d.pt``) with ``dgmd.train.supervision`` (default ``{vertex: 1.0}``:
+  the training subjects' 3D ground truth) added to the weights; checkpoint ``dgmd_3d.pt``. The test subjects'
+  truth never enters training. It trains a fixed number of epochs and the last one is scored: no epoch is
   chosen on test subjects. Settings are chosen on held-out TRAINING subjects
   (:func:`validate_on_training_subject`, ``tools/validate_dgmd.py``), never on the test subjects.
 - Scores are on the TEST subjects' ME clips, per-vertex errors (mm) against the ground truth, on the same
@@ -39,7 +41,7 @@ from microface.metrics.geometry import moving_static_errors, moving_vertices
 from microface.models.dgmd import DGMDConfig, build_dgmd
 from microface.render.camera import to_render_camera
 from microface.training.dem import Reconstruction, build_dem, reconstruct
-from microface.training.dgmd import DGMDTrainSettings, RefineClip, refine_clip, train_dgmd
+from microface.training.dgmd import DGMDLossWeights, DGMDTrainSettings, RefineClip, refine_clip, train_dgmd
 from microface.training.loop import load_checkpoint
 from microface.utils.checks import config_from_dict
 from microface.utils.io import write_table
@@ -48,6 +50,9 @@ from microface.viz.curves import training_curves
 TABLE_NAME = "refine_table"
 METHOD_COARSE = "DEM"
 METHOD_REFINED = "DEM + DGMD"
+SUPERVISED = " +3D supervision"  # as microface.experiments.coarse.SUPERVISED
+METHOD_COARSE_3D = f"DEM{SUPERVISED}"
+METHOD_REFINED_3D = f"DEM + DGMD{SUPERVISED}"
 REFERENCE = "reference: neutral face (no expression)"
 
 
@@ -58,7 +63,8 @@ class RefineBenchmarkSettings:
     moving_threshold_mm: ground-truth apex displacement above which a vertex counts as moving; image_size: DGMD's
     own resolution for flow, landmarks and rasterization (None: DEM's, ``data.size``; fine motion needs more
     pixels than the coarse encoder); model: ``DGMDConfig`` keys; train: ``DGMDTrainSettings`` keys except ``seed``
-    (the profile's seed is used).
+    (the profile's seed is used), plus ``supervision``: ``DGMDLossWeights`` keys added to ``weights`` for the
+    "+3D supervision" DGMD (default ``{vertex: 1.0}``).
     """
 
     moving_threshold_mm: float = 0.1
@@ -76,14 +82,35 @@ class RefineBenchmarkSettings:
         if "seed" in self.train:
             raise ValueError("dgmd.train.seed: not a setting here; the profile's top-level seed is used")
         DGMDConfig.from_dict(self.model)
-        DGMDTrainSettings.from_dict(self.train)
+        DGMDTrainSettings.from_dict(self._train_only)
+        DGMDLossWeights.from_dict(self.supervision)  # unknown keys fail here, naming the loss terms
+        if not self.supervision or any(not value > 0 for value in self.supervision.values()):
+            raise ValueError(f"dgmd.train.supervision: expected loss weights > 0 (e.g. {{vertex: 1.0}}), got "
+                             f"{self.supervision}")
+
+    @property
+    def _train_only(self) -> dict:
+        return {key: value for key, value in self.train.items() if key != "supervision"}
+
+    @property
+    def supervision(self) -> dict:
+        """Loss weights added to ``train.weights`` for the "+3D supervision" DGMD."""
+        return dict(self.train.get("supervision", {"vertex": 1.0}))
+
+    def main_weights(self, supervised: bool = False) -> dict:
+        """Every ``DGMDLossWeights`` term of the main DGMD; ``supervised``: plus ``supervision``, term by term."""
+        weights = asdict(DGMDLossWeights.from_dict(self.train.get("weights", {})))
+        if supervised:
+            for term, value in self.supervision.items():
+                weights[term] += value
+        return weights
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "RefineBenchmarkSettings":
         return config_from_dict(cls, values, "dgmd")
 
     def train_settings(self, seed: int, **overrides) -> DGMDTrainSettings:
-        return DGMDTrainSettings.from_dict({**self.train, "seed": seed, **overrides})
+        return DGMDTrainSettings.from_dict({**self._train_only, "seed": seed, **overrides})
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -162,10 +189,12 @@ def load_split(coarse_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_trained_dem(coarse_dir: Path, face_model, dem_settings: dict, seed: int, device: torch.device):
-    """DEM from the coarse benchmark's ``checkpoints/dem.pt`` (built from the ``dem:`` section's encoder/model)."""
+def load_trained_dem(coarse_dir: Path, face_model, dem_settings: dict, seed: int, device: torch.device,
+                     checkpoint: str = "dem.pt"):
+    """DEM from the coarse benchmark's ``checkpoints/<checkpoint>`` (``dem.pt``; ``dem_3d.pt``: "DEM +3D
+    supervision"), built from the ``dem:`` section's encoder/model."""
     config = CoarseBenchmarkSettings.from_dict(dem_settings)
-    path = Path(coarse_dir) / "checkpoints" / "dem.pt"
+    path = Path(coarse_dir) / "checkpoints" / checkpoint
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the coarse benchmark (notebook 01_dem_pretrain) first")
     dem = build_dem(face_model, config.encoder, config.model, seed).to(device)
@@ -187,13 +216,15 @@ def refine_and_score(dgmd, refine: list[RefineClip], scoring: list[EvalClip], th
     return rows
 
 
-def unrefined_rows(scoring: list[EvalClip], threshold_mm: float) -> list[dict]:
-    """Rows for DEM alone and for the neutral face (both without DGMD)."""
+def unrefined_rows(scoring: list[EvalClip], threshold_mm: float, method: str = METHOD_COARSE,
+                   reference: bool = True) -> list[dict]:
+    """Rows for the coarse model alone (``method``) and, when ``reference``, for the neutral face (no DGMD)."""
     rows = []
     for truth in scoring:
         moving = moving_vertices(truth.truth, truth.apex, threshold_mm)
-        for method, mesh in ((METHOD_COARSE, truth.expression_only), (REFERENCE, truth.neutral)):
-            rows.append({"method": method, "key": truth.key, "n_moving": int(moving.sum()),
+        meshes = ((method, truth.expression_only),) + (((REFERENCE, truth.neutral),) if reference else ())
+        for method_name, mesh in meshes:
+            rows.append({"method": method_name, "key": truth.key, "n_moving": int(moving.sum()),
                          **score_clip(mesh, truth, moving)})
     return rows
 
@@ -235,6 +266,14 @@ class CoarseData:
 
 def _coarse_data(synth_root, coarse_dir, dem_settings: dict, seed: int, image_size: int, flow_method: str, device,
                  show_progress: bool, refine_size: int | None) -> CoarseData:
+    return _coarse_data_of(synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device, show_progress,
+                           refine_size)["dem.pt"]
+
+
+def _coarse_data_of(synth_root, coarse_dir, dem_settings: dict, seed: int, image_size: int, flow_method: str, device,
+                    show_progress: bool, refine_size: int | None,
+                    checkpoints: tuple[str, ...] = ("dem.pt",)) -> dict[str, CoarseData]:
+    """``CoarseData`` of each of notebook 01's DEM ``checkpoints`` (the clips are read once)."""
     from microface.data.datasets import load_dataset
     from microface.face.open_model import OpenFaceModel
 
@@ -247,7 +286,6 @@ def _coarse_data(synth_root, coarse_dir, dem_settings: dict, seed: int, image_si
         raise ValueError(f"{coarse_dir}/split.json names clips {missing[:3]} absent from {synth_root}: the coarse "
                          "benchmark was run on another synthetic benchmark; rerun notebook 01")
     face_model = OpenFaceModel().to(device)
-    dem = load_trained_dem(coarse_dir, face_model, dem_settings, seed, device)
 
     def tensors(keys: list[str], size: int) -> list[ClipTensors]:
         clips = clip_tensors_from_synth([micro[k] for k in keys], size, flow_method, config.max_frames,
@@ -257,12 +295,16 @@ def _coarse_data(synth_root, coarse_dir, dem_settings: dict, seed: int, image_si
     def refine_inputs(keys: list[str]) -> list[ClipTensors] | None:
         return None if refine_size in (None, image_size) else tensors(keys, refine_size)
 
-    train_refine, train_scoring = coarse_clips(dem, face_model, tensors(split["micro_train"], image_size),
-                                               refine_inputs(split["micro_train"]))
-    test_refine, test_scoring = coarse_clips(dem, face_model, tensors(split["micro_test"], image_size),
-                                             refine_inputs(split["micro_test"]))
-    return CoarseData(face_model, train_refine, train_scoring, [micro[k].subject for k in split["micro_train"]],
-                      test_refine, test_scoring, split)
+    train_clips, train_inputs = tensors(split["micro_train"], image_size), refine_inputs(split["micro_train"])
+    test_clips, test_inputs = tensors(split["micro_test"], image_size), refine_inputs(split["micro_test"])
+    out = {}
+    for checkpoint in checkpoints:
+        dem = load_trained_dem(coarse_dir, face_model, dem_settings, seed, device, checkpoint)
+        train_refine, train_scoring = coarse_clips(dem, face_model, train_clips, train_inputs)
+        test_refine, test_scoring = coarse_clips(dem, face_model, test_clips, test_inputs)
+        out[checkpoint] = CoarseData(face_model, train_refine, train_scoring,
+                                     [micro[k].subject for k in split["micro_train"]], test_refine, test_scoring, split)
+    return out
 
 
 def validate_on_training_subject(synth_root, coarse_dir, dem_settings: dict, dgmd_settings: dict, seed: int = 0, *,
@@ -379,10 +421,11 @@ def _fold_dem(face_model, macro_clips: list[ClipTensors], micro_clips: list[Clip
 
 def train_variant(face_model, train_refine: list[RefineClip], settings: RefineBenchmarkSettings, seed: int,
                   checkpoint: Path | None, name: str, model_overrides: dict | None = None,
-                  weight_overrides: dict | None = None, device="cpu"):
-    """Train one DGMD (the config's, with overrides for ablations) -> (model, history)."""
+                  weight_overrides: dict | None = None, device="cpu", supervised: bool = False):
+    """Train one DGMD (the config's, with overrides for ablations; ``supervised``: with ``train.supervision``
+    added to the weights) -> (model, history)."""
     model_cfg = {**settings.model, **(model_overrides or {})}
-    weights = {**settings.train.get("weights", {}), **(weight_overrides or {})}
+    weights = {**settings.main_weights(supervised), **(weight_overrides or {})}
     train = settings.train_settings(seed, weights=weights)
     dgmd = build_dgmd(face_model, model_cfg, seed).to(device)
     history = train_dgmd(dgmd, train_refine, train, checkpoint, desc=name)
@@ -395,8 +438,9 @@ def run_refine_benchmark(synth_root, coarse_dir, out_dir, dem_settings: dict, dg
     """Train DGMD on the training subjects' DEM meshes and score DEM vs DEM + DGMD on the test subjects.
 
     synth_root: the synthetic benchmark; coarse_dir: notebook 01's output folder (``split.json``,
-    ``checkpoints/dem.pt``); dem_settings / dgmd_settings: the profile's ``dem:`` and ``dgmd:`` sections; image_size,
-    flow_method: the ``data:`` section's. Returns the table: one row per method (DEM, DEM + DGMD, the neutral
+    ``checkpoints/dem.pt``, ``dem_3d.pt``); dem_settings / dgmd_settings: the profile's ``dem:`` and ``dgmd:``
+    sections; image_size, flow_method: the ``data:`` section's. Returns the table: one row per method (DEM,
+    DEM + DGMD, DEM +3D supervision, DEM + DGMD +3D supervision, the neutral
     reference) with ``{moving,static,all}_{apex,clip}_mm``, the apex std per part, the mean gate per part (DGMD),
     ``n_moving`` (mean moving vertices per clip), ``offset_mean_mm``, ``n_test_clips``, ``split``.
     """
@@ -406,21 +450,30 @@ def run_refine_benchmark(synth_root, coarse_dir, out_dir, dem_settings: dict, dg
     _check_run_description(out_dir, {"dgmd": asdict(settings), "dem": dem_settings, "seed": seed,
                                      "image_size": image_size, "flow_method": flow_method,
                                      "coarse_split": load_split(coarse_dir)["label"]})
-    face_model, train_refine, test_refine, test_scoring, split = prepare_refine_data(
-        synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device, show_progress,
-        refine_size=settings.image_size)
-    dgmd, history = train_variant(face_model, train_refine, settings, seed, out_dir / "checkpoints" / "dgmd.pt",
+    coarse = _coarse_data_of(synth_root, coarse_dir, dem_settings, seed, image_size, flow_method, device,
+                             show_progress, settings.image_size, ("dem.pt", "dem_3d.pt"))
+    main, supervised = coarse["dem.pt"], coarse["dem_3d.pt"]
+    face_model, split = main.face_model, main.split
+    threshold = settings.moving_threshold_mm
+    dgmd, history = train_variant(face_model, main.train_refine, settings, seed, out_dir / "checkpoints" / "dgmd.pt",
                                   "dgmd", device=device)
-    rows = unrefined_rows(test_scoring, settings.moving_threshold_mm)
-    rows += refine_and_score(dgmd, test_refine, test_scoring, settings.moving_threshold_mm, METHOD_REFINED)
+    dgmd_3d, history_3d = train_variant(face_model, supervised.train_refine, settings, seed,
+                                        out_dir / "checkpoints" / "dgmd_3d.pt", f"dgmd{SUPERVISED}", device=device,
+                                        supervised=True)
+    rows = unrefined_rows(main.test_scoring, threshold)
+    rows += refine_and_score(dgmd, main.test_refine, main.test_scoring, threshold, METHOD_REFINED)
+    rows += unrefined_rows(supervised.test_scoring, threshold, METHOD_COARSE_3D, reference=False)
+    rows += refine_and_score(dgmd_3d, supervised.test_refine, supervised.test_scoring, threshold, METHOD_REFINED_3D)
     per_clip = pd.DataFrame(rows)
-    order = [METHOD_COARSE, METHOD_REFINED, REFERENCE]
+    order = [METHOD_COARSE, METHOD_REFINED, METHOD_COARSE_3D, METHOD_REFINED_3D, REFERENCE]
     per_clip["method"] = pd.Categorical(per_clip["method"], categories=order, ordered=True)
     per_clip = per_clip.sort_values(["method", "key"], kind="stable").reset_index(drop=True)
     per_clip["method"] = per_clip["method"].astype(str)
     table = summary_table(per_clip, split["label"])
     write_table(per_clip, out_dir, "per_clip", markdown=False)
-    write_table(training_curves({"DGMD (ME, training subjects)": history}), out_dir, "training_curves", markdown=False)
+    write_table(training_curves({"DGMD (ME, training subjects)": history,
+                                 f"DGMD{SUPERVISED} (ME, training subjects)": history_3d}),
+                out_dir, "training_curves", markdown=False)
     write_table(table, out_dir, TABLE_NAME)
     return table
 
@@ -516,11 +569,15 @@ def run_refine_experiment(profile: str, seed: int, device: str, synth: dict, dat
     report.notes["split"] = table["split"].iloc[0]
     report.tables["refine_table"] = table[REFINE_COLUMNS]
     dem_row, dgmd_row = (table.set_index("method").loc[name] for name in (METHOD_COARSE, METHOD_REFINED))
+    supervised_rows = [table.set_index("method").loc[name] for name in (METHOD_COARSE_3D, METHOD_REFINED_3D)]
     report.notes["verdict"] = "\n".join([
-        f"moving vertices, apex: DEM {dem_row.moving_apex_mm:.4f} mm -> DEM + DGMD {dgmd_row.moving_apex_mm:.4f} mm "
-        f"({'lower' if dgmd_row.moving_apex_mm < dem_row.moving_apex_mm else 'NOT lower'})",
-        f"static vertices, apex: DEM {dem_row.static_apex_mm:.4f} mm -> DEM + DGMD {dgmd_row.static_apex_mm:.4f} mm "
-        f"({'not raised' if dgmd_row.static_apex_mm <= dem_row.static_apex_mm else 'RAISED'})"])
+        (f"moving vertices, apex: DEM {dem_row.moving_apex_mm:.4f} mm -> DEM + DGMD {dgmd_row.moving_apex_mm:.4f} mm "
+         f"({'lower' if dgmd_row.moving_apex_mm < dem_row.moving_apex_mm else 'NOT lower'})"),
+        (f"static vertices, apex: DEM {dem_row.static_apex_mm:.4f} mm -> DEM + DGMD {dgmd_row.static_apex_mm:.4f} mm "
+         f"({'not raised' if dgmd_row.static_apex_mm <= dem_row.static_apex_mm else 'RAISED'})"),
+        (f"with 3D supervision (other methods), moving vertices, apex: {METHOD_COARSE_3D} "
+         f"{supervised_rows[0].moving_apex_mm:.4f} mm -> {METHOD_REFINED_3D} "
+         f"{supervised_rows[1].moving_apex_mm:.4f} mm")])
 
     # training curves: pixels for flow and landmarks, mm² for the regularisers, mm for the vertex term
     curves = read_training_curves(out_dir)
