@@ -204,8 +204,8 @@ def neutral_reference(face_model, clips: list[ClipTensors]) -> list[dict]:
 # ----------------------------------------------------------------------------------------------- driver
 def benchmark_root(results_dir, data: dict, synth: dict, profile: str, seed: int, show_progress: bool = True) -> Path:
     """The synthetic benchmark the coarse benchmark reads: ``data.root`` when ``data.dataset`` is "synth" and a
-    root is set (it must exist), else ``<results_dir>/synth``, generated from the ``synth`` section (subjects,
-    clips, macro_clips) when it holds no benchmark yet (notebook 00_data normally made it)."""
+    root is set (it must exist), else ``<results_dir>/synth``, generated from the ``synth`` section (preset,
+    subjects, clips, macro_clips, version) when it holds no benchmark yet (notebook 00_data normally made it)."""
     from microface.config import resolve
 
     if data.get("dataset") == "synth" and data.get("root"):
@@ -219,8 +219,8 @@ def benchmark_root(results_dir, data: dict, synth: dict, profile: str, seed: int
         return root
     from microface.data.synth import config_for_profile, generate
 
-    config = config_for_profile(synth.get("preset", profile), seed=seed, subjects=synth["subjects"],
-                                clips=synth["clips"], macro_clips=synth["macro_clips"])
+    sizes = {key: value for key, value in synth.items() if key != "preset"}  # as notebook 00_data generates it
+    config = config_for_profile(synth.get("preset", profile), seed=seed, **sizes)
     return generate(root, config, show_progress=show_progress)
 
 
