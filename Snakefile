@@ -130,11 +130,9 @@ rule mer_fold:
         gpu=1,
     log:
         f"{RESULTS}/logs/03_mer/{{model}}/{{holdout}}.log",
-    params:
-        results=RESULTS,
-    shell:
+    shell:  # the fold reads notebook 00's prepared/ beside the config: results/<profile>
         "microface mer-fold --config {input.config} --model {wildcards.model} --holdout {wildcards.holdout} "
-        "--results {params.results} > {log} 2>&1"
+        "> {log} 2>&1"
 
 
 # Notebook 03 merges the folds into the table (it trains a fold itself only when its file is missing, as when the

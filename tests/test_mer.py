@@ -1,5 +1,6 @@
 """LOSO driver end to end on tiny synthetic samples, protocols, resume; and the trajectory classifier."""
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -340,3 +341,147 @@ def test_mer_model_settings_name_the_missing_key():
                            samples=make_samples())
     with pytest.raises(ValueError, match="unknown MER model"):
         mer_model_settings("svm", "smoke", mer)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One fold at a time (Snakemake rule mer_fold) and the merge (notebook 03)
+
+FDP_TINY = {"image_size": 16, "dims": [8, 16], "depths": [1, 1], "heads": [1, 2], "sr_ratios": [2, 1],
+            "stem_stride": 2, "decoder_dim": 8}
+
+
+@pytest.mark.parametrize("model_name,config", [
+    ("trajectory", {**TRAJ_CONFIG, "model": {**TRAJ_CONFIG["model"], "dropout": 0.3}}),
+    ("fdp", {"epochs": 2, "batch_size": 4, "lr": 1e-3, "seed": 1, "model": FDP_TINY}),
+])
+def test_a_fold_run_alone_gives_the_rows_it_gives_inside_the_loop(tmp_path, model_name, config):
+    import json
+
+    from microface.experiments.mer import run_loso_fold
+
+    samples = make_samples()
+    loop = run_loso(model_name, samples, config, tmp_path / "loop")
+    torch.rand(1000), np.random.rand(1000)  # a job of its own starts from another RNG state: the fold reseeds
+    path = run_loso_fold(model_name, samples, config, tmp_path / "alone", "sub2")
+    assert path == tmp_path / "alone" / model_name / "fixed-epoch" / "folds" / "sub2.json"
+    alone = pd.DataFrame(json.loads(path.read_text())["predictions"])
+    inside = loop.predictions[loop.predictions["fold"] == "sub2"].drop(columns="protocol").reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone, inside, check_exact=True)
+    # the loop reads that fold back and trains the other two: byte-identical tables
+    merged = run_loso(model_name, samples, config, tmp_path / "alone")
+    for name in ("predictions", "metrics", "confusion"):
+        assert (merged.out_dir / f"{name}.csv").read_bytes() == (loop.out_dir / f"{name}.csv").read_bytes(), name
+    columns = [c for c in loop.folds.columns if c != "train_seconds"]
+    pd.testing.assert_frame_equal(merged.folds[columns], loop.folds[columns], check_exact=True)
+
+
+def test_the_merge_reads_every_fold_file_and_trains_nothing(tmp_path, monkeypatch):
+    from microface.experiments.mer import run_loso_fold
+
+    samples = make_samples()
+    for subject in ("sub1", "sub2", "sub3"):
+        run_loso_fold("trajectory", samples, TRAJ_CONFIG, tmp_path, subject)
+    calls = _counting(monkeypatch, "trajectory")
+    result = run_loso("trajectory", samples, TRAJ_CONFIG, tmp_path)
+    assert calls == {"loss": 0, "logits": 0}
+    assert sorted(result.predictions["clip_id"]) == sorted(samples.clip_ids)
+    assert bool((result.folds["train_seconds"] > 0).all())  # the times the fold jobs recorded
+    run_loso_fold("trajectory", samples, TRAJ_CONFIG, tmp_path, "sub1")  # a finished fold is kept as it is
+    assert calls == {"loss": 0, "logits": 0}
+
+
+def test_a_fold_file_of_another_run_is_refused(tmp_path):
+    from microface.experiments.mer import run_loso_fold
+
+    samples = make_samples()
+    run_loso_fold("trajectory", samples, TRAJ_CONFIG, tmp_path, "sub1")
+    with pytest.raises(ValueError, match="sub1.json was written with a different config"):
+        run_loso_fold("trajectory", samples, {**TRAJ_CONFIG, "lr": 5e-3}, tmp_path, "sub1")
+    renamed = dataclasses.replace(samples, clip_ids=[f"other{i}" for i in range(len(samples))])
+    with pytest.raises(ValueError, match="holds the clips"):
+        run_loso("trajectory", renamed, TRAJ_CONFIG, tmp_path)
+    with pytest.raises(ValueError, match=r"'sub9' is none of the samples' subjects \['sub1', 'sub2', 'sub3'\]"):
+        run_loso_fold("trajectory", samples, TRAJ_CONFIG, tmp_path, "sub9")
+
+
+def _prepared_results(results, rng, subjects=("sub01", "sub02", "sub10"), per_subject=3):
+    """results/<profile> as notebook 00 leaves it for notebook 03: prepared/ (tiny clips) and index.csv."""
+    import json
+
+    gt_dir = results / "gt"
+    gt_dir.mkdir(parents=True)
+    clips, rows = {}, ["dataset,subject,clip_id,label"]
+    for s, subject in enumerate(subjects):
+        for i in range(per_subject):
+            label = CLASSES[(s + i) % len(CLASSES)]
+            key, entry, _, _ = _write_prepared_clip(results / "prepared", "synth", subject, f"EP0{i}", label, rng,
+                                                    gt_dir)
+            clips[key] = entry
+            rows.append(f"synth,{subject},EP0{i},{label}")
+    (results / "prepared" / "manifest.json").write_text(json.dumps({"clips": clips, "skipped": {}}))
+    (results / "index.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_fold_jobs_then_notebook_03_give_the_table_notebook_03_gives_alone(tmp_path, monkeypatch):
+    """The workflow's route (one `microface mer-fold` per planned fold, then notebook 03's driver merging them)
+    writes byte-identical tables to notebook 03 run alone, for every model."""
+    import shutil
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from microface.cli import app
+    from microface.experiments.mer import run_mer_experiment
+    from microface.experiments.mer_plan import fold_file_name, mer_fold_plan
+
+    monkeypatch.setenv("MICROFACE_NO_PROGRESS", "1")
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "smoke.yaml").read_text())
+    config["mer"]["epochs"] = 2
+    alone, jobs = tmp_path / "alone", tmp_path / "jobs"
+    _prepared_results(alone, np.random.default_rng(0))
+    shutil.copytree(alone, jobs)
+    (jobs / "config.yaml").write_text(yaml.safe_dump(config))
+    settings = {key: config[key] for key in ("profile", "seed", "device", "data", "mer")}
+
+    plan = mer_fold_plan(config["data"], config["mer"], jobs)
+    assert plan == [(m, s) for m in config["mer"]["models"] for s in ("synth/sub01", "synth/sub02", "synth/sub10")]
+    for model, subject in plan:
+        result = CliRunner().invoke(app, ["mer-fold", "--config", str(jobs / "config.yaml"), "--model", model,
+                                          "--holdout", fold_file_name(subject)])
+        assert result.exit_code == 0, result.output
+        assert (jobs / "mer" / model / "fixed-epoch" / "folds" / f"{fold_file_name(subject)}.json").is_file()
+    calls = _counting(monkeypatch, "fdp")
+    run_mer_experiment(**settings, results_dir=jobs)
+    assert calls == {"loss": 0, "logits": 0}  # the merge trained nothing
+    monkeypatch.undo()
+    run_mer_experiment(**settings, results_dir=alone)
+    for name in ("mer_table.csv", "mer_table.md"):
+        assert (jobs / "mer" / name).read_bytes() == (alone / "mer" / name).read_bytes(), name
+    for model in config["mer"]["models"]:
+        for name in ("predictions.csv", "metrics.csv", "confusion.csv", "run.json"):
+            path = Path("mer") / model / "fixed-epoch" / name
+            assert (jobs / path).read_bytes() == (alone / path).read_bytes(), path
+    bad = CliRunner().invoke(app, ["mer-fold", "--config", str(jobs / "config.yaml"), "--model", "svm",
+                                   "--holdout", "synth_sub01"])
+    assert bad.exit_code == 1 and "model 'svm'" in bad.output
+
+
+def test_the_fold_plan_holds_out_labelled_prepared_subjects(tmp_path):
+    import json
+
+    from microface.experiments.mer_plan import mer_fold_plan, mer_models, mer_subjects
+
+    with pytest.raises(FileNotFoundError, match="index.csv not found: notebook 00_data writes it"):
+        mer_subjects(tmp_path)
+    (tmp_path / "index.csv").write_text("dataset,subject,clip_id,label\ncasme2,sub01,EP01,happiness\n"
+                                        "casme2,sub02,EP01,\ncasme2,sub03,EP01,surprise\nsamm,006,EP01,anger\n")
+    assert mer_subjects(tmp_path) == ["casme2/sub01", "casme2/sub03", "samm/006"]  # sub02 has no label
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "manifest.json").write_text(json.dumps({"clips": {"casme2/sub01/EP01": {},
+                                                                                "samm/006/EP01": {}}}))
+    assert mer_subjects(tmp_path) == ["casme2/sub01", "samm/006"]  # sub03's clip was not prepared
+    mer = {"models": ["fdp", "trajectory", "mol"]}
+    assert mer_models({"dataset": "casme2"}, mer)[0] == ["fdp", "mol"]
+    assert mer_models({"dataset": "synth"}, mer) == (["fdp", "trajectory", "mol"], [])
+    assert mer_fold_plan({"dataset": "casme2"}, mer, tmp_path) == [
+        ("fdp", "casme2/sub01"), ("fdp", "samm/006"), ("mol", "casme2/sub01"), ("mol", "samm/006")]

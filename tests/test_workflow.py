@@ -258,11 +258,12 @@ def test_mer_folds_are_jobs_of_their_own_merged_by_notebook_03(tmp_path):
     result = dry_run(work, "--configfile", my)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = fold_jobs(result.stdout)
-    expected = [(model, subject) for model in ("fdp", "mol", "trajectory") for subject in ("synth_sub01", "synth_sub10")]
+    expected = [(model, holdout) for model in ("fdp", "mol", "trajectory") for holdout in ("synth_sub01",
+                                                                                        "synth_sub10")]
     assert [(model, holdout) for model, holdout, _ in jobs] == expected, result.stdout[-3000:]
     for model, holdout, command in jobs:
         assert command.startswith(f"microface mer-fold --config results/mine/config.yaml --model {model} "
-                                   f"--holdout {holdout} --results results/mine "), command
+                                   f"--holdout {holdout} "), command
     merge = next(block for block in re.split(r"\n(?=\[|rule |checkpoint )", result.stdout)
                  if re.search(r"^rule mer:", block, flags=re.M))
     inputs = re.search(r"^\s*input: (.*)$", merge, flags=re.M).group(1).split(", ")
