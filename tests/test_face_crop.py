@@ -9,7 +9,8 @@ import torch
 from microface.data import synth as synth_package
 from microface.data.clips import clip_tensors_from_synth
 from microface.data.datasets import load_dataset
-from microface.data.face_crop import FaceBox, check_box_in_frame, crop_flow, crop_image, face_box, needs_face_crop
+from microface.data.face_crop import clip_crop_transform, crop_flow, crop_image, needs_face_crop
+from microface.data.preprocess import eye_alignment_transform, transform_landmarks
 from microface.data.synth import config_for_profile, generate
 from microface.data.synth import dataset as synth_dataset
 from microface.data.synth.appearance import assign_textures
@@ -23,40 +24,54 @@ def _face_points(left: float, top: float, width: float, height: float) -> np.nda
     return points.astype(np.float32)
 
 
-def test_box_is_square_scaled_and_raised_over_the_landmarks():
-    box = face_box(_face_points(200, 150, 250, 200))
-    assert box.side == round(1.6 * 250)
-    assert box.x0 == round(325 - box.side / 2)
-    assert box.y0 == round(250 - 0.12 * 200 - box.side / 2)  # raised: the forehead is above the brows
-    with pytest.raises(ValueError, match="finite"):
-        face_box(np.full((68, 2), np.nan))
+def _eyes_at(left_eye, right_eye) -> np.ndarray:
+    points = _face_points(200, 150, 250, 280)
+    points[36:42], points[42:48] = left_eye, right_eye
+    return points
 
 
-def test_points_and_pixels_land_in_the_same_place_also_past_the_frame_edge():
-    image = np.zeros((120, 160, 3), np.uint8)
-    image[30:34, 150:154] = 255  # a bright 4x4 square, centre (152, 32), near the right edge
-    box = FaceBox(x0=100, y0=-20, side=80)  # reaches past the top and the right edge: replicated there
-    crop = crop_image(image, box, 40)
-    assert crop.shape == (40, 40, 3) and crop.dtype == np.uint8
-    ys, xs = np.nonzero(crop[..., 0] > 60)
-    centre = box.to_crop(np.array([152.0, 32.0]), 40)
-    assert abs(xs.mean() + 0.5 - centre[0]) < 0.6 and abs(ys.mean() + 0.5 - centre[1]) < 0.6
-
-
-def test_a_box_off_the_frame_is_refused_with_the_clip_named():
-    assert check_box_in_frame(FaceBox(-50, -50, 300), (640, 480)) == FaceBox(-50, -50, 300)
+def test_the_crop_is_the_eye_alignment_reconstruct_uses_and_is_checked_against_the_frame():
+    points = _eyes_at([280.0, 240.0], [380.0, 240.0])
+    transform = clip_crop_transform(points, 64, (640, 480))
+    assert np.allclose(transform, eye_alignment_transform(points, 64))  # what `microface reconstruct` cuts
     with pytest.raises(ValueError, match="clip 'sub01/EP01_01'.*off its 640x480"):
-        check_box_in_frame(face_box(_face_points(1e6, 10, 200, 200)), (640, 480), "sub01/EP01_01")
-    with pytest.raises(ValueError, match="off its"):
-        check_box_in_frame(FaceBox(0, 0, 5000), (640, 480))
+        clip_crop_transform(_eyes_at([1e6, 10.0], [1e6 + 100, 10.0]), 64, (640, 480), "sub01/EP01_01")
+    with pytest.raises(ValueError, match="off its"):  # eyes 3000 px apart: a crop 15x the frame
+        clip_crop_transform(_eyes_at([-1180.0, 240.0], [1820.0, 240.0]), 64, (640, 480))
+    with pytest.raises(ValueError, match="off its"):  # eyes 0.5 px apart: a crop of 1.6 px
+        clip_crop_transform(_eyes_at([320.0, 240.0], [320.5, 240.0]), 64, (640, 480))
+    with pytest.raises(ValueError, match="finite"):
+        clip_crop_transform(np.full((68, 2), np.nan), 64, (640, 480))
 
 
-def test_flow_is_cropped_and_rescaled_to_crop_pixels():
-    flow = np.zeros((2, 120, 160, 2), np.float32)
-    flow[1, ..., 0], flow[1, ..., 1] = 2.0, -1.0
-    cropped = crop_flow(flow, FaceBox(10, 10, 100), 50)
-    assert cropped.shape == (2, 50, 50, 2)
-    assert np.allclose(cropped[0], 0) and np.allclose(cropped[1, ..., 0], 1.0) and np.allclose(cropped[1, ..., 1], -0.5)
+def test_points_and_pixels_land_in_the_same_place_with_rotation_and_reduction():
+    image = np.zeros((480, 640, 3), np.uint8)
+    image[296:304, 436:444] = 255  # a bright 8x8 square, centre (439.5, 299.5)
+    points = _eyes_at([280.0, 240.0], [376.0, 268.0])  # a tilted head: the crop rotates
+    transform = clip_crop_transform(points, 64, (640, 480))
+    crop = crop_image(image, transform, 64)
+    assert crop.shape == (64, 64, 3) and crop.dtype == np.uint8
+    weights = crop[..., 0].astype(np.float64)
+    ys, xs = np.mgrid[:64, :64]
+    found = np.array([(xs * weights).sum(), (ys * weights).sum()]) / weights.sum()
+    expected = transform_landmarks(np.array([[439.5, 299.5]]), transform)[0]
+    assert np.abs(found - expected).max() < 0.5
+
+
+def test_reduction_averages_noise_instead_of_aliasing_it():
+    rng = np.random.default_rng(0)
+    noise = np.clip(128 + 40 * rng.standard_normal((480, 640, 3)), 0, 255).astype(np.uint8)
+    transform = clip_crop_transform(_eyes_at([200.0, 240.0], [440.0, 240.0]), 64, (640, 480))  # ~1/7 scale
+    assert crop_image(noise, transform, 64).astype(float).std() < 40 / 4
+
+
+def test_flow_is_cut_and_its_vectors_rotated_and_scaled():
+    flow = np.zeros((2, 480, 640, 2), np.float32)
+    flow[1, ..., 0] = 3.0
+    transform = clip_crop_transform(_eyes_at([280.0, 240.0], [376.0, 268.0]), 64, (640, 480))
+    cropped = crop_flow(flow, transform, 64)
+    assert cropped.shape == (2, 64, 64, 2) and np.allclose(cropped[0], 0)
+    assert np.allclose(cropped[1], transform[:, :2] @ np.array([3.0, 0.0]), atol=1e-4)
 
 
 def test_only_frames_wider_than_a_face_crop_are_cut():

@@ -161,7 +161,8 @@ def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: s
                              landmark_cache: str | Path | None = None, face_crop: bool | None = None) -> ClipTensors:
     """One synthetic-benchmark record -> ClipTensors of its kept frames (see ``clip_tensors_from_synth``)."""
     from microface.data.clip_landmarks import LANDMARK_SOURCES, clip_landmarks
-    from microface.data.face_crop import check_box_in_frame, crop_flow, crop_image, face_box, needs_face_crop
+    from microface.data.face_crop import clip_crop_transform, crop_flow, crop_image, needs_face_crop
+    from microface.data.preprocess import transform_landmarks
     from microface.data.flow import accumulate_flow_opencv, clip_flow
 
     if flow_method not in FLOW_SOURCES:
@@ -187,15 +188,15 @@ def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: s
     height, width = sources[0].shape[:2]
     crop = needs_face_crop(points[0], width) if face_crop is None else face_crop
     if crop:
-        box = check_box_in_frame(face_box(points[0]), (width, height), record.key)
-        frames = np.stack([crop_image(image, box, image_size) for image in sources])
-        points = box.to_crop(points, image_size)
+        transform = clip_crop_transform(points[0], image_size, (width, height), record.key)
+        frames = np.stack([crop_image(image, transform, image_size) for image in sources])
+        points = transform_landmarks(points, transform)
     else:
         frames = np.stack([_resize_rgb(image, image_size) for image in sources])
         points = points * np.array([image_size / width, image_size / height], np.float32)
     if flow_method == "gt":
         onset_flow = accumulate_flow_opencv(consecutive, int(indices[0]), indices)
-        flow = crop_flow(onset_flow, box, image_size) if crop else _resize_flow(onset_flow, image_size)
+        flow = crop_flow(onset_flow, transform, image_size) if crop else _resize_flow(onset_flow, image_size)
     else:
         gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
         flow = clip_flow(gray, mode="onset", onset=0, method=flow_method)
@@ -224,8 +225,8 @@ def clip_tensors_from_synth(records: list[ClipRecord], image_size: int, flow_met
     landmarker's on the full-resolution frames (``microface.data.clip_landmarks.clip_landmarks``, cached under
     ``landmark_cache`` when given, frames without a face held), with "oracle" the ground truth's (the ablation
     row "oracle landmarks" only; no real video has them); apex: the apex's position among the kept frames.
-    face_crop: cut frames, landmarks and flow to the clip's square face box (``microface.data.face_crop``, from the
-    onset's landmarks above) before resizing; None: when the face spans less than half the frame's width (CASME II
+    face_crop: cut frames, landmarks and flow to the clip's eye-aligned face crop (``microface.data.face_crop``,
+    from the onset's landmarks above: the geometry ``microface reconstruct`` uses) instead of resizing; None: when the face spans less than half the frame's width (CASME II
     and version 2 frames, not version 1's face-filling ones), so version 1 clips are unchanged.
     """
     if image_size < 8:
