@@ -404,7 +404,7 @@ def test_a_fold_file_of_another_run_is_refused(tmp_path):
         run_loso_fold("trajectory", samples, TRAJ_CONFIG, tmp_path, "sub9")
 
 
-def _prepared_results(results, rng, subjects=("sub01", "sub02", "sub10"), per_subject=3):
+def _prepared_results(results, rng, subjects=("sub01", "sub02", "sub10"), per_subject=2):
     """results/<profile> as notebook 00 leaves it for notebook 03: prepared/ (tiny clips) and index.csv."""
     import json
 
@@ -436,7 +436,7 @@ def test_fold_jobs_then_notebook_03_give_the_table_notebook_03_gives_alone(tmp_p
 
     monkeypatch.setenv("MICROFACE_NO_PROGRESS", "1")
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "smoke.yaml").read_text())
-    config["mer"]["epochs"] = 2
+    config["mer"].update(epochs=1, n_frames=4, fdp=FDP_TINY, mol={"image_size": 32, "stem_channels": [4, 8], "knn_k": 2})
     alone, jobs = tmp_path / "alone", tmp_path / "jobs"
     _prepared_results(alone, np.random.default_rng(0))
     shutil.copytree(alone, jobs)
