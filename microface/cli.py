@@ -155,6 +155,31 @@ def mer_fold(
     typer.echo(f"wrote {path}")
 
 
+@app.command("real-video")
+def real_video(
+    config: Path = typer.Option(..., "--config", help="the run's config: results/<profile>/config.yaml, as the "
+                                "Snakefile writes it (or any profile YAML)"),
+    video: str = typer.Option(..., "--video", help="one of real.videos by its name in the table (single_face) or "
+                              "its file name"),
+    results: Optional[Path] = typer.Option(None, "--results", help="results/<profile> whose trained models are "
+                                           "scored (default: the config file's folder)"),
+) -> None:
+    """Reconstruct and score ONE video of notebook 07 (real footage) with every method and write its rows, overlay
+    strip and AU curves to RESULTS/real/videos/VIDEO.json + .npz; notebook 07 merges the videos into the same table
+    it makes alone."""
+    from microface.config import load_config
+    from microface.reconstruct.real_footage import run_real_video
+
+    try:
+        values = load_config(config)
+        path = run_real_video(profile=values["profile"], seed=values["seed"], device=values["device"],
+                              real=values["real"], results_dir=results or config.parent, video=video)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"wrote {path}")
+
+
 @app.command()
 def reconstruct(
     video: Path = typer.Argument(..., help="a video OpenCV can read (mp4, avi, mov, ...), a photo (.jpg, .png, ...) or "

