@@ -18,8 +18,10 @@ from microface.models.fdp import (
     approximate_rank_pooling_weights,
     fdp_loss,
     pairwise_ranking_loss,
+    minmax_scale_images,
     rank_pool,
-    standardize_images,
+    score_pool,
+    score_pooling_weights,
 )
 
 TINY = dict(n_classes=3, image_size=16, dims=(8, 16), depths=(1, 1), heads=(1, 2), sr_ratios=(2, 1),
@@ -86,11 +88,37 @@ def test_rank_pool_on_vectors_matches_images():
     assert torch.allclose(rank_pool(x), approximate_dynamic_image(x.view(2, 4, 3, 1, 1)).view(2, 3), atol=1e-6)
 
 
-def test_standardize_images():
+def test_minmax_scale_images():
     images = 5 + 3 * torch.randn(2, 1, 8, 8)
-    out = standardize_images(images)
-    assert torch.allclose(out.flatten(1).mean(1), torch.zeros(2), atol=1e-5)
-    assert torch.allclose(out.flatten(1).std(1, unbiased=False), torch.ones(2), atol=1e-4)
+    out = minmax_scale_images(images)
+    assert torch.allclose(out.flatten(1).min(1).values, torch.zeros(2), atol=1e-6)
+    assert torch.allclose(out.flatten(1).max(1).values, torch.ones(2), atol=1e-6)
+
+
+def test_score_pooling_weights_sum_to_zero_and_follow_the_scores():
+    scores = torch.tensor([[0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0]])
+    weights = score_pooling_weights(scores)
+    assert torch.allclose(weights.sum(1), torch.zeros(2), atol=1e-6)
+    assert bool((weights[0, 1:] > weights[0, :-1]).all())  # chronological scores: later frames weigh more
+    assert torch.allclose(weights[1], torch.zeros(4), atol=1e-7)  # equal scores: nothing to pool
+    x = torch.randn(2, 4, 3, 5, 5)
+    expected = sum(weights[:, t].view(2, 1, 1, 1) * x[:, t] for t in range(4))
+    assert torch.allclose(score_pool(x, scores), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="scores"):
+        score_pool(x, scores[:, :3])
+
+
+def test_pooled_representation_changes_with_the_scorer_weights():
+    """The rank scorer's scores weight the temporal pooling: other scorer weights, another representation."""
+    model = FDP(FDPConfig(**TINY)).eval()
+    clips = torch.rand(2, 4, 1, 16, 16)
+    with torch.no_grad():
+        before = model(clips)
+        model.rank_scorer.linear.weight.mul_(-3.0)
+        after = model(clips)
+    assert not torch.allclose(before.dynamic_features, after.dynamic_features, atol=1e-4)
+    assert not torch.allclose(before.logits, after.logits, atol=1e-4)
+    assert not torch.allclose(before.dynamic_image, after.dynamic_image, atol=1e-5)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -156,6 +184,7 @@ def test_fdp_forward_shapes_and_gradients_reach_every_parameter(batch):
     assert out.frame_scores.shape == (batch, 4)
     assert out.dynamic_features.shape == (batch, 16)
     assert out.dynamic_image.shape == (batch, 1, 16, 16)
+    assert bool(((out.dynamic_image >= 0) & (out.dynamic_image <= 1)).all())  # sigmoid decoder
     losses = fdp_loss(out, clips, labels, config)
     assert set(losses) == {"loss", "ce", "recon", "rank"}
     losses["loss"].backward()
@@ -182,7 +211,8 @@ def test_config_from_dict_rejects_unknown_keys_and_bad_sizes():
 
 
 def test_fdp_learns_a_motion_signal():
-    """Two classes that differ only in the direction of a small moving blob: a few steps should separate them."""
+    """Two classes that differ only in the direction of a small moving blob: a few dozen steps separate them (the
+    scorer must first spread its scores before the pooled representation carries the motion)."""
     torch.manual_seed(0)
     config = FDPConfig(**{**TINY, "recon_weight": 0.1})
     model = FDP(config)
@@ -194,7 +224,7 @@ def test_fdp_learns_a_motion_signal():
             col = 4 + 2 * step if labels[i] == 0 else 10 - 2 * step
             clips[i, step, 0, 6:10, col:col + 2] += 0.4
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(40):
+    for _ in range(80):
         optimizer.zero_grad()
         fdp_loss(model(clips), clips, labels, config)["loss"].backward()
         optimizer.step()
@@ -205,7 +235,7 @@ def test_fdp_learns_a_motion_signal():
 
 
 def test_fdp_sees_only_change_over_time():
-    """Rank-pooling weights sum to zero, so any two static clips (different faces) get the same prediction."""
+    """Score-pooling weights sum to zero, so any two static clips (different faces) get the same prediction."""
     model = FDP(FDPConfig(**TINY)).eval()
     face_a = torch.rand(1, 1, 1, 16, 16).expand(1, 4, 1, 16, 16)
     face_b = torch.rand(1, 1, 1, 16, 16).expand(1, 4, 1, 16, 16)

@@ -1,13 +1,18 @@
 """FDP: Fine-grained Dynamic Perception for micro-expression recognition (Zhou et al.).
 
-A clip's frames are encoded one by one by a local-global feature-aware transformer; a linear rank scorer is
-trained to score the frame features in chronological order; the frame features are rank-pooled over time
-into one dynamic representation, which feeds the MER head and a decoder that must reconstruct the clip's
-approximate rank-pooling dynamic image (Bilen et al., "Dynamic image networks", CVPR 2016).
+A clip's frames (8 sampled uniformly over the whole clip, 64x64 gray in the public code CYF-cuber/FDP) are
+encoded one by one by a local-global feature-aware transformer; a linear rank scorer scores each frame feature
+(trained to score them in chronological order) and its scores weight the temporal pooling of the rank features
+(``score_pool``: T times the softmax of the scores, minus 1, so the weights sum to zero and a static face
+pools to nothing), giving one dynamic representation. It feeds the MER head and a decoder (sigmoid output) that
+must reconstruct the clip's min-max-scaled approximate rank-pooling dynamic image (Bilen et al., "Dynamic image
+networks", CVPR 2016), as the public code does; the loss is cross-entropy (NLL of log-softmax) + 100 x MSE,
+trained with Adam at 1e-4 (its defaults).
 
 Pieces, each testable on its own:
 - ``approximate_rank_pooling_weights(T) -> (T,)`` and ``rank_pool(x (B, T, *)) -> (B, *)``;
-  ``approximate_dynamic_image(frames (B, T, C, H, W)) -> (B, C, H, W)``;
+  ``approximate_dynamic_image(frames (B, T, C, H, W)) -> (B, C, H, W)``, ``minmax_scale_images``;
+- ``score_pooling_weights(scores (B, T)) -> (B, T)`` and ``score_pool(x (B, T, *), scores) -> (B, *)``;
 - ``LocalAggregator`` (depthwise + pointwise convolutions), ``EfficientSelfAttention`` (multi-head attention
   whose keys/values come from a spatially reduced map, as PVT's SRA / ResT's EMSA), ``LocalGlobalBlock``;
 - ``FrameEncoder`` ((N, C, H, W) -> (N, D, h, w)), ``RankScorer`` ((B, T, D) -> (B, T)), ``pairwise_ranking_loss``;
@@ -54,8 +59,9 @@ class FDPConfig:
         local_kernel: depthwise kernel of the local aggregators.
         decoder_dim: channels of the dynamic-image decoder's first layer (halved at each upsampling, min 8).
         dropout: before the MER head.
-        recon_weight: weight of the dynamic-image reconstruction loss.
-        rank_weight: weight of the frame ranking loss.
+        recon_weight: weight of the dynamic-image reconstruction MSE (100 in the public code).
+        rank_weight: weight of the frame ranking hinge that trains the scorer to order frames in time (the public
+            code has no such term: its ``reference`` preset sets 0).
         rank_margin: hinge margin of the pairwise ranking loss.
 
     Raises:
@@ -75,7 +81,7 @@ class FDPConfig:
     local_kernel: int = 5
     decoder_dim: int = 64
     dropout: float = 0.1
-    recon_weight: float = 1.0
+    recon_weight: float = 100.0
     rank_weight: float = 0.1
     rank_margin: float = 0.1
 
@@ -189,23 +195,62 @@ def approximate_dynamic_image(frames: torch.Tensor) -> torch.Tensor:
     return rank_pool(frames)
 
 
-def standardize_images(images: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-image zero mean, unit std over (C, H, W).
-
-    Used on the dynamic-image target: micro-expression motion is tiny, so the decoder is asked for the spatial
-    pattern of change, not its absolute amplitude (Bilen et al. likewise rescale dynamic images for display).
+def minmax_scale_images(images: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-image min-max scaling to [0, 1] over (C, H, W), the public code's dynamic-image target.
 
     Args:
         images: shape (B, C, H, W).
-        eps: added to the std.
+        eps: added to the range (a flat image maps to 0).
 
     Returns:
-        standardised images, shape (B, C, H, W).
+        scaled images in [0, 1], shape (B, C, H, W).
     """
     flat = images.flatten(1)
-    mean = flat.mean(1).view(-1, 1, 1, 1)
-    std = flat.std(1, unbiased=False).view(-1, 1, 1, 1)
-    return (images - mean) / (std + eps)
+    low = flat.min(1).values.view(-1, 1, 1, 1)
+    high = flat.max(1).values.view(-1, 1, 1, 1)
+    return (images - low) / (high - low + eps)
+
+
+def score_pooling_weights(scores: torch.Tensor) -> torch.Tensor:
+    """Temporal pooling weights from rank scores: ``a_t = T softmax(s)_t - 1`` (0 for equal scores).
+
+    The weights sum to zero, so what is the same in every frame (identity, static appearance) pools to nothing,
+    as with approximate rank pooling; a scorer that ranks frames in time order gives later frames positive and
+    earlier frames negative weights, so the pooled vector points along the change.
+
+    Args:
+        scores: rank scores, shape (B, T).
+
+    Returns:
+        weights, shape (B, T), each row summing to 0.
+
+    Raises:
+        ValueError: ``scores`` not (B, T).
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"expected scores (B, T), got {tuple(scores.shape)}")
+    return scores.shape[1] * scores.softmax(dim=1) - 1.0
+
+
+def score_pool(sequence: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Pool a sequence over time with weights from its rank scores: ``out = sum_t a_t x_t``.
+
+    Args:
+        sequence: rank features, shape (B, T, *).
+        scores: rank scores, shape (B, T).
+
+    Returns:
+        pooled, shape (B, *).
+
+    Raises:
+        ValueError: shapes that do not match.
+    """
+    if sequence.ndim < 2 or scores.shape != sequence.shape[:2]:
+        raise ValueError(f"expected sequence (B, T, *) and scores (B, T), got {tuple(sequence.shape)} and "
+                         f"{tuple(scores.shape)}")
+    weights = score_pooling_weights(scores).to(sequence.dtype)
+    # out[b, ...] = sum_t a[b, t] * x[b, t, ...]
+    return (sequence * weights.view(*weights.shape, *([1] * (sequence.ndim - 2)))).sum(1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -495,7 +540,7 @@ def pairwise_ranking_loss(scores: torch.Tensor, margin: float = 0.1) -> torch.Te
 
 
 class DynamicImageDecoder(nn.Module):
-    """Decode a dynamic feature map to a dynamic image: ``(B, D, h, w) -> (B, C, h*2^n, w*2^n)``.
+    """Decode a dynamic feature map to a dynamic image in [0, 1] (sigmoid): ``(B, D, h, w) -> (B, C, h*2^n, w*2^n)``.
 
     Args:
         in_dim: D.
@@ -522,9 +567,9 @@ class DynamicImageDecoder(nn.Module):
             dynamic_map: shape (B, D, h, w).
 
         Returns:
-            dynamic image, shape (B, C, h*2^n, w*2^n).
+            dynamic image in [0, 1], shape (B, C, h*2^n, w*2^n).
         """
-        return self.net(dynamic_map)
+        return torch.sigmoid(self.net(dynamic_map))
 
 
 @dataclass
@@ -534,8 +579,8 @@ class FDPOutput:
     Attributes:
         logits: class scores, shape (B, K).
         frame_scores: rank-scorer outputs, shape (B, T).
-        dynamic_features: the rank-pooled representation, shape (B, D).
-        dynamic_image: decoded dynamic image (standardised units), shape (B, C, H, W).
+        dynamic_features: the score-pooled representation, shape (B, D).
+        dynamic_image: decoded dynamic image in [0, 1], shape (B, C, H, W).
     """
 
     logits: torch.Tensor
@@ -591,12 +636,13 @@ class FDP(nn.Module):
         maps = self.encoder(clips.flatten(0, 1))  # (B*T, D, h, w)
         maps = maps.view(b, t, *maps.shape[1:])
         frame_features = maps.mean(dim=(-2, -1))  # (B, T, D)
-        # rank pooling is linear, so pooling the maps then averaging equals pooling the frame vectors
-        dynamic_map = rank_pool(maps)  # (B, D, h, w)
+        scores = self.rank_scorer(frame_features)  # (B, T)
+        # the pooling is linear in the maps, so pooling the maps then averaging equals pooling the frame vectors
+        dynamic_map = score_pool(maps, scores)  # (B, D, h, w)
         dynamic_features = dynamic_map.mean(dim=(-2, -1))
         return FDPOutput(
             logits=self.head(dynamic_features),
-            frame_scores=self.rank_scorer(frame_features),
+            frame_scores=scores,
             dynamic_features=dynamic_features,
             dynamic_image=self.decoder(dynamic_map),
         )
@@ -605,7 +651,7 @@ class FDP(nn.Module):
 def fdp_loss(output: FDPOutput, clips: torch.Tensor, labels: torch.Tensor, config: FDPConfig) -> dict[str, torch.Tensor]:
     """Classification + ``recon_weight`` * dynamic-image MSE + ``rank_weight`` * ranking hinge.
 
-    The target is the standardised approximate dynamic image of the clip.
+    The target is the min-max-scaled ([0, 1]) approximate dynamic image of the clip, as the public code's.
 
     Args:
         output: the FDPOutput.
@@ -616,7 +662,7 @@ def fdp_loss(output: FDPOutput, clips: torch.Tensor, labels: torch.Tensor, confi
     Returns:
         ``{"loss", "ce", "recon", "rank"}`` scalars.
     """
-    target = standardize_images(approximate_dynamic_image(clips))
+    target = minmax_scale_images(approximate_dynamic_image(clips))
     ce = F.cross_entropy(output.logits, labels)
     recon = F.mse_loss(output.dynamic_image, target)
     rank = pairwise_ranking_loss(output.frame_scores, config.rank_margin)
