@@ -19,6 +19,9 @@ if not workflow.overwrite_configfiles:
 
 validate(config, "config/schema.yaml")
 
+# every job (papermill notebooks, fold and video jobs) writes its progress bars as whole lines: readable in its log
+os.environ["MICROFACE_PROGRESS"] = "log"
+
 PROFILE = config["profile"]
 RESULTS = f"results/{PROFILE}"
 # The one handoff: the validated, merged config (config file(s) + --config overrides) that every notebook reads

@@ -32,13 +32,42 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+class LineStream:
+    """A file for tqdm that writes every refresh as a whole line (no carriage returns, no widget): what a log
+    file or papermill's ``--log-output`` can show. Wraps ``stream`` (e.g. ``sys.stdout``)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip("\n")
+        if line.strip():
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
-    """tqdm that stays readable in papermill logs: plain ASCII to stdout, refreshed at most every few seconds."""
-    kwargs.setdefault("mininterval", 2.0)
+    """tqdm that stays readable in logs: plain ASCII to stdout, refreshed at most every few seconds.
+
+    With the environment variable ``MICROFACE_PROGRESS=log`` (the Snakefile sets it for every job: papermill
+    notebooks, fold and video jobs), a plain text bar writes one line per refresh, at most every 10 s: in a log
+    a carriage-return bar keeps only its first state, and in a kernel ``tqdm.auto`` draws a widget that papermill's
+    log shows as "0%" for the whole run. Otherwise ``tqdm.auto`` (a widget in JupyterLab). ``MICROFACE_NO_PROGRESS=1``
+    switches bars off.
+    """
     kwargs.setdefault("ascii", True)
     kwargs.setdefault("dynamic_ncols", False)
-    kwargs.setdefault("file", sys.stdout)
     kwargs.setdefault("disable", os.environ.get("MICROFACE_NO_PROGRESS") == "1")
+    if os.environ.get("MICROFACE_PROGRESS") == "log":
+        from tqdm.std import tqdm as plain_tqdm
+
+        kwargs.setdefault("mininterval", 10.0)
+        kwargs["file"] = LineStream(kwargs.get("file", sys.stdout))
+        return plain_tqdm(iterable, **kwargs)
+    kwargs.setdefault("mininterval", 2.0)
+    kwargs.setdefault("file", sys.stdout)
     stream = kwargs["file"]
     if not (hasattr(stream, "isatty") and stream.isatty()):
         kwargs.setdefault("position", 0)  # a log, not a terminal: nested bars print lines, no cursor-up escapes
