@@ -12,9 +12,9 @@ from microface.models.mol import (
     MOLConfig,
     end_point_error,
     gather_neighbours,
-    interocular_normalized_error,
     knn_indices,
     mol_loss,
+    pupil_normalized_l1,
     resize_flow,
 )
 
@@ -124,53 +124,75 @@ def test_end_point_error():
 
 def _face_landmarks(batch):
     landmarks = torch.rand(batch, 68, 2) * 40 + 40
-    landmarks[:, 36] = torch.tensor([50.0, 60.0])
-    landmarks[:, 45] = torch.tensor([80.0, 60.0])
+    landmarks[:, 36:42] = torch.tensor([50.0, 60.0])  # eye centres 30 px apart
+    landmarks[:, 42:48] = torch.tensor([80.0, 60.0])
     return landmarks
 
 
-def test_interocular_normalized_error_is_scale_invariant():
-    target = _face_landmarks(3)
-    predicted = target + torch.randn(3, 68, 2) * 2
-    error = interocular_normalized_error(predicted, target)
+def test_pupil_normalized_l1_is_scale_invariant():
+    target = _face_landmarks(3).unsqueeze(1).expand(3, 2, 68, 2)
+    predicted = target + torch.randn(3, 2, 68, 2) * 2
+    error = pupil_normalized_l1(predicted, target)
     for scale in (0.25, 3.0):
-        assert float(interocular_normalized_error(predicted * scale, target * scale)) == pytest.approx(float(error), rel=1e-5)
-    # a 3 px error everywhere with a 30 px inter-ocular distance is 0.1
-    assert float(interocular_normalized_error(target + torch.tensor([3.0, 0.0]), target)) == pytest.approx(0.1, rel=1e-5)
+        assert float(pupil_normalized_l1(predicted * scale, target * scale)) == pytest.approx(float(error), rel=1e-5)
+    # a 3 px error in x only: mean |error| 1.5 px over (x, y), over the eye-centre distance
+    shifted = target + torch.tensor([3.0, 0.0])
+    assert float(pupil_normalized_l1(shifted, target)) == pytest.approx(1.5 / 30.0, rel=1e-5)
     with pytest.raises(ValueError, match="68"):
-        interocular_normalized_error(torch.zeros(1, 5, 2), torch.zeros(1, 5, 2))
+        pupil_normalized_l1(torch.zeros(1, 1, 5, 2), torch.zeros(1, 1, 5, 2))
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_mol_heads_shapes_and_gradients_reach_every_parameter(batch):
+def test_mol_takes_8_frames_and_returns_flow_for_7_pairs_and_landmarks_of_frames_2_to_8(batch):
     config = MOLConfig(**TINY)
     model = MOL(config)
-    pair = torch.rand(batch, 2, 32, 32)
-    out = model(pair)
+    frames = torch.rand(batch, 8, 1, 32, 32)
+    out = model(frames)
     assert out.logits.shape == (batch, 3)
-    assert out.flow.shape == (batch, 2, config.flow_size, config.flow_size) == (batch, 2, 16, 16)
-    assert out.landmarks.shape == (batch, 68, 2)
-    losses = mol_loss(out, torch.arange(batch) % 3, config, flow=torch.randn(batch, 2, 32, 32),
-                      landmarks=_face_landmarks(batch) * 32 / 128)
-    assert set(losses) == {"loss", "ce", "epe", "nme"}
+    assert out.flow.shape == (batch, 7, 2, config.flow_size, config.flow_size) == (batch, 7, 2, 16, 16)
+    assert out.landmarks.shape == (batch, 7, 68, 2)
+    landmarks = (_face_landmarks(batch) * 32 / 128).unsqueeze(1).expand(batch, 8, 68, 2)
+    losses = mol_loss(out, torch.arange(batch) % 3, config, flow=torch.randn(batch, 7, 2, 32, 32), landmarks=landmarks)
+    assert set(losses) == {"loss", "ce", "flow_mse", "epe", "nme"}
     losses["loss"].backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
     assert not missing, f"no gradient reached {missing}"
 
 
+def test_each_pair_flow_and_landmarks_follow_their_own_frames():
+    """Pair t's flow depends on frames t and t+1 only; landmarks t on frame t+1 only; the class on every frame."""
+    model = MOL(MOLConfig(**TINY)).eval()
+    frames = torch.rand(1, 8, 1, 32, 32)
+    changed = frames.clone()
+    changed[:, 5] = torch.rand(1, 32, 32)  # frame 6 (1-based): pairs 5->6 and 6->7, landmarks of frame 6
+    with torch.no_grad():
+        a, b = model(frames), model(changed)
+    moved = [not torch.allclose(a.flow[0, t], b.flow[0, t]) for t in range(7)]
+    assert moved == [False, False, False, False, True, True, False]
+    moved = [not torch.allclose(a.landmarks[0, t], b.landmarks[0, t]) for t in range(7)]
+    assert moved == [False, False, False, False, True, False, False]
+    assert not torch.allclose(a.logits, b.logits)
+
+
 def test_mol_loss_without_optional_targets_and_rgb():
     config = MOLConfig(**{**TINY, "in_channels": 3})
     model = MOL(config)
-    out = model(torch.rand(2, 6, 32, 32))
+    out = model(torch.rand(2, 8, 3, 32, 32))
     losses = mol_loss(out, torch.tensor([0, 1]), config)
     assert set(losses) == {"loss", "ce"} and torch.equal(losses["loss"], losses["ce"])
-    with pytest.raises(ValueError, match="onset/apex pair"):
-        model(torch.rand(2, 2, 32, 32))
+    with pytest.raises(ValueError, match="frame sequence"):
+        model(torch.rand(2, 2, 3, 32, 32))
+    with pytest.raises(ValueError, match="target flow"):
+        mol_loss(out, torch.tensor([0, 1]), config, flow=torch.randn(2, 2, 32, 32))
 
 
 def test_mol_config_checks():
     with pytest.raises(ValueError, match="knn_k"):
         MOLConfig(**{**TINY, "knn_k": 8})
+    with pytest.raises(ValueError, match="temporal_kernel"):
+        MOLConfig(**{**TINY, "temporal_kernel": 8})
     with pytest.raises(ValueError, match="unknown keys"):
         MOLConfig.from_dict({"blocks": 2})
     assert MOLConfig.from_dict({"stem_channels": [4, 8]}).stem_channels == (4, 8)
+    reference = MOLConfig(stem_channels=(32, 64, 128), n_blocks=2)  # the public code's 128 channels at 16x16
+    assert reference.feature_size == 16 and reference.n_frames == 8

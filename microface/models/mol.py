@@ -1,9 +1,13 @@
 """MOL: joint micro-expression recognition, optical flow estimation and landmark detection.
 
 After Shao et al., "MOL: Joint Estimation of Micro-Expression, Optical Flow, and Landmark via
-Transformer-Graph-Style Convolution" (TPAMI 2025). A shared backbone of F5C blocks encodes the onset and the
-apex frame; three heads trained jointly predict the MER class, the onset->apex optical flow and the apex
-frame's 68 landmarks.
+Transformer-Graph-Style Convolution" (TPAMI 2025) and its public code (CYF-cuber/MOL). MER from a raw frame
+sequence, without key frames: T = 8 frames sampled over the whole clip (128x128 gray crops of a 144x144
+alignment in the public code) go one by one through a shared backbone of F5C blocks; for each of the T-1
+consecutive pairs a flow head predicts the pair's optical flow (trained against Dual TV-L1 flow), for each of
+frames 2..T a landmark head predicts 68 landmarks, and a 3D convolution over (time, H, W) of the frame features
+classifies the clip. Loss: cross-entropy + 0.5 x flow MSE + 0.5 x landmark L1 / inter-pupil distance, AdamW at
+1e-4 with weight decay 1e-3 in the public code.
 
 F5C block = FCC + CCC:
 - FCC, fully-connected convolution: depthwise convolutions along H and along W whose kernel spans the whole
@@ -16,10 +20,15 @@ F5C block = FCC + CCC:
   MOL's public code, or Euclidean) and EdgeConv ``h_i = max_j MLP([x_i, x_j - x_i])`` relate channels that
   respond to the same facial regions.
 
-Shapes: ``pair (B, 2*C, S, S)`` (onset then apex, C = 1 gray or 3 RGB) -> ``MOLOutput(logits (B, K),
-flow (B, 2, S', S'), landmarks (B, 68, 2))``; flow is in pixels of the flow head's grid (S' = S / 2**len(stem) *
-flow_upsample), landmarks in pixels of the input frame. Inside the backbone, N = 2B frames, D channels,
-S_f = S / 2**len(stem) the feature-map side; K classes. In CCC the N nodes of a graph are the D channels.
+Shapes: ``frames (B, T, C, S, S)`` (C = 1 gray or 3 RGB) -> ``MOLOutput(logits (B, K), flow (B, T-1, 2, S', S'),
+landmarks (B, T-1, 68, 2))``; flow[:, t] is frame t -> t+1 in pixels of the flow head's grid
+(S' = S / 2**len(stem) * flow_upsample), landmarks[:, t] those of frame t+1 in pixels of the input frame. Inside
+the backbone, N = B*T frames, D channels, S_f = S / 2**len(stem) the feature-map side; K classes. In CCC the
+nodes of a graph are the D channels.
+
+Differences from the public code, on purpose: one backbone shared by every frame (the public code runs two
+copies, one for the first and one for the second frame of each pair, so each frame is encoded twice), and a
+flow head on the pair's features (no FlowNetC correlation layer, which needs a compiled extension).
 """
 from __future__ import annotations
 
@@ -32,8 +41,9 @@ from torch import nn
 
 from microface.utils.checks import config_from_dict
 
-# iBUG-68 outer eye corners (0-based): the subject's right eye outer corner and left eye outer corner
-OUTER_EYE_CORNERS = (36, 45)
+# iBUG-68 eye contours (0-based): the subject's right eye and left eye; their centres are the "pupils"
+LEFT_EYE = list(range(36, 42))
+RIGHT_EYE = list(range(42, 48))
 N_LANDMARKS = 68
 
 
@@ -42,12 +52,14 @@ class MOLConfig:
     """Sizes and loss weights of MOL.
 
     Presets (suggested): paper scale, 128 px, stem (32, 64, 128) -> 16x16 features, D=128, 2 blocks, k=4
-    (MOL's public code: 128 channels at 16x16, 4 neighbours). CPU: 128 px, stem (16, 32, 32), 1-2 blocks,
-    k=4. Smoke: 64 px, stem (8, 16), 1 block, k=2.
+    (MOL's public code: 128 channels at 16x16, 4 neighbours, 8 frames, a (5, 2, 2) temporal kernel with 32
+    filters and a 256-wide classifier). CPU: 64 px, stem (16, 32, 32), 1 block, k=4. Smoke: 64 px, stem (8, 16),
+    1 block, k=2.
 
     Args:
         n_classes: MER classes K.
-        in_channels: channels of one frame C (1 gray, 3 RGB); the pair has twice that.
+        in_channels: channels of one frame C (1 gray, 3 RGB).
+        n_frames: T, frames of the input sequence (8 in the public code).
         image_size: side S of the square input frames (must be divisible by 2**len(stem_channels)).
         stem_channels: widths of the stride-2 conv layers that shrink each frame; the last one is the backbone
             width D (even, split between FCC's two branches). Feature size S_f = image_size / 2**len(stem_channels).
@@ -56,17 +68,23 @@ class MOLConfig:
         knn_k: neighbours per channel in CCC (< D).
         knn_metric: "cosine" or "euclidean".
         flow_upsample: the flow head's grid is S_f * flow_upsample.
-        dropout: before the MER classifier.
-        flow_weight: weight of the end-point-error loss.
-        landmark_weight: weight of the inter-ocular normalised landmark loss.
+        temporal_kernel: time extent of the MER head's 3D convolution (<= n_frames - 1).
+        mer_channels: filters of the MER head's 3D convolution.
+        mer_hidden: width of the MER head's hidden fully-connected layer.
+        dropout: in the MER head (0.5 in the public code).
+        mer_weight: weight of the cross-entropy.
+        flow_weight: weight of the flow MSE.
+        landmark_weight: weight of the inter-pupil normalised landmark L1.
 
     Raises:
         ValueError: no stem layer, an odd width D, an image size not divisible by the stem's stride, knn_k out
-            of [1, D - 1], an unknown metric, or fewer than 2 classes.
+            of [1, D - 1], an unknown metric, fewer than 2 classes or 2 frames, or a temporal kernel or feature map
+            too small for the MER head's pooling.
     """
 
     n_classes: int = 3
     in_channels: int = 1
+    n_frames: int = 8
     image_size: int = 128
     stem_channels: tuple[int, ...] = (16, 32, 32)
     n_blocks: int = 1
@@ -74,9 +92,13 @@ class MOLConfig:
     knn_k: int = 4
     knn_metric: str = "cosine"
     flow_upsample: int = 2
-    dropout: float = 0.1
-    flow_weight: float = 1.0
-    landmark_weight: float = 1.0
+    temporal_kernel: int = 5
+    mer_channels: int = 32
+    mer_hidden: int = 256
+    dropout: float = 0.5
+    mer_weight: float = 1.0
+    flow_weight: float = 0.5
+    landmark_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.stem_channels:
@@ -93,6 +115,13 @@ class MOLConfig:
             raise ValueError(f"MOL config: knn_metric must be 'cosine' or 'euclidean', got {self.knn_metric!r}")
         if self.n_classes < 2:
             raise ValueError(f"MOL config: n_classes must be >= 2, got {self.n_classes}")
+        if self.n_frames < 2:
+            raise ValueError(f"MOL config: n_frames must be >= 2 (one consecutive pair), got {self.n_frames}")
+        if not 1 <= self.temporal_kernel <= self.n_frames - 1 or self.feature_size < 4:
+            raise ValueError(
+                f"MOL config: the MER head needs 1 <= temporal_kernel <= n_frames - 1 = {self.n_frames - 1} and "
+                f"features of >= 4 px (got temporal_kernel {self.temporal_kernel}, feature_size {self.feature_size})"
+            )
 
     @property
     def feature_size(self) -> int:
@@ -391,34 +420,41 @@ class MOLBackbone(nn.Module):
 # Heads
 
 
-class MERHead(nn.Module):
-    """``fused (B, D, S_f, S_f) -> logits (B, K)``.
+class TemporalMERHead(nn.Module):
+    """3D convolution over (time, H, W) of the frame features, max-pooling, two fully-connected layers.
+
+    ``features (B, D, T, S_f, S_f) -> logits (B, K)``: a (temporal_kernel, 2, 2) convolution with spatial
+    stride 2, a 2x2x2 max-pool, dropout, a hidden layer with ReLU, dropout, the classifier (the public code's head).
 
     Args:
-        dim: D.
-        n_classes: K.
-        dropout: before the classifier.
+        config: the MOLConfig.
     """
 
-    def __init__(self, dim: int, n_classes: int, dropout: float) -> None:
+    def __init__(self, config: MOLConfig) -> None:
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.BatchNorm2d(dim), nn.GELU())
-        self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, n_classes))
+        dim = config.stem_channels[-1]
+        self.conv = nn.Conv3d(dim, config.mer_channels, (config.temporal_kernel, 2, 2), stride=(1, 2, 2))
+        self.pool = nn.MaxPool3d(2, ceil_mode=True)
+        time = -(-(config.n_frames - config.temporal_kernel + 1) // 2)
+        side = -(-((config.feature_size - 2) // 2 + 1) // 2)
+        self.fc = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.mer_channels * time * side * side,
+                                                                       config.mer_hidden),
+                                nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(config.mer_hidden, config.n_classes))
 
-    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Class logits.
 
         Args:
-            fused: fused onset/apex features, shape (B, D, S_f, S_f).
+            features: frame features in time order, shape (B, D, T, S_f, S_f).
 
         Returns:
             logits, shape (B, K).
         """
-        return self.fc(self.conv(fused).mean(dim=(-2, -1)))
+        return self.fc(self.pool(self.conv(features)).flatten(1))
 
 
 class FlowHead(nn.Module):
-    """``fused (B, D, S_f, S_f) -> flow (B, 2, S_f*u, S_f*u)`` in pixels of that grid.
+    """``pair features (P, 2D, S_f, S_f) -> flow (P, 2, S_f*u, S_f*u)`` in pixels of that grid.
 
     Args:
         dim: D.
@@ -428,26 +464,26 @@ class FlowHead(nn.Module):
     def __init__(self, dim: int, upsample: int) -> None:
         super().__init__()
         self.upsample = upsample
-        self.conv_in = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.GELU())
+        self.conv_in = nn.Sequential(nn.Conv2d(2 * dim, dim, 3, padding=1), nn.GELU())
         self.conv_out = nn.Sequential(nn.Conv2d(dim, dim // 2, 3, padding=1), nn.GELU(), nn.Conv2d(dim // 2, 2, 3, padding=1))
 
-    def forward(self, fused: torch.Tensor) -> torch.Tensor:
-        """Onset -> apex flow.
+    def forward(self, pair_features: torch.Tensor) -> torch.Tensor:
+        """Flow of each pair.
 
         Args:
-            fused: fused onset/apex features, shape (B, D, S_f, S_f).
+            pair_features: the first frame's features and the difference of the second's, shape (P, 2D, S_f, S_f).
 
         Returns:
-            flow in pixels of the head's grid, shape (B, 2, S_f*u, S_f*u).
+            flow in pixels of the head's grid, shape (P, 2, S_f*u, S_f*u).
         """
-        x = self.conv_in(fused)
+        x = self.conv_in(pair_features)
         if self.upsample > 1:
             x = F.interpolate(x, scale_factor=self.upsample, mode="bilinear", align_corners=False)
         return self.conv_out(x)
 
 
 class LandmarkHead(nn.Module):
-    """``apex features (B, D, S_f, S_f) -> landmarks (B, 68, 2)`` in pixels of an ``image_size`` frame.
+    """``frame features (N, D, S_f, S_f) -> landmarks (N, 68, 2)`` in pixels of an ``image_size`` frame.
 
     The linear layer predicts offsets in frame units around the frame centre, so an untrained head starts
     near the middle of the face rather than at the corner.
@@ -464,13 +500,13 @@ class LandmarkHead(nn.Module):
         self.fc = nn.Linear(dim, 2 * N_LANDMARKS)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Apex landmarks.
+        """Landmarks of each frame.
 
         Args:
-            features: apex features, shape (B, D, S_f, S_f).
+            features: shape (N, D, S_f, S_f).
 
         Returns:
-            landmarks ``(x, y)`` in input pixels, shape (B, 68, 2).
+            landmarks ``(x, y)`` in input pixels, shape (N, 68, 2).
         """
         unit = 0.5 + self.fc(self.conv(features).mean(dim=(-2, -1))).view(-1, N_LANDMARKS, 2)
         return unit * self.image_size
@@ -482,8 +518,8 @@ class MOLOutput:
 
     Attributes:
         logits: shape (B, K).
-        flow: onset->apex in head-grid pixels, shape (B, 2, S', S').
-        landmarks: of the apex frame in input pixels ``(x, y)``, shape (B, 68, 2).
+        flow: frame t -> t+1 for each consecutive pair, in head-grid pixels, shape (B, T-1, 2, S', S').
+        landmarks: of frames 2..T (1-based) in input pixels ``(x, y)``, shape (B, T-1, 68, 2).
     """
 
     logits: torch.Tensor
@@ -492,7 +528,7 @@ class MOLOutput:
 
 
 class MOL(nn.Module):
-    """``pair (B, 2*C, S, S)`` (onset channels, then apex channels) -> ``MOLOutput``.
+    """``frames (B, T, C, S, S)`` in time order -> ``MOLOutput``.
 
     Args:
         config: the MOLConfig.
@@ -503,33 +539,36 @@ class MOL(nn.Module):
         self.config = config
         dim = config.stem_channels[-1]
         self.backbone = MOLBackbone(config)
-        # fuse onset, apex and their difference: the difference carries the (tiny) motion explicitly
-        self.fuse = nn.Sequential(nn.Conv2d(3 * dim, dim, 1), nn.BatchNorm2d(dim), nn.GELU())
-        self.mer_head = MERHead(dim, config.n_classes, config.dropout)
+        self.mer_head = TemporalMERHead(config)
         self.flow_head = FlowHead(dim, config.flow_upsample)
         self.landmark_head = LandmarkHead(dim, config.image_size)
 
-    def forward(self, pair: torch.Tensor) -> MOLOutput:
-        """Class, flow and landmarks of onset/apex pairs.
+    def forward(self, frames: torch.Tensor) -> MOLOutput:
+        """Class of each sequence, flow of each consecutive pair, landmarks of frames 2..T.
 
         Args:
-            pair: onset channels, then apex channels, shape (B, 2*C, S, S).
+            frames: shape (B, T, C, S, S), T = config.n_frames.
 
         Returns:
             the MOLOutput.
 
         Raises:
-            ValueError: ``pair`` of the wrong shape.
+            ValueError: ``frames`` of the wrong shape.
         """
-        c, s = self.config.in_channels, self.config.image_size
-        if pair.ndim != 4 or pair.shape[1] != 2 * c or pair.shape[2] != s or pair.shape[3] != s:
-            raise ValueError(f"MOL expects an onset/apex pair (B, {2 * c}, {s}, {s}), got {tuple(pair.shape)}")
-        b = pair.shape[0]
-        frames = torch.cat([pair[:, :c], pair[:, c:]], dim=0)  # both frames through the shared backbone at once
-        features = self.backbone(frames)
-        onset, apex = features[:b], features[b:]
-        fused = self.fuse(torch.cat([onset, apex, apex - onset], dim=1))
-        return MOLOutput(self.mer_head(fused), self.flow_head(fused), self.landmark_head(apex))
+        t, c, s = self.config.n_frames, self.config.in_channels, self.config.image_size
+        if frames.ndim != 5 or tuple(frames.shape[1:]) != (t, c, s, s):
+            raise ValueError(f"MOL expects a frame sequence (B, {t}, {c}, {s}, {s}), got {tuple(frames.shape)}")
+        b = frames.shape[0]
+        features = self.backbone(frames.flatten(0, 1))  # every frame through the shared backbone at once
+        features = features.view(b, t, *features.shape[1:])  # (B, T, D, S_f, S_f)
+        first, second = features[:, :-1].flatten(0, 1), features[:, 1:].flatten(0, 1)  # (B*(T-1), D, S_f, S_f)
+        flow = self.flow_head(torch.cat([first, second - first], dim=1))
+        landmarks = self.landmark_head(second)
+        return MOLOutput(
+            logits=self.mer_head(features.transpose(1, 2)),
+            flow=flow.view(b, t - 1, *flow.shape[1:]),
+            landmarks=landmarks.view(b, t - 1, N_LANDMARKS, 2),
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -583,35 +622,48 @@ def end_point_error(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return ((predicted - target).pow(2).sum(1) + 1e-12).sqrt().mean()
 
 
-def interocular_normalized_error(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean point error divided by the target's outer-eye-corner distance (iBUG 36, 45).
+def pupil_distance(landmarks: torch.Tensor) -> torch.Tensor:
+    """Distance between the eye centres (means of iBUG points 36-41 and 42-47).
+
+    Args:
+        landmarks: shape (..., 68, 2).
+
+    Returns:
+        distances, shape (...).
+    """
+    left = landmarks[..., LEFT_EYE, :].mean(-2)
+    right = landmarks[..., RIGHT_EYE, :].mean(-2)
+    return (right - left).norm(dim=-1)
+
+
+def pupil_normalized_l1(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute coordinate error divided by the target's inter-pupil distance (the public code's landmark loss).
 
     Invariant to the image scale, so crops of any size contribute alike.
 
     Args:
-        predicted: landmarks, shape (B, 68, 2).
-        target: landmarks, shape (B, 68, 2).
+        predicted: landmarks, shape (B, F, 68, 2) (F frames each).
+        target: landmarks, shape (B, F, 68, 2).
 
     Returns:
-        the scalar mean normalised error.
+        the scalar mean over clips and frames.
 
     Raises:
-        ValueError: shapes that differ or are not (B, 68, 2), or coincident outer eye corners.
+        ValueError: shapes that differ or are not (B, F, 68, 2), or coincident eye centres.
     """
-    if predicted.shape != target.shape or target.ndim != 3 or target.shape[1] != N_LANDMARKS:
+    if predicted.shape != target.shape or target.ndim != 4 or target.shape[-2:] != (N_LANDMARKS, 2):
         raise ValueError(
-            f"expected landmarks (B, {N_LANDMARKS}, 2) twice, got {tuple(predicted.shape)} and {tuple(target.shape)}"
+            f"expected landmarks (B, F, {N_LANDMARKS}, 2) twice, got {tuple(predicted.shape)} and {tuple(target.shape)}"
         )
-    interocular = (target[:, OUTER_EYE_CORNERS[0]] - target[:, OUTER_EYE_CORNERS[1]]).norm(dim=-1)  # (B,)
-    if torch.any(interocular <= 0):
-        raise ValueError("target landmarks have coincident outer eye corners (points 36 and 45)")
-    errors = ((predicted - target).pow(2).sum(-1) + 1e-12).sqrt().mean(-1)  # (B,)
-    return (errors / interocular).mean()
+    distance = pupil_distance(target)  # (B, F)
+    if torch.any(distance <= 0):
+        raise ValueError("target landmarks have coincident eye centres (points 36-41 and 42-47)")
+    return ((predicted - target).abs().mean(dim=(-2, -1)) / distance).mean()
 
 
 def mol_loss(output: MOLOutput, labels: torch.Tensor, config: MOLConfig, flow: torch.Tensor | None = None,
              landmarks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Cross-entropy + ``flow_weight`` * EPE + ``landmark_weight`` * inter-ocular normalised error.
+    """``mer_weight`` * cross-entropy + ``flow_weight`` * flow MSE + ``landmark_weight`` * inter-pupil normalised L1.
 
     A missing target drops its term.
 
@@ -619,22 +671,31 @@ def mol_loss(output: MOLOutput, labels: torch.Tensor, config: MOLConfig, flow: t
         output: the MOLOutput.
         labels: shape (B,) long.
         config: gives the weights.
-        flow: onset->apex target at any resolution, in pixels of that grid, shape (B, 2, H, W); resized to the
-            head's grid with its vectors rescaled.
-        landmarks: apex landmarks in input pixels, shape (B, 68, 2).
+        flow: target flow t -> t+1 of each consecutive pair at any resolution, in pixels of that grid, shape
+            (B, T-1, 2, H, W); resized to the head's grid with its vectors rescaled.
+        landmarks: landmarks of all T frames (frames 2..T are the targets) or of frames 2..T, in input pixels,
+            shape (B, T, 68, 2) or (B, T-1, 68, 2).
 
     Returns:
-        ``{"loss", "ce", and "epe"/"nme" when computed}``.
+        ``{"loss", "ce", and "flow_mse", "epe" / "nme" when computed}`` (epe: mean end-point error, for the log).
     """
     ce = F.cross_entropy(output.logits, labels)
-    loss = ce
+    loss = config.mer_weight * ce
     scalars: dict[str, torch.Tensor] = {"ce": ce.detach()}
     if flow is not None:
-        epe = end_point_error(output.flow, resize_flow(flow.to(output.flow.dtype), tuple(output.flow.shape[-2:])))
-        loss = loss + config.flow_weight * epe
-        scalars["epe"] = epe.detach()
+        b, pairs = output.flow.shape[:2]
+        if flow.ndim != 5 or tuple(flow.shape[:3]) != (b, pairs, 2):
+            raise ValueError(f"expected target flow (B, {pairs}, 2, H, W), got {tuple(flow.shape)}")
+        predicted = output.flow.flatten(0, 1)
+        target = resize_flow(flow.flatten(0, 1).to(predicted.dtype), tuple(predicted.shape[-2:]))
+        flow_mse = F.mse_loss(predicted, target)
+        loss = loss + config.flow_weight * flow_mse
+        scalars["flow_mse"] = flow_mse.detach()
+        scalars["epe"] = end_point_error(predicted.detach(), target)
     if landmarks is not None:
-        nme = interocular_normalized_error(output.landmarks, landmarks.to(output.landmarks.dtype))
+        if landmarks.ndim == 4 and landmarks.shape[1] == output.landmarks.shape[1] + 1:
+            landmarks = landmarks[:, 1:]
+        nme = pupil_normalized_l1(output.landmarks, landmarks.to(output.landmarks.dtype))
         loss = loss + config.landmark_weight * nme
         scalars["nme"] = nme.detach()
     scalars["loss"] = loss
