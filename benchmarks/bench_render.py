@@ -1,9 +1,19 @@
-"""Speed of the pure-torch renderer: median ms per frame, batch 1, 2 torch threads.
+"""Speed of the pure-torch rasterizer against pytorch3d's CPU ``rasterize_meshes``, side by side in one run.
 
 Meshes: (a) the open model (MediaPipe canonical mesh, 468 v / 898 f) and (b) a FLAME-sized procedural
 face-like cap (71 x 71 grid: 5041 v / 9800 f) of the same extent, both seen by a frontal camera that makes
-the face about 85 % of the image height. "forward" is rasterize + shade under no_grad; "forward+backward"
-also back-propagates an image loss to vertices, albedo and SH.
+the face about 85 % of the image height. Batch 1, 2 torch threads. Both rasterizers get the SAME screen
+vertices (pytorch3d's in its NDC convention, as ``rasterize(..., backend="pytorch3d")`` converts them), one
+face per pixel, a 1 px blur band (pytorch3d: ``blur_radius = (2 / size)^2``, its squared NDC distance),
+perspective-correct barycentrics; the covered-pixel counts of both are printed in the table.
+
+"forward" is the rasterizer alone under no_grad; "forward+backward" also back-propagates a loss on every
+differentiable output (ours: alpha, barycentrics, zbuf; pytorch3d: barycentrics, zbuf, dists) to the screen
+vertices. The two rasterizers alternate inside every repeat (so machine load hits both alike); medians.
+"render" columns: our whole MeshRenderer (project + rasterize + SH shade), for reference.
+
+Without pytorch3d (it is optional: ``pip install --no-deps ../shared/wheels/pytorch3d-*.whl``) the pytorch3d
+columns read "n/a".
 
 Run: python benchmarks/bench_render.py  ->  benchmarks/results/render.md
 """
@@ -20,13 +30,14 @@ import torch
 
 from microface.utils.io import write_text_atomic
 from microface.render.renderer import MeshRenderer
-from microface.render.camera import look_at_camera
+from microface.render.camera import look_at_camera, project_points
+from microface.render.rasterize import rasterize
 from microface.render.shading import sh_constant
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "render.md"
 THREADS = 2
-WARMUP, REPEATS = 3, 15
+WARMUP, REPEATS = 2, int(os.environ.get("BENCH_RENDER_REPEATS", "7"))
 DISTANCE_MM = 600.0
 FACE_HEIGHT_MM = 177.0  # the open mesh's extent in y
 
@@ -47,22 +58,61 @@ def flame_sized_mesh(n: int = 71) -> tuple[torch.Tensor, torch.Tensor]:
     return verts, faces
 
 
-def median_ms(fn) -> float:
-    for _ in range(WARMUP):
-        fn()
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000.0
 
 
-def bench(verts: torch.Tensor, faces: torch.Tensor, size: int) -> tuple[float, float, float]:
-    torch.manual_seed(0)
+def pytorch3d_rasterizer(screen: torch.Tensor, faces: torch.Tensor, size: int):
+    """(forward, forward_backward, covered pixels) closures for pytorch3d's CPU rasterizer, or None without it."""
+    try:
+        from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
+        from pytorch3d.structures import Meshes
+    except ImportError:
+        return None
+    s = float(size)
+    ndc = torch.stack([(size - 2.0 * screen[..., 0]) / s, (size - 2.0 * screen[..., 1]) / s, screen[..., 2]], -1)
+    blur = (2.0 / s) ** 2  # squared NDC distance of 1 px
+
+    def run(verts):
+        meshes = Meshes(verts=[verts[0]], faces=[faces])
+        return rasterize_meshes(meshes, image_size=size, blur_radius=blur, faces_per_pixel=1, bin_size=0,
+                                perspective_correct=True, cull_backfaces=False)
+
+    def forward():
+        with torch.no_grad():
+            return run(ndc)
+
+    def forward_backward():
+        v = ndc.clone().requires_grad_()
+        p2f, zbuf, bary, dists = run(v)
+        hit = p2f >= 0
+        (bary.square().sum() + (zbuf * hit).sum() * 1e-3 + (dists * hit).sum()).backward()
+
+    covered = int((forward()[0] >= 0).sum())
+    return forward, forward_backward, covered
+
+
+def ours_rasterizer(screen: torch.Tensor, faces: torch.Tensor, size: int):
+    """(forward, forward_backward, covered pixels) closures for microface's rasterizer."""
+
+    def forward():
+        with torch.no_grad():
+            return rasterize(screen, faces, size)
+
+    def forward_backward():
+        v = screen.clone().requires_grad_()
+        fr = rasterize(v, faces, size)
+        hit = fr.mask[..., None]
+        (fr.bary_coords.square().sum() + (fr.zbuf * hit).sum() * 1e-3 + fr.alpha.sum()).backward()
+
+    return forward, forward_backward, int(forward().mask.sum())
+
+
+def renderer_closures(verts: torch.Tensor, faces: torch.Tensor, cam, size: int):
+    """(forward, forward_backward) of the whole MeshRenderer (project + rasterize + shade)."""
     renderer = MeshRenderer()
-    cam = look_at_camera(DISTANCE_MM, 0.85 * size * DISTANCE_MM / FACE_HEIGHT_MM, size)
-    verts = verts[None]
     albedo = torch.full_like(verts, 0.7)
     sh = sh_constant(1, 0.8)
     sh[0, 2] = 0.3
@@ -77,32 +127,78 @@ def bench(verts: torch.Tensor, faces: torch.Tensor, size: int) -> tuple[float, f
         s = sh.clone().requires_grad_()
         renderer(v, faces, cam, a, s, size).image.square().mean().backward()
 
-    coverage = forward().mask.float().mean().item()
-    return median_ms(forward), median_ms(forward_backward), coverage
+    return forward, forward_backward
+
+
+def bench(verts: torch.Tensor, faces: torch.Tensor, size: int) -> dict:
+    """Median ms of every closure, all interleaved within each repeat."""
+    torch.manual_seed(0)
+    cam = look_at_camera(DISTANCE_MM, 0.85 * size * DISTANCE_MM / FACE_HEIGHT_MM, size)
+    verts = verts[None]
+    screen = project_points(verts, cam).detach()
+    ours_f, ours_fb, ours_cov = ours_rasterizer(screen, faces, size)
+    rend_f, rend_fb = renderer_closures(verts, faces, cam, size)
+    fns = {"ours_f": ours_f, "ours_fb": ours_fb, "render_f": rend_f, "render_fb": rend_fb}
+    theirs = pytorch3d_rasterizer(screen, faces, size)
+    if theirs is not None:
+        fns["p3d_f"], fns["p3d_fb"] = theirs[0], theirs[1]
+    for _ in range(WARMUP):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(REPEATS):
+        for key, fn in fns.items():
+            times[key].append(_timed(fn))
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["ours_cov"] = ours_cov
+    out["p3d_cov"] = theirs[2] if theirs is not None else None
+    return out
+
+
+def _fmt(ms) -> str:
+    return "n/a" if ms is None else (f"{ms:.2f} ms" if ms < 10 else f"{ms:.1f} ms")
+
+
+def _ratio(theirs, ours) -> str:
+    return "n/a" if theirs is None else f"{theirs / ours:.0f}x"
 
 
 def main() -> None:
     torch.set_num_threads(THREADS)
-    meshes = {"open model": open_mesh(), "FLAME-sized grid": flame_sized_mesh()}
+    load_before = os.getloadavg()[0]
+    meshes = {"open model (468 v / 898 f)": open_mesh(), "FLAME-sized (5041 v / 9800 f)": flame_sized_mesh()}
     rows = []
     for name, (verts, faces) in meshes.items():
         for size in (128, 224):
-            fwd, fwd_bwd, coverage = bench(verts, faces, size)
-            rows.append((name, verts.shape[0], faces.shape[0], size, coverage, fwd, fwd_bwd))
-            print(f"{name:18s} {size}x{size}: forward {fwd:6.1f} ms, forward+backward {fwd_bwd:6.1f} ms")
+            r = bench(verts, faces, size)
+            rows.append((name, size, r))
+            print(f"{name:30s} {size}x{size}: ours {r['ours_f']:.2f} / {r['ours_fb']:.2f} ms, pytorch3d "
+                  f"{r.get('p3d_f')} / {r.get('p3d_fb')} ms, covered {r['ours_cov']} / {r['p3d_cov']}")
+    load_after = os.getloadavg()[0]
+    import importlib.util
+
+    p3d = "pytorch3d " + __import__("pytorch3d").__version__ if importlib.util.find_spec("pytorch3d") else "no pytorch3d"
     lines = [
-        "# Renderer speed (pure torch, CPU)",
+        "# Renderer speed: microface's rasterizer vs pytorch3d's CPU rasterize_meshes (one run)",
         "",
         f"Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores visible, "
-        f"torch {torch.__version__}, torch threads = {torch.get_num_threads()}, Python {platform.python_version()}.",
-        f"Median of {REPEATS} runs after {WARMUP} warm-up runs; batch 1; rasterize + SH shade; "
-        "blur radius 1 px. Command: `python benchmarks/bench_render.py`.",
+        f"torch {torch.__version__}, {p3d}, torch threads = {torch.get_num_threads()}, Python "
+        f"{platform.python_version()}; load average (1 min) {load_before:.1f} before, {load_after:.1f} after "
+        "(other jobs shared the machine: absolute times are noisy, the two rasterizers alternate so ratios are fair).",
+        f"Median of {REPEATS} interleaved repeats after {WARMUP} warm-up rounds; batch 1; same screen vertices; "
+        "one face per pixel; 1 px blur band; perspective-correct. Command: `python benchmarks/bench_render.py`.",
         "",
-        "| mesh | vertices | faces | image | face pixels | forward (ms) | forward+backward (ms) |",
-        "|---|---|---|---|---|---|---|",
+        "| mesh | image | covered px (ours / pytorch3d) | ours, forward | pytorch3d | ratio | ours, forward+backward "
+        "| pytorch3d | ratio | our render (raster + shade), forward / forward+backward |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, nv, nf, size, coverage, fwd, fwd_bwd in rows:
-        lines.append(f"| {name} | {nv} | {nf} | {size}x{size} | {coverage:.0%} | {fwd:.1f} | {fwd_bwd:.1f} |")
+    for name, size, r in rows:
+        lines.append(
+            f"| {name} | {size}x{size} | {r['ours_cov']} / {r['p3d_cov'] if r['p3d_cov'] is not None else 'n/a'} "
+            f"| {_fmt(r['ours_f'])} | {_fmt(r.get('p3d_f'))} | {_ratio(r.get('p3d_f'), r['ours_f'])} "
+            f"| {_fmt(r['ours_fb'])} | {_fmt(r.get('p3d_fb'))} | {_ratio(r.get('p3d_fb'), r['ours_fb'])} "
+            f"| {_fmt(r['render_f'])} / {_fmt(r['render_fb'])} |"
+        )
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic("\n".join(lines) + "\n", RESULT)
     print(f"wrote {RESULT}")

@@ -201,14 +201,18 @@ def _edge_twins(faces: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _contour_edges(faces: torch.Tensor, clockwise: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def _contour_edges(
+    faces: torch.Tensor, clockwise: torch.Tensor, valid: torch.Tensor, twin: torch.Tensor | None = None
+) -> torch.Tensor:
     """Screen-space contour edges: open edges, or edges whose two faces face opposite ways on screen.
 
-    faces (F, 3); clockwise, valid: (B * F,) per packed face -> (B * F, 3) bool.
+    faces (F, 3); clockwise, valid: (B * F,) per packed face; twin: :func:`_edge_twins` of faces when known
+    -> (B * F, 3) bool.
     """
     F = faces.shape[0]
     B = clockwise.shape[0] // max(F, 1)
-    twin = _edge_twins(faces)  # (F, 3)
+    if twin is None:
+        twin = _edge_twins(faces)  # (F, 3)
     packed_twin = (twin[None] + F * torch.arange(B, device=faces.device)[:, None, None]).reshape(B * F, 3)
     has_twin = (twin >= 0)[None].expand(B, F, 3).reshape(B * F, 3)
     safe = torch.where(has_twin, packed_twin, 0)
@@ -246,36 +250,68 @@ def _face_pixel_ranges(tri: torch.Tensor, H: int, W: int, margin: float):
     return col0, row0, ncols, nrows
 
 
-@dataclass
-class _Candidates:
-    """(pixel, face) pairs found without grad. pixel: flat index ``b*H*W + row*W + col``; face: packed id."""
+def _box_pixels(
+    face_ids: torch.Tensor, col0: torch.Tensor, row0: torch.Tensor, ncols: torch.Tensor, counts: torch.Tensor
+):
+    """Pixels of each listed face's box, face-major then row-major, in chunks of bounded size.
 
-    pixel: torch.Tensor
-    face: torch.Tensor
-    depth: torch.Tensor  # (N,) depth at the pixel centre, +inf when the centre is outside the face
-    approx_distance: torch.Tensor  # (N,) min signed distance to the edge LINES (exact inside, bound outside)
-    clockwise: torch.Tensor  # (P,) bool per packed face: negative signed area in screen space
-    valid: torch.Tensor  # (P,) bool per packed face: rasterized at all (finite, not degenerate, in front)
+    face_ids (K,) packed faces; col0, row0, ncols, counts (P,) per packed face (counts = ncols * nrows).
+    Yields (f, row, col), each (N,) long: the packed face and pixel of every (face, pixel) pair of a chunk.
+    """
+    if face_ids.numel() == 0:
+        return
+    device = face_ids.device
+    cnt_all = counts[face_ids]
+    cum = torch.cumsum(cnt_all, 0)
+    ints = torch.stack([face_ids, col0[face_ids], row0[face_ids], ncols[face_ids], cum - cnt_all], -1)  # (K, 5)
+    cum_list = cum.tolist() if face_ids.numel() < 65536 else None
+    start, n = 0, face_ids.numel()
+    while start < n:
+        # largest run of faces whose candidates fit in one chunk (at least one face)
+        done_before = (cum_list[start - 1] if cum_list is not None else int(cum[start - 1])) if start > 0 else 0
+        stop = int(torch.searchsorted(cum, done_before + _MAX_CANDIDATES_PER_CHUNK, right=True))
+        stop = max(stop, start + 1)
+        cnt = cnt_all[start:stop]
+        total = (cum_list[stop - 1] if cum_list is not None else int(cum[stop - 1])) - done_before
+        per = torch.repeat_interleave(ints[start:stop], cnt, dim=0, output_size=total)  # (N, 5)
+        local = torch.arange(done_before, done_before + total, device=device) - per[:, 4]
+        nc = per[:, 3]
+        q = torch.div(local, nc, rounding_mode="floor")
+        yield per[:, 0], per[:, 2] + q, per[:, 1] + (local - q * nc)
+        start = stop
+
+
+class _MeshConstants:
+    """Topology work done once per faces tensor (edge twins), reused while the same faces come back."""
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def twins(self, faces: torch.Tensor) -> torch.Tensor:
+        """faces (F, 3) -> :func:`_edge_twins` (F, 3), cached by value (the check is one comparison)."""
+        for key, twin in self._entries:
+            if key.shape == faces.shape and key.device == faces.device and torch.equal(key, faces):
+                return twin
+        twin = _edge_twins(faces)
+        self._entries = [(faces.detach().clone(), twin)] + self._entries[:3]
+        return twin
+
+
+_MESH_CONSTANTS = _MeshConstants()
 
 
 @torch.no_grad()
-def _enumerate_candidates(
-    tri: torch.Tensor, H: int, W: int, faces_per_mesh: int, margin: float, perspective_correct: bool
-) -> _Candidates:
-    """All (pixel, face) pairs whose pixel centre lies within ``margin`` px of the face's bbox.
+def _face_tables(tri: torch.Tensor, perspective_correct: bool):
+    """Per packed face: barycentric planes, corner heights, depth coefficients, validity and winding.
 
-    tri: (B*F, 3, 3) packed screen triangles (detached). Vectorised over faces and pixels in chunks.
+    tri: (P, 3, 3) detached -> a, b, c, height, depth_coef (P, 3) each, with ``l_k(p) = a_k p_x + b_k p_y + c_k``
+    the barycentric k as an affine function of the pixel centre; area (P,); valid (P,) bool.
     """
-    device = tri.device
     x, y, z = tri[..., 0], tri[..., 1], tri[..., 2]
     area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
     valid = torch.isfinite(tri).all(-1).all(-1) & (area.abs() > 1e-12)
     if perspective_correct:
         valid &= (z > 0).all(-1)  # no near-plane clipping: faces touching or behind the camera are dropped
-    col0, row0, ncols, nrows = _face_pixel_ranges(torch.where(valid[:, None, None], tri, 0.0), H, W, margin)
-    counts = torch.where(valid, ncols * nrows, 0)
-    face_ids = torch.nonzero(counts, as_tuple=True)[0]
-    # l_k(p) = a_k * p_x + b_k * p_y + c_k: barycentric k as an affine function of the pixel centre
     x1, x2, y1, y2 = x.roll(-1, 1), x.roll(-2, 1), y.roll(-1, 1), y.roll(-2, 1)
     a = (y1 - y2) / area[:, None]
     b = (x2 - x1) / area[:, None]
@@ -283,50 +319,95 @@ def _enumerate_candidates(
     # height of corner k over the opposite edge: turns l_k into a signed distance in pixels
     height = area.abs()[:, None] / torch.sqrt((x1 - x2) ** 2 + (y1 - y2) ** 2).clamp_min(1e-12)
     depth_coef = 1.0 / z if perspective_correct else z
+    return a, b, c, height, depth_coef, area, valid
 
-    # one gather per candidate instead of one per coefficient: indexing dominates the cost on CPU
-    table = torch.cat(
-        [a, b, c, height, depth_coef, torch.stack([col0, row0, ncols], -1).to(tri.dtype)], dim=-1
-    )  # (P, 18)
 
-    pixels, faces_out, depths, dists = [], [], [], []
-    cum = torch.cumsum(counts[face_ids], 0)
-    start = 0
-    while start < face_ids.numel():
-        # largest run of faces whose candidates fit in one chunk (at least one face)
-        done_before = int(cum[start - 1]) if start > 0 else 0
-        stop = int(torch.searchsorted(cum, done_before + _MAX_CANDIDATES_PER_CHUNK, right=True))
-        stop = max(stop, start + 1)
-        fid = face_ids[start:stop]
-        cnt = counts[fid]
-        rep = torch.repeat_interleave(torch.arange(fid.numel(), device=device), cnt)
-        offsets = torch.cumsum(cnt, 0) - cnt
-        local = torch.arange(rep.numel(), device=device) - offsets[rep]
-        f = fid[rep]
-        t = table[f]
-        nc = t[:, 17].long()
-        q = local // nc
-        col = t[:, 15].long() + (local - q * nc)
-        row = t[:, 16].long() + q
-        pcx = col.to(tri.dtype) + 0.5
-        pcy = row.to(tri.dtype) + 0.5
+def _box_counts(tri: torch.Tensor, valid: torch.Tensor, H: int, W: int, margin: float):
+    """Per packed face: its pixel box grown by ``margin`` -> col0, row0, ncols, nrows, counts (P,) long."""
+    col0, row0, ncols, nrows = _face_pixel_ranges(torch.where(valid[:, None, None], tri, 0.0), H, W, margin)
+    return col0, row0, ncols, nrows, torch.where(valid, ncols * nrows, 0)
+
+
+@torch.no_grad()
+def _visible_faces(tri, planes, depth_coef, valid, H: int, W: int, faces_per_mesh: int, perspective_correct: bool):
+    """Hard visibility: per pixel the nearest face whose interior holds the pixel centre -> (B*H*W,) long, -1 none.
+
+    Only each face's own pixel box is visited (a centre inside a face lies in its box); ties in depth go to the
+    largest packed face id, as when every face's grown box was visited in face order.
+    """
+    a, b, c = planes
+    col0, row0, ncols, _, counts = _box_counts(tri, valid, H, W, 0.0)
+    face_ids = torch.nonzero(counts, as_tuple=True)[0]
+    dtype = tri.dtype
+    pixels, faces_out, depths = [], [], []
+    table = torch.cat([a, b, c, depth_coef], -1)  # (P, 12): one gather per pair
+    for f, row, col in _box_pixels(face_ids, col0, row0, ncols, counts):
+        t = table.index_select(0, f)
+        pcx = col.to(dtype) + 0.5
+        pcy = row.to(dtype) + 0.5
+        lam = t[:, 0:3] * pcx[:, None] + t[:, 3:6] * pcy[:, None] + t[:, 6:9]  # (N, 3)
+        ins = torch.nonzero(lam.amin(-1) >= 0, as_tuple=True)[0]
+        weighted = (lam.index_select(0, ins) * t.index_select(0, ins)[:, 9:12]).sum(-1)
+        depths.append(1.0 / weighted if perspective_correct else weighted)
+        fi = f.index_select(0, ins)
+        pixels.append(
+            torch.div(fi, faces_per_mesh, rounding_mode="floor") * (H * W)
+            + row.index_select(0, ins) * W + col.index_select(0, ins)
+        )
+        faces_out.append(fi)
+    n_pixels = (tri.shape[0] // max(faces_per_mesh, 1)) * H * W
+    if not pixels:
+        return torch.full((n_pixels,), -1, dtype=torch.long, device=tri.device)
+    pixel, face, depth = torch.cat(pixels), torch.cat(faces_out), torch.cat(depths)
+    pick = _select_per_pixel(pixel, depth, n_pixels, largest=False)
+    return torch.where(pick >= 0, face.index_select(0, pick.clamp_min(0)), -1)
+
+
+@torch.no_grad()
+def _band_pairs(
+    tri, planes, height, valid, covered, contour_face, H: int, W: int, faces_per_mesh: int, margin: float
+):
+    """(pixel, face) pairs whose signed distance (to the edge lines) lies in (-margin, margin) and that matter
+    for the soft coverage: an uncovered pixel with any face, or a covered pixel with a face with a contour edge.
+
+    Faces without a contour edge whose grown box holds no uncovered pixel cannot give such a pair and are skipped
+    (a summed-area table of the uncovered pixels answers that per face in four look-ups). Returns pixel, face (N,)
+    long, in face-major, row-major order within each face.
+    """
+    a, b, c = planes
+    B = tri.shape[0] // max(faces_per_mesh, 1)
+    col0, row0, ncols, nrows, counts = _box_counts(tri, valid, H, W, margin)
+    uncovered = (~covered).reshape(B, H, W).to(torch.int32)
+    sat = torch.zeros(B, H + 1, W + 1, dtype=torch.int32, device=tri.device)
+    sat[:, 1:, 1:] = uncovered.cumsum(1).cumsum(2)
+    batch = torch.div(torch.arange(tri.shape[0], device=tri.device), faces_per_mesh, rounding_mode="floor")
+    flat = sat.reshape(-1)
+    base = batch * ((H + 1) * (W + 1))
+    r0, r1 = row0.clamp(0, H), (row0 + nrows).clamp(0, H)
+    c0, c1 = col0.clamp(0, W), (col0 + ncols).clamp(0, W)
+    n_uncovered = (
+        flat[base + r1 * (W + 1) + c1] - flat[base + r0 * (W + 1) + c1]
+        - flat[base + r1 * (W + 1) + c0] + flat[base + r0 * (W + 1) + c0]
+    )
+    face_ids = torch.nonzero((counts > 0) & (contour_face | (n_uncovered > 0)), as_tuple=True)[0]
+    dtype = tri.dtype
+    pixels, faces_out = [], []
+    table = torch.cat([a, b, c, height], -1)  # (P, 12)
+    for f, row, col in _box_pixels(face_ids, col0, row0, ncols, counts):
+        t = table.index_select(0, f)
+        pcx = col.to(dtype) + 0.5
+        pcy = row.to(dtype) + 0.5
         lam = t[:, 0:3] * pcx[:, None] + t[:, 3:6] * pcy[:, None] + t[:, 6:9]  # (N, 3)
         dist = (lam * t[:, 9:12]).amin(-1)
-        inside = lam.amin(-1) >= 0
-        weighted = (lam * t[:, 12:15]).sum(-1)
-        depth = 1.0 / weighted if perspective_correct else weighted
-        depth = torch.where(inside, depth, torch.full_like(depth, float("inf")))
-        batch = f // faces_per_mesh
-        pixels.append(batch * (H * W) + row * W + col)
-        faces_out.append(f)
-        depths.append(depth)
-        dists.append(dist)
-        start = stop
+        pixel = torch.div(f, faces_per_mesh, rounding_mode="floor") * (H * W) + row * W + col
+        keep = (dist > -margin) & (dist < margin) & (~covered.index_select(0, pixel) | contour_face.index_select(0, f))
+        keep = torch.nonzero(keep, as_tuple=True)[0]
+        pixels.append(pixel.index_select(0, keep))
+        faces_out.append(f.index_select(0, keep))
     if not pixels:
-        empty_l = torch.zeros(0, dtype=torch.long, device=device)
-        empty_f = torch.zeros(0, dtype=tri.dtype, device=device)
-        return _Candidates(empty_l, empty_l, empty_f, empty_f, area < 0, valid)
-    return _Candidates(torch.cat(pixels), torch.cat(faces_out), torch.cat(depths), torch.cat(dists), area < 0, valid)
+        empty = torch.zeros(0, dtype=torch.long, device=tri.device)
+        return empty, empty
+    return torch.cat(pixels), torch.cat(faces_out)
 
 
 @torch.no_grad()
@@ -338,9 +419,9 @@ def _select_per_pixel(pixel: torch.Tensor, key: torch.Tensor, n_pixels: int, lar
     fill = float("-inf") if largest else float("inf")
     best = torch.full((n_pixels,), fill, dtype=key.dtype, device=key.device)
     best.scatter_reduce_(0, pixel, key, reduce="amax" if largest else "amin", include_self=True)
-    winner = torch.nonzero(key == best[pixel], as_tuple=True)[0]
+    winner = torch.nonzero(key == best.index_select(0, pixel), as_tuple=True)[0]
     out = torch.full((n_pixels,), -1, dtype=torch.long, device=key.device)
-    out.scatter_reduce_(0, pixel[winner], winner, reduce="amax", include_self=True)
+    out.scatter_reduce_(0, pixel.index_select(0, winner), winner, reduce="amax", include_self=True)
     return out
 
 
@@ -429,31 +510,30 @@ def rasterize(
     n_pixels = B * H * W
     tri = _packed_triangles(screen_vertices, faces)  # (B*F, 3, 3), carries grad
 
-    cand = _enumerate_candidates(tri.detach(), H, W, F, blur_radius_px, perspective_correct)
     with torch.no_grad():
+        tri_d = tri.detach()
+        a, b, c, height, depth_coef, area, valid = _face_tables(tri_d, perspective_correct)
         if backend == "pytorch3d":
             p2f_flat = _pytorch3d_pix_to_face(screen_vertices, faces, H, W, perspective_correct)
         else:
-            inside = torch.nonzero(torch.isfinite(cand.depth), as_tuple=True)[0]
-            pick = _select_per_pixel(cand.pixel[inside], cand.depth[inside], n_pixels, largest=False)
-            p2f_flat = torch.where(pick >= 0, cand.face[inside][pick.clamp_min(0)], -1)
+            p2f_flat = _visible_faces(tri_d, (a, b, c), depth_coef, valid, H, W, F, perspective_correct)
         covered = p2f_flat >= 0
-        contour = _contour_edges(faces, cand.clockwise, cand.valid)
+        contour = _contour_edges(faces, area < 0, valid, _MESH_CONSTANTS.twins(faces))
         # a signed distance within the band (the outside bound only over-includes, never misses a pair);
         # covered pixels only need faces with a contour edge, which drops most pairs of dense meshes
-        active = (cand.approx_distance > -blur_radius_px) & (cand.approx_distance < blur_radius_px)
-        active &= ~covered[cand.pixel] | contour.any(-1)[cand.face]
-        act_pixel, act_face = cand.pixel[active], cand.face[active]
+        act_pixel, act_face = _band_pairs(
+            tri_d, (a, b, c), height, valid, covered, contour.any(-1), H, W, F, blur_radius_px
+        )
 
     # differentiable part: barycentrics and depth of the visible faces, recomputed from the vertices
     fg = torch.nonzero(covered, as_tuple=True)[0]
-    bary_fg, depth_fg = _barycentric(tri[p2f_flat[fg]], _pixel_centres(fg, H, W, dtype), perspective_correct)
+    bary_fg, depth_fg = _barycentric(tri.index_select(0, p2f_flat.index_select(0, fg)), _pixel_centres(fg, H, W, dtype), perspective_correct)
     bary = torch.zeros(n_pixels, 3, dtype=dtype, device=device).index_put((fg,), bary_fg)
     zbuf = torch.full((n_pixels,), -1.0, dtype=dtype, device=device).index_put((fg,), depth_fg)
 
     # soft coverage = S(signed distance to the silhouette), from the faces near each pixel
     centres = _pixel_centres(act_pixel, H, W, dtype)
-    line_dist, seg_dist2, foot, outward = _edge_geometry(tri[act_face][..., :2], centres)
+    line_dist, seg_dist2, foot, outward = _edge_geometry(tri.index_select(0, act_face)[..., :2], centres)
     inner = line_dist.amin(-1)
     signed = torch.where(inner >= 0, inner, -_safe_sqrt(seg_dist2.amin(-1)))
 

@@ -1,0 +1,559 @@
+"""The rasterizer as of commit c72562b (before the issue-20 speed-up), kept verbatim as the reference that
+tests/test_render.py compares the current one against: same fragments, same gradients. Not imported by microface.
+
+Original module docstring:
+
+
+The API imitates pytorch3d (a renderer is a rasterizer plus a shader; fragments are a plain structure with
+``pix_to_face``, ``bary_coords``, ``zbuf``) so code that consumes fragments (DGMD's pixel-vertex pooling)
+runs unchanged on the optional pytorch3d backend.
+
+Shapes: B batch, V vertices, F faces (per mesh), H/W image size, C channels.
+
+Conventions
+-----------
+World frame: the face model's (millimetres, +x subject's left, +y up, +z out of the face toward a frontal
+camera). Camera frame: OpenCV's (+x right in the image, +y down in the image, +z forward along the optical
+axis, so depth is positive in front of the camera and larger farther away). A camera holds world->camera
+``X_cam = X_world @ R^T + t``. The frontal camera of :func:`look_at_camera` is ``R = diag(1, -1, -1)``,
+``t = (0, 0, distance)``: world +x (the subject's left) lands on the image's right, world +y on the image's
+top, exactly as a camera facing the subject sees it (no mirroring).
+
+Screen space: ``(x_px, y_px, depth)``; x to the right, y DOWN, in pixels, with pixel ``(row i, col j)``
+centred at ``(j + 0.5, i + 0.5)``; depth is the camera-frame z in millimetres (also for weak perspective,
+where it only serves the z-test).
+
+Fragments (``faces_per_pixel = 1``):
+- ``pix_to_face (B, H, W, 1)`` long: index into the PACKED faces, ``b * F + f`` (pytorch3d's convention),
+  ``-1`` on background. Recover the per-mesh face with ``pix_to_face % F``. Only faces whose interior
+  contains the pixel centre are reported (the blur radius never widens it), so it is an exact
+  pixel -> face correspondence.
+- ``bary_coords (B, H, W, 1, 3)``: barycentric weights of the pixel centre in that face, perspective-correct
+  for perspective cameras (screen-space weights ``l_k`` become ``(l_k / z_k) / sum_j (l_j / z_j)``, which are
+  the weights of the 3D surface point); zeros on background. They are differentiable w.r.t. the screen
+  vertices: visibility is found without grad, the weights are then recomputed from the vertices.
+- ``zbuf (B, H, W, 1)``: depth of the surface point at the pixel centre (``sum_k bary_k z_k``), ``-1`` on
+  background.
+- ``alpha (B, H, W)``: soft coverage in [0, 1] for anti-aliasing and silhouette gradients (see
+  :func:`rasterize`).
+- ``fringe_face``, ``fringe_bary``: for pixels just outside the silhouette (no face, ``alpha > 0``), the
+  nearest face within the blur radius and the barycentrics of the pixel centre clipped to that triangle,
+  so the anti-aliased fringe can be coloured like the surface next to it. ``-1`` / zeros elsewhere.
+
+Example
+-------
+>>> import torch
+>>> from microface.render import MeshRenderer, look_at_camera, sh_constant
+>>> cam = look_at_camera(500.0, 300.0, (64, 64), batch_size=1)
+>>> verts = torch.tensor([[[-40.0, -40.0, 0.0], [40.0, -40.0, 0.0], [0.0, 40.0, 0.0]]])
+>>> faces = torch.tensor([[0, 1, 2]])
+>>> out = MeshRenderer()(verts, faces, cam, torch.ones(1, 3, 3), sh_constant(1, 1.0), (64, 64))
+>>> tuple(out.image.shape), bool(out.mask.any())
+((1, 3, 64, 64), True)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from microface.render.camera import _size_hw
+
+__all__ = ["Fragments", "rasterize", "interpolate_vertex_attributes", "packed_pix_to_face"]
+
+# Faces enumerated per vectorised chunk of (pixel, face) candidates: bounds peak memory at a few hundred MB.
+_MAX_CANDIDATES_PER_CHUNK = 1 << 22
+
+
+# ---------------------------------------------------------------------------------------- rasterizer
+@dataclass
+class Fragments:
+    """Per-pixel rasterization result (see the module docstring for exact conventions).
+
+    Attributes:
+        pix_to_face: long, packed face index ``b * F + f``, -1 background, shape (B, H, W, 1).
+        bary_coords: perspective-correct barycentrics (zeros on background), differentiable, shape (B, H, W, 1, 3).
+        zbuf: depth in mm of the surface point, -1 background, differentiable, shape (B, H, W, 1).
+        alpha: soft coverage in [0, 1], differentiable w.r.t. screen vertices, shape (B, H, W).
+        fringe_face: long, nearest face for pixels in the anti-aliased fringe outside the mesh, else -1,
+            shape (B, H, W, 1).
+        fringe_bary: barycentrics clipped to that face, else zeros, shape (B, H, W, 1, 3).
+    """
+
+    pix_to_face: torch.Tensor
+    bary_coords: torch.Tensor
+    zbuf: torch.Tensor
+    alpha: torch.Tensor
+    fringe_face: torch.Tensor
+    fringe_bary: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """Bool, pixels whose centre lies on a face, shape (B, H, W)."""
+        return self.pix_to_face[..., 0] >= 0
+
+
+def _check_mesh(screen_vertices: torch.Tensor, faces: torch.Tensor) -> None:
+    if screen_vertices.ndim != 3 or screen_vertices.shape[-1] != 3:
+        raise ValueError(f"screen_vertices: expected (B, V, 3), got {tuple(screen_vertices.shape)}")
+    if faces.ndim != 2 or faces.shape[-1] != 3 or faces.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"faces: expected (F, 3) integer tensor, got {tuple(faces.shape)} {faces.dtype}")
+    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= screen_vertices.shape[1]):
+        raise ValueError(
+            f"faces: indices must lie in [0, {screen_vertices.shape[1]}), found "
+            f"[{int(faces.min())}, {int(faces.max())}]"
+        )
+
+
+def _packed_triangles(screen_vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """screen_vertices (B, V, 3), faces (F, 3) -> packed triangles (B * F, 3 corners, 3)."""
+    B = screen_vertices.shape[0]
+    return screen_vertices[:, faces.long()].reshape(B * faces.shape[0], 3, 3)
+
+
+def _barycentric(
+    tri: torch.Tensor, px: torch.Tensor, perspective_correct: bool, clip: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Barycentrics of 2D points in screen triangles.
+
+    tri: (P, 3, 3) screen corners; px: (P, 2) points -> (bary (P, 3), depth (P,)).
+    ``clip`` clamps negative weights to 0 and renormalises (pytorch3d's clip_barycentric_coords).
+    """
+    x, y, z = tri.unbind(-1)  # each (P, 3)
+    # l_k = signed area of the sub-triangle opposite corner k / signed area of the triangle
+    x0, x1, x2 = x.unbind(-1)
+    y0, y1, y2 = y.unbind(-1)
+    px_x, px_y = px.unbind(-1)
+    area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+    w0 = (x1 - px_x) * (y2 - px_y) - (x2 - px_x) * (y1 - px_y)
+    w1 = (x2 - px_x) * (y0 - px_y) - (x0 - px_x) * (y2 - px_y)
+    w2 = (x0 - px_x) * (y1 - px_y) - (x1 - px_x) * (y0 - px_y)
+    bary = torch.stack([w0, w1, w2], dim=-1) / area[:, None]
+    if clip:
+        bary = bary.clamp_min(0.0)
+        bary = bary / bary.sum(-1, keepdim=True).clamp_min(1e-12)
+    if perspective_correct:
+        # screen-linear weights interpolate 1/z; dividing by z_k turns them into 3D surface weights
+        weighted = bary / z
+        inv_depth = weighted.sum(-1)
+        bary = weighted / inv_depth[:, None]
+    depth = (bary * z).sum(-1)
+    return bary, depth
+
+
+def _edge_geometry(tri2d: torch.Tensor, px: torch.Tensor):
+    """Distances from points to the edges of screen triangles; edge k runs from corner k to corner k+1.
+
+    tri2d: (P, 3, 2), px: (P, 2) -> line_dist (P, 3) signed distance to each edge LINE (inside positive),
+    seg_dist2 (P, 3) squared distance to each edge SEGMENT, foot (P, 3, 2) nearest point on each segment,
+    outward (P, 3, 2) unit outward normal of each edge.
+    """
+    a = tri2d
+    e = tri2d.roll(-1, dims=1) - a  # (P, 3, 2)
+    rel = px[:, None, :] - a  # (P, 3, 2)
+    area = e[:, 0, 0] * (-e[:, 2, 1]) - e[:, 0, 1] * (-e[:, 2, 0])  # cross(p1 - p0, p2 - p0)
+    orient = torch.sign(area)[:, None]
+    edge_len = (e * e).sum(-1).clamp_min(1e-24).sqrt()
+    # cross(e, rel) has the sign of the triangle's area on the inner side of the edge
+    line_dist = (e[..., 0] * rel[..., 1] - e[..., 1] * rel[..., 0]) * orient / edge_len
+    s = ((rel * e).sum(-1) / (edge_len * edge_len)).clamp(0.0, 1.0)
+    foot = a + s[..., None] * e
+    seg = px[:, None, :] - foot
+    seg_dist2 = (seg * seg).sum(-1)
+    outward = torch.stack([e[..., 1], -e[..., 0]], dim=-1) * (orient / edge_len)[..., None]
+    return line_dist, seg_dist2, foot, outward
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    # clamp keeps the gradient finite at 0 (a pixel centre exactly on an edge)
+    return x.clamp_min(1e-20).sqrt()
+
+
+def _signed_distance(tri2d: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+    """Signed distance (pixels, inside positive) from points to screen triangles. (P, 3, 2), (P, 2) -> (P,).
+
+    Inside: distance to the nearest edge line; outside: minus the distance to the nearest edge segment.
+    Continuous and zero on the boundary.
+    """
+    line_dist, seg_dist2, _, _ = _edge_geometry(tri2d, px)
+    inside = line_dist.amin(-1)
+    return torch.where(inside >= 0, inside, -_safe_sqrt(seg_dist2.amin(-1)))
+
+
+def _edge_twins(faces: torch.Tensor) -> torch.Tensor:
+    """Neighbour across each edge. faces (F, 3) -> (F, 3) long face index, -1 on open or non-manifold edges.
+
+    Edge k of face f runs from corner k to corner k+1 (half-edge id ``3 f + k``).
+    """
+    faces = faces.long()
+    u, v = faces, faces.roll(-1, dims=1)
+    n_vertices = int(faces.max()) + 1 if faces.numel() else 1
+    key = (torch.minimum(u, v) * n_vertices + torch.maximum(u, v)).reshape(-1)
+    order = torch.argsort(key, stable=True)
+    sorted_key = key[order]
+    _, inverse, counts = torch.unique_consecutive(sorted_key, return_inverse=True, return_counts=True)
+    paired = counts[inverse] == 2
+    n = key.numel()
+    pos = torch.arange(n, device=faces.device)
+    with_next = torch.zeros(n, dtype=torch.bool, device=faces.device)
+    with_next[:-1] = sorted_key[:-1] == sorted_key[1:]
+    partner_pos = torch.where(with_next, pos + 1, pos - 1)
+    twin_sorted = torch.where(paired, order[partner_pos.clamp(0, max(n - 1, 0))], -1)
+    twin = torch.empty_like(twin_sorted)
+    twin[order] = twin_sorted
+    return torch.where(twin >= 0, twin // 3, -1).reshape(faces.shape)
+
+
+@torch.no_grad()
+def _contour_edges(faces: torch.Tensor, clockwise: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Screen-space contour edges: open edges, or edges whose two faces face opposite ways on screen.
+
+    faces (F, 3); clockwise, valid: (B * F,) per packed face -> (B * F, 3) bool.
+    """
+    F = faces.shape[0]
+    B = clockwise.shape[0] // max(F, 1)
+    twin = _edge_twins(faces)  # (F, 3)
+    packed_twin = (twin[None] + F * torch.arange(B, device=faces.device)[:, None, None]).reshape(B * F, 3)
+    has_twin = (twin >= 0)[None].expand(B, F, 3).reshape(B * F, 3)
+    safe = torch.where(has_twin, packed_twin, 0)
+    flipped = clockwise[safe] != clockwise[:, None]
+    return ~has_twin | flipped | ~valid[safe]
+
+
+def _smoothstep_coverage(signed_distance: torch.Tensor, radius: float) -> torch.Tensor:
+    """Cubic smoothstep of the signed distance over [-radius, radius]: 0 outside, 1 deep inside, C1.
+
+    Symmetric, S(-d) = 1 - S(d): what it adds just outside an edge it removes just inside, so the
+    alpha-weighted area of a straight edge is exact. signed_distance (...) -> (...).
+    """
+    u = ((signed_distance + radius) / (2.0 * radius)).clamp(0.0, 1.0)
+    return u * u * (3.0 - 2.0 * u)
+
+
+def _face_pixel_ranges(tri: torch.Tensor, H: int, W: int, margin: float):
+    """Inclusive pixel index ranges of each packed face's bbox grown by ``margin`` px, clamped to the image.
+
+    tri: (P, 3, 3) -> col0, row0, ncols, nrows, each (P,) long (zero counts for faces off-screen).
+    """
+    xmin = tri[..., 0].amin(-1) - margin
+    xmax = tri[..., 0].amax(-1) + margin
+    ymin = tri[..., 1].amin(-1) - margin
+    ymax = tri[..., 1].amax(-1) + margin
+    # pixel j has its centre at j + 0.5: j in [ceil(xmin - 0.5), floor(xmax - 0.5)]
+    big = float(max(H, W) + 2)
+    col0 = torch.ceil(xmin - 0.5).clamp(-1, big).long().clamp_min(0)
+    col1 = torch.floor(xmax - 0.5).clamp(-1, big).long().clamp_max(W - 1)
+    row0 = torch.ceil(ymin - 0.5).clamp(-1, big).long().clamp_min(0)
+    row1 = torch.floor(ymax - 0.5).clamp(-1, big).long().clamp_max(H - 1)
+    ncols = (col1 - col0 + 1).clamp_min(0)
+    nrows = (row1 - row0 + 1).clamp_min(0)
+    return col0, row0, ncols, nrows
+
+
+@dataclass
+class _Candidates:
+    """(pixel, face) pairs found without grad. pixel: flat index ``b*H*W + row*W + col``; face: packed id."""
+
+    pixel: torch.Tensor
+    face: torch.Tensor
+    depth: torch.Tensor  # (N,) depth at the pixel centre, +inf when the centre is outside the face
+    approx_distance: torch.Tensor  # (N,) min signed distance to the edge LINES (exact inside, bound outside)
+    clockwise: torch.Tensor  # (P,) bool per packed face: negative signed area in screen space
+    valid: torch.Tensor  # (P,) bool per packed face: rasterized at all (finite, not degenerate, in front)
+
+
+@torch.no_grad()
+def _enumerate_candidates(
+    tri: torch.Tensor, H: int, W: int, faces_per_mesh: int, margin: float, perspective_correct: bool
+) -> _Candidates:
+    """All (pixel, face) pairs whose pixel centre lies within ``margin`` px of the face's bbox.
+
+    tri: (B*F, 3, 3) packed screen triangles (detached). Vectorised over faces and pixels in chunks.
+    """
+    device = tri.device
+    x, y, z = tri[..., 0], tri[..., 1], tri[..., 2]
+    area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
+    valid = torch.isfinite(tri).all(-1).all(-1) & (area.abs() > 1e-12)
+    if perspective_correct:
+        valid &= (z > 0).all(-1)  # no near-plane clipping: faces touching or behind the camera are dropped
+    col0, row0, ncols, nrows = _face_pixel_ranges(torch.where(valid[:, None, None], tri, 0.0), H, W, margin)
+    counts = torch.where(valid, ncols * nrows, 0)
+    face_ids = torch.nonzero(counts, as_tuple=True)[0]
+    # l_k(p) = a_k * p_x + b_k * p_y + c_k: barycentric k as an affine function of the pixel centre
+    x1, x2, y1, y2 = x.roll(-1, 1), x.roll(-2, 1), y.roll(-1, 1), y.roll(-2, 1)
+    a = (y1 - y2) / area[:, None]
+    b = (x2 - x1) / area[:, None]
+    c = (x1 * y2 - x2 * y1) / area[:, None]
+    # height of corner k over the opposite edge: turns l_k into a signed distance in pixels
+    height = area.abs()[:, None] / torch.sqrt((x1 - x2) ** 2 + (y1 - y2) ** 2).clamp_min(1e-12)
+    depth_coef = 1.0 / z if perspective_correct else z
+
+    # one gather per candidate instead of one per coefficient: indexing dominates the cost on CPU
+    table = torch.cat(
+        [a, b, c, height, depth_coef, torch.stack([col0, row0, ncols], -1).to(tri.dtype)], dim=-1
+    )  # (P, 18)
+
+    pixels, faces_out, depths, dists = [], [], [], []
+    cum = torch.cumsum(counts[face_ids], 0)
+    start = 0
+    while start < face_ids.numel():
+        # largest run of faces whose candidates fit in one chunk (at least one face)
+        done_before = int(cum[start - 1]) if start > 0 else 0
+        stop = int(torch.searchsorted(cum, done_before + _MAX_CANDIDATES_PER_CHUNK, right=True))
+        stop = max(stop, start + 1)
+        fid = face_ids[start:stop]
+        cnt = counts[fid]
+        rep = torch.repeat_interleave(torch.arange(fid.numel(), device=device), cnt)
+        offsets = torch.cumsum(cnt, 0) - cnt
+        local = torch.arange(rep.numel(), device=device) - offsets[rep]
+        f = fid[rep]
+        t = table[f]
+        nc = t[:, 17].long()
+        q = local // nc
+        col = t[:, 15].long() + (local - q * nc)
+        row = t[:, 16].long() + q
+        pcx = col.to(tri.dtype) + 0.5
+        pcy = row.to(tri.dtype) + 0.5
+        lam = t[:, 0:3] * pcx[:, None] + t[:, 3:6] * pcy[:, None] + t[:, 6:9]  # (N, 3)
+        dist = (lam * t[:, 9:12]).amin(-1)
+        inside = lam.amin(-1) >= 0
+        weighted = (lam * t[:, 12:15]).sum(-1)
+        depth = 1.0 / weighted if perspective_correct else weighted
+        depth = torch.where(inside, depth, torch.full_like(depth, float("inf")))
+        batch = f // faces_per_mesh
+        pixels.append(batch * (H * W) + row * W + col)
+        faces_out.append(f)
+        depths.append(depth)
+        dists.append(dist)
+        start = stop
+    if not pixels:
+        empty_l = torch.zeros(0, dtype=torch.long, device=device)
+        empty_f = torch.zeros(0, dtype=tri.dtype, device=device)
+        return _Candidates(empty_l, empty_l, empty_f, empty_f, area < 0, valid)
+    return _Candidates(torch.cat(pixels), torch.cat(faces_out), torch.cat(depths), torch.cat(dists), area < 0, valid)
+
+
+@torch.no_grad()
+def _select_per_pixel(pixel: torch.Tensor, key: torch.Tensor, n_pixels: int, largest: bool) -> torch.Tensor:
+    """Per pixel, the candidate with the smallest (or largest) key; ties -> the largest candidate index.
+
+    pixel, key: (N,) -> (n_pixels,) long index into the candidates, -1 where a pixel has none.
+    """
+    fill = float("-inf") if largest else float("inf")
+    best = torch.full((n_pixels,), fill, dtype=key.dtype, device=key.device)
+    best.scatter_reduce_(0, pixel, key, reduce="amax" if largest else "amin", include_self=True)
+    winner = torch.nonzero(key == best[pixel], as_tuple=True)[0]
+    out = torch.full((n_pixels,), -1, dtype=torch.long, device=key.device)
+    out.scatter_reduce_(0, pixel[winner], winner, reduce="amax", include_self=True)
+    return out
+
+
+def _pixel_centres(flat_pixels: torch.Tensor, H: int, W: int, dtype) -> torch.Tensor:
+    """flat pixel ids (P,) ``b*H*W + row*W + col`` -> centres (P, 2) = (col + 0.5, row + 0.5)."""
+    rem = flat_pixels % (H * W)
+    return torch.stack([(rem % W).to(dtype) + 0.5, (rem // W).to(dtype) + 0.5], dim=-1)
+
+
+def _pytorch3d_pix_to_face(
+    screen_vertices: torch.Tensor, faces: torch.Tensor, H: int, W: int, perspective_correct: bool
+):
+    """Hard visibility from pytorch3d's rasterizer, converted to our screen convention. -> (B*H*W,) long."""
+    try:
+        from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
+        from pytorch3d.structures import Meshes
+    except ImportError as err:
+        raise ImportError(
+            "backend='pytorch3d' needs pytorch3d, which is optional and not installable from pip on CPU "
+            "machines. On a GPU node install it with conda (`conda install pytorch3d -c pytorch3d`) or build "
+            "it from source (https://github.com/facebookresearch/pytorch3d/blob/main/INSTALL.md); otherwise use "
+            "backend='torch'."
+        ) from err
+    s = float(min(H, W))
+    # pytorch3d NDC: +x left, +y up, the shorter side spans [-1, 1]; its pixel (i, j) centre maps to our
+    # (j + 0.5, i + 0.5) under ndc_x = (W - 2 x_px) / s, ndc_y = (H - 2 y_px) / s
+    ndc = torch.stack(
+        [(W - 2.0 * screen_vertices[..., 0]) / s, (H - 2.0 * screen_vertices[..., 1]) / s, screen_vertices[..., 2]],
+        dim=-1,
+    ).detach()
+    B = screen_vertices.shape[0]
+    meshes = Meshes(verts=list(ndc), faces=[faces.long()] * B)
+    pix_to_face, _, _, _ = rasterize_meshes(
+        meshes, image_size=(H, W), blur_radius=0.0, faces_per_pixel=1, perspective_correct=perspective_correct,
+        clip_barycentric_coords=False, cull_backfaces=False,
+    )
+    return pix_to_face.reshape(-1)
+
+
+def rasterize(
+    screen_vertices: torch.Tensor,
+    faces: torch.Tensor,
+    image_size,
+    blur_radius_px: float = 1.0,
+    perspective_correct: bool = True,
+    backend: str = "torch",
+) -> Fragments:
+    """Rasterize screen-space meshes into :class:`Fragments` (one face per pixel, nearest depth wins).
+
+    ``alpha = S(D)`` where D is the signed distance (pixels, inside positive) from the pixel centre to the
+    silhouette and S the cubic smoothstep rising from 0 at ``D = -r`` to 1 at ``D = r`` (SoftRas-style soft
+    coverage, but with compact support and symmetric, ``S(-D) = 1 - S(D)``, so the alpha-weighted area of a
+    straight edge is exact). Outside the mesh D is minus the distance to the nearest face (exact for the
+    union of all faces). On covered pixels D is the distance to the nearest screen-space contour edge (an open
+    edge, or one between a front- and a back-facing face) whose outer side is background; internal edges and
+    occluded folds never lower alpha, so there are no seams. ``alpha`` is differentiable w.r.t. the screen
+    vertices.
+
+    Args:
+        screen_vertices: ``(x_px, y_px, depth)`` from :func:`project_points`, shape (B, V, 3).
+        faces: long triangle vertex indices shared by the batch, shape (F, 3).
+        image_size: int or (H, W).
+        blur_radius_px: half-width r of the anti-aliasing band in pixels; must be > 0.
+        perspective_correct: use it for perspective cameras (barycentrics weight the 3D surface point);
+            False for weak perspective (depth is then interpolated linearly in screen space). With it, faces
+            with a corner at depth <= 0 are dropped (no near-plane clipping).
+        backend: "torch" (this file) or "pytorch3d" (hard visibility from pytorch3d's rasterizer;
+            barycentrics, depth and alpha still come from here, so both backends return the same structure
+            and gradients).
+
+    Returns:
+        Fragments with pix_to_face (B, H, W, 1), bary_coords (B, H, W, 1, 3), zbuf (B, H, W, 1),
+        alpha (B, H, W), fringe_face (B, H, W, 1), fringe_bary (B, H, W, 1, 3).
+
+    Raises:
+        ValueError: a mesh of the wrong shape, an unknown backend or a blur radius <= 0.
+    """
+    _check_mesh(screen_vertices, faces)
+    if backend not in ("torch", "pytorch3d"):
+        raise ValueError(f"backend: expected 'torch' or 'pytorch3d', got {backend!r}")
+    if not blur_radius_px > 0:
+        raise ValueError(f"blur_radius_px: expected > 0 (the anti-aliasing band), got {blur_radius_px}")
+    H, W = _size_hw(image_size)
+    B, F = screen_vertices.shape[0], faces.shape[0]
+    dtype, device = screen_vertices.dtype, screen_vertices.device
+    n_pixels = B * H * W
+    tri = _packed_triangles(screen_vertices, faces)  # (B*F, 3, 3), carries grad
+
+    cand = _enumerate_candidates(tri.detach(), H, W, F, blur_radius_px, perspective_correct)
+    with torch.no_grad():
+        if backend == "pytorch3d":
+            p2f_flat = _pytorch3d_pix_to_face(screen_vertices, faces, H, W, perspective_correct)
+        else:
+            inside = torch.nonzero(torch.isfinite(cand.depth), as_tuple=True)[0]
+            pick = _select_per_pixel(cand.pixel[inside], cand.depth[inside], n_pixels, largest=False)
+            p2f_flat = torch.where(pick >= 0, cand.face[inside][pick.clamp_min(0)], -1)
+        covered = p2f_flat >= 0
+        contour = _contour_edges(faces, cand.clockwise, cand.valid)
+        # a signed distance within the band (the outside bound only over-includes, never misses a pair);
+        # covered pixels only need faces with a contour edge, which drops most pairs of dense meshes
+        active = (cand.approx_distance > -blur_radius_px) & (cand.approx_distance < blur_radius_px)
+        active &= ~covered[cand.pixel] | contour.any(-1)[cand.face]
+        act_pixel, act_face = cand.pixel[active], cand.face[active]
+
+    # differentiable part: barycentrics and depth of the visible faces, recomputed from the vertices
+    fg = torch.nonzero(covered, as_tuple=True)[0]
+    bary_fg, depth_fg = _barycentric(tri[p2f_flat[fg]], _pixel_centres(fg, H, W, dtype), perspective_correct)
+    bary = torch.zeros(n_pixels, 3, dtype=dtype, device=device).index_put((fg,), bary_fg)
+    zbuf = torch.full((n_pixels,), -1.0, dtype=dtype, device=device).index_put((fg,), depth_fg)
+
+    # soft coverage = S(signed distance to the silhouette), from the faces near each pixel
+    centres = _pixel_centres(act_pixel, H, W, dtype)
+    line_dist, seg_dist2, foot, outward = _edge_geometry(tri[act_face][..., :2], centres)
+    inner = line_dist.amin(-1)
+    signed = torch.where(inner >= 0, inner, -_safe_sqrt(seg_dist2.amin(-1)))
+
+    with torch.no_grad():
+        # outside the mesh: the nearest face gives the exact distance to the union of all faces
+        out_pair = torch.nonzero(~covered[act_pixel] & (signed > -blur_radius_px), as_tuple=True)[0]
+        pick = _select_per_pixel(act_pixel[out_pair], signed.detach()[out_pair], n_pixels, largest=True)
+        fr = torch.nonzero(pick >= 0, as_tuple=True)[0]
+        fringe_pair = out_pair[pick[fr]]
+        fringe_flat = torch.full((n_pixels,), -1, dtype=torch.long, device=device)
+        fringe_flat[fr] = act_face[fringe_pair]
+        # inside: distance to the nearest contour edge whose outer side is background (folds such as the
+        # nose over the cheek are contours too, but the surface behind them keeps those pixels covered)
+        probe = (foot + outward).detach()  # one pixel beyond the edge: a pixel centre on its outer side
+        pcol, prow = torch.floor(probe[..., 0]), torch.floor(probe[..., 1])
+        in_image = (pcol >= 0) & (pcol < W) & (prow >= 0) & (prow < H)
+        batch = (act_pixel // (H * W))[:, None]
+        probe_flat = batch * (H * W) + prow.clamp(0, H - 1).long() * W + pcol.clamp(0, W - 1).long()
+        silhouette = contour[act_face] & ~(in_image & covered[probe_flat])
+        qualifies = (
+            covered[act_pixel][:, None] & silhouette & (line_dist >= 0) & (seg_dist2 < blur_radius_px**2)
+        ).detach()
+        edge_pair = torch.nonzero(qualifies.reshape(-1), as_tuple=True)[0]
+        edge_key = seg_dist2.detach().reshape(-1)[edge_pair]
+        pick = _select_per_pixel(act_pixel[edge_pair // 3], edge_key, n_pixels, largest=False)
+        near_edge = torch.nonzero(pick >= 0, as_tuple=True)[0]
+        edge_pair = edge_pair[pick[near_edge]]
+
+    alpha = covered.to(dtype)
+    alpha = alpha.index_put(
+        (near_edge,), _smoothstep_coverage(_safe_sqrt(seg_dist2.reshape(-1)[edge_pair]), blur_radius_px)
+    )
+    alpha = alpha.index_put((fr,), _smoothstep_coverage(signed[fringe_pair], blur_radius_px))
+
+    # the fringe is shaded like the nearest face, barycentrics clipped to it
+    fr_bary, _ = _barycentric(tri[fringe_flat[fr]], _pixel_centres(fr, H, W, dtype), perspective_correct, clip=True)
+    fringe_bary = torch.zeros(n_pixels, 3, dtype=dtype, device=device).index_put((fr,), fr_bary)
+
+    return Fragments(
+        pix_to_face=p2f_flat.reshape(B, H, W, 1),
+        bary_coords=bary.reshape(B, H, W, 1, 3),
+        zbuf=zbuf.reshape(B, H, W, 1),
+        alpha=alpha.reshape(B, H, W),
+        fringe_face=fringe_flat.reshape(B, H, W, 1),
+        fringe_bary=fringe_bary.reshape(B, H, W, 1, 3),
+    )
+
+
+def interpolate_vertex_attributes(
+    fragments: Fragments, faces: torch.Tensor, vertex_attributes: torch.Tensor, include_fringe: bool = False
+) -> torch.Tensor:
+    """Barycentric interpolation of per-vertex attributes at each pixel.
+
+    Args:
+        fragments: from :func:`rasterize` with ``faces``.
+        faces: triangle vertex indices, shape (F, 3).
+        vertex_attributes: per-vertex values, shape (B, V, C), or (V, C) shared by the batch.
+        include_fringe: also fill the anti-aliased fringe from ``fringe_face``.
+
+    Returns:
+        interpolated values, shape (B, H, W, C), differentiable w.r.t. the attributes and (through the
+        barycentrics) the vertices; zero on background.
+
+    Raises:
+        ValueError: ``vertex_attributes`` of the wrong shape.
+    """
+    B, H, W, _ = fragments.pix_to_face.shape
+    if vertex_attributes.ndim == 2:
+        vertex_attributes = vertex_attributes.expand(B, *vertex_attributes.shape)
+    if vertex_attributes.ndim != 3 or vertex_attributes.shape[0] not in (1, B):
+        raise ValueError(f"vertex_attributes: expected ({B}, V, C) or (V, C), got {tuple(vertex_attributes.shape)}")
+    vertex_attributes = vertex_attributes.expand(B, -1, -1)
+    C = vertex_attributes.shape[-1]
+    # attrs[b * F + f, k] = vertex_attributes[b, faces[f, k]]: packed like pix_to_face
+    face_attrs = vertex_attributes[:, faces.long()].reshape(B * faces.shape[0], 3, C)
+    p2f = fragments.pix_to_face.reshape(-1)
+    bary = fragments.bary_coords.reshape(-1, 3)
+    if include_fringe:
+        fringe = fragments.fringe_face.reshape(-1)
+        bary = torch.where((fringe >= 0)[:, None], fragments.fringe_bary.reshape(-1, 3), bary)
+        p2f = torch.where(fringe >= 0, fringe, p2f)
+    fg = torch.nonzero(p2f >= 0, as_tuple=True)[0]
+    values = torch.einsum("pk,pkc->pc", bary[fg], face_attrs[p2f[fg]])
+    out = torch.zeros(B * H * W, C, dtype=values.dtype, device=values.device).index_put((fg,), values)
+    return out.reshape(B, H, W, C)
+
+
+def packed_pix_to_face(pix_to_face: torch.Tensor, n_faces: int) -> torch.Tensor:
+    """Re-pack per-image face indices, each image rasterized alone (b = 0), as ``b * F + f``.
+
+    Args:
+        pix_to_face: per-image face indices, -1 background, shape (B, H, W, 1).
+        n_faces: faces per mesh F.
+
+    Returns:
+        packed face indices, -1 background, shape (B, H, W, 1).
+    """
+    offset = torch.arange(pix_to_face.shape[0], device=pix_to_face.device)[:, None, None, None] * n_faces
+    return torch.where(pix_to_face >= 0, pix_to_face + offset, pix_to_face)
