@@ -21,23 +21,21 @@ def _quiet(monkeypatch):
 
 def make_samples(n_subjects=3, per_subject=4, signal=3.0, seed=0) -> MERSamples:
     """Random tensors whose class shows as a class-specific offset (trajectory), a blob's position (clips,
-    pair) and a class-specific motion, so every model has something to learn."""
+    a class-specific motion, so every model has something to learn."""
     g = torch.Generator().manual_seed(seed)
     n = n_subjects * per_subject
     labels = torch.arange(n) % 3
     trajectory = torch.randn(n, 5, 4, generator=g)
     trajectory[torch.arange(n), :, labels] += signal * torch.linspace(0, 1, 5)
     clips = 0.1 * torch.rand(n, 3, 1, 16, 16, generator=g)
-    pair = 0.1 * torch.rand(n, 2, 32, 32, generator=g)
     for i, label in enumerate(labels.tolist()):
         clips[i, 1:, 0, 4 * label:4 * label + 4, 4:8] += torch.tensor([0.5, 1.0]).view(2, 1, 1)
-        pair[i, 1, 8 * label:8 * label + 8, 8:16] += 1.0
-    flow = torch.randn(n, 2, 32, 32, generator=g) * 0.1
-    landmarks = torch.rand(n, 68, 2, generator=g) * 16 + 8
-    landmarks[:, 36, 0] -= 6
-    landmarks[:, 45, 0] += 6
+    flow = torch.randn(n, 2, 2, 16, 16, generator=g) * 0.1
+    landmarks = torch.rand(n, 3, 68, 2, generator=g) * 8 + 4
+    landmarks[:, :, 36:42, 0] -= 3
+    landmarks[:, :, 42:48, 0] += 3
     return MERSamples(
-        inputs={"trajectory": trajectory, "clips": clips, "pair": pair, "flow": flow, "landmarks": landmarks},
+        inputs={"trajectory": trajectory, "clips": clips, "sequence_flow": flow, "sequence_landmarks": landmarks},
         labels=labels,
         subjects=[f"sub{i // per_subject + 1}" for i in range(n)],
         datasets=["synthA" if i // per_subject < 2 else "synthB" for i in range(n)],
@@ -161,7 +159,7 @@ def test_trajectory_model_learns_the_signal_across_subjects(tmp_path):
 @pytest.mark.parametrize("model_name,model_config", [
     ("fdp", {"image_size": 16, "dims": [8, 16], "depths": [1, 1], "heads": [1, 2], "sr_ratios": [2, 1],
              "stem_stride": 2, "decoder_dim": 8}),
-    ("mol", {"image_size": 32, "stem_channels": [4, 8], "knn_k": 2}),
+    ("mol", {"image_size": 16, "stem_channels": [4, 8], "knn_k": 2, "n_frames": 3, "temporal_kernel": 2}),
 ])
 def test_fdp_and_mol_run_end_to_end(tmp_path, model_name, model_config):
     samples = make_samples()
@@ -169,7 +167,7 @@ def test_fdp_and_mol_run_end_to_end(tmp_path, model_name, model_config):
     result = run_loso(model_name, samples, config, tmp_path)
     assert len(result.predictions) == 12 and set(result.metrics["protocol"]) == {"fixed-epoch"}
     history = torch.load(result.out_dir / "checkpoints" / "sub1.pt", weights_only=False)["history"]
-    expected = {"fdp": {"ce", "recon", "rank"}, "mol": {"ce", "epe", "nme"}}[model_name]
+    expected = {"fdp": {"ce", "recon", "rank"}, "mol": {"ce", "flow_mse", "epe", "nme"}}[model_name]
     assert expected <= set(history[-1])
 
 
@@ -262,29 +260,49 @@ def test_samples_from_prepared_reads_the_cache(tmp_path):
         key, entry, frames, landmarks = _write_prepared_clip(root, "synth", subject, f"EP0{i}", label, rng, gt_dir)
         clips[key], raw[key] = entry, (frames, landmarks)
     (root / "manifest.json").write_text(json.dumps({"clips": clips, "skipped": {}}))
-    samples = samples_from_prepared(root, ["clips", "pair", "flow", "landmarks", "trajectory"], n_frames=4,
-                                    image_size=8, gray=True, class_names=CLASSES)
+    cache = tmp_path / "cache"
+    samples = samples_from_prepared(root, ["clips", "sequence_flow", "sequence_landmarks", "trajectory"], n_frames=4,
+                                    image_size=8, gray=True, class_names=CLASSES, cache_dir=cache)
     assert len(samples) == 3  # the unlabelled clip is left out
     assert samples.inputs["clips"].shape == (3, 4, 1, 8, 8)
-    assert samples.inputs["pair"].shape == (3, 2, 8, 8)
-    assert samples.inputs["flow"].shape == (3, 2, 8, 8)
-    assert torch.allclose(samples.inputs["flow"][:, 0], torch.full((3, 8, 8), 2.0))  # 4 px at 16 px -> 2 px at 8 px
+    assert samples.inputs["sequence_flow"].shape == (3, 3, 2, 8, 8)
+    assert len(list(cache.glob("flow_tvl1_*.npy"))) == 3  # cached, and read back alike
+    again = samples_from_prepared(root, ["sequence_flow"], n_frames=4, image_size=8, class_names=CLASSES,
+                                  cache_dir=cache)
+    assert torch.equal(again.inputs["sequence_flow"], samples.inputs["sequence_flow"])
+    assert samples.inputs["sequence_landmarks"].shape == (3, 4, 68, 2)
     assert samples.inputs["trajectory"].shape == (3, 4, 5)
-    assert samples.inputs["trajectory"][0, :, 0].tolist() == [0.0, 4.0, 6.0, 8.0]  # rise 0, 4 (half of 4); fall 6, 8
+    # the trajectory upper bound keeps the key frames; FDP and MOL sample the whole clip: 0, 3, 5, 8 of 9 frames
+    assert samples.inputs["trajectory"][0, :, 0].tolist() == [0.0, 3.0, 5.0, 8.0]
     assert samples.subjects == ["synth/sub01", "synth/sub01", "synth/sub02"]
     assert [CLASSES[i] for i in samples.labels.tolist()] == ["positive", "negative", "surprise"]
     key = "synth/sub01/EP00"
     frames, landmarks = raw[key]
-    gray_apex = (frames[4].astype(np.float32) / 255 * np.array([0.299, 0.587, 0.114])).sum(-1)
-    expected = gray_apex.reshape(8, 2, 8, 2).mean((1, 3))
-    assert np.allclose(samples.inputs["pair"][0, 1].numpy(), expected, atol=1e-5)
-    assert np.allclose(samples.inputs["landmarks"][0].numpy(), landmarks[4] / 2, atol=1e-5)
-    rgb = samples_from_prepared(root, ["pair"], gray=False, class_names=CLASSES)
-    assert rgb.inputs["pair"].shape == (3, 6, 16, 16)
+    gray = (frames[8].astype(np.float32) / 255 * np.array([0.299, 0.587, 0.114])).sum(-1)
+    expected = gray.reshape(8, 2, 8, 2).mean((1, 3))
+    assert np.allclose(samples.inputs["clips"][0, 3, 0].numpy(), expected, atol=1e-5)
+    assert np.allclose(samples.inputs["sequence_landmarks"][0, 3].numpy(), landmarks[8] / 2, atol=1e-5)
+    stride = samples_from_prepared(root, ["clips"], n_frames=4, class_names=CLASSES, sampling="stride", crop=0.5)
+    assert stride.inputs["clips"].shape == (3, 4, 1, 8, 8)  # the centre 8 of 16 px, kept at 8
+    gray = (frames[6].astype(np.float32) / 255 * np.array([0.299, 0.587, 0.114])).sum(-1)  # 3 * (9 // 4)
+    assert np.allclose(stride.inputs["clips"][0, 3, 0].numpy(), gray[4:12, 4:12], atol=1e-5)
+    rgb = samples_from_prepared(root, ["clips"], gray=False, class_names=CLASSES)
+    assert rgb.inputs["clips"].shape == (3, 8, 3, 16, 16)
     with pytest.raises(ValueError, match="inputs"):
         samples_from_prepared(root, ["video"])
+    with pytest.raises(ValueError, match="sampling"):
+        samples_from_prepared(root, ["clips"], sampling="apex")
     with pytest.raises(ValueError, match="not in class_names"):
-        samples_from_prepared(root, ["pair"], class_names=("positive", "negative"))
+        samples_from_prepared(root, ["clips"], class_names=("positive", "negative"))
+
+
+def test_clip_frame_indices_ignore_the_annotation():
+    from microface.experiments.mer import clip_frame_indices
+
+    assert clip_frame_indices(9, 4).tolist() == [0, 3, 5, 8]  # first to last
+    assert clip_frame_indices(49, 8, "stride").tolist() == [0, 6, 12, 18, 24, 30, 36, 42]  # the public code's
+    with pytest.raises(ValueError, match="n_frames"):
+        clip_frame_indices(5, 8)
 
 
 def test_mer_table_keeps_wall_clock_out_of_the_scores(tmp_path):
@@ -317,13 +335,20 @@ def test_mer_model_settings_come_from_the_profile_config(profile):
     samples = make_samples()
     for name, build in (("fdp", FDPConfig), ("mol", MOLConfig), ("trajectory", TrajectoryConfig)):
         inputs, kwargs = mer_model_settings(name, profile, mer)
-        assert kwargs == {"n_frames": mer["n_frames"], "image_size": mer[name].get("image_size"), "gray": True}
+        assert kwargs["n_frames"] == mer["n_frames"] and kwargs["image_size"] == mer[name].get("image_size")
+        assert kwargs["sampling"] == ("keyframes" if name == "trajectory" else "uniform")
         run = mer_model_settings(name, profile, mer, run_config=True, seed=5, samples=samples)
-        assert (run["epochs"], run["batch_size"], run["lr"], run["seed"]) == (mer["epochs"], mer["batch_size"],
-                                                                              mer["lr"], 5)
-        assert {k: v for k, v in run["model"].items() if k != "n_expression"} == mer[name]
+        assert (run["epochs"], run["batch_size"], run["lr"], run["seed"]) == (
+            mer["epochs"], mer["batch_size"], mer[name].get("lr", mer["lr"]), 5)
+        own = {k: v for k, v in mer[name].items() if k not in ("lr", "weight_decay", "batch_size", "sampling", "crop")}
+        assert {k: v for k, v in run["model"].items() if k not in ("n_expression", "n_frames")} == own
         build(**run["model"])
         MERRunConfig.from_dict(run)
+        if name != "trajectory":  # the public code's settings on the profile's sizes build too
+            reference = mer_model_settings(name, profile, mer, run_config=True, preset="reference")
+            assert reference["lr"] == 1e-4 and reference["weight_decay"] == 1e-3
+            build(**reference["model"])
+            assert mer_model_settings(name, profile, mer, preset="reference")[1]["sampling"] == "stride"
     assert run["model"]["n_expression"] == samples.inputs["trajectory"].shape[-1]
     changed = {**mer, "batch_size": 3, "mol": {**mer["mol"], "knn_k": 1}}
     run = mer_model_settings("mol", profile, changed, run_config=True)
@@ -436,7 +461,8 @@ def test_fold_jobs_then_notebook_03_give_the_table_notebook_03_gives_alone(tmp_p
 
     monkeypatch.setenv("MICROFACE_NO_PROGRESS", "1")
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "smoke.yaml").read_text())
-    config["mer"].update(epochs=1, n_frames=4, fdp=FDP_TINY, mol={"image_size": 32, "stem_channels": [4, 8], "knn_k": 2})
+    config["mer"].update(epochs=1, n_frames=4, fdp=FDP_TINY, reference=False,
+                         mol={"image_size": 32, "stem_channels": [4, 8], "knn_k": 2, "temporal_kernel": 2})
     alone, jobs = tmp_path / "alone", tmp_path / "jobs"
     _prepared_results(alone, np.random.default_rng(0))
     shutil.copytree(alone, jobs)

@@ -21,6 +21,8 @@ in ``peek/<subject>/epoch_XXXX.pt``.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,7 +43,8 @@ from microface.models.mol import MOL, MOLConfig, mol_loss
 from microface.models.trajectory import TrajectoryClassifier, TrajectoryConfig, trajectory_loss
 from microface.training.loop import TrainConfig, fit
 from microface.utils.checks import config_from_dict
-from microface.utils.io import atomic_torch_save, write_csv_atomic, write_json_atomic, write_text_atomic
+from microface.utils.io import (atomic_torch_save, write_bytes_atomic, write_csv_atomic, write_json_atomic,
+                                write_text_atomic)
 from microface.utils.runtime import progress, seed_everything
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -53,9 +56,9 @@ class MERSamples:
     """The clips a LOSO run sees, as tensors (N clips).
 
     inputs: name -> tensor with N first. Keys the models read:
-        "clips" (N, T, C, H, W) frames in time order (FDP);
-        "pair" (N, 2C, S, S) onset then apex frame (MOL), with optional "flow" (N, 2, H, W) onset->apex flow in
-        pixels of its grid and "landmarks" (N, 68, 2) apex landmarks in pixels of the pair's frames;
+        "clips" (N, T, C, H, W) frames in time order (FDP, MOL), with MOL's optional targets "sequence_flow"
+        (N, T-1, 2, H, W) flow t -> t+1 of consecutive sampled frames in pixels of its grid and
+        "sequence_landmarks" (N, T, 68, 2) landmarks of every sampled frame in pixels of the frames;
         "trajectory" (N, T, E) expression parameters per frame (trajectory classifier).
     labels: (N,) long, indices into ``class_names``.
     subjects, datasets, clip_ids: N strings each; subjects should be unique across datasets (e.g. "casme2/sub01").
@@ -126,7 +129,8 @@ def _fdp_loss(model: FDP, batch: dict) -> dict[str, torch.Tensor]:
 
 
 def _mol_loss(model: MOL, batch: dict) -> dict[str, torch.Tensor]:
-    return mol_loss(model(batch["pair"]), batch["labels"], model.config, batch.get("flow"), batch.get("landmarks"))
+    return mol_loss(model(batch["clips"]), batch["labels"], model.config, batch.get("sequence_flow"),
+                    batch.get("sequence_landmarks"))
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -138,9 +142,9 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "mol": ModelSpec(
         build=lambda cfg: MOL(MOLConfig.from_dict(cfg)),
-        required=("pair",), optional=("flow", "landmarks"),
+        required=("clips",), optional=("sequence_flow", "sequence_landmarks"),
         loss=_mol_loss,
-        logits=lambda model, batch: model(batch["pair"]).logits,
+        logits=lambda model, batch: model(batch["clips"]).logits,
     ),
     "trajectory": ModelSpec(
         build=lambda cfg: TrajectoryClassifier(TrajectoryConfig.from_dict(cfg)),
@@ -422,14 +426,16 @@ def _run_fold(model_name: str, spec: ModelSpec, samples: MERSamples, fold, confi
 # ----------------------------------------------------------------------------------------------------------------
 # Samples from the prepared cache (``microface prepare``)
 
-INPUT_KINDS = ("clips", "pair", "flow", "landmarks", "trajectory")
+INPUT_KINDS = ("clips", "sequence_flow", "sequence_landmarks", "trajectory")
+SAMPLINGS = ("uniform", "stride", "keyframes")
 
 
 def sample_frame_indices(onset: int, apex: int, offset: int, n_frames: int) -> np.ndarray:
     """``n_frames`` indices (n,) from onset up to apex, then down to offset, evenly spaced in each phase.
 
     The first half (rounded up) spans onset..apex inclusive, the rest spans apex..offset excluding the apex;
-    with offset == apex every frame comes from the rise. Indices are non-decreasing.
+    with offset == apex every frame comes from the rise. Indices are non-decreasing. Uses the annotation, so only
+    the trajectory upper bound samples this way ("keyframes").
     """
     if not 0 <= onset <= apex <= offset:
         raise ValueError(f"expected 0 <= onset <= apex <= offset, got {onset}, {apex}, {offset}")
@@ -439,6 +445,24 @@ def sample_frame_indices(onset: int, apex: int, offset: int, n_frames: int) -> n
     rise = np.linspace(onset, apex, n_rise)
     fall = np.linspace(apex, offset, n_frames - n_rise + 1)[1:]
     return np.rint(np.concatenate([rise, fall])).astype(np.int64)
+
+
+def clip_frame_indices(n_total: int, n_frames: int, sampling: str = "uniform") -> np.ndarray:
+    """``n_frames`` indices (n,) over a whole clip of ``n_total`` frames, without the annotation.
+
+    "uniform": evenly spaced from the first to the last frame (rounded). "stride": ``i * (n_total // n_frames)``
+    from frame 0, as the public FDP and MOL code sample (the clip's tail is never seen).
+
+    Raises:
+        ValueError: an unknown sampling, n_frames < 2, or a clip shorter than n_frames.
+    """
+    if sampling not in ("uniform", "stride"):
+        raise ValueError(f"sampling must be 'uniform' or 'stride' for a whole clip, got {sampling!r}")
+    if n_frames < 2 or n_total < n_frames:
+        raise ValueError(f"need 2 <= n_frames <= the clip's {n_total} frames, got n_frames={n_frames}")
+    if sampling == "stride":
+        return np.arange(n_frames, dtype=np.int64) * (n_total // n_frames)
+    return np.rint(np.linspace(0, n_total - 1, n_frames)).astype(np.int64)
 
 
 def _frames_to_tensor(frames: np.ndarray, gray: bool | None) -> torch.Tensor:
@@ -452,25 +476,87 @@ def _frames_to_tensor(frames: np.ndarray, gray: bool | None) -> torch.Tensor:
     return x
 
 
+def crop_and_resize(frames: torch.Tensor, crop: float, size: int) -> tuple[torch.Tensor, int, float]:
+    """Centre-crop a fraction ``crop`` of the side of aligned frames, then resize to ``size``.
+
+    Args:
+        frames: shape (T, C, S, S) in [0, 1].
+        crop: kept fraction of the side, in (0, 1] (MOL's public code: 128 of a 144 px alignment).
+        size: output side.
+
+    Returns:
+        (frames (T, C, size, size), the crop's first pixel, the scale from cropped to output pixels); a point p of
+        the input maps to ``(p - first) * scale``.
+    """
+    if not 0 < crop <= 1:
+        raise ValueError(f"crop must be in (0, 1], got {crop}")
+    side = frames.shape[-1]
+    kept = int(round(side * crop))
+    first = (side - kept) // 2
+    frames = frames[..., first:first + kept, first:first + kept]
+    if size != kept:
+        mode = {"mode": "area"} if size < kept else {"mode": "bilinear", "align_corners": False}
+        frames = torch.nn.functional.interpolate(frames, size=(size, size), **mode)
+    return frames, first, size / kept
+
+
+def sequence_flow(frames: torch.Tensor, method: str = "tvl1", cache_dir: str | Path | None = None) -> torch.Tensor:
+    """Optical flow t -> t+1 of consecutive frames (MOL's targets), cached by the frames' content.
+
+    Args:
+        frames: shape (T, C, S, S) in [0, 1] (RGB is turned gray).
+        method: a ``microface.data.flow`` method ("tvl1": Dual TV-L1, as MOL's public code).
+        cache_dir: folder of the cache (one .npy per distinct frame sequence); None computes every time.
+
+    Returns:
+        flow in pixels, shape (T-1, 2, S, S).
+    """
+    from microface.data.flow import compute_flow
+
+    gray = frames if frames.shape[1] == 1 else (frames * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(
+        1, keepdim=True)
+    images = (gray[:, 0] * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()  # (T, S, S)
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(images.tobytes() + repr((images.shape, method)).encode()).hexdigest()[:20]
+        path = Path(cache_dir) / f"flow_{method}_{digest}.npy"
+        if path.is_file():
+            return torch.from_numpy(np.load(path))
+    flow = np.stack([compute_flow(images[t], images[t + 1], method=method) for t in range(len(images) - 1)])
+    flow = np.ascontiguousarray(flow.transpose(0, 3, 1, 2).astype(np.float32))  # (T-1, 2, S, S)
+    if path is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, flow)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(buffer.getvalue(), path)
+    return torch.from_numpy(flow)
+
+
 def samples_from_prepared(prepared_dir: str | Path, inputs: Sequence[str] = ("clips",), *, n_frames: int = 8,
                           image_size: int | None = None, gray: bool | None = True,
-                          class_names: Sequence[str] | None = None) -> MERSamples:
+                          class_names: Sequence[str] | None = None, sampling: str = "uniform", crop: float = 1.0,
+                          flow_method: str = "tvl1", cache_dir: str | Path | None = None) -> MERSamples:
     """Build MERSamples from a ``microface prepare`` cache (``prepared_dir/manifest.json`` + one .npz per clip).
 
-    inputs: any of "clips" (n_frames sampled onset -> apex -> offset, (N, n_frames, C, S, S)), "pair" (onset and
-    apex frames, (N, 2C, S, S)), "flow" (onset -> apex flow, (N, 2, S, S); needs flow_mode "onset"), "landmarks"
-    (apex iBUG-68, (N, 68, 2)), "trajectory" (ground-truth expression parameters at the sampled frames,
-    (N, n_frames, E); synthetic benchmark only). image_size: resize frames (and scale flow and landmarks)
-    to this side; None keeps the cached size. gray: True converts to one channel, False to three, None keeps.
+    inputs: any of "clips" (n_frames sampled frames, (N, n_frames, C, S, S)), "sequence_flow" (flow between
+    consecutive sampled frames, ``flow_method`` on the input frames, (N, n_frames - 1, 2, S, S), cached in
+    ``cache_dir``), "sequence_landmarks" (iBUG-68 of the sampled frames, (N, n_frames, 68, 2)), "trajectory"
+    (ground-truth expression parameters at the sampled frames, (N, n_frames, E); synthetic benchmark only).
+    sampling: "uniform" (evenly over the whole clip, default), "stride" (the public FDP / MOL code's
+    ``i * (T // n_frames)``), both blind to the annotation, or "keyframes" (onset -> apex -> offset, from the
+    annotation; the trajectory upper bound only). crop: centre fraction of the aligned frame kept before the
+    resize (MOL's public code: 128 / 144). image_size: resize frames (and scale flow and landmarks) to this side;
+    None keeps the cropped size. gray: True converts to one channel, False to three, None keeps.
     class_names: fixed label order; None uses the sorted labels found. Clips without a label (no class map
     applied, or an emotion the map drops) are left out. Subjects are "<dataset>/<subject>".
     """
     from microface.data.preprocess import load_clip, load_manifest
-    from microface.models.mol import resize_flow
 
     unknown = sorted(set(inputs) - set(INPUT_KINDS))
     if unknown or not inputs:
         raise ValueError(f"inputs: expected a non-empty subset of {INPUT_KINDS}, got {list(inputs)}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling: expected one of {SAMPLINGS}, got {sampling!r}")
     prepared_dir = Path(prepared_dir)
     manifest = load_manifest(prepared_dir)
     if not manifest["clips"]:
@@ -487,30 +573,22 @@ def samples_from_prepared(prepared_dir: str | Path, inputs: Sequence[str] = ("cl
         record = clip["meta"]["record"]
         if not record.get("label"):
             continue
-        onset, apex, offset = int(record["onset"]), int(record["apex"]), int(record["offset"])
-        frames = _frames_to_tensor(clip["frames"], gray)  # (T, C, S, S)
-        size = frames.shape[-1]
-        target = image_size or size
-        if target != size:
-            frames = (torch.nn.functional.interpolate(frames, size=(target, target), mode="area") if target < size
-                      else torch.nn.functional.interpolate(frames, size=(target, target), mode="bilinear",
-                                                           align_corners=False))
-        picks = sample_frame_indices(onset, apex, offset, n_frames)
+        if sampling == "keyframes":
+            picks = sample_frame_indices(int(record["onset"]), int(record["apex"]), int(record["offset"]), n_frames)
+        else:
+            picks = clip_frame_indices(len(clip["frames"]), n_frames, sampling)
+        frames = _frames_to_tensor(clip["frames"][picks], gray)  # (n_frames, C, S, S)
+        frames, first, scale = crop_and_resize(frames, crop, image_size or int(round(frames.shape[-1] * crop)))
         if "clips" in columns:
-            columns["clips"].append(frames[picks])
-        if "pair" in columns:
-            columns["pair"].append(torch.cat([frames[onset], frames[apex]], dim=0))
-        if "flow" in columns:
-            if "flow" not in clip or clip["flow"].shape[0] != clip["frames"].shape[0]:
-                raise ValueError(f"{path}: expected onset-mode flow (T, S, S, 2); prepare with flow_mode='onset'")
-            flow = torch.from_numpy(clip["flow"][apex].astype(np.float32)).permute(2, 0, 1)[None]
-            columns["flow"].append(resize_flow(flow, (target, target))[0])
-        if "landmarks" in columns:
-            points = torch.from_numpy(clip["landmarks68"][apex].astype(np.float32)) * (target / size)
+            columns["clips"].append(frames)
+        if "sequence_flow" in columns:
+            columns["sequence_flow"].append(sequence_flow(frames, flow_method, cache_dir))
+        if "sequence_landmarks" in columns:
+            points = (torch.from_numpy(clip["landmarks68"][picks].astype(np.float32)) - first) * scale
             if not torch.isfinite(points).all():
-                raise ValueError(f"{path}: no landmarks on the apex frame {apex}; prepare with landmarks from "
-                                 "ground truth or leave 'landmarks' out of inputs")
-            columns["landmarks"].append(points)
+                raise ValueError(f"{path}: no landmarks on some of the sampled frames {picks.tolist()}; prepare "
+                                 "with landmarks or leave 'sequence_landmarks' out of inputs")
+            columns["sequence_landmarks"].append(points)
         if "trajectory" in columns:
             truth = record.get("ground_truth")
             if not truth or not Path(truth).is_file():
@@ -539,14 +617,17 @@ def samples_from_prepared(prepared_dir: str | Path, inputs: Sequence[str] = ("cl
 # Notebook 03
 
 
-def _model_run(name: str, profile: str, seed: int, mer: dict, prepared: Path) -> tuple[MERSamples, MERRunConfig]:
-    """One model's samples (from notebook 00's ``prepared/``) and run config, as the profile's mer section sets them."""
+def _model_run(name: str, profile: str, seed: int, mer: dict, prepared: Path, preset: str = "default"
+               ) -> tuple[MERSamples, MERRunConfig]:
+    """One model's samples (from notebook 00's ``prepared/``) and run config, as the profile's mer section sets them
+    (``preset`` "reference": the public code's settings, ``mer_tables.REFERENCE``). MOL's flow targets are cached
+    in ``prepared/../mer/cache``."""
     from microface.experiments.mer_tables import mer_model_settings
 
-    inputs, sample_kwargs = mer_model_settings(name, profile, mer)
-    samples = samples_from_prepared(prepared, inputs, **sample_kwargs)
+    inputs, sample_kwargs = mer_model_settings(name, profile, mer, preset=preset)
+    samples = samples_from_prepared(prepared, inputs, cache_dir=prepared.parent / "mer" / "cache", **sample_kwargs)
     config = MERRunConfig.from_dict(mer_model_settings(name, profile, mer, run_config=True, seed=seed,
-                                                       samples=samples))
+                                                       samples=samples, preset=preset))
     return samples, config
 
 
@@ -577,7 +658,9 @@ def run_mer_fold(profile: str, seed: int, device: str, data: dict, mer: dict, re
 
 def run_mer_experiment(profile: str, seed: int, device: str, data: dict, mer: dict, results_dir) -> NotebookReport:
     """Notebook 03_mer end to end: each model of ``mer["models"]``, in that order, under LOSO with the
-    "fixed-epoch" protocol on ``results_dir/prepared``, then the table with the chance level beside it.
+    "fixed-epoch" protocol on ``results_dir/prepared``; with ``mer["reference"]``, FDP and MOL again under their
+    ``reference`` preset (the public code's settings) with its "test-peek" epoch choice, written under
+    ``mer/reference/`` and labelled "<model> (reference)" / test-peek; then the table with the chance level beside it.
 
     The folds that the workflow ran as jobs of their own (:func:`run_mer_fold`) are read from their files; any
     fold without one is trained here, so the notebook also runs alone and gives the same table either way.
@@ -597,17 +680,21 @@ def run_mer_experiment(profile: str, seed: int, device: str, data: dict, mer: di
         ``skipped`` (models skipped and why, one per line; empty when none); paths: ``out_dir``.
     """
     from microface.config import project_root, resolve
-    from microface.experiments.mer_tables import chance_level, write_mer_table
+    from microface.experiments.mer_tables import REFERENCE, chance_level, write_mer_table
 
     results = resolve(results_dir, project_root())
     out_dir = results / "mer"
     rows = []
     models, skipped = mer_models(data, mer)
-    for name in models:
-        samples, config = _model_run(name, profile, seed, mer, results / "prepared")
+    runs = [(name, "default", PROTOCOL, out_dir) for name in models]
+    if mer.get("reference"):  # the public code's settings and its best-epoch-on-test choice, labelled test-peek
+        runs += [(name, "reference", "test-peek", out_dir / "reference") for name in models if name in REFERENCE]
+    for name, preset, protocol, run_dir in runs:
+        samples, config = _model_run(name, profile, seed, mer, results / "prepared", preset)
         started = time.perf_counter()
-        result = run_loso(name, samples, config, out_dir, protocol=PROTOCOL, device=device)
-        table = result.metrics.assign(model=name, seconds=round(time.perf_counter() - started, 1))
+        result = run_loso(name, samples, config, run_dir, protocol=protocol, device=device)
+        label = name if preset == "default" else f"{name} ({preset})"
+        table = result.metrics.assign(model=label, seconds=round(time.perf_counter() - started, 1))
         # the folds' own training time (recorded when they ran, here or as jobs of their own)
         table["train_s_per_fold"] = result.folds["train_seconds"].mean()
         rows.append(table)
