@@ -473,11 +473,21 @@ def _reference_rasterize():
     return module.rasterize
 
 
-@pytest.mark.parametrize("mesh", ["open", "sphere"])
+@pytest.mark.parametrize("mesh", ["open", "sphere", "coarse_sphere_float64"])
 def test_fragments_and_gradients_match_the_reference_rasterizer(mesh):
     # the speed-up must not move DEM / DGMD training: same fragments bit for bit, same gradients to float noise
+    # (small faces take the whole-box path, the coarse sphere's large faces the row-span path; float32 picks the
+    # nearest face with one int64 scatter, float64 with two passes)
     gen = torch.Generator().manual_seed(7)
-    if mesh == "open":
+    if mesh == "coarse_sphere_float64":
+        verts, faces = icosphere(1, 45.0)
+        size, dist, focal = 64, 250.0, 200.0
+        rast = sys.modules["microface.render.rasterize"]
+        one_cam = look_at_camera(dist, focal, size, dtype=verts.dtype)
+        tri = rast._packed_triangles(project_points(verts[None], one_cam), faces)
+        planes = rast._face_tables(tri, True)
+        assert rast._row_spans(tri, planes[:3], planes[-1], size, size)[4] is not None  # really the span path
+    elif mesh == "open":
         data = np.load(MESH_NPZ)
         verts = torch.from_numpy(data["vertices_cm"]).float() * 10.0
         faces = torch.from_numpy(data["triangles"]).long()
@@ -486,10 +496,11 @@ def test_fragments_and_gradients_match_the_reference_rasterizer(mesh):
         verts, faces = icosphere(2, 45.0, dtype=torch.float32)
         size, dist, focal = 40, 250.0, 120.0
     B = 3
-    verts = verts[None].repeat(B, 1, 1) + torch.randn(B, verts.shape[0], 3, generator=gen) * 2.0
-    cam = look_at_camera(dist, focal, size, batch_size=B)
+    noise = torch.randn(B, verts.shape[0], 3, generator=gen, dtype=verts.dtype)
+    verts = verts[None].repeat(B, 1, 1) + noise * 2.0
+    cam = look_at_camera(dist, focal, size, batch_size=B, dtype=verts.dtype)
     screen = project_points(verts, cam).detach()
-    weights = torch.randn(B, size, size, 1, 3, generator=gen)
+    weights = torch.randn(B, size, size, 1, 3, generator=gen, dtype=verts.dtype)
     results = []
     for fn in (rasterize, _reference_rasterize()):
         s = screen.clone().requires_grad_()

@@ -59,6 +59,8 @@ __all__ = ["Fragments", "rasterize", "interpolate_vertex_attributes", "packed_pi
 
 # Faces enumerated per vectorised chunk of (pixel, face) candidates: bounds peak memory at a few hundred MB.
 _MAX_CANDIDATES_PER_CHUNK = 1 << 22
+# Mean box row width (pixels) from which visibility visits each face's row spans instead of its whole box.
+_MIN_MEAN_ROW_FOR_SPANS = 4
 
 
 # ---------------------------------------------------------------------------------------- rasterizer
@@ -251,11 +253,17 @@ def _face_pixel_ranges(tri: torch.Tensor, H: int, W: int, margin: float):
 
 
 def _box_pixels(
-    face_ids: torch.Tensor, col0: torch.Tensor, row0: torch.Tensor, ncols: torch.Tensor, counts: torch.Tensor
+    face_ids: torch.Tensor,
+    col0: torch.Tensor,
+    row0: torch.Tensor,
+    ncols: torch.Tensor,
+    counts: torch.Tensor,
+    payload: torch.Tensor | None = None,
 ):
-    """Pixels of each listed face's box, face-major then row-major, in chunks of bounded size.
+    """Pixels of each listed box, box-major then row-major, in chunks of bounded size.
 
-    face_ids (K,) packed faces; col0, row0, ncols, counts (P,) per packed face (counts = ncols * nrows).
+    face_ids (K,) listed boxes; col0, row0, ncols, counts (P,) per box (counts = ncols * nrows); payload (P,)
+    the packed face of each box (default: the box id itself, one box per packed face).
     Yields (f, row, col), each (N,) long: the packed face and pixel of every (face, pixel) pair of a chunk.
     """
     if face_ids.numel() == 0:
@@ -263,7 +271,8 @@ def _box_pixels(
     device = face_ids.device
     cnt_all = counts[face_ids]
     cum = torch.cumsum(cnt_all, 0)
-    ints = torch.stack([face_ids, col0[face_ids], row0[face_ids], ncols[face_ids], cum - cnt_all], -1)  # (K, 5)
+    owner = face_ids if payload is None else payload[face_ids]
+    ints = torch.stack([owner, col0[face_ids], row0[face_ids], ncols[face_ids], cum - cnt_all], -1)  # (K, 5)
     cum_list = cum.tolist() if face_ids.numel() < 65536 else None
     start, n = 0, face_ids.numel()
     while start < n:
@@ -329,6 +338,46 @@ def _box_counts(tri: torch.Tensor, valid: torch.Tensor, H: int, W: int, margin: 
 
 
 @torch.no_grad()
+def _row_spans(tri: torch.Tensor, planes, valid: torch.Tensor, H: int, W: int):
+    """Per packed face and pixel row of its box, the columns whose centres may lie inside the face.
+
+    A superset of the exact test ``min_k l_k >= 0`` (each edge's bound is widened by far more than the rounding
+    of ``l_k``), in face-major, row-major order, so the exact test on it finds exactly the pairs of the whole box.
+    tri (P, 3, 3), planes (a, b, c) each (P, 3), valid (P,) -> (ids, row0, col0, ncols, payload, counts): the
+    boxes of :func:`_box_pixels` (one per span, payload its face; or, for narrow faces, one per face, payload None).
+    """
+    col0, row0, ncols, nrows, counts = _box_counts(tri, valid, H, W, 0.0)
+    nrows = torch.where(counts > 0, nrows, 0)
+    if int(counts.sum()) < _MIN_MEAN_ROW_FOR_SPANS * int(nrows.sum()):
+        # narrow faces (dense meshes): whole box rows cost less than computing their spans
+        face_ids = torch.nonzero(nrows, as_tuple=True)[0]
+        return face_ids, row0, col0, ncols, None, counts
+    face_ids = torch.nonzero(nrows, as_tuple=True)[0]
+    n_rows = nrows.index_select(0, face_ids)
+    total = int(n_rows.sum())
+    seg_face = torch.repeat_interleave(face_ids, n_rows, output_size=total)
+    first = torch.repeat_interleave(torch.cumsum(n_rows, 0) - n_rows, n_rows, output_size=total)
+    seg_row = row0.index_select(0, seg_face) + torch.arange(total, device=tri.device) - first
+    a, b, c = (p.index_select(0, seg_face).double() for p in planes)  # (S, 3)
+    y = seg_row.double()[:, None] + 0.5
+    rest = b * y + c  # l_k = a_k x + rest_k >= 0
+    bound = -rest / torch.where(a == 0, 1.0, a)
+    slack = 1e-4 * ((a.abs() * (W + 1) + b.abs() * (H + 1) + c.abs()) / a.abs().clamp_min(1e-300) + 1.0)
+    big = float(H + W + 4)
+    lower = torch.where(a > 0, bound - slack, torch.where((a == 0) & (rest < 0), big, -big))
+    upper = torch.where(a < 0, bound + slack, torch.where((a == 0) & (rest < 0), -big, big))
+    x_lo = lower.clamp(-big, big).amax(-1)
+    x_hi = upper.clamp(-big, big).amin(-1)
+    box0 = col0.index_select(0, seg_face)
+    box1 = box0 + ncols.index_select(0, seg_face) - 1
+    # pixel j has its centre at j + 0.5
+    start = torch.maximum(torch.ceil(x_lo - 0.5).long(), box0)
+    stop = torch.minimum(torch.floor(x_hi - 0.5).long(), box1)
+    ncols = (stop - start + 1).clamp_min(0)
+    return torch.nonzero(ncols, as_tuple=True)[0], seg_row, start, ncols, seg_face, ncols
+
+
+@torch.no_grad()
 def _visible_faces(tri, planes, depth_coef, valid, H: int, W: int, faces_per_mesh: int, perspective_correct: bool):
     """Hard visibility: per pixel the nearest face whose interior holds the pixel centre -> (B*H*W,) long, -1 none.
 
@@ -336,12 +385,11 @@ def _visible_faces(tri, planes, depth_coef, valid, H: int, W: int, faces_per_mes
     largest packed face id, as when every face's grown box was visited in face order.
     """
     a, b, c = planes
-    col0, row0, ncols, _, counts = _box_counts(tri, valid, H, W, 0.0)
-    face_ids = torch.nonzero(counts, as_tuple=True)[0]
+    ids, box_row0, box_col0, box_ncols, payload, box_counts = _row_spans(tri, (a, b, c), valid, H, W)
     dtype = tri.dtype
     pixels, faces_out, depths = [], [], []
     table = torch.cat([a, b, c, depth_coef], -1)  # (P, 12): one gather per pair
-    for f, row, col in _box_pixels(face_ids, col0, row0, ncols, counts):
+    for f, row, col in _box_pixels(ids, box_col0, box_row0, box_ncols, box_counts, payload=payload):
         t = table.index_select(0, f)
         pcx = col.to(dtype) + 0.5
         pcy = row.to(dtype) + 0.5
@@ -359,8 +407,27 @@ def _visible_faces(tri, planes, depth_coef, valid, H: int, W: int, faces_per_mes
     if not pixels:
         return torch.full((n_pixels,), -1, dtype=torch.long, device=tri.device)
     pixel, face, depth = torch.cat(pixels), torch.cat(faces_out), torch.cat(depths)
+    if depth.dtype == torch.float32 and tri.shape[0] < 2**31:
+        return _nearest_face_float32(pixel, face, depth, n_pixels)
     pick = _select_per_pixel(pixel, depth, n_pixels, largest=False)
     return torch.where(pick >= 0, face.index_select(0, pick.clamp_min(0)), -1)
+
+
+@torch.no_grad()
+def _nearest_face_float32(pixel: torch.Tensor, face: torch.Tensor, depth: torch.Tensor, n_pixels: int) -> torch.Tensor:
+    """Per pixel the face of smallest float32 depth, ties -> the largest face id, in ONE scatter.
+
+    The depth's bits, made order-preserving as a signed int32, go in the high half of an int64 key and
+    ``2^31 - 1 - face`` in the low half, so the key's minimum is :func:`_select_per_pixel`'s pick.
+    pixel, face (N,) long, depth (N,) float32 -> (n_pixels,) long face, -1 where none.
+    """
+    bits = depth.view(torch.int32)
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: reverse their order
+    key = (bits.to(torch.int64) << 32) | (0x7FFFFFFF - face)
+    none = torch.iinfo(torch.int64).max
+    best = torch.full((n_pixels,), none, dtype=torch.int64, device=pixel.device)
+    best.scatter_reduce_(0, pixel, key, reduce="amin", include_self=True)
+    return torch.where(best == none, -1, 0x7FFFFFFF - (best & 0xFFFFFFFF))
 
 
 @torch.no_grad()
