@@ -4,8 +4,9 @@ Meshes: (a) the open model (MediaPipe canonical mesh, 468 v / 898 f) and (b) a F
 face-like cap (71 x 71 grid: 5041 v / 9800 f) of the same extent, both seen by a frontal camera that makes
 the face about 85 % of the image height. Batch 1, 2 torch threads. Both rasterizers get the SAME screen
 vertices (pytorch3d's in its NDC convention, as ``rasterize(..., backend="pytorch3d")`` converts them), one
-face per pixel, a 1 px blur band (pytorch3d: ``blur_radius = (2 / size)^2``, its squared NDC distance),
-perspective-correct barycentrics; the covered-pixel counts of both are printed in the table.
+face per pixel, perspective-correct barycentrics; pytorch3d with ``blur_radius = 0`` so that its pix_to_face
+covers the same pixels as ours (ours still computes its 1 px soft band on top); both covered-pixel counts are
+in the table. "previous rasterizer" is the one before issue 20 (tests/render_reference_rasterize.py).
 
 "forward" is the rasterizer alone under no_grad; "forward+backward" also back-propagates a loss on every
 differentiable output (ours: alpha, barycentrics, zbuf; pytorch3d: barycentrics, zbuf, dists) to the screen
@@ -20,6 +21,11 @@ Run: python benchmarks/bench_render.py  ->  benchmarks/results/render.md
 from __future__ import annotations
 
 import os
+
+# a shared machine: OpenMP threads that spin-wait for a descheduled partner make every small parallel op
+# 10-50x slower under load; passive waiting costs nothing on a quiet machine (set before torch loads)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import importlib.util
 import platform
 import statistics
 import time
@@ -73,7 +79,7 @@ def pytorch3d_rasterizer(screen: torch.Tensor, faces: torch.Tensor, size: int):
         return None
     s = float(size)
     ndc = torch.stack([(size - 2.0 * screen[..., 0]) / s, (size - 2.0 * screen[..., 1]) / s, screen[..., 2]], -1)
-    blur = (2.0 / s) ** 2  # squared NDC distance of 1 px
+    blur = 0.0  # pix_to_face = faces whose interior holds the pixel centre: the same covered pixels as ours
 
     def run(verts):
         meshes = Meshes(verts=[verts[0]], faces=[faces])
@@ -94,7 +100,16 @@ def pytorch3d_rasterizer(screen: torch.Tensor, faces: torch.Tensor, size: int):
     return forward, forward_backward, covered
 
 
-def ours_rasterizer(screen: torch.Tensor, faces: torch.Tensor, size: int):
+def reference_rasterize():
+    """The previous rasterizer (tests/render_reference_rasterize.py, commit c72562b), for before/after."""
+    path = ROOT / "tests" / "render_reference_rasterize.py"
+    spec = importlib.util.spec_from_file_location("render_reference_rasterize", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.rasterize
+
+
+def ours_rasterizer(screen: torch.Tensor, faces: torch.Tensor, size: int, rasterize=rasterize):
     """(forward, forward_backward, covered pixels) closures for microface's rasterizer."""
 
     def forward():
@@ -138,7 +153,9 @@ def bench(verts: torch.Tensor, faces: torch.Tensor, size: int) -> dict:
     screen = project_points(verts, cam).detach()
     ours_f, ours_fb, ours_cov = ours_rasterizer(screen, faces, size)
     rend_f, rend_fb = renderer_closures(verts, faces, cam, size)
-    fns = {"ours_f": ours_f, "ours_fb": ours_fb, "render_f": rend_f, "render_fb": rend_fb}
+    old_f, old_fb, _ = ours_rasterizer(screen, faces, size, reference_rasterize())
+    fns = {"ours_f": ours_f, "ours_fb": ours_fb, "render_f": rend_f, "render_fb": rend_fb, "old_f": old_f,
+           "old_fb": old_fb}
     theirs = pytorch3d_rasterizer(screen, faces, size)
     if theirs is not None:
         fns["p3d_f"], fns["p3d_fb"] = theirs[0], theirs[1]
@@ -175,8 +192,6 @@ def main() -> None:
             print(f"{name:30s} {size}x{size}: ours {r['ours_f']:.2f} / {r['ours_fb']:.2f} ms, pytorch3d "
                   f"{r.get('p3d_f')} / {r.get('p3d_fb')} ms, covered {r['ours_cov']} / {r['p3d_cov']}")
     load_after = os.getloadavg()[0]
-    import importlib.util
-
     p3d = "pytorch3d " + __import__("pytorch3d").__version__ if importlib.util.find_spec("pytorch3d") else "no pytorch3d"
     lines = [
         "# Renderer speed: microface's rasterizer vs pytorch3d's CPU rasterize_meshes (one run)",
@@ -184,20 +199,23 @@ def main() -> None:
         f"Machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores visible, "
         f"torch {torch.__version__}, {p3d}, torch threads = {torch.get_num_threads()}, Python "
         f"{platform.python_version()}; load average (1 min) {load_before:.1f} before, {load_after:.1f} after "
-        "(other jobs shared the machine: absolute times are noisy, the two rasterizers alternate so ratios are fair).",
+        "(other jobs shared the machine: absolute times are noisy, the rasterizers alternate so ratios are fair); "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}.",
         f"Median of {REPEATS} interleaved repeats after {WARMUP} warm-up rounds; batch 1; same screen vertices; "
-        "one face per pixel; 1 px blur band; perspective-correct. Command: `python benchmarks/bench_render.py`.",
+        "one face per pixel; perspective-correct; ours with its 1 px soft band, pytorch3d with blur_radius 0 (same "
+        "covered pixels). Command: `python benchmarks/bench_render.py`.",
         "",
         "| mesh | image | covered px (ours / pytorch3d) | ours, forward | pytorch3d | ratio | ours, forward+backward "
-        "| pytorch3d | ratio | our render (raster + shade), forward / forward+backward |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| pytorch3d | ratio | previous rasterizer (c72562b), forward / forward+backward "
+        "| our render (raster + shade), forward / forward+backward |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, size, r in rows:
         lines.append(
             f"| {name} | {size}x{size} | {r['ours_cov']} / {r['p3d_cov'] if r['p3d_cov'] is not None else 'n/a'} "
             f"| {_fmt(r['ours_f'])} | {_fmt(r.get('p3d_f'))} | {_ratio(r.get('p3d_f'), r['ours_f'])} "
             f"| {_fmt(r['ours_fb'])} | {_fmt(r.get('p3d_fb'))} | {_ratio(r.get('p3d_fb'), r['ours_fb'])} "
-            f"| {_fmt(r['render_f'])} / {_fmt(r['render_fb'])} |"
+            f"| {_fmt(r['old_f'])} / {_fmt(r['old_fb'])} | {_fmt(r['render_f'])} / {_fmt(r['render_fb'])} |"
         )
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic("\n".join(lines) + "\n", RESULT)
