@@ -163,9 +163,12 @@ def bench(verts: torch.Tensor, faces: torch.Tensor, size: int) -> dict:
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    rng = np.random.default_rng(0)
     for _ in range(REPEATS):
-        for key, fn in fns.items():
-            times[key].append(_timed(fn))
+        rng.shuffle(order)  # no closure always runs right after the same one (caches, sleeping threads)
+        for key in order:
+            times[key].append(_timed(fns[key]))
     out = {k: statistics.median(v) for k, v in times.items()}
     out["ours_cov"] = ours_cov
     out["p3d_cov"] = theirs[2] if theirs is not None else None
@@ -201,7 +204,7 @@ def main() -> None:
         f"{platform.python_version()}; load average (1 min) {load_before:.1f} before, {load_after:.1f} after "
         "(other jobs shared the machine: absolute times are noisy, the rasterizers alternate so ratios are fair); "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}.",
-        f"Median of {REPEATS} interleaved repeats after {WARMUP} warm-up rounds; batch 1; same screen vertices; "
+        f"Median of {REPEATS} interleaved repeats (closures in a new random order each repeat) after {WARMUP} warm-up rounds; batch 1; same screen vertices; "
         "one face per pixel; perspective-correct; ours with its 1 px soft band, pytorch3d with blur_radius 0 (same "
         "covered pixels). Command: `python benchmarks/bench_render.py`.",
         "",
