@@ -139,19 +139,21 @@ def window_bounds(n_frames: int, window: int, allow_single: bool = False) -> lis
 
 # --------------------------------------------------------------------------------------- crops, flow, models
 def crop_window(images: np.ndarray, landmarks68: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Eye-aligned crops of one window with one transform from its first (onset) frame.
+    """Eye-aligned crops of one window with one transform from its first (onset) frame: the crops the models were
+    trained on (``microface.data.face_crop``: area reduction to the crop's scale, then the warp).
 
     images (T, H, W, 3) uint8, landmarks68 (T, 68, 2) video pixels -> crops (T, S, S, 3) uint8,
     transform (2, 3) video -> crop pixels, landmarks68 in crop pixels (T, 68, 2) float32.
     """
-    from microface.data.preprocess import align_crop, eye_alignment_transform, transform_landmarks
+    from microface.data.face_crop import crop_image
+    from microface.data.preprocess import eye_alignment_transform, transform_landmarks
 
     images, landmarks68 = np.asarray(images), np.asarray(landmarks68)
     if images.ndim != 4 or landmarks68.shape != (images.shape[0], 68, 2):
         raise ValueError(f"expected images (T, H, W, 3) and landmarks68 (T, 68, 2), got {images.shape} and "
                          f"{landmarks68.shape}")
     transform = eye_alignment_transform(landmarks68[0], image_size)
-    crops = np.stack([align_crop(image, transform, image_size) for image in images])
+    crops = np.stack([crop_image(np.ascontiguousarray(image), transform, image_size) for image in images])
     return crops, transform, transform_landmarks(landmarks68, transform)
 
 

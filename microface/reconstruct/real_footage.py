@@ -293,8 +293,8 @@ class WindowFlow:
 
 def observed_flows(video: VideoData, window: int, size: int) -> list[WindowFlow]:
     """TV-L1 flow onset -> t of each window (and onset -> the frame before it), on the window's eye-aligned crop."""
+    from microface.data.face_crop import crop_image
     from microface.data.flow import compute_flow
-    from microface.data.preprocess import align_crop
 
     flows = []
     for start, stop in window_bounds(len(video.images), window):
@@ -302,7 +302,7 @@ def observed_flows(video: VideoData, window: int, size: int) -> list[WindowFlow]
         flow = window_flow(crops, "tvl1")
         if start > 0:
             gray = [cv2.cvtColor(c, cv2.COLOR_RGB2GRAY)
-                    for c in (crops[0], align_crop(video.images[start - 1], transform, size))]
+                    for c in (crops[0], crop_image(np.ascontiguousarray(video.images[start - 1]), transform, size))]
             flow = np.concatenate([compute_flow(gray[0], gray[1], "tvl1")[None], flow])
         flows.append(WindowFlow(begin=start - (start > 0), stop=stop, onset=int(start > 0), flow=flow,
                                 transform=transform))
