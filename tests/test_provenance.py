@@ -74,7 +74,9 @@ def test_shipped_checkpoint_provenance_names_no_absolute_path():
     meta = {key: value for key, value in bundle.items() if key not in ("dem_state", "dgmd_state")}
     assert not absolute_strings(meta), absolute_strings(meta)
     assert bundle["provenance"]["config"]["path"] == "config/cpu.yaml"
-    assert bundle["provenance"]["dem_checkpoint"]["path"] == "results/cpu/dem/checkpoints/dem.pt"
+    # the shipped pair is the cpu profile's "+3D supervision" one (tests/test_shipped_checkpoint.py says why)
+    assert bundle["provenance"]["dem_checkpoint"]["path"] == "results/cpu/dem/checkpoints/dem_3d.pt"
+    assert bundle["provenance"]["dgmd_checkpoint"]["path"] == "results/cpu/dgmd/checkpoints/dgmd_3d.pt"
 
 
 @pytest.mark.skipif(landmarker_unavailable_reason() is not None, reason=f"{landmarker_unavailable_reason()}")
