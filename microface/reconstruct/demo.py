@@ -83,7 +83,8 @@ def run_demo(video, max_frames: int, window: int, out_dir) -> NotebookReport:
 
     Returns:
         notes: ``video``, ``summary`` (``summary_lines``), ``written`` (params.npz's arrays and shapes, the first
-        meshes); figures: ``attention`` (mean DGMD gate and mean |offset| in mm per frame; not saved); values:
+        meshes); figures: ``overlay`` (``preview.png``: the mesh over sampled frames of the video), ``attention``
+        (mean DGMD gate and mean |offset| in mm per frame; not saved); values:
         ``viewer_html`` (``viewer_iframe``: viewer.html inside an iframe, for ``IPython.display.HTML``); paths:
         ``out``, ``video``, ``viewer``.
     """
@@ -111,6 +112,15 @@ def run_demo(video, max_frames: int, window: int, out_dir) -> NotebookReport:
     figure.tight_layout()
     plt.close(figure)
     report.figures["attention"] = figure
+
+    # the overlay: the mesh drawn over sampled frames of the real video (preview.png, what reconstruct writes first)
+    preview = plt.imread(out / "preview.png")
+    figure, axis = plt.subplots(figsize=(10, 10 * preview.shape[0] / preview.shape[1]))
+    axis.imshow(preview)
+    axis.set_axis_off()
+    figure.tight_layout()
+    plt.close(figure)
+    report.figures["overlay"] = figure
 
     viewer = out / "viewer.html"
     report.values["viewer_html"] = viewer_iframe(viewer)
