@@ -21,6 +21,17 @@ def test_log_mode_writes_whole_lines_up_to_the_end(monkeypatch):
     assert len(lines) >= 3  # intermediate states too, each on its own line
 
 
+def test_log_mode_drops_the_cursor_moves_of_nested_bars(monkeypatch):
+    monkeypatch.setenv("MICROFACE_PROGRESS", "log")
+    monkeypatch.delenv("MICROFACE_NO_PROGRESS", raising=False)
+    stream = io.StringIO()
+    for _ in progress(range(2), desc="outer", file=stream, mininterval=0.0, miniters=1):
+        for _ in progress(range(2), desc="inner", file=stream, mininterval=0.0, miniters=1, position=1,
+                          leave=False):
+            pass
+    assert "\x1b" not in stream.getvalue() and "inner" in stream.getvalue()
+
+
 def test_default_mode_is_tqdm_auto_and_the_snakefile_sets_log_mode(monkeypatch):
     monkeypatch.delenv("MICROFACE_PROGRESS", raising=False)
     stream = io.StringIO()

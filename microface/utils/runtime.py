@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 from typing import Iterable
 
@@ -32,6 +33,9 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+_CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # nested bars move the cursor; a log has no cursor
+
+
 class LineStream:
     """A file for tqdm that writes every refresh as a whole line (no carriage returns, no widget): what a log
     file or papermill's ``--log-output`` can show. Wraps ``stream`` (e.g. ``sys.stdout``)."""
@@ -40,7 +44,7 @@ class LineStream:
         self.stream = stream
 
     def write(self, text: str) -> None:
-        line = text.replace("\r", "").strip("\n")
+        line = _CURSOR_MOVES.sub("", text.replace("\r", "")).strip("\n")
         if line.strip():
             self.stream.write(line + "\n")
 
