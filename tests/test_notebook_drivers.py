@@ -114,7 +114,7 @@ def _write_prepared(results: Path, n_subjects: int = 3, per_subject: int = 3) ->
 TINY_MER = {"epochs": 2, "n_frames": 4, "models": ["trajectory"], "batch_size": 4, "lr": 1e-2,
             "fdp": {"image_size": 16, "dims": [4, 8], "depths": [1, 1], "heads": [1, 1], "sr_ratios": [2, 1],
                     "decoder_dim": 8},
-            "mol": {"image_size": 16, "stem_channels": [4, 8], "knn_k": 2},
+            "mol": {"image_size": 16, "stem_channels": [4, 8], "knn_k": 2, "temporal_kernel": 3},  # n_frames 4: 3 pairs
             "trajectory": {"hidden": 8, "layers": 1}}
 
 
