@@ -19,9 +19,6 @@ if not workflow.overwrite_configfiles:
 
 validate(config, "config/schema.yaml")
 
-# every job (papermill notebooks, fold and video jobs) writes its progress bars as whole lines: readable in its log
-os.environ["MICROFACE_PROGRESS"] = "log"
-
 PROFILE = config["profile"]
 RESULTS = f"results/{PROFILE}"
 # The one handoff: the validated, merged config (config file(s) + --config overrides) that every notebook reads
@@ -29,7 +26,9 @@ RESULTS = f"results/{PROFILE}"
 CONFIG_FILE = f"{RESULTS}/config.yaml"
 write_config(config, CONFIG_FILE)
 NOTEBOOKS = f"{RESULTS}/notebooks"
-PAPERMILL = "papermill --log-output --no-progress-bar -k microface"
+# MICROFACE_PROGRESS=log: every job (papermill notebooks, fold and video jobs below) writes its progress bars as
+# whole lines, readable in its log (microface.utils.runtime.progress)
+PAPERMILL = "MICROFACE_PROGRESS=log papermill --log-output --no-progress-bar -k microface"
 # Every notebook rule claims all cores, so Snakemake runs them one at a time: two torch jobs sharing the cores,
 # each with a thread per core, were measured 10-25x slower per step than one job alone (thread oversubscription).
 ALL_CORES = max(1, min(workflow.cores or 1, os.cpu_count() or 1))  # profiles/slurm sets threads per rule
@@ -137,7 +136,7 @@ rule mer_fold:
     log:
         f"{RESULTS}/logs/03_mer/{{model}}/{{holdout}}.log",
     shell:  # the fold reads notebook 00's prepared/ beside the config: results/<profile>
-        "microface mer-fold --config {input.config} --model {wildcards.model} --holdout {wildcards.holdout} "
+        "MICROFACE_PROGRESS=log microface mer-fold --config {input.config} --model {wildcards.model} --holdout {wildcards.holdout} "
         "> {log} 2>&1"
 
 
@@ -249,7 +248,7 @@ rule real_footage_video:
     log:
         f"{RESULTS}/logs/07_real_footage/{{video}}.log",
     shell:  # the video job scores the models of results/<profile>, the config's folder
-        "microface real-video --config {input.config} --video {wildcards.video} > {log} 2>&1"
+        "MICROFACE_PROGRESS=log microface real-video --config {input.config} --video {wildcards.video} > {log} 2>&1"
 
 
 # Notebook 07 merges the videos into the table, overlays and AU curves (it computes a video itself only when its

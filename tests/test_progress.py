@@ -39,4 +39,6 @@ def test_default_mode_is_tqdm_auto_and_the_snakefile_sets_log_mode(monkeypatch):
         pass
     assert "\r" in stream.getvalue()  # a terminal-style bar: what a log must not get
     snakefile = (Path(__file__).resolve().parents[1] / "Snakefile").read_text()
-    assert 'os.environ["MICROFACE_PROGRESS"] = "log"' in snakefile
+    commands = [line for line in snakefile.splitlines() if "papermill --log-output" in line or "microface mer-fold" in line
+                or "microface real-video" in line]
+    assert len(commands) == 3 and all("MICROFACE_PROGRESS=log " in line for line in commands)

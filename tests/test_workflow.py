@@ -31,6 +31,9 @@ GPU_RULES = {"dem_pretrain", "dgmd_refine", "mer_fold", "evaluate", "ablations",
 needs_snakemake = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed (pip install -e .[notebooks])")
 
 
+# a job's command as a -p dry run prints it, without the MICROFACE_PROGRESS=log prefix every job has
+JOB_COMMAND = r"^\s*(?:Shell command:\s*)?(?:MICROFACE_PROGRESS=log )?(microface {} .*)$"
+
 def workdir(tmp_path: Path) -> Path:
     """A scratch working directory holding links to the repository's notebooks and configs."""
     work = tmp_path / "work"
@@ -64,7 +67,7 @@ def fold_jobs(output: str) -> list[tuple[str, str, str]]:
     for block in re.split(r"\n(?=\[|rule |checkpoint )", output):
         if re.search(r"^rule mer_fold:", block, flags=re.M):
             wildcards = dict(re.findall(r"(\w+)=([\w.-]+)", re.search(r"wildcards: (.*)", block).group(1)))
-            command = re.search(r"^\s*(?:Shell command:\s*)?(microface mer-fold .*)$", block, flags=re.M).group(1)
+            command = re.search(JOB_COMMAND.format("mer-fold"), block, flags=re.M).group(1)
             jobs.append((wildcards["model"], wildcards["holdout"], command))
     return sorted(jobs)
 
@@ -72,6 +75,8 @@ def fold_jobs(output: str) -> list[tuple[str, str, str]]:
 def papermill_lines(output: str) -> list[str]:
     """The notebook command lines a ``-p`` dry run prints (``Shell command: papermill ...``)."""
     lines = (line.strip().removeprefix("Shell command:").strip() for line in output.splitlines())
+    # every job's command starts with MICROFACE_PROGRESS=log (progress bars as whole lines in its log)
+    lines = [line.removeprefix("MICROFACE_PROGRESS=log ") for line in lines]
     return [line for line in lines if line.startswith("papermill ")]
 
 
@@ -288,7 +293,7 @@ def test_real_footage_videos_are_jobs_of_their_own_merged_by_notebook_07(tmp_pat
     result = dry_run(work, "--configfile", str(user_config(tmp_path, profile="mine", real=real)))
     assert result.returncode == 0, result.stderr[-3000:]
     blocks = re.split(r"\n(?=\[|rule |checkpoint )", result.stdout)
-    commands = sorted(re.search(r"^\s*(?:Shell command:\s*)?(microface real-video .*)$", block, flags=re.M).group(1)
+    commands = sorted(re.search(JOB_COMMAND.format("real-video"), block, flags=re.M).group(1)
                       for block in blocks if re.search(r"^rule real_footage_video:", block, flags=re.M))
     expected = ["single_face", "sub02", "talk_1"]
     assert commands == [f"microface real-video --config results/mine/config.yaml --video {name} > "
