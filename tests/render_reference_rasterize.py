@@ -1,55 +1,7 @@
-"""The rasterizer as of commit c72562b (before the issue-20 speed-up), kept verbatim as the reference that
-tests/test_render.py compares the current one against: same fragments, same gradients. Not imported by microface.
-
-Original module docstring:
-
-
-The API imitates pytorch3d (a renderer is a rasterizer plus a shader; fragments are a plain structure with
-``pix_to_face``, ``bary_coords``, ``zbuf``) so code that consumes fragments (DGMD's pixel-vertex pooling)
-runs unchanged on the optional pytorch3d backend.
-
-Shapes: B batch, V vertices, F faces (per mesh), H/W image size, C channels.
-
-Conventions
------------
-World frame: the face model's (millimetres, +x subject's left, +y up, +z out of the face toward a frontal
-camera). Camera frame: OpenCV's (+x right in the image, +y down in the image, +z forward along the optical
-axis, so depth is positive in front of the camera and larger farther away). A camera holds world->camera
-``X_cam = X_world @ R^T + t``. The frontal camera of :func:`look_at_camera` is ``R = diag(1, -1, -1)``,
-``t = (0, 0, distance)``: world +x (the subject's left) lands on the image's right, world +y on the image's
-top, exactly as a camera facing the subject sees it (no mirroring).
-
-Screen space: ``(x_px, y_px, depth)``; x to the right, y DOWN, in pixels, with pixel ``(row i, col j)``
-centred at ``(j + 0.5, i + 0.5)``; depth is the camera-frame z in millimetres (also for weak perspective,
-where it only serves the z-test).
-
-Fragments (``faces_per_pixel = 1``):
-- ``pix_to_face (B, H, W, 1)`` long: index into the PACKED faces, ``b * F + f`` (pytorch3d's convention),
-  ``-1`` on background. Recover the per-mesh face with ``pix_to_face % F``. Only faces whose interior
-  contains the pixel centre are reported (the blur radius never widens it), so it is an exact
-  pixel -> face correspondence.
-- ``bary_coords (B, H, W, 1, 3)``: barycentric weights of the pixel centre in that face, perspective-correct
-  for perspective cameras (screen-space weights ``l_k`` become ``(l_k / z_k) / sum_j (l_j / z_j)``, which are
-  the weights of the 3D surface point); zeros on background. They are differentiable w.r.t. the screen
-  vertices: visibility is found without grad, the weights are then recomputed from the vertices.
-- ``zbuf (B, H, W, 1)``: depth of the surface point at the pixel centre (``sum_k bary_k z_k``), ``-1`` on
-  background.
-- ``alpha (B, H, W)``: soft coverage in [0, 1] for anti-aliasing and silhouette gradients (see
-  :func:`rasterize`).
-- ``fringe_face``, ``fringe_bary``: for pixels just outside the silhouette (no face, ``alpha > 0``), the
-  nearest face within the blur radius and the barycentrics of the pixel centre clipped to that triangle,
-  so the anti-aliased fringe can be coloured like the surface next to it. ``-1`` / zeros elsewhere.
-
-Example
--------
->>> import torch
->>> from microface.render import MeshRenderer, look_at_camera, sh_constant
->>> cam = look_at_camera(500.0, 300.0, (64, 64), batch_size=1)
->>> verts = torch.tensor([[[-40.0, -40.0, 0.0], [40.0, -40.0, 0.0], [0.0, 40.0, 0.0]]])
->>> faces = torch.tensor([[0, 1, 2]])
->>> out = MeshRenderer()(verts, faces, cam, torch.ones(1, 3, 3), sh_constant(1, 1.0), (64, 64))
->>> tuple(out.image.shape), bool(out.mask.any())
-((1, 3, 64, 64), True)
+"""The rasterizer's visibility search as of commit c72562b (before the issue-20 speed-up), kept as the reference
+that tests/test_render.py compares the current one against: same fragments, same gradients. Only what the speed-up
+rewrote is here (candidate enumeration, per-pixel selection, contour edges and ``rasterize`` itself), verbatim; the
+helpers it left unchanged are imported from ``microface.render.rasterize``. Not imported by microface.
 """
 from __future__ import annotations
 
@@ -58,150 +10,21 @@ from dataclasses import dataclass
 import torch
 
 from microface.render.camera import _size_hw
+from microface.render.rasterize import (  # unchanged by the speed-up
+    Fragments,
+    _barycentric,
+    _check_mesh,
+    _edge_geometry,
+    _edge_twins,
+    _face_pixel_ranges,
+    _packed_triangles,
+    _pixel_centres,
+    _pytorch3d_pix_to_face,
+    _safe_sqrt,
+    _smoothstep_coverage,
+)
 
-__all__ = ["Fragments", "rasterize", "interpolate_vertex_attributes", "packed_pix_to_face"]
-
-# Faces enumerated per vectorised chunk of (pixel, face) candidates: bounds peak memory at a few hundred MB.
 _MAX_CANDIDATES_PER_CHUNK = 1 << 22
-
-
-# ---------------------------------------------------------------------------------------- rasterizer
-@dataclass
-class Fragments:
-    """Per-pixel rasterization result (see the module docstring for exact conventions).
-
-    Attributes:
-        pix_to_face: long, packed face index ``b * F + f``, -1 background, shape (B, H, W, 1).
-        bary_coords: perspective-correct barycentrics (zeros on background), differentiable, shape (B, H, W, 1, 3).
-        zbuf: depth in mm of the surface point, -1 background, differentiable, shape (B, H, W, 1).
-        alpha: soft coverage in [0, 1], differentiable w.r.t. screen vertices, shape (B, H, W).
-        fringe_face: long, nearest face for pixels in the anti-aliased fringe outside the mesh, else -1,
-            shape (B, H, W, 1).
-        fringe_bary: barycentrics clipped to that face, else zeros, shape (B, H, W, 1, 3).
-    """
-
-    pix_to_face: torch.Tensor
-    bary_coords: torch.Tensor
-    zbuf: torch.Tensor
-    alpha: torch.Tensor
-    fringe_face: torch.Tensor
-    fringe_bary: torch.Tensor
-
-    @property
-    def mask(self) -> torch.Tensor:
-        """Bool, pixels whose centre lies on a face, shape (B, H, W)."""
-        return self.pix_to_face[..., 0] >= 0
-
-
-def _check_mesh(screen_vertices: torch.Tensor, faces: torch.Tensor) -> None:
-    if screen_vertices.ndim != 3 or screen_vertices.shape[-1] != 3:
-        raise ValueError(f"screen_vertices: expected (B, V, 3), got {tuple(screen_vertices.shape)}")
-    if faces.ndim != 2 or faces.shape[-1] != 3 or faces.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"faces: expected (F, 3) integer tensor, got {tuple(faces.shape)} {faces.dtype}")
-    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= screen_vertices.shape[1]):
-        raise ValueError(
-            f"faces: indices must lie in [0, {screen_vertices.shape[1]}), found "
-            f"[{int(faces.min())}, {int(faces.max())}]"
-        )
-
-
-def _packed_triangles(screen_vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """screen_vertices (B, V, 3), faces (F, 3) -> packed triangles (B * F, 3 corners, 3)."""
-    B = screen_vertices.shape[0]
-    return screen_vertices[:, faces.long()].reshape(B * faces.shape[0], 3, 3)
-
-
-def _barycentric(
-    tri: torch.Tensor, px: torch.Tensor, perspective_correct: bool, clip: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Barycentrics of 2D points in screen triangles.
-
-    tri: (P, 3, 3) screen corners; px: (P, 2) points -> (bary (P, 3), depth (P,)).
-    ``clip`` clamps negative weights to 0 and renormalises (pytorch3d's clip_barycentric_coords).
-    """
-    x, y, z = tri.unbind(-1)  # each (P, 3)
-    # l_k = signed area of the sub-triangle opposite corner k / signed area of the triangle
-    x0, x1, x2 = x.unbind(-1)
-    y0, y1, y2 = y.unbind(-1)
-    px_x, px_y = px.unbind(-1)
-    area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-    w0 = (x1 - px_x) * (y2 - px_y) - (x2 - px_x) * (y1 - px_y)
-    w1 = (x2 - px_x) * (y0 - px_y) - (x0 - px_x) * (y2 - px_y)
-    w2 = (x0 - px_x) * (y1 - px_y) - (x1 - px_x) * (y0 - px_y)
-    bary = torch.stack([w0, w1, w2], dim=-1) / area[:, None]
-    if clip:
-        bary = bary.clamp_min(0.0)
-        bary = bary / bary.sum(-1, keepdim=True).clamp_min(1e-12)
-    if perspective_correct:
-        # screen-linear weights interpolate 1/z; dividing by z_k turns them into 3D surface weights
-        weighted = bary / z
-        inv_depth = weighted.sum(-1)
-        bary = weighted / inv_depth[:, None]
-    depth = (bary * z).sum(-1)
-    return bary, depth
-
-
-def _edge_geometry(tri2d: torch.Tensor, px: torch.Tensor):
-    """Distances from points to the edges of screen triangles; edge k runs from corner k to corner k+1.
-
-    tri2d: (P, 3, 2), px: (P, 2) -> line_dist (P, 3) signed distance to each edge LINE (inside positive),
-    seg_dist2 (P, 3) squared distance to each edge SEGMENT, foot (P, 3, 2) nearest point on each segment,
-    outward (P, 3, 2) unit outward normal of each edge.
-    """
-    a = tri2d
-    e = tri2d.roll(-1, dims=1) - a  # (P, 3, 2)
-    rel = px[:, None, :] - a  # (P, 3, 2)
-    area = e[:, 0, 0] * (-e[:, 2, 1]) - e[:, 0, 1] * (-e[:, 2, 0])  # cross(p1 - p0, p2 - p0)
-    orient = torch.sign(area)[:, None]
-    edge_len = (e * e).sum(-1).clamp_min(1e-24).sqrt()
-    # cross(e, rel) has the sign of the triangle's area on the inner side of the edge
-    line_dist = (e[..., 0] * rel[..., 1] - e[..., 1] * rel[..., 0]) * orient / edge_len
-    s = ((rel * e).sum(-1) / (edge_len * edge_len)).clamp(0.0, 1.0)
-    foot = a + s[..., None] * e
-    seg = px[:, None, :] - foot
-    seg_dist2 = (seg * seg).sum(-1)
-    outward = torch.stack([e[..., 1], -e[..., 0]], dim=-1) * (orient / edge_len)[..., None]
-    return line_dist, seg_dist2, foot, outward
-
-
-def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
-    # clamp keeps the gradient finite at 0 (a pixel centre exactly on an edge)
-    return x.clamp_min(1e-20).sqrt()
-
-
-def _signed_distance(tri2d: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
-    """Signed distance (pixels, inside positive) from points to screen triangles. (P, 3, 2), (P, 2) -> (P,).
-
-    Inside: distance to the nearest edge line; outside: minus the distance to the nearest edge segment.
-    Continuous and zero on the boundary.
-    """
-    line_dist, seg_dist2, _, _ = _edge_geometry(tri2d, px)
-    inside = line_dist.amin(-1)
-    return torch.where(inside >= 0, inside, -_safe_sqrt(seg_dist2.amin(-1)))
-
-
-def _edge_twins(faces: torch.Tensor) -> torch.Tensor:
-    """Neighbour across each edge. faces (F, 3) -> (F, 3) long face index, -1 on open or non-manifold edges.
-
-    Edge k of face f runs from corner k to corner k+1 (half-edge id ``3 f + k``).
-    """
-    faces = faces.long()
-    u, v = faces, faces.roll(-1, dims=1)
-    n_vertices = int(faces.max()) + 1 if faces.numel() else 1
-    key = (torch.minimum(u, v) * n_vertices + torch.maximum(u, v)).reshape(-1)
-    order = torch.argsort(key, stable=True)
-    sorted_key = key[order]
-    _, inverse, counts = torch.unique_consecutive(sorted_key, return_inverse=True, return_counts=True)
-    paired = counts[inverse] == 2
-    n = key.numel()
-    pos = torch.arange(n, device=faces.device)
-    with_next = torch.zeros(n, dtype=torch.bool, device=faces.device)
-    with_next[:-1] = sorted_key[:-1] == sorted_key[1:]
-    partner_pos = torch.where(with_next, pos + 1, pos - 1)
-    twin_sorted = torch.where(paired, order[partner_pos.clamp(0, max(n - 1, 0))], -1)
-    twin = torch.empty_like(twin_sorted)
-    twin[order] = twin_sorted
-    return torch.where(twin >= 0, twin // 3, -1).reshape(faces.shape)
 
 
 @torch.no_grad()
@@ -218,36 +41,6 @@ def _contour_edges(faces: torch.Tensor, clockwise: torch.Tensor, valid: torch.Te
     safe = torch.where(has_twin, packed_twin, 0)
     flipped = clockwise[safe] != clockwise[:, None]
     return ~has_twin | flipped | ~valid[safe]
-
-
-def _smoothstep_coverage(signed_distance: torch.Tensor, radius: float) -> torch.Tensor:
-    """Cubic smoothstep of the signed distance over [-radius, radius]: 0 outside, 1 deep inside, C1.
-
-    Symmetric, S(-d) = 1 - S(d): what it adds just outside an edge it removes just inside, so the
-    alpha-weighted area of a straight edge is exact. signed_distance (...) -> (...).
-    """
-    u = ((signed_distance + radius) / (2.0 * radius)).clamp(0.0, 1.0)
-    return u * u * (3.0 - 2.0 * u)
-
-
-def _face_pixel_ranges(tri: torch.Tensor, H: int, W: int, margin: float):
-    """Inclusive pixel index ranges of each packed face's bbox grown by ``margin`` px, clamped to the image.
-
-    tri: (P, 3, 3) -> col0, row0, ncols, nrows, each (P,) long (zero counts for faces off-screen).
-    """
-    xmin = tri[..., 0].amin(-1) - margin
-    xmax = tri[..., 0].amax(-1) + margin
-    ymin = tri[..., 1].amin(-1) - margin
-    ymax = tri[..., 1].amax(-1) + margin
-    # pixel j has its centre at j + 0.5: j in [ceil(xmin - 0.5), floor(xmax - 0.5)]
-    big = float(max(H, W) + 2)
-    col0 = torch.ceil(xmin - 0.5).clamp(-1, big).long().clamp_min(0)
-    col1 = torch.floor(xmax - 0.5).clamp(-1, big).long().clamp_max(W - 1)
-    row0 = torch.ceil(ymin - 0.5).clamp(-1, big).long().clamp_min(0)
-    row1 = torch.floor(ymax - 0.5).clamp(-1, big).long().clamp_max(H - 1)
-    ncols = (col1 - col0 + 1).clamp_min(0)
-    nrows = (row1 - row0 + 1).clamp_min(0)
-    return col0, row0, ncols, nrows
 
 
 @dataclass
@@ -346,42 +139,6 @@ def _select_per_pixel(pixel: torch.Tensor, key: torch.Tensor, n_pixels: int, lar
     out = torch.full((n_pixels,), -1, dtype=torch.long, device=key.device)
     out.scatter_reduce_(0, pixel[winner], winner, reduce="amax", include_self=True)
     return out
-
-
-def _pixel_centres(flat_pixels: torch.Tensor, H: int, W: int, dtype) -> torch.Tensor:
-    """flat pixel ids (P,) ``b*H*W + row*W + col`` -> centres (P, 2) = (col + 0.5, row + 0.5)."""
-    rem = flat_pixels % (H * W)
-    return torch.stack([(rem % W).to(dtype) + 0.5, (rem // W).to(dtype) + 0.5], dim=-1)
-
-
-def _pytorch3d_pix_to_face(
-    screen_vertices: torch.Tensor, faces: torch.Tensor, H: int, W: int, perspective_correct: bool
-):
-    """Hard visibility from pytorch3d's rasterizer, converted to our screen convention. -> (B*H*W,) long."""
-    try:
-        from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
-        from pytorch3d.structures import Meshes
-    except ImportError as err:
-        raise ImportError(
-            "backend='pytorch3d' needs pytorch3d, which is optional and not installable from pip on CPU "
-            "machines. On a GPU node install it with conda (`conda install pytorch3d -c pytorch3d`) or build "
-            "it from source (https://github.com/facebookresearch/pytorch3d/blob/main/INSTALL.md); otherwise use "
-            "backend='torch'."
-        ) from err
-    s = float(min(H, W))
-    # pytorch3d NDC: +x left, +y up, the shorter side spans [-1, 1]; its pixel (i, j) centre maps to our
-    # (j + 0.5, i + 0.5) under ndc_x = (W - 2 x_px) / s, ndc_y = (H - 2 y_px) / s
-    ndc = torch.stack(
-        [(W - 2.0 * screen_vertices[..., 0]) / s, (H - 2.0 * screen_vertices[..., 1]) / s, screen_vertices[..., 2]],
-        dim=-1,
-    ).detach()
-    B = screen_vertices.shape[0]
-    meshes = Meshes(verts=list(ndc), faces=[faces.long()] * B)
-    pix_to_face, _, _, _ = rasterize_meshes(
-        meshes, image_size=(H, W), blur_radius=0.0, faces_per_pixel=1, perspective_correct=perspective_correct,
-        clip_barycentric_coords=False, cull_backfaces=False,
-    )
-    return pix_to_face.reshape(-1)
 
 
 def rasterize(
@@ -504,56 +261,3 @@ def rasterize(
         fringe_face=fringe_flat.reshape(B, H, W, 1),
         fringe_bary=fringe_bary.reshape(B, H, W, 1, 3),
     )
-
-
-def interpolate_vertex_attributes(
-    fragments: Fragments, faces: torch.Tensor, vertex_attributes: torch.Tensor, include_fringe: bool = False
-) -> torch.Tensor:
-    """Barycentric interpolation of per-vertex attributes at each pixel.
-
-    Args:
-        fragments: from :func:`rasterize` with ``faces``.
-        faces: triangle vertex indices, shape (F, 3).
-        vertex_attributes: per-vertex values, shape (B, V, C), or (V, C) shared by the batch.
-        include_fringe: also fill the anti-aliased fringe from ``fringe_face``.
-
-    Returns:
-        interpolated values, shape (B, H, W, C), differentiable w.r.t. the attributes and (through the
-        barycentrics) the vertices; zero on background.
-
-    Raises:
-        ValueError: ``vertex_attributes`` of the wrong shape.
-    """
-    B, H, W, _ = fragments.pix_to_face.shape
-    if vertex_attributes.ndim == 2:
-        vertex_attributes = vertex_attributes.expand(B, *vertex_attributes.shape)
-    if vertex_attributes.ndim != 3 or vertex_attributes.shape[0] not in (1, B):
-        raise ValueError(f"vertex_attributes: expected ({B}, V, C) or (V, C), got {tuple(vertex_attributes.shape)}")
-    vertex_attributes = vertex_attributes.expand(B, -1, -1)
-    C = vertex_attributes.shape[-1]
-    # attrs[b * F + f, k] = vertex_attributes[b, faces[f, k]]: packed like pix_to_face
-    face_attrs = vertex_attributes[:, faces.long()].reshape(B * faces.shape[0], 3, C)
-    p2f = fragments.pix_to_face.reshape(-1)
-    bary = fragments.bary_coords.reshape(-1, 3)
-    if include_fringe:
-        fringe = fragments.fringe_face.reshape(-1)
-        bary = torch.where((fringe >= 0)[:, None], fragments.fringe_bary.reshape(-1, 3), bary)
-        p2f = torch.where(fringe >= 0, fringe, p2f)
-    fg = torch.nonzero(p2f >= 0, as_tuple=True)[0]
-    values = torch.einsum("pk,pkc->pc", bary[fg], face_attrs[p2f[fg]])
-    out = torch.zeros(B * H * W, C, dtype=values.dtype, device=values.device).index_put((fg,), values)
-    return out.reshape(B, H, W, C)
-
-
-def packed_pix_to_face(pix_to_face: torch.Tensor, n_faces: int) -> torch.Tensor:
-    """Re-pack per-image face indices, each image rasterized alone (b = 0), as ``b * F + f``.
-
-    Args:
-        pix_to_face: per-image face indices, -1 background, shape (B, H, W, 1).
-        n_faces: faces per mesh F.
-
-    Returns:
-        packed face indices, -1 background, shape (B, H, W, 1).
-    """
-    offset = torch.arange(pix_to_face.shape[0], device=pix_to_face.device)[:, None, None, None] * n_faces
-    return torch.where(pix_to_face >= 0, pix_to_face + offset, pix_to_face)

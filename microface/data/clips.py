@@ -136,14 +136,6 @@ def subsample_indices(onset: int, apex: int, offset: int, max_frames: int) -> np
     return grid
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    """One frame -> (H, W, 3) uint8 RGB at its own size."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"frame {path} could not be read as an image; regenerate the benchmark with `microface synth`")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def _resize_rgb(image: np.ndarray, image_size: int) -> np.ndarray:
     # INTER_AREA keeps pixel centres at (j + 0.5) * scale, the convention landmarks and flows are rescaled by
     return cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
@@ -162,8 +154,8 @@ def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: s
     """One synthetic-benchmark record -> ClipTensors of its kept frames (see ``clip_tensors_from_synth``)."""
     from microface.data.clip_landmarks import LANDMARK_SOURCES, clip_landmarks
     from microface.data.face_crop import clip_crop_transform, crop_flow, crop_image, needs_face_crop
-    from microface.data.preprocess import transform_landmarks
     from microface.data.flow import accumulate_flow_opencv, clip_flow
+    from microface.data.preprocess import read_rgb, transform_landmarks
 
     if flow_method not in FLOW_SOURCES:
         raise ValueError(f"flow_method: expected one of {FLOW_SOURCES}, got {flow_method!r}")
@@ -184,7 +176,7 @@ def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: s
         consecutive = truth["flow"] if flow_method == "gt" else None
     if landmarks == "detected":
         points = clip_landmarks(record, landmark_cache).points[indices]
-    sources = [_read_rgb(record.frames[i]) for i in indices]
+    sources = [read_rgb(record.frames[i]) for i in indices]
     height, width = sources[0].shape[:2]
     crop = needs_face_crop(points[0], width) if face_crop is None else face_crop
     if crop:

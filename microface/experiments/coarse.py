@@ -50,7 +50,7 @@ from microface.experiments.report import NotebookReport
 from microface.models.baseline import build_baseline
 from microface.training.dem import LossWeights, TrainSettings, build_dem, evaluate_geometry
 from microface.training.loop import load_checkpoint
-from microface.utils.checks import config_from_dict
+from microface.utils.checks import check_supervision, config_from_dict
 from microface.utils.io import write_table, write_text_atomic
 from microface.viz.curves import CURVES_NAME, training_curves
 
@@ -113,10 +113,7 @@ class CoarseBenchmarkSettings:
         if self.perceptual not in PERCEPTUAL_DISTANCES:
             raise ValueError(f"dem.perceptual: expected one of {PERCEPTUAL_DISTANCES}, got {self.perceptual!r}")
         LossWeights.from_dict(self.weights)
-        LossWeights.from_dict(self.supervision)  # unknown keys fail here, naming the loss terms
-        if not self.supervision or any(not value > 0 for value in self.supervision.values()):
-            raise ValueError(f"dem.supervision: expected loss weights > 0 (e.g. {{param: 1.0}}), got "
-                             f"{self.supervision}")
+        check_supervision(self.supervision, LossWeights, "dem.supervision", "{param: 1.0}")
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "CoarseBenchmarkSettings":

@@ -43,7 +43,7 @@ from microface.render.camera import to_render_camera
 from microface.training.dem import Reconstruction, build_dem, reconstruct
 from microface.training.dgmd import DGMDLossWeights, DGMDTrainSettings, RefineClip, refine_clip, train_dgmd
 from microface.training.loop import load_checkpoint
-from microface.utils.checks import config_from_dict
+from microface.utils.checks import check_supervision, config_from_dict
 from microface.utils.io import write_table
 from microface.viz.curves import training_curves
 
@@ -83,10 +83,7 @@ class RefineBenchmarkSettings:
             raise ValueError("dgmd.train.seed: not a setting here; the profile's top-level seed is used")
         DGMDConfig.from_dict(self.model)
         DGMDTrainSettings.from_dict(self._train_only)
-        DGMDLossWeights.from_dict(self.supervision)  # unknown keys fail here, naming the loss terms
-        if not self.supervision or any(not value > 0 for value in self.supervision.values()):
-            raise ValueError(f"dgmd.train.supervision: expected loss weights > 0 (e.g. {{vertex: 1.0}}), got "
-                             f"{self.supervision}")
+        check_supervision(self.supervision, DGMDLossWeights, "dgmd.train.supervision", "{vertex: 1.0}")
 
     @property
     def _train_only(self) -> dict:

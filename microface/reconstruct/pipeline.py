@@ -407,8 +407,7 @@ def vertices_in_source(vertices: np.ndarray, camera: np.ndarray, stage: str, tra
     source by the inverse of ``transform`` (T, 2, 3) source -> crop pixels.
     """
     from microface.data.preprocess import invert_transform
-    from microface.render.camera import orthographic_to_pixels
-    from microface.render.camera import weak_perspective_project
+    from microface.render.camera import orthographic_to_pixels, weak_perspective_project
 
     points = torch.from_numpy(np.asarray(vertices, np.float64))
     cameras = torch.from_numpy(np.asarray(camera, np.float64))

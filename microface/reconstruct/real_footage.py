@@ -45,7 +45,6 @@ own frames only.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import tempfile
 import time
@@ -62,6 +61,7 @@ from microface.config import project_root, resolve
 from microface.experiments.real_plan import PYFEAT_PREFIX, real_video_plan, video_file_name, video_files
 from microface.experiments.report import NotebookReport
 from microface.reconstruct.bundle import build_face_model, default_checkpoint_path, models_from_bundle, read_bundle
+from microface.reconstruct.export import export
 from microface.reconstruct.pipeline import (
     WindowFit,
     crop_window,
@@ -131,13 +131,6 @@ def fetch_video(entry: str, workdir: Path) -> tuple[Path | None, str | None]:
     return path, None
 
 
-def _export_tool(root: Path):
-    spec = importlib.util.spec_from_file_location("export_checkpoint", root / "tools" / "export_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _own_checkpoints(results: Path) -> tuple[Path, Path] | None:
     """The profile's own trained DEM and DGMD, when both exist."""
     dem, dgmd = results / "dem" / "checkpoints" / "dem.pt", results / "dgmd" / "checkpoints" / "dgmd.pt"
@@ -149,7 +142,7 @@ def model_bundle(checkpoint, results: Path, profile: str, seed: int, root: Path,
     """The checkpoint bundle the methods run: (bundle dict, a line saying which, whether it is the profile's own).
 
     checkpoint: a bundle path, or None for the profile's own trained DEM and DGMD (``results/dem/checkpoints/dem.pt``,
-    ``results/dgmd/checkpoints/dgmd.pt``), exported as ``tools/export_checkpoint.py`` does into ``out`` (default
+    ``results/dgmd/checkpoints/dgmd.pt``), exported by ``microface.reconstruct.export.export`` into ``out`` (default
     ``results/real/checkpoint.pt``; a per-video job exports into a folder of its own) with the profile's config
     (``results/config.yaml``, else ``config/<profile>.yaml``); when those do not exist, the shipped
     ``microface/assets/checkpoints/open_dem_dgmd.pt``.
@@ -162,7 +155,7 @@ def model_bundle(checkpoint, results: Path, profile: str, seed: int, root: Path,
         dem, dgmd = own
         config = results / "config.yaml"
         config = config if config.is_file() else root / "config" / f"{profile}.yaml"
-        out = _export_tool(root).export(profile, dgmd, root=root, config_path=config, dem_checkpoint=dem,
+        out = export(profile, dgmd, root=root, config_path=config, dem_checkpoint=dem,
                                         out=out or results / "real" / "checkpoint.pt", seed=seed)
         return read_bundle(out), f"checkpoint: the profile's own DEM ({dem}) and DGMD ({dgmd}), exported to {out}", True
     path = default_checkpoint_path()

@@ -10,6 +10,23 @@ import torch
 ConfigT = TypeVar("ConfigT")
 
 
+def check_supervision(values: Mapping[str, Any], weights_cls: type, name: str, example: str) -> None:
+    """Loss weights added on top of a profile's own (its ``supervision`` rows): known terms, each > 0.
+
+    Args:
+        values: term -> weight, from the config.
+        weights_cls: the loss-weights dataclass whose ``from_dict`` names the known terms (unknown keys fail there).
+        name: the config key, for the error (e.g. "dem.supervision").
+        example: a valid value, for the error (e.g. "{param: 1.0}").
+
+    Raises:
+        ValueError: an unknown term, no term, or a weight that is not > 0.
+    """
+    weights_cls.from_dict(values)
+    if not values or any(not value > 0 for value in values.values()):
+        raise ValueError(f"{name}: expected loss weights > 0 (e.g. {example}), got {values}")
+
+
 def config_from_dict(config_cls: type[ConfigT], values: Mapping[str, Any] | None, name: str) -> ConfigT:
     """Build a model config dataclass from a YAML mapping; unknown keys raise so no setting is silently ignored.
 

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from microface.data.synth.subjects import Subject
+from microface.data.synth.subjects import Subject, directional_sh
 from microface.data.synth.textures import PoolTexture, split_identities
 from microface.render.shading import sh_basis
 
@@ -92,9 +92,7 @@ def lighting(rng: np.random.Generator) -> np.ndarray:
     direction = rng.normal(0, 1, 3) * np.array([0.6, 0.4, 0.2]) + np.array([0.0, 0.3, 1.0])
     direction /= np.linalg.norm(direction)
     strength = rng.uniform(0.15, 0.5)
-    sh[1] = strength * direction[1] / 1.023328
-    sh[2] = strength * direction[2] / 1.023328
-    sh[3] = strength * direction[0] / 1.023328
+    sh[1:4] = directional_sh(direction, strength)[:, None]  # the same light in every colour channel
     sh[4:] = rng.normal(0.0, 0.04, (5, 1))
     sh = sh * rng.uniform(0.93, 1.07, 3)[None, :]
     # exposure: scale so a frontal normal receives irradiance 0.85-1.05 (the raw coefficients above give ~0.45 under

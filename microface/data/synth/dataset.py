@@ -273,6 +273,32 @@ def _clip_parameters(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, 
     return expression, pose, translation, onset, offset, fps
 
 
+@torch.no_grad()
+def clip_vertices(model: OpenFaceModel, subject: Subject, expression: np.ndarray, pose: np.ndarray,
+                  translation: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """A clip's ground-truth meshes, float64 (both benchmark versions).
+
+    Args:
+        model: the open face model (evaluated in float64, left in float32).
+        subject: its ``shape`` (S,) is the identity.
+        expression: (T, E) AU activations; pose: (T, 6) global + jaw axis-angle, rad; translation: (T, 3) mm.
+
+    Returns:
+        canonical (T, V, 3) mm: the expression and jaw at zero global pose, no translation (what is scored);
+        posed (T, V, 3) mm: with the head's rotation and translation (what is rendered).
+    """
+    n_frames = expression.shape[0]
+    dtype = torch.float64
+    shape_t = torch.tensor(subject.shape, dtype=dtype)[None].expand(n_frames, -1)
+    canonical = model.double()(shape_t, torch.tensor(expression, dtype=dtype),
+                               torch.cat([torch.zeros(n_frames, 3, dtype=dtype),
+                                          torch.tensor(pose[:, 3:], dtype=dtype)], 1)).vertices
+    posed = model(shape_t, torch.tensor(expression, dtype=dtype), torch.tensor(pose, dtype=dtype)).vertices
+    posed = posed + torch.tensor(translation, dtype=dtype)[:, None, :]
+    model.float()
+    return canonical, posed
+
+
 def render_clip(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, subject: Subject) -> RenderedClip:
     """Render one clip and its ground truth (vertices, landmarks, flow, visibility) in memory."""
     expression, pose, translation, onset, offset, fps = _clip_parameters(spec, config, model, subject)
@@ -280,13 +306,7 @@ def render_clip(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, subje
     size = config.image_size
     dtype = torch.float64
     with torch.no_grad():
-        shape_t = torch.tensor(subject.shape, dtype=dtype)[None].expand(n_frames, -1)
-        canonical = model.double()(shape_t, torch.tensor(expression, dtype=dtype),
-                                   torch.cat([torch.zeros(n_frames, 3, dtype=dtype),
-                                              torch.tensor(pose[:, 3:], dtype=dtype)], 1)).vertices
-        posed = model(shape_t, torch.tensor(expression, dtype=dtype), torch.tensor(pose, dtype=dtype)).vertices
-        posed = posed + torch.tensor(translation, dtype=dtype)[:, None, :]
-        model.float()
+        canonical, posed = clip_vertices(model, subject, expression, pose, translation)
         camera = expand_camera(_subject_camera(subject, size), n_frames)
         screen = project_points(posed, camera)
         fragments = rasterize(screen, model.faces, (size, size), blur_radius_px=0.7, perspective_correct=True)

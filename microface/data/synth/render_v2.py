@@ -22,6 +22,7 @@ from microface.data.synth.dataset import (
     SynthConfig,
     _clip_parameters,
     _leading_fragments,
+    clip_vertices,
     finish_clip,
 )
 from microface.data.synth.subjects import Subject
@@ -79,13 +80,7 @@ def render_clip_v2(spec: ClipSpec, config: SynthConfig, model: OpenFaceModel, su
     width, height = config.frame_size
     dtype = torch.float64
     with torch.no_grad():
-        shape_t = torch.tensor(subject.shape, dtype=dtype)[None].expand(n_frames, -1)
-        canonical = model.double()(shape_t, torch.tensor(expression, dtype=dtype),
-                                   torch.cat([torch.zeros(n_frames, 3, dtype=dtype),
-                                              torch.tensor(pose[:, 3:], dtype=dtype)], 1)).vertices
-        posed = model(shape_t, torch.tensor(expression, dtype=dtype), torch.tensor(pose, dtype=dtype)).vertices
-        posed = posed + torch.tensor(translation, dtype=dtype)[:, None, :]
-        model.float()
+        canonical, posed = clip_vertices(model, subject, expression, pose, translation)
         cam = frame_camera(subject, config.frame_size)
         screen = project_points(posed, expand_camera(cam, n_frames))
         x0, y0, x1, y1 = face_window(screen, config.frame_size)

@@ -42,6 +42,13 @@ class Subject:
     texture_name: str | None = None
 
 
+def directional_sh(direction: np.ndarray, strength: float) -> np.ndarray:
+    """The first-order SH coefficients (the renderer's order y, z, x) of a light from the unit ``direction`` (3,)
+    with irradiance ``strength`` on the normal facing it. -> (3,)."""
+    # 1.023328 = 2 pi / 3 x 0.488603: the clamped cosine's band-1 factor times Y_1's constant
+    return strength * np.asarray(direction)[[1, 2, 0]] / 1.023328
+
+
 def _smooth_noise(rng: np.random.Generator, size: int, octaves: tuple[int, ...]) -> np.ndarray:
     """Zero-mean multi-octave value noise on a size x size grid, unit standard deviation. -> (size, size)."""
     total = np.zeros((size, size))
@@ -97,9 +104,7 @@ def sample_subject(subject_id: int, rng: np.random.Generator, model: OpenFaceMod
     light_dir = rng.normal(0, 1, 3) * np.array([0.5, 0.4, 0.2]) + np.array([0.0, 0.3, 1.0])
     light_dir /= np.linalg.norm(light_dir)
     strength = rng.uniform(0.2, 0.45)
-    sh[1] = strength * light_dir[1] / 1.023328
-    sh[2] = strength * light_dir[2] / 1.023328
-    sh[3] = strength * light_dir[0] / 1.023328
+    sh[1:4] = directional_sh(light_dir, strength)[:, None]  # the same light in every colour channel
     sh *= rng.uniform(0.95, 1.05, 3)[None, :]  # slightly tinted light
     distance = rng.uniform(450.0, 650.0)
     face_fraction = rng.uniform(0.72, 0.82)  # face width as a fraction of the image width
