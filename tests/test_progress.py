@@ -34,6 +34,7 @@ def test_log_mode_drops_the_cursor_moves_of_nested_bars(monkeypatch):
 
 def test_default_mode_is_tqdm_auto_and_the_snakefile_sets_log_mode(monkeypatch):
     monkeypatch.delenv("MICROFACE_PROGRESS", raising=False)
+    monkeypatch.delenv("MICROFACE_NO_PROGRESS", raising=False)  # CI switches bars off; this test needs one drawn
     stream = io.StringIO()
     for _ in progress(range(3), desc="x", file=stream, mininterval=0.0, miniters=1):
         pass
