@@ -25,13 +25,17 @@ Columns, on the TEST subjects' ME clips (kept frames as in notebook 01):
   composited over the frame: photometric L1 inside the face, the Inception feature distance and FID (see
   ``microface.metrics.image.METRIC_NAMES`` for the networks behind them). The neutral face and the landmark fit
   have no render in the crop (no camera of the crop): their image columns are NaN;
-- recognition from reconstruction: the trajectory classifier (``microface.models.trajectory``) on each method's
-  expression trajectories, leave-one-subject-out over the TEST subjects' clips only: each test subject is scored by
-  a classifier trained on the other test subjects. Training-subject clips are excluded because the FIELDS row saw
-  their emotion labels. ACC, UF1, UAR and WF1 are reported with chance beside them; with fewer than two test
-  subjects (the smoke profile's split) there is no one to train on and the four columns are NaN.
-  DGMD moves vertices, not expression parameters, so its trajectory is DEM's expression plus the least-squares
-  projection of its model-frame offsets onto the face model's expression basis (the Jacobian at neutral).
+- recognition from mesh displacement, pooled by region (``microface.experiments.mesh_recognition``): each method's
+  own reconstructed mesh sequence in the model frame (its shape, its expression at zero pose, plus DGMD's offsets
+  rotated into the model frame; the reference rows: their expression on the mean shape) becomes, per face region
+  and side, the mean vertex displacement from the onset frame and its mean magnitude (mm), resampled to
+  ``dem.max_frames`` frames; the trajectory classifier (``microface.models.trajectory``) reads those,
+  leave-one-subject-out over the TEST subjects' clips only: each test subject is scored by a classifier trained on
+  the other test subjects. No ground truth enters these features (the expression offsets of the face model add to
+  the shape's, so the displacement from the onset does not depend on the shape anyway). Training-subject clips are
+  excluded because the FIELDS row saw their emotion labels. ACC, UF1, UAR and WF1 are reported with chance beside
+  them; with fewer than two test subjects (the smoke profile's split) there is no one to train on and the four
+  columns are NaN. Every vertex a method moves counts, DGMD's per-vertex offsets included.
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ import torch
 from microface.data.clip_landmarks import landmark_cache_dir
 from microface.data.clips import ClipTensors, _to_device, clip_tensors_from_synth, collate_clips
 from microface.experiments.coarse import CoarseBenchmarkSettings, _check_run_description
+from microface.experiments.mesh_recognition import ROW_LABEL, face_region_labels, mesh_recognition
 from microface.experiments.refine import RefineBenchmarkSettings, coarse_clips, load_split, model_frame_offsets
 from microface.experiments.report import NotebookReport
 from microface.metrics.geometry import moving_static_errors, moving_vertices, temporal_jitter
@@ -106,36 +111,6 @@ def labelled_clip_tensors(records, class_names: tuple[str, ...], image_size: int
         clip.label = class_names.index(record.label)
         out.append(_to_device(clip, device))
     return out
-
-
-def expression_basis(face_model, dtype=torch.float32) -> torch.Tensor:
-    """d vertices / d expression at the neutral face (zero shape, expression, pose): (V*3, E) mm per unit."""
-    E = face_model.n_expression
-    shape, _, pose = (torch.zeros(1, face_model.n_shape, dtype=dtype), None, torch.zeros(1, 6, dtype=dtype))
-
-    def vertices(expression: torch.Tensor) -> torch.Tensor:
-        return face_model(shape, expression[None], pose).vertices.reshape(-1)
-
-    return torch.autograd.functional.jacobian(vertices, torch.zeros(E, dtype=dtype))
-
-
-def resample_trajectory(values: torch.Tensor, n: int) -> torch.Tensor:
-    """(T, E) per kept frame -> (n, E), linear interpolation over the frame order (clips keep different T)."""
-    T = values.shape[0]
-    if T == n:
-        return values
-    position = torch.linspace(0, T - 1, n, dtype=values.dtype, device=values.device)
-    low = position.floor().long().clamp(max=T - 1)
-    high = (low + 1).clamp(max=T - 1)
-    weight = (position - low.to(values.dtype))[:, None]
-    return values[low] * (1 - weight) + values[high] * weight
-
-
-def offsets_to_expression(offsets: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """Least-squares expression change explaining model-frame offsets: (T, V, 3), basis (V*3, E) -> (T, E)."""
-    T = offsets.shape[0]
-    solution = torch.linalg.lstsq(basis[None].expand(T, -1, -1), offsets.reshape(T, -1, 1)).solution
-    return solution[..., 0]
 
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -230,25 +205,43 @@ def landmark_fit_expressions(records, max_frames: int, cache_dir, show_progress:
 
 
 @torch.no_grad()
-def score_method(method: str, model, dgmd, face_model, clips: list[ClipTensors], basis: torch.Tensor,
-                 renderer, moving_threshold_mm: float, n_frames: int,
-                 refine_inputs: list[ClipTensors] | None = None) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """Geometry rows per clip (refined by ``dgmd`` unless it is None), and the method's images / trajectories:
-    {"rendered" (N,3,H,W) composites, "target" (N,3,H,W), "alpha" (N,1,H,W), "trajectory" (clips, n_frames, E)
-    resampled uniformly in frame order}. refine_inputs: the clips at DGMD's resolution (None: the same)."""
+def model_frame_meshes(face_model, expression: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
+    """A method's own mesh sequence in the model frame (zero pose: no head motion): its ``shape`` (None: the mean
+    shape) with its expression at every frame; what recognition from mesh displacement reads (plus DGMD's
+    model-frame offsets for the refined rows).
+
+    Shape:
+        expression: (T, E), shape: (S,) or None -> (T, V, 3) mm.
+    """
+    T = expression.shape[0]
+    zero_pose = expression.new_zeros(T, 6)
+    shape = expression.new_zeros(face_model.n_shape) if shape is None else shape.to(expression)
+    return face_model(shape[None].expand(T, -1), expression, zero_pose).vertices
+
+
+@torch.no_grad()
+def score_method(method: str, model, dgmd, face_model, clips: list[ClipTensors], renderer,
+                 moving_threshold_mm: float,
+                 refine_inputs: list[ClipTensors] | None = None) -> tuple[list[dict], dict[str, object]]:
+    """Geometry rows per clip (refined by ``dgmd`` unless it is None), and the method's images and meshes:
+    {"rendered" (N,3,H,W) composites, "target" (N,3,H,W), "alpha" (N,1,H,W), "meshes": one (T, V, 3) mm per clip,
+    the method's own reconstruction in the model frame (``model_frame_meshes`` of its shape and expression, plus
+    DGMD's offsets rotated into the model frame), for recognition}. refine_inputs: the clips at DGMD's resolution
+    (None: the same)."""
     refine, scoring = coarse_clips(model, face_model, clips, refine_inputs)
-    rows, rendered, targets, alphas, trajectories = [], [], [], [], []
+    rows, rendered, targets, alphas, meshes = [], [], [], [], []
     for clip, refine_clip_data, truth in zip(clips, refine, scoring):
         batch = collate_clips([clip])
         recon = truth.reconstruction  # coarse_clips ran the model once; reuse it
-        mesh, expression = truth.expression_only, recon.output.expression[0]
+        mesh = truth.expression_only
+        own_mesh = model_frame_meshes(face_model, recon.output.expression[0], recon.shape[0])
         if dgmd is not None:
             from microface.training.dgmd import refine_clip
 
             offsets = refine_clip(dgmd, refine_clip_data).offsets
             model_offsets = model_frame_offsets(offsets, truth.rotation)
             mesh = mesh + model_offsets
-            expression = expression + offsets_to_expression(model_offsets, basis)
+            own_mesh = own_mesh + model_offsets
             recon = dataclasses.replace(recon, vertices=recon.vertices + offsets[None])
         rows.append({"method": method, "key": clip.key,
                      **geometry_scores(mesh, truth.truth, truth.apex, moving_threshold_mm)})
@@ -257,69 +250,68 @@ def score_method(method: str, model, dgmd, face_model, clips: list[ClipTensors],
         rendered.append(out.alpha * out.image + (1 - out.alpha) * target)
         targets.append(target)
         alphas.append(out.alpha)
-        trajectories.append(resample_trajectory(expression, n_frames))
+        meshes.append(own_mesh)
     return rows, {"rendered": torch.cat(rendered), "target": torch.cat(targets), "alpha": torch.cat(alphas),
-                  "trajectory": torch.stack(trajectories)}
+                  "meshes": meshes}
 
 
 def recognition_protocol(n_test_subjects: int) -> str:
-    """The main table's ``mer_protocol`` text for a split with ``n_test_subjects`` test subjects."""
+    """The main table's ``mer_protocol`` text for a split with ``n_test_subjects`` test subjects: what is classified
+    (``ROW_LABEL``) and how."""
     if n_test_subjects < 2:
-        return (f"not scored: LOSO over the test subjects needs at least 2, the split has {n_test_subjects} "
-                "(training subjects are excluded: FIELDS saw their labels)")
-    return (f"LOSO over the {n_test_subjects} test subjects' clips only "
+        return (f"{ROW_LABEL}: not scored: LOSO over the test subjects needs at least 2, the split has "
+                f"{n_test_subjects} (training subjects are excluded: FIELDS saw their labels)")
+    return (f"{ROW_LABEL}: LOSO over the {n_test_subjects} test subjects' clips only "
             "(fixed-epoch; training subjects excluded: FIELDS saw their labels)")
 
 
-def recognition_scores(method: str, trajectories: torch.Tensor, clips: list[ClipTensors], subjects: list[str],
-                       test_subjects: list[str], class_names: tuple[str, ...], settings: EvaluationSettings,
-                       out_dir: Path, seed: int, device) -> dict:
-    """Recognition from one method's reconstructions: the trajectory classifier, LOSO over the TEST subjects' clips.
+def recognition_scores(method: str, meshes: list[torch.Tensor], clips: list[ClipTensors], subjects: list[str],
+                       test_subjects: list[str], class_names: tuple[str, ...], region_labels: torch.Tensor,
+                       n_regions: int, n_frames: int, settings: EvaluationSettings, out_dir: Path, seed: int,
+                       device) -> dict:
+    """Recognition from mesh displacement, pooled by region, of one method's reconstructions: the trajectory
+    classifier (``microface.experiments.mesh_recognition.mesh_recognition``), LOSO over the TEST subjects' clips.
 
-    Each test subject is scored by a classifier trained on the other test subjects' trajectories only: the
-    training subjects' clips are dropped, because the FIELDS row was trained with their emotion labels (and every
+    Each test subject is scored by a classifier trained on the other test subjects' clips only: the training
+    subjects' clips are dropped, because the FIELDS row was trained with their emotion labels (and every
     reconstruction model with their clips). Predictions are pooled over the folds.
 
     Args:
-        method: the table row's name (names the run folder ``out_dir/recognition/<method>``).
-        trajectories: expression trajectories of ``clips``, resampled to a common length.
-        clips: the clips, in the order of ``trajectories``; their ``label`` indexes ``class_names``.
+        method: the table row's name (names the run folder ``out_dir/recognition_mesh/<method>``).
+        meshes: the method's reconstruction of each clip in the model frame, mm (``score_method``'s "meshes").
+        clips: the clips, in the order of ``meshes``; their ``label`` indexes ``class_names``.
         subjects: each clip's subject (``"synth/subNN"``); test_subjects: the split's test subjects.
+        region_labels, n_regions: the pooling groups (``face_region_labels``); n_frames: trajectory length.
         settings: its ``recognition`` mapping (MERRunConfig keys) sets the classifier; seed, device: the run's.
 
     Returns:
         {"mer_acc", "mer_uf1", "mer_uar", "mer_wf1"}; all NaN when fewer than two test subjects have clips.
 
     Shape:
-        trajectories: (N, T, E), N clips, T frames, E expression parameters.
+        meshes: N x (T_i, V, 3); the classifier reads (N, n_frames, n_regions * 4).
     """
-    from microface.experiments.mer import MERSamples, run_loso
-    from microface.metrics.recognition import mer_scores
-
+    if len(meshes) != len(clips) or len(subjects) != len(clips):
+        raise ValueError(f"recognition_scores({method!r}): {len(meshes)} meshes, {len(clips)} clips, "
+                         f"{len(subjects)} subjects; expected one of each per clip")
     tested = set(test_subjects)
     keep = [i for i, subject in enumerate(subjects) if subject in tested]
     if len({subjects[i] for i in keep}) < 2:
         return {"mer_acc": float("nan"), "mer_uf1": float("nan"), "mer_uar": float("nan"), "mer_wf1": float("nan")}
-    trajectories, clips, subjects = trajectories[keep], [clips[i] for i in keep], [subjects[i] for i in keep]
-    samples = MERSamples(inputs={"trajectory": trajectories.cpu()},
-                         labels=torch.tensor([c.label for c in clips]), subjects=subjects,
-                         datasets=["synth"] * len(clips), clip_ids=[c.key for c in clips], class_names=class_names)
-    model = {"n_expression": int(trajectories.shape[-1]), **settings.recognition.get("model", {})}
-    config = {**settings.recognition, "model": model, "seed": seed}
-    result = run_loso("trajectory", samples, config, Path(out_dir) / "recognition" / method.replace(" ", "_"),
-                      device=device)
-    predictions = result.predictions
-    scores = mer_scores(predictions["truth_index"].to_numpy(), predictions["predicted_index"].to_numpy(),
-                        list(range(len(class_names))))
-    return {"mer_acc": scores.acc, "mer_uf1": scores.uf1, "mer_uar": scores.uar, "mer_wf1": scores.wf1}
+    result = mesh_recognition([meshes[i] for i in keep], [clips[i].label for i in keep], [subjects[i] for i in keep],
+                              class_names, region_labels, n_regions,
+                              Path(out_dir) / "recognition_mesh" / method.replace(" ", "_"), settings.recognition,
+                              n_frames=n_frames, clip_ids=[clips[i].key for i in keep],
+                              datasets=[subjects[i].split("/")[0] for i in keep], seed=seed, device=device)
+    return result.scores
 
 
 @dataclass
 class EvalData:
     """What every scored method shares: the face model, labelled train / test clips and their records, the class
-    names, the expression basis, the renderer, the moving threshold, the trajectory length, and the real frames'
-    Inception features once computed (the FID reference); train / test_refine_inputs: the same clips at DGMD's
-    resolution when it differs from DEM's (else None)."""
+    names, the face regions recognition pools by (``region_labels`` (V,) into ``region_names``), the renderer, the
+    moving threshold, the trajectory length, and the real frames' Inception features once computed (the FID
+    reference); train / test_refine_inputs: the same clips at DGMD's resolution when it differs from DEM's (else
+    None)."""
 
     face_model: object
     train_records: list
@@ -327,7 +319,8 @@ class EvalData:
     train_clips: list[ClipTensors]
     test_clips: list[ClipTensors]
     class_names: tuple[str, ...]
-    basis: torch.Tensor
+    region_labels: torch.Tensor
+    region_names: tuple[str, ...]
     renderer: object
     threshold_mm: float
     n_frames: int
@@ -376,9 +369,10 @@ def prepare_eval_data(synth_root, coarse_dir, dem_settings: dict, dgmd_settings:
         test_refine = labelled_clip_tensors(test_records, class_names, refine_size, flow_method, config.max_frames,
                                             device, show_progress, config.landmarks, cache)
     face_model = OpenFaceModel().to(device)
+    region_labels, region_names = face_region_labels(face_model)
     return EvalData(face_model=face_model, train_records=train_records, test_records=test_records,
                     train_clips=train_clips, test_clips=test_clips, class_names=class_names,
-                    basis=expression_basis(face_model).to(device), renderer=MeshRenderer(),
+                    region_labels=region_labels, region_names=region_names, renderer=MeshRenderer(),
                     threshold_mm=refine_settings.moving_threshold_mm, n_frames=config.max_frames,
                     split_label=split["label"], synth_root=Path(synth_root), train_refine_inputs=train_refine,
                     test_refine_inputs=test_refine)
@@ -389,8 +383,8 @@ def method_row(method: str, model, dgmd, data: EvalData, settings: EvaluationSet
     """One table row (geometry, image metrics, recognition from reconstruction) and its per-clip rows."""
     from microface.metrics.image import fid_from_features, inception_pool_features, perceptual_distance, photometric_l1
 
-    clip_rows, images = score_method(method, model, dgmd, data.face_model, data.test_clips, data.basis, data.renderer,
-                                     data.threshold_mm, data.n_frames, data.test_refine_inputs)
+    clip_rows, images = score_method(method, model, dgmd, data.face_model, data.test_clips, data.renderer,
+                                     data.threshold_mm, data.test_refine_inputs)
     row = _mean_geometry(method, clip_rows)
     row["photometric_l1"] = photometric_l1(images["rendered"], images["target"], images["alpha"])
     if image_metrics:
@@ -401,7 +395,7 @@ def method_row(method: str, model, dgmd, data: EvalData, settings: EvaluationSet
         rendered = inception_pool_features(images["rendered"], settings.image_batch_size, progress=False)
         row["fid"] = fid_from_features(rendered, data.real_features)
     if recognition:
-        row.update(_test_recognition(method, images["trajectory"], data, settings, out_dir, seed, device))
+        row.update(_test_recognition(method, images["meshes"], data, settings, out_dir, seed, device))
     return row, clip_rows
 
 
@@ -409,25 +403,26 @@ def reference_row(method: str, expressions: list[torch.Tensor], data: EvalData, 
                   out_dir: Path, seed: int, device, image_metrics: bool = True,
                   recognition: bool = True) -> tuple[dict, list[dict]]:
     """A row for a method without a render in the crop (the neutral face, the landmark fit): geometry of its
-    expression-only meshes, NaN image columns, recognition from its expression trajectories.
+    expression-only meshes, NaN image columns, recognition from the displacement of its mesh (its expression on
+    the mean shape, ``model_frame_meshes``).
 
     Shape:
         expressions: one (T, E) tensor per test clip, over its kept frames.
     """
     if len(expressions) != len(data.test_clips):
         raise ValueError(f"{method}: {len(expressions)} expression sequences for {len(data.test_clips)} test clips")
-    clip_rows, trajectories = [], []
+    clip_rows, meshes = [], []
     for clip, expression in zip(data.test_clips, expressions):
         mesh, truth, apex = expression_meshes(data.face_model, clip, expression)
         clip_rows.append({"method": method, "key": clip.key,
                           **geometry_scores(mesh, truth, apex, data.threshold_mm)})
-        trajectories.append(resample_trajectory(expression.to(clip.frames), data.n_frames))
+        meshes.append(model_frame_meshes(data.face_model, expression.to(clip.frames)))
     row = _mean_geometry(method, clip_rows)
     row["photometric_l1"] = float("nan")
     if image_metrics:
         row["perceptual"] = row["fid"] = float("nan")
     if recognition:
-        row.update(_test_recognition(method, torch.stack(trajectories), data, settings, out_dir, seed, device))
+        row.update(_test_recognition(method, meshes, data, settings, out_dir, seed, device))
     return row, clip_rows
 
 
@@ -437,12 +432,13 @@ def _mean_geometry(method: str, clip_rows: list[dict]) -> dict:
             "all_apex_std_mm": float(frame["all_apex_mm"].std())}
 
 
-def _test_recognition(method: str, test_trajectories: torch.Tensor, data: EvalData, settings: EvaluationSettings,
+def _test_recognition(method: str, test_meshes: list[torch.Tensor], data: EvalData, settings: EvaluationSettings,
                       out_dir: Path, seed: int, device) -> dict:
-    """``recognition_scores`` of the test clips' trajectories (it keeps only the test subjects' clips anyway)."""
+    """``recognition_scores`` of the test clips' meshes (it keeps only the test subjects' clips anyway)."""
     subjects = [f"synth/{r.subject}" for r in data.test_records]
-    return recognition_scores(method, test_trajectories, data.test_clips, subjects, data.test_subjects,
-                              data.class_names, settings, out_dir, seed, device)
+    return recognition_scores(method, test_meshes, data.test_clips, subjects, data.test_subjects, data.class_names,
+                              data.region_labels, len(data.region_names), data.n_frames, settings, out_dir, seed,
+                              device)
 
 
 def reference_expressions(method: str, data: EvalData, show_progress: bool = True) -> list[torch.Tensor]:
