@@ -83,26 +83,53 @@ def test_dem_shapes_and_onset(batch, temporal):
 
 @pytest.mark.parametrize("solver", ["dopri5", "rk4"])
 def test_still_field_keeps_a_still_clip_at_its_onset(solver):
-    """No motion, no change: with ``still_field`` a clip of identical frames and zero flow returns the onset's
-    expression on every frame, exactly; without it the (here trained-looking) field drifts."""
+    """No motion, no change: the default ("fusion") wiring, and the "motion" wiring with ``still_field``, return the
+    onset's expression on every frame of a clip of identical frames and zero flow, exactly; the "motion" wiring
+    without it (checkpoints from before issue 18) drifts under a trained-looking field."""
     batch, frames = 2, 5
     images = torch.rand(1, 1, 3, 32, 32, generator=torch.Generator().manual_seed(1)).expand(batch, frames, -1, -1, -1)
     flow = torch.zeros(batch, frames, 2, 32, 32)
     times = torch.arange(frames, dtype=torch.float32).expand(batch, -1) / 200.0
     outputs = {}
-    for still in (False, True):
-        dem = make_dem(solver=solver, step_size=0.1, still_field=still).eval()
-        with torch.no_grad():  # a field of a trained size (the seeded one is near zero by design)
+    for wiring, still in (("motion", False), ("motion", True), ("fusion", False)):
+        dem = make_dem(solver=solver, step_size=0.1, ode_condition=wiring, still_field=still).eval()
+        with torch.no_grad():  # a field and a fusion of a trained size (the seeded ones are near zero by design)
             dem.vector_field.net[-1].weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(2))
-            dem.vector_field.net[-1].bias.fill_(0.2)
-            outputs[still] = dem(images, flow, times)
-    assert torch.equal(outputs[True].motion, torch.zeros_like(outputs[True].motion))
-    still = outputs[True].expression
-    assert torch.equal(still, still[:, :1].expand_as(still))  # every frame IS the onset, bit for bit
-    assert torch.equal(outputs[True].expression[:, 0], outputs[False].expression[:, 0])  # same onset
-    drifting = outputs[False].expression
-    assert (drifting[:, -1] - drifting[:, 0]).abs().max() > 1e-2  # the flag is what stops the drift
+            if dem.vector_field.net[-1].bias is not None:
+                dem.vector_field.net[-1].bias.fill_(0.2)
+            dem.fusion.net[-1].weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(3))
+            if dem.fusion.net[-1].bias is not None:
+                dem.fusion.net[-1].bias.fill_(0.2)
+            outputs[wiring, still] = dem(images, flow, times)
+    for key in (("motion", True), ("fusion", False)):
+        assert torch.equal(outputs[key].motion, torch.zeros_like(outputs[key].motion))
+        still = outputs[key].expression
+        assert torch.equal(still, still[:, :1].expand_as(still)), key  # every frame IS the onset, bit for bit
+        assert torch.equal(outputs[key].expression[:, 0], outputs["motion", False].expression[:, 0])  # same onset
+    fused = outputs["fusion", False].frame_code
+    assert torch.equal(fused, outputs["fusion", False].z0[:, None].expand_as(fused))  # the fusion adds nothing either
+    drifting = outputs["motion", False].expression
+    assert (drifting[:, -1] - drifting[:, 0]).abs().max() > 1e-2  # what the old wiring did without the flag
     assert DEMConfig.from_dict({"still_field": True}).still_field and not DEMConfig().still_field
+    assert DEMConfig().ode_condition == "fusion"
+    with pytest.raises(ValueError, match="ode_condition"):
+        DEMConfig(ode_condition="flow")
+
+
+def test_the_ode_evolves_the_residual_fusion():
+    """With the default wiring the fusion is on the output path: the ODE's codes depend on the fusion's weights
+    (their gradient reaches them), and with motion the codes move; with the "motion" wiring they do not depend on
+    the fusion at all (it reached the loss only through the consistency term)."""
+    images, flow, times = clip_inputs(2)
+    for wiring, reaches in (("fusion", True), ("motion", False)):
+        dem = make_dem(solver="rk4", step_size=0.1, ode_condition=wiring)
+        with torch.no_grad():
+            dem.fusion.net[-1].weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(3))
+        out = dem(images, flow, times)
+        out.code.sum().backward()
+        gradient = dem.fusion.net[0].weight.grad
+        assert (gradient is not None and gradient.abs().sum() > 0) == reaches, wiring
+    assert (out.code[:, -1] - out.code[:, 0]).abs().max() > 0  # moving flow, moving codes
 
 
 def test_dem_rejects_mismatched_inputs():

@@ -6,10 +6,17 @@ Plug-and-play on any coarse encoder (a module mapping images ``(N, 3, H, W)`` to
   code space plus a learned residual from a small CNN of its own;
 - motion encoder, optical flow onset->t ``(B, T, 2, H, W)`` (pixels) -> motion features ``m(t) (B, T, M)``, shifted so
   that zero flow gives exactly ``m = 0``;
-- residual fusion, the per-frame code ``z_frame(t) = z0 + g([z0, m(t)])``;
-- a Neural ODE ``dz/dtau = f_theta(z, m(tau), tau)``, ``z(0) = z0``, over normalised clip time ``tau in [0,1]``
-  (frame times may be irregular), with ``m(tau)`` linearly interpolated between the frames' features and
-  integrated by ``torchdiffeq`` (dopri5 / rk4 / euler; adjoint optional);
+- residual fusion, the per-frame code ``z_frame(t) = z0 + r(t)``, ``r(t) = g([z0, m(t)]) - g([z0, 0])``: the
+  static code plus a motion residual that is exactly zero without motion;
+- a Neural ODE over normalised clip time ``tau in [0,1]`` (frame times may be irregular), ``z(0) = z0``, that
+  evolves the code conditioned on the fusion's residual (``ode_condition = "fusion"``, the default, as the seed
+  describes it: the fused code is what the ODE follows):
+  ``dz/dtau = f_theta(z, r(tau), tau) - f_theta(z, 0, tau)``, so the vector field vanishes without motion and a
+  still clip keeps its onset code; ``r(tau)`` is linearly interpolated between the frames. Integrated by
+  ``torchdiffeq`` (dopri5 / rk4 / euler; adjoint optional). ``ode_condition = "motion"`` is the wiring before
+  issue 18 (kept so that checkpoints trained with it load and reproduce): the ODE reads the motion features
+  ``m(tau)`` directly, the fusion is off the output path (tied to it only by the consistency loss), and its
+  field vanishes without motion only with ``still_field``;
 - a linear head decoding codes ``(B, T, D)`` to the face model's expression parameters ``(B, T, E)``.
 
 ``config.temporal = "ode"`` returns the ODE trajectory (consistent in time by construction); ``"residual"``
@@ -31,6 +38,7 @@ from microface.utils.checks import config_from_dict
 
 SOLVERS = ("dopri5", "rk4", "euler")
 FIXED_STEP_SOLVERS = ("rk4", "euler")
+ODE_CONDITIONS = ("fusion", "motion")
 
 
 @dataclass
@@ -51,13 +59,16 @@ class DEMConfig:
         step_size: step of fixed-step solvers in normalised time.
         adjoint: integrate with ``odeint_adjoint`` (memory O(1) in the number of steps).
         freeze_coarse: run the coarse encoder without gradients.
-        still_field: make the ODE vector field exactly zero where the motion features are zero,
-            ``f(z, m, tau) = net([z, m, tau]) - net([z, 0, tau])``, so a clip with no motion keeps its onset code
-            on every frame (no motion, no change). It adds no parameter, so a checkpoint trained without it loads
-            with it. Off by default (the tables were made without it); ``microface reconstruct`` turns it on.
+        ode_condition: what the ODE's vector field reads besides the code and time: "fusion" (the residual
+            fusion's motion residual r(tau); the field and the residual are both exactly zero without motion) or
+            "motion" (the motion features m(tau): the wiring of checkpoints trained before issue 18).
+        still_field: with ``ode_condition = "motion"``, make the vector field exactly zero where the motion features
+            are zero, ``f(z, m, tau) = net([z, m, tau]) - net([z, 0, tau])``, so a clip with no motion keeps its
+            onset code on every frame. It adds no parameter, so a checkpoint trained without it loads with it;
+            ``microface reconstruct`` turns it on. With "fusion" the field always vanishes without motion.
 
     Raises:
-        ValueError: an unknown ``temporal`` or ``solver``, or ``step_size`` / ``flow_scale`` <= 0.
+        ValueError: an unknown ``temporal``, ``solver`` or ``ode_condition``, or ``step_size`` / ``flow_scale`` <= 0.
     """
 
     code_dim: int = 32
@@ -73,6 +84,7 @@ class DEMConfig:
     step_size: float = 0.05
     adjoint: bool = False
     freeze_coarse: bool = False
+    ode_condition: str = "fusion"
     still_field: bool = False
 
     def __post_init__(self) -> None:
@@ -80,6 +92,8 @@ class DEMConfig:
             raise ValueError(f"DEM temporal: expected 'ode' or 'residual', got {self.temporal!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"DEM solver: expected one of {SOLVERS}, got {self.solver!r}")
+        if self.ode_condition not in ODE_CONDITIONS:
+            raise ValueError(f"DEM ode_condition: expected one of {ODE_CONDITIONS}, got {self.ode_condition!r}")
         if self.step_size <= 0 or self.flow_scale <= 0:
             raise ValueError(f"DEM step_size and flow_scale must be > 0, got {self.step_size}, {self.flow_scale}")
 
@@ -179,32 +193,35 @@ def interpolate_linear(knot_times: torch.Tensor, knot_values: torch.Tensor, tau:
 
 
 class CodeVectorField(nn.Module):
-    """f_theta(z, m, tau) -> dz/dtau: an MLP on ``[z, m, tau]``.
+    """f_theta(z, c, tau) -> dz/dtau: an MLP on ``[z, c, tau]``, c the condition (the fusion's residual r, or the
+    motion features m: ``DEMConfig.ode_condition``).
 
     Args:
         code_dim: D.
-        motion_dim: M.
+        motion_dim: the condition's size (D for the fusion residual, M for motion features).
         hidden: MLP width.
-        still: return ``net([z, m, tau]) - net([z, 0, tau])``: exactly zero where m = 0 (``DEMConfig.still_field``).
+        still: return ``net([z, c, tau]) - net([z, 0, tau])``: exactly zero where c = 0.
+        output_bias: give the last layer a bias (it cancels with ``still``; kept where checkpoints have one).
     """
 
-    def __init__(self, code_dim: int, motion_dim: int, hidden: int, still: bool = False):
+    def __init__(self, code_dim: int, motion_dim: int, hidden: int, still: bool = False, output_bias: bool = True):
         super().__init__()
         self.still = bool(still)
         self.net = nn.Sequential(
             nn.Linear(code_dim + motion_dim + 1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-            nn.Linear(hidden, code_dim),
+            nn.Linear(hidden, code_dim, bias=output_bias),
         )
         # a near-zero field keeps z(tau) ~ z0 at start, so DEM begins as the coarse encoder's onset estimate
         nn.init.normal_(self.net[-1].weight, std=1e-3)
-        nn.init.zeros_(self.net[-1].bias)
+        if output_bias:
+            nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, z: torch.Tensor, motion: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """The code's time derivative.
 
         Args:
             z: codes, shape (B, D).
-            motion: motion features, shape (B, M).
+            motion: the condition (fusion residual or motion features), shape (B, C).
             tau: normalised times, shape (B, 1).
 
         Returns:
@@ -238,10 +255,10 @@ def integrate_codes(field: nn.Module, z0: torch.Tensor, tau: torch.Tensor, motio
     own frame times.
 
     Args:
-        field: module (z (B, D), m (B, M), tau (B, 1)) -> (B, D).
+        field: module (z (B, D), c (B, C), tau (B, 1)) -> (B, D).
         z0: onset codes, shape (B, D).
         tau: normalised times, tau[:, 0] = 0, shape (B, T).
-        motion: motion features at the frames, shape (B, T, M).
+        motion: the field's condition at the frames (fusion residual or motion features), shape (B, T, C).
         config: solver settings.
 
     Returns:
@@ -340,18 +357,22 @@ class MotionEncoder(nn.Module):
 
 
 class ResidualFusion(nn.Module):
-    """g: per-frame codes z0 + g([z0, m]).
+    """Per-frame codes z0 + r, r = g([z0, m]) (``still``: minus g([z0, 0]), so no motion gives exactly z0).
 
     Args:
         config: the DEMConfig.
+        still: subtract ``g([z0, 0])`` (the "fusion" wiring; its last layer then has no bias, which would cancel);
+            off for checkpoints of the "motion" wiring.
     """
 
-    def __init__(self, config: DEMConfig):
+    def __init__(self, config: DEMConfig, still: bool = False):
         super().__init__()
+        self.still = bool(still)
         self.net = nn.Sequential(nn.Linear(config.code_dim + config.motion_dim, config.hidden), nn.SiLU(),
-                                 nn.Linear(config.hidden, config.code_dim))
+                                 nn.Linear(config.hidden, config.code_dim, bias=not self.still))
         nn.init.normal_(self.net[-1].weight, std=1e-3)
-        nn.init.zeros_(self.net[-1].bias)
+        if not self.still:
+            nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, z0: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
         """Per-frame fused codes.
@@ -361,10 +382,13 @@ class ResidualFusion(nn.Module):
             motion: motion features, shape (B, T, M).
 
         Returns:
-            codes, shape (B, T, D).
+            codes, shape (B, T, D); with ``still``, exactly z0 in the frames whose motion is all zero.
         """
         z0_frames = z0[:, None].expand(-1, motion.shape[1], -1)
-        return z0_frames + self.net(torch.cat([z0_frames, motion], dim=-1))
+        residual = self.net(torch.cat([z0_frames, motion], dim=-1))
+        if self.still:  # same shapes, same ops: m = 0 gives a residual of exactly 0
+            residual = residual - self.net(torch.cat([z0_frames, torch.zeros_like(motion)], dim=-1))
+        return z0_frames + residual
 
 
 class DEM(nn.Module):
@@ -383,8 +407,11 @@ class DEM(nn.Module):
         self.coarse_encoder = coarse_encoder
         self.static_encoder = StaticEncoder(n_expression, config)
         self.motion_encoder = MotionEncoder(config)
-        self.fusion = ResidualFusion(config)
-        self.vector_field = CodeVectorField(config.code_dim, config.motion_dim, config.hidden, config.still_field)
+        on_fusion = config.ode_condition == "fusion"
+        self.fusion = ResidualFusion(config, still=on_fusion)
+        condition_dim = config.code_dim if on_fusion else config.motion_dim
+        self.vector_field = CodeVectorField(config.code_dim, condition_dim, config.hidden,
+                                            still=on_fusion or config.still_field, output_bias=not on_fusion)
         self.decoder = nn.Linear(config.code_dim, n_expression)
         # decoder = lift^T: with D >= E, decode(lift(e)) = e, so an untrained DEM reproduces the coarse onset
         with torch.no_grad():
@@ -418,13 +445,15 @@ class DEM(nn.Module):
 
         Returns:
             z0 (B, D), motion features (B, T, M), the residual fusion's codes (B, T, D), and the evolved codes
-            (B, T, D): the ODE's with ``temporal == "ode"``, else the fusion's.
+            (B, T, D): the ODE's with ``temporal == "ode"`` (conditioned on the fusion's residual, or on the
+            motion features with ``ode_condition == "motion"``), else the fusion's.
         """
         z0 = self.static_encoder(onset_frame, onset_expression)
         motion = self.motion_encoder(flow_onset_to_t)
         frame_code = self.fusion(z0, motion)
         if self.config.temporal == "ode":
-            code = integrate_codes(self.vector_field, z0, tau, motion, self.config)
+            condition = frame_code - z0[:, None] if self.config.ode_condition == "fusion" else motion
+            code = integrate_codes(self.vector_field, z0, tau, condition, self.config)
         else:
             code = frame_code
         return z0, motion, frame_code, code

@@ -90,7 +90,7 @@ def save_bundle(path: str | Path, *, face_model_name: str, image_size: int, flow
         "refine_size": refine_size,
         "flow": {"method": flow_method, "options": _plain(dict(flow_options or {}))},
         "encoder_cfg": _plain(dict(encoder_cfg or {})),
-        "dem_cfg": _plain(dem_cfg or {}),
+        "dem_cfg": _plain(with_ode_condition(dem_cfg or {})),
         "dgmd_cfg": _plain(dgmd_cfg or {}),
         "dem_state": _cpu_state(dem_state),
         "dgmd_state": _cpu_state(dgmd_state),
@@ -147,6 +147,24 @@ def bundle_refine_size(bundle: dict, source: str | Path | None = None) -> int:
     return int(size)
 
 
+def with_ode_condition(dem_cfg: dict) -> dict:
+    """``dem_cfg`` with its ``DEMConfig.ode_condition`` written out (the default when the profile leaves it out), so
+    a bundle says which DEM wiring its weights were trained with."""
+    from microface.models.dem import DEMConfig
+
+    return {**dem_cfg, "ode_condition": DEMConfig.from_dict(dem_cfg).ode_condition}
+
+
+def bundle_dem_cfg(bundle: dict, still_field: bool = False) -> dict:
+    """The ``build_dem`` config of a bundle's DEM. Bundles without ``ode_condition`` were exported before DEM's
+    ODE read the residual fusion (issue 18): their weights are of the "motion" wiring, and load as such.
+
+    still_field: turn ``DEMConfig.still_field`` on (no parameters: a "motion"-wired field then vanishes without
+    motion too; "fusion"-wired fields always do)."""
+    dem_cfg = {"ode_condition": "motion", **bundle["dem_cfg"]}
+    return {**dem_cfg, "still_field": True} if still_field else dem_cfg
+
+
 def bundle_meta(bundle: dict) -> dict:
     """Everything in a bundle but the weights (JSON-able)."""
     return {k: v for k, v in bundle.items() if k not in ("dem_state", "dgmd_state")}
@@ -175,8 +193,7 @@ def models_from_bundle(bundle: dict, face_model,
         raise ReconstructionError(f"checkpoint {source} was trained for a {expected['name']!r} face model of other "
                                   f"sizes ({details}); use the face model it was trained with")
     try:
-        dem_cfg = {**bundle["dem_cfg"], "still_field": True} if still_field else bundle["dem_cfg"]
-        dem = build_dem(face_model, bundle["encoder_cfg"], dem_cfg, seed=0)
+        dem = build_dem(face_model, bundle["encoder_cfg"], bundle_dem_cfg(bundle, still_field), seed=0)
         dem.load_state_dict(bundle["dem_state"])
         dgmd = build_dgmd(face_model, bundle["dgmd_cfg"], seed=0)
         dgmd.load_state_dict(bundle["dgmd_state"])

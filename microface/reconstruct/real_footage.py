@@ -60,7 +60,8 @@ import torch
 from microface.config import project_root, resolve
 from microface.experiments.real_plan import PYFEAT_PREFIX, real_video_plan, video_file_name, video_files
 from microface.experiments.report import NotebookReport
-from microface.reconstruct.bundle import build_face_model, default_checkpoint_path, models_from_bundle, read_bundle
+from microface.reconstruct.bundle import (build_face_model, bundle_dem_cfg, default_checkpoint_path, models_from_bundle,
+                                         read_bundle)
 from microface.reconstruct.export import export
 from microface.reconstruct.pipeline import (
     WindowFit,
@@ -197,7 +198,7 @@ def fields_dem(results: Path, bundle: dict, face_model):
         return None, f"FIELDS left out: no {path} (notebook 04 trains it)"
     state = torch.load(path, map_location="cpu", weights_only=False).get("model", {})
     weights = {k[len("dem."):]: v for k, v in state.items() if k.startswith("dem.")}
-    dem = build_dem(face_model, bundle["encoder_cfg"], {**bundle["dem_cfg"], "still_field": True}, seed=0)
+    dem = build_dem(face_model, bundle["encoder_cfg"], bundle_dem_cfg(bundle, still_field=True), seed=0)
     try:
         dem.load_state_dict(weights)
     except RuntimeError as err:
