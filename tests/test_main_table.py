@@ -38,13 +38,14 @@ def stand_in_perceptual(rendered: torch.Tensor, target: torch.Tensor, alpha: tor
 
 @pytest.fixture
 def recorded_loso(monkeypatch) -> list[dict]:
-    """Every call of the LOSO runner: {"subjects": the samples' subjects, "clip_ids", "model"}; the real runner
-    still runs, so the scores are real."""
+    """Every call of the LOSO runner: {"subjects": the samples' subjects, "clip_ids", "model", "features": the
+    trajectories the classifier reads}; the real runner still runs, so the scores are real."""
     calls: list[dict] = []
     real_run_loso = mer.run_loso
 
     def recording_run_loso(model_name, samples, *args, **kwargs):
-        calls.append({"model": model_name, "subjects": list(samples.subjects), "clip_ids": list(samples.clip_ids)})
+        calls.append({"model": model_name, "subjects": list(samples.subjects), "clip_ids": list(samples.clip_ids),
+                      "features": samples.inputs["trajectory"].clone()})
         return real_run_loso(model_name, samples, *args, **kwargs)
 
     monkeypatch.setattr(mer, "run_loso", recording_run_loso)
@@ -125,3 +126,10 @@ def test_run_evaluation_trains_the_classifier_on_the_test_subjects_only(tiny_cha
         assert set(call["subjects"]) == test_subjects, call["subjects"]
         assert not set(call["subjects"]) & train_subjects
         assert len(call["clip_ids"]) == n_test_clips
+    # ... reading mesh displacement pooled by region (18 region sides x 4), not expression parameters
+    features = {method: call["features"] for method, call in zip(METHODS, recorded_loso)}
+    assert all(f.shape == (n_test_clips, tiny_chain["dem"]["max_frames"], 18 * 4) for f in features.values())
+    assert float(features[NEUTRAL].abs().max()) == 0.0  # the neutral face does not move
+    assert float(features[LANDMARK_FIT].abs().max()) > 0.0
+    assert float((features["DEM + DGMD"] - features["DEM"]).abs().max()) > 0.0  # DGMD's offsets count
+    assert table["mer_protocol"].iloc[0].startswith("recognition from mesh displacement, pooled by region: LOSO")
