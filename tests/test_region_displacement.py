@@ -8,8 +8,7 @@ import torch
 
 from microface.experiments.mesh_recognition import face_region_labels, mesh_recognition, mesh_trajectories
 from microface.face.open_model import OpenFaceModel
-from microface.mesh.region_displacement import (FEATURES_PER_REGION, region_displacement_features,
-                                                region_side_labels)
+from microface.mesh.region_displacement import FEATURES_PER_REGION, region_displacement_features, region_side_labels
 
 
 @pytest.fixture(scope="module")
