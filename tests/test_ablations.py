@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from microface.experiments.ablations import TABLE_NAME, run_ablations
+from microface.experiments.ablations import TABLE_NAME, dem_without_motion, dem_without_ode, run_ablations
 from microface.experiments.refine import METHOD_COARSE
 
 SETTINGS = {"dem_loss_terms": ["landmark"], "dgmd_loss_terms": ["flow"], "image_metrics": False,
@@ -21,6 +21,8 @@ EXPECTED_ROWS = [
     ("model", "w/o DEM (baseline-FT + DGMD)"),
     ("model", "w/o DGMD (DEM)"),
     ("model", "w/o macro pretraining"),
+    ("DEM part", "DEM w/o Neural ODE (residual-fusion codes)"),
+    ("DEM part", "DEM w/o motion (onset code on every frame)"),
     ("cue", "DGMD w/o geometry cue"),
     ("cue", "DGMD w/o landmarks cue"),
     ("cue", "DGMD w/o flow cue"),
@@ -61,6 +63,30 @@ def test_run_ablations_writes_every_row(tiny_chain, tmp_path):
     # the tiny chain's DEM and DGMD read detected landmarks; the oracle row's, the ground truth's: other models
     assert rows.loc["oracle landmarks", "all_apex_mm"] != rows.loc["full model (DEM + DGMD)", "all_apex_mm"]
     assert not any(name.startswith(("dem.pt", "dgmd.pt")) for name in checkpoints)
+
+
+def test_dem_part_ablations_change_only_that_part():
+    """Without the ODE: the same DEM's fusion codes; without motion: the onset code on every frame, exactly; the
+    trained DEM itself is left as it was."""
+    import torch
+
+    try:
+        from tests.test_encoder_dem import clip_inputs, make_dem
+    except ImportError:  # tests/ is on sys.path under pytest's default import mode
+        from test_encoder_dem import clip_inputs, make_dem
+
+    dem = make_dem(solver="rk4", step_size=0.1).eval()
+    with torch.no_grad():
+        dem.fusion.net[-1].weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(3))
+        dem.vector_field.net[-1].weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(2))
+        images, flow, times = clip_inputs(2)
+        full = dem(images, flow, times)
+        no_ode = dem_without_ode(dem)(images, flow, times)
+        still = dem_without_motion(dem)(images, flow, times)
+    assert torch.equal(no_ode.code, full.frame_code) and not torch.equal(full.code, full.frame_code)
+    assert torch.equal(still.code, still.z0[:, None].expand_as(still.code))
+    assert not torch.equal(still.code, full.code) and dem.config.temporal == "ode"
+    assert torch.equal(dem(images, flow, times).code, full.code)
 
 
 def test_run_ablations_rejects_unknown_loss_terms(tiny_chain, tmp_path):

@@ -8,6 +8,8 @@ ME clips with ``microface.experiments.main_table.method_row`` (the same columns 
 - without DEM: baseline-FT's per-frame meshes refined by a DGMD retrained on them;
 - without DGMD: DEM alone;
 - without macro pretraining: "DEM w/o macro pretraining" (notebook 01) + the full model's DGMD;
+- DEM's parts, at test time on the same trained DEM + DGMD (nothing retrained): without the Neural ODE (the residual
+  fusion's per-frame codes), and without motion (the static onset code on every frame: what the motion branch adds);
 - DGMD without each local cue (geometry, landmarks, flow), without motion attention, with per-pixel instead of
   region-based pixel-vertex mapping: DGMD retrained with that switch;
 - each DGMD loss term removed (``dgmd_loss_terms``: flow, landmark, laplacian, normal, offset): DGMD retrained
@@ -25,7 +27,8 @@ ME clips with ``microface.experiments.main_table.method_row`` (the same columns 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import copy
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -149,6 +152,8 @@ def run_ablations(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dic
          dgmd_variant("without_dem", refine_clips_of(baseline_ft))),
         ("w/o DGMD (DEM)", "model", dem, None),
         ("w/o macro pretraining", "model", scratch, full_dgmd),
+        ("DEM w/o Neural ODE (residual-fusion codes)", "DEM part", dem_without_ode(dem), full_dgmd),
+        ("DEM w/o motion (onset code on every frame)", "DEM part", dem_without_motion(dem), full_dgmd),
     ]
     for cue, switch in CUES.items():
         variants.append((f"DGMD w/o {cue} cue", "cue", dem, dgmd_variant(f"without_{cue}", dem_train, {switch: False})))
@@ -192,6 +197,32 @@ def run_ablations(synth_root, coarse_dir, refine_dir, out_dir, dem_settings: dic
     write_table(pd.DataFrame(per_clip), out_dir, "per_clip", markdown=False)
     write_table(table, out_dir, TABLE_NAME)
     return table
+
+
+class _NoMotion(torch.nn.Module):
+    """A motion encoder that sees no motion: features (B, T, M) of zeros, whatever the flow (B, T, 2, H, W)."""
+
+    def __init__(self, motion_dim: int):
+        super().__init__()
+        self.motion_dim = motion_dim
+
+    def forward(self, flow_onset_to_t: torch.Tensor) -> torch.Tensor:
+        return flow_onset_to_t.new_zeros(*flow_onset_to_t.shape[:2], self.motion_dim)
+
+
+def dem_without_ode(dem):
+    """A copy of a trained DEM that returns its residual fusion's per-frame codes instead of the ODE's."""
+    variant = copy.deepcopy(dem)
+    variant.config = replace(dem.config, temporal="residual")
+    return variant
+
+
+def dem_without_motion(dem):
+    """A copy of a trained DEM whose motion branch is cut: with the fusion wiring (``ode_condition: fusion``) every
+    frame then gets the static onset code, exactly."""
+    variant = copy.deepcopy(dem)
+    variant.motion_encoder = _NoMotion(dem.config.motion_dim)
+    return variant
 
 
 def dem_without_term(term: str, face_model, coarse: CoarseBenchmarkSettings, data, seed: int, coarse_dir,
