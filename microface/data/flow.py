@@ -25,13 +25,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F_nn
 
-FLOW_METHODS = ("dis", "tvl1")
+FLOW_METHODS = ("dis", "dis_fine", "tvl1")
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
 FLOW_MODES = ("onset", "consecutive")
+# "dis_fine": DIS at full resolution (finest scale 0), patch 8, stride 5, 25 gradient-descent iterations, no
+# variational refinement. Chosen by benchmarks/tune_flow.py on held-out images (scikit-image camera, coffee,
+# chelsea; never the astronaut or the real face that benchmarks/bench_flow.py reports on), at both motion scales
+# (weak: mean ~0.07 px; ME: max 0.5-3 px): among 112 candidates (stride 3-6, 8-25 descent iterations, 0-5
+# refinement iterations and its weights, DIS + Farneback, DIS + a separate refinement, DIS on 2x upsampled
+# frames) taking at most 1/40 of Dual TV-L1's time in the same run (twice the 1/20 target, as headroom for a
+# loaded machine), the lowest mean over the two scales of EPE / TV-L1's EPE (0.59 there; refinement
+# iterations lower it to 0.45-0.53 but cost 2-4x the time). Table: benchmarks/results/flow_tuning.md.
+# The refinement weights are OpenCV's defaults (unused with 0 iterations; kept so dis_flow takes one dict).
+DIS_FINE = dict(finest_scale=0, patch_size=8, patch_stride=5, gradient_descent_iterations=25,
+                variational_refinement_iterations=0, alpha=20.0, delta=5.0, gamma=10.0)
 
 
 def _check_gray_pair(frame_a: np.ndarray, frame_b: np.ndarray) -> None:
@@ -47,7 +58,8 @@ def compute_flow(frame_a: np.ndarray, frame_b: np.ndarray, method: str = "dis", 
     """Forward optical flow from ``frame_a`` to ``frame_b``.
 
     frame_a, frame_b: (H, W) uint8 gray -> (H, W, 2) float32 pixels (dx, dy); see the module doc for the convention.
-    method: "dis" or "tvl1". dis_preset: "ultrafast" | "fast" | "medium". dis_finest_scale: pyramid level DIS
+    method: "dis", "dis_fine" (``DIS_FINE``'s settings; dis_preset and dis_finest_scale must stay at their
+    defaults) or "tvl1". dis_preset: "ultrafast" | "fast" | "medium". dis_finest_scale: pyramid level DIS
     stops at (0 = full resolution); None keeps the preset's own (1 for medium, 2 for the others).
     A fresh OpenCV object is made per call, so no state leaks between pairs (creation is cheap).
     """
@@ -60,11 +72,47 @@ def compute_flow(frame_a: np.ndarray, frame_b: np.ndarray, method: str = "dis", 
         if dis_finest_scale is not None:
             dis.setFinestScale(int(dis_finest_scale))
         flow = dis.calc(frame_a, frame_b, None)
+    elif method == "dis_fine":
+        if dis_preset != "medium" or dis_finest_scale is not None:
+            raise ValueError(f"method 'dis_fine' has its own settings (DIS_FINE): expected dis_preset 'medium' and "
+                             f"dis_finest_scale None, got {dis_preset!r} and {dis_finest_scale!r}")
+        flow = dis_flow(frame_a, frame_b, DIS_FINE)
     elif method == "tvl1":
         flow = cv2.optflow.DualTVL1OpticalFlow_create().calc(frame_a, frame_b, None)
     else:
         raise ValueError(f"expected method in {FLOW_METHODS}, got {method!r}")
     return np.asarray(flow, dtype=np.float32)
+
+
+def dis_flow(frame_a: np.ndarray, frame_b: np.ndarray, settings: dict) -> np.ndarray:
+    """Forward DIS flow from ``frame_a`` to ``frame_b`` with explicit settings (how ``DIS_FINE`` was tuned).
+
+    Args:
+        frame_a, frame_b: gray uint8 frames.
+        settings: every key of ``DIS_FINE``: finest_scale (pyramid level DIS stops at, 0 = full resolution),
+            patch_size, patch_stride (px), gradient_descent_iterations, variational_refinement_iterations (0 = none),
+            alpha, delta, gamma (the refinement's smoothness, colour-constancy and gradient-constancy weights).
+
+    Returns:
+        flow in pixels (dx, dy), OpenCV's convention (see the module doc). Deterministic: a fresh object per call.
+
+    Shape:
+        - frame_a, frame_b: (H, W); output: (H, W, 2) float32.
+    """
+    frame_a, frame_b = np.asarray(frame_a), np.asarray(frame_b)
+    _check_gray_pair(frame_a, frame_b)
+    if set(settings) != set(DIS_FINE):
+        raise ValueError(f"settings: expected the keys {sorted(DIS_FINE)}, got {sorted(settings)}")
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+    dis.setFinestScale(int(settings["finest_scale"]))
+    dis.setPatchSize(int(settings["patch_size"]))
+    dis.setPatchStride(int(settings["patch_stride"]))
+    dis.setGradientDescentIterations(int(settings["gradient_descent_iterations"]))
+    dis.setVariationalRefinementIterations(int(settings["variational_refinement_iterations"]))
+    dis.setVariationalRefinementAlpha(float(settings["alpha"]))
+    dis.setVariationalRefinementDelta(float(settings["delta"]))
+    dis.setVariationalRefinementGamma(float(settings["gamma"]))
+    return np.asarray(dis.calc(frame_a, frame_b, None), dtype=np.float32)
 
 
 def clip_flow(frames: np.ndarray, mode: str = "onset", onset: int = 0, method: str = "dis", **flow_kwargs) -> np.ndarray:
