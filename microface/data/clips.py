@@ -156,6 +156,7 @@ def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: s
     from microface.data.face_crop import clip_crop_transform, crop_flow, crop_image, needs_face_crop
     from microface.data.flow import accumulate_flow_opencv, clip_flow
     from microface.data.preprocess import read_rgb, transform_landmarks
+    from microface.data.synth.affect import benchmark_reference, clip_affect
 
     if flow_method not in FLOW_SOURCES:
         raise ValueError(f"flow_method: expected one of {FLOW_SOURCES}, got {flow_method!r}")
@@ -174,6 +175,8 @@ def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: s
         # the ground-truth landmarks are read for the "oracle" ablation only: no real video has them
         points = truth["landmarks2d"][indices] if landmarks == "oracle" else None
         consecutive = truth["flow"] if flow_method == "gt" else None
+    # affect targets from the label and the whole AU schedule (microface.data.synth.affect)
+    valence_arousal, intensity = clip_affect(record.emotion, expression, benchmark_reference(record.ground_truth))
     if landmarks == "detected":
         points = clip_landmarks(record, landmark_cache).points[indices]
     sources = [read_rgb(record.frames[i]) for i in indices]
@@ -198,6 +201,7 @@ def clip_tensors_from_record(record: ClipRecord, image_size: int, flow_method: s
         times=torch.from_numpy(indices / fps).float(),
         expression=torch.from_numpy(expression[indices]).float(), shape=torch.from_numpy(shape).float(),
         pose=torch.from_numpy(pose).float(), landmarks2d=torch.from_numpy(np.asarray(points, np.float32)).float(),
+        valence_arousal=torch.from_numpy(valence_arousal).float(), intensity=intensity,
         apex=int(np.searchsorted(indices, record.apex)), key=record.key,
     )
 
@@ -216,7 +220,9 @@ def clip_tensors_from_synth(records: list[ClipRecord], image_size: int, flow_met
     pose (T,6); landmarks2d (T,68,2) in resized pixels: with ``landmarks="detected"`` the offline MediaPipe
     landmarker's on the full-resolution frames (``microface.data.clip_landmarks.clip_landmarks``, cached under
     ``landmark_cache`` when given, frames without a face held), with "oracle" the ground truth's (the ablation
-    row "oracle landmarks" only; no real video has them); apex: the apex's position among the kept frames.
+    row "oracle landmarks" only; no real video has them); apex: the apex's position among the kept frames;
+    valence_arousal (2,) and intensity in [0, 1]: the affect targets of the clip's emotion word and whole AU
+    schedule (``microface.data.synth.affect.clip_affect``; VA NaN for "repression" and "others").
     face_crop: cut frames, landmarks and flow to the clip's eye-aligned face crop (``microface.data.face_crop``,
     from the onset's landmarks above: the geometry ``microface reconstruct`` uses) instead of resizing; None: when the face spans less than half the frame's width (CASME II
     and version 2 frames, not version 1's face-filling ones), so version 1 clips are unchanged.
