@@ -216,6 +216,25 @@ def test_fields_finetune_step1_leaves_dem_untouched(tmp_path):
     assert (tmp_path / "fields_step1_emotion_head.pt").is_file()
 
 
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "full"])
+def test_fields_step2_of_every_profile_pulls_toward_the_base_model(profile, tmp_path):
+    from microface.config import load_config, project_root
+
+    fields = load_config(project_root() / "config" / f"{profile}.yaml")["evaluate"]["fields"]
+    assert fields["step2_weights"].get("base", 0.0) > 0, f"config/{profile}.yaml: FIELDS step 2 has no base term"
+    face = TinyFace()
+    dem = build_dem(face, TINY["encoder"], TINY["dem"], seed=0)
+    head = EmotionHead(face.n_expression, face.n_shape, n_classes=3)
+    clips = [tiny_clip(i, face=face) for i in range(4)]
+    settings = TrainSettings.from_dict({"batch_size": 2, "weights": {"photometric": 0.0}})
+    schedule = FieldsScheduleConfig.from_dict({**fields, "step1_epochs": 0, "step2_epochs": 2})
+    history = fields_finetune(dem, head, face, clips, settings, schedule, tmp_path)
+    step2 = [h for h in history if h["stage"] == "fields_step2_finetune"]
+    assert len(step2) == 2 and all("base" in h for h in step2)
+    # the first step starts on the base (term 0); every later step has moved away from it
+    assert step2[0]["base"] >= 0 and step2[1]["base"] > 0
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 def test_geometry_metrics():
     target = torch.randn(3, 10, 3)
