@@ -5,18 +5,25 @@ Convention (OpenCV's): ``flow = compute_flow(frame_a, frame_b)`` is the forward 
 (a backward warp) reconstructs ``frame_a``: that is how flows are checked without ground truth.
 
 DIS default: the ``medium`` preset as OpenCV ships it (finest pyramid scale 1, half resolution).
-``dis_finest_scale=0`` refines down to full resolution. Measured by ``benchmarks/bench_flow.py``
-(benchmarks/results/flow.md), mean end-point error in px:
+``dis_finest_scale=0`` refines down to full resolution; ``method="dis_fine"`` is DIS at full resolution with
+settings tuned against Dual TV-L1 on held-out images (``DIS_FINE``, benchmarks/tune_flow.py). Measured by
+``benchmarks/bench_flow.py`` (benchmarks/results/flow.md: the astronaut and a real photographed face, 224 px,
+smooth known fields), mean end-point error in px, one run on a loaded 2-core machine:
 
-- a clean real face (astronaut) warped by known smooth local fields of at most 0.8 px: zero flow 0.069;
-  DIS stock ultrafast / fast / medium 0.037 / 0.029 / 0.017; with finest_scale=0 0.016 / 0.013 / 0.013;
-  Dual TV-L1 0.029, about 10x the time of full-resolution DIS medium;
+- clean warps, weak motion (mean 0.07 px): zero flow 0.067; DIS medium stock 0.015-0.017; dis_fine 0.014-0.015;
+  DIS medium at full resolution 0.012; Dual TV-L1 0.028, 30-50x dis_fine's time;
+- clean warps, onset -> apex motion (max 0.5-3 px, mean 0.43 px): zero 0.426; DIS medium stock 0.049-0.058;
+  dis_fine 0.035-0.047; TV-L1 0.053-0.066, 60x dis_fine's time;
+- the same with sensor noise (Gaussian, 2 grey levels per frame): every DIS variant loses to TV-L1, and the
+  full-resolution ones most (weak: dis_fine 0.17-0.24, DIS medium stock 0.05-0.14, TV-L1 0.042, zero 0.067;
+  ME: dis_fine 0.15-0.23, stock 0.07-0.16, TV-L1 0.07-0.09);
 - the synthetic benchmark's consecutive frames (smoke profile: 96 px, sensor noise, JPEG; true motion
-  ~0.01 px): zero flow 0.009; DIS stock 0.064 / 0.045 / 0.055; finest_scale=0 0.164 / 0.105 / 0.101;
-  TV-L1 0.016. Below the noise floor nothing beats predicting no motion, and full-resolution DIS fits noise.
+  ~0.01 px): zero flow 0.009; DIS stock ultrafast / fast / medium 0.064 / 0.045 / 0.055; finest_scale=0
+  0.164 / 0.105 / 0.101; TV-L1 0.016. Below the noise floor nothing beats predicting no motion.
 
-So full resolution wins on clean sub-pixel motion and loses badly on noisy near-static pairs; stock medium
-is the compromise, and the default. Measure on your own data (``--synth ROOT``) before trusting a method.
+So full resolution wins on clean sub-pixel motion and loses badly on noisy pairs, where TV-L1's global
+smoothness pays; stock medium is the compromise, and the default. Measure on your own data (``--synth ROOT``)
+before trusting a method.
 """
 from __future__ import annotations
 
