@@ -127,15 +127,36 @@ def test_changed_config_does_not_mix_with_old_checkpoints(tmp_path):
         run_loso("trajectory", samples, changed, tmp_path)
 
 
+def _scored_subjects(monkeypatch, samples) -> list[tuple[str, str]]:
+    """Record each ``predict_logits`` pass as (held-out subject, "train") when it scores the other subjects'
+    clips, or (its subject, "test") when it scores one subject's clips."""
+    import microface.experiments.mer as mer_module
+
+    calls: list[tuple[str, str]] = []
+    original = mer_module.predict_logits
+    subjects = np.asarray(samples.subjects)
+
+    def recording(model, spec, samples_, indices, batch_size, device):
+        seen = set(subjects[np.asarray(indices)])
+        held_out = sorted(set(subjects) - seen)[0] if len(seen) > 1 else None
+        calls.append((held_out, "train") if held_out else (next(iter(seen)), "test"))
+        return original(model, spec, samples_, indices, batch_size, device)
+
+    monkeypatch.setattr(mer_module, "predict_logits", recording)
+    return calls
+
+
 def test_fixed_epoch_never_looks_at_the_test_subject_but_test_peek_does(tmp_path, monkeypatch):
     samples = make_samples()
     config = {**TRAJ_CONFIG, "epochs": 3}
-    calls = _counting(monkeypatch, "trajectory")
+    scored = _scored_subjects(monkeypatch, samples)
     run_loso("trajectory", samples, config, tmp_path)
-    assert calls["logits"] == 3  # one prediction pass per fold, after training
-    calls = _counting(monkeypatch, "trajectory")
+    # per fold: its training subjects after every epoch (the learning curve), its test subject once, after training
+    assert scored == [call for held_out in ("sub1", "sub2", "sub3")
+                      for call in [(held_out, "train")] * 3 + [(held_out, "test")]]
+    scored.clear()
     peek = run_loso("trajectory", samples, config, tmp_path, protocol="test-peek")
-    assert calls["logits"] == 3 * 3  # every epoch of every fold
+    assert scored.count(("sub1", "test")) == 3  # every epoch of every fold
     assert peek.out_dir == tmp_path / "trajectory" / "test-peek"
     for table in (peek.predictions, peek.folds, peek.metrics, peek.confusion):
         assert set(table["protocol"]) == {"test-peek"}
@@ -511,3 +532,22 @@ def test_the_fold_plan_holds_out_labelled_prepared_subjects(tmp_path):
     assert mer_models({"dataset": "synth"}, mer) == (["fdp", "trajectory", "mol"], [])
     assert mer_fold_plan({"dataset": "casme2"}, mer, tmp_path) == [
         ("fdp", "casme2/sub01"), ("fdp", "samm/006"), ("mol", "casme2/sub01"), ("mol", "samm/006")]
+
+
+def test_learning_curves_score_training_clips_only(tmp_path):
+    """Each fold records, per epoch, its loss and its accuracy on its own training clips; learning_curves averages
+    them over folds. A learnable signal is fitted (training accuracy rises); a test clip is never scored before
+    the end (the fixed-epoch predictions are the last epoch's)."""
+    from microface.experiments.mer import learning_curves
+
+    samples = make_samples(signal=6.0)
+    config = {**TRAJ_CONFIG, "epochs": 6}
+    result = run_loso("trajectory", samples, config, tmp_path)
+    curve = learning_curves(result.out_dir)
+    assert list(curve["epoch"]) == list(range(6)) and bool((curve["n_folds"] == 3).all())
+    assert curve["train_acc"].between(0.0, 1.0).all()
+    assert curve["train_acc"].iloc[-1] > curve["train_acc"].iloc[0] or curve["train_acc"].iloc[0] == 1.0
+    assert curve["train_loss"].iloc[-1] < curve["train_loss"].iloc[0]
+    folds = pd.read_csv(result.out_dir / "folds.csv")
+    assert np.allclose(folds["final_train_acc"].mean(), curve["train_acc"].iloc[-1])
+    assert learning_curves(tmp_path / "nothing").empty

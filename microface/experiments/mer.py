@@ -219,11 +219,12 @@ class LOSOResult:
 @torch.no_grad()
 def predict_logits(model: nn.Module, spec: ModelSpec, samples: MERSamples, indices: np.ndarray,
                    batch_size: int, device: torch.device | str) -> torch.Tensor:
-    """Logits ``(len(indices), K)`` of ``model`` in eval mode, on CPU."""
+    """Logits ``(len(indices), K)`` of ``model`` in eval mode, on CPU (no autograd graph)."""
     model.eval()
     keys = [k for k in spec.required]
-    chunks = [spec.logits(model, samples.batch(indices[i:i + batch_size], keys, device)).float().cpu()
-              for i in range(0, len(indices), batch_size)]
+    with torch.no_grad():
+        chunks = [spec.logits(model, samples.batch(indices[i:i + batch_size], keys, device)).float().cpu()
+                  for i in range(0, len(indices), batch_size)]
     return torch.cat(chunks)
 
 
@@ -292,6 +293,31 @@ def run_loso(model_name: str, samples: MERSamples, config: MERRunConfig | Mappin
     write_csv_atomic(metrics, run_dir / "metrics.csv")
     write_csv_atomic(confusion, run_dir / "confusion.csv")
     return LOSOResult(protocol, predictions, fold_table, metrics, confusion, run_dir)
+
+
+LEARNING_CURVE_KEYS = ("epoch", "loss", "train_acc")
+
+
+def learning_curves(run_dir: Path | str) -> pd.DataFrame:
+    """The training subjects' learning curve of one LOSO run, averaged over its folds: per epoch, the training loss
+    and the accuracy on the fold's own training clips (never a test clip).
+
+    Args:
+        run_dir: ``<out_dir>/<model>/<protocol>`` (its ``folds/*.json``, written by ``run_loso`` / ``run_loso_fold``).
+
+    Returns:
+        One row per epoch: ``epoch``, ``train_loss`` and ``train_acc`` (means over folds), ``n_folds``; empty when
+        no fold file holds a curve (fold files written before curves were recorded).
+    """
+    records = []
+    for path in sorted(Path(run_dir, "folds").glob("*.json")):
+        records += json.loads(path.read_text(encoding="utf-8")).get("learning_curve", [])
+    if not records:
+        return pd.DataFrame(columns=["epoch", "train_loss", "train_acc", "n_folds"])
+    frame = pd.DataFrame(records).astype({"epoch": int})
+    curve = frame.groupby("epoch").agg(train_loss=("loss", "mean"), train_acc=("train_acc", "mean"),
+                                       n_folds=("loss", "size"))
+    return curve.reset_index()
 
 
 def run_loso_fold(model_name: str, samples: MERSamples, config: MERRunConfig | Mapping[str, Any],
@@ -374,9 +400,12 @@ def _fold_rows(model_name: str, spec: ModelSpec, samples: MERSamples, fold, conf
         "n_test": len(fold.test_idx), "epochs": config.epochs, "selected_epoch": selected_epoch,
         "train_seconds": float(sum(h["epoch_seconds"] for h in history)),
         "final_train_loss": float(history[-1]["loss"]),
+        "final_train_acc": float(history[-1]["train_acc"]),
         "fold_acc": float((predicted == samples.labels[fold.test_idx].numpy()).mean()),
     }
-    write_text_atomic(json.dumps({**made_for, "predictions": rows, "fold": fold_row}, indent=1), path)
+    curve = [{key: float(record[key]) for key in LEARNING_CURVE_KEYS} for record in history]
+    write_text_atomic(json.dumps({**made_for, "predictions": rows, "fold": fold_row, "learning_curve": curve},
+                                 indent=1), path)
     return rows, fold_row
 
 
@@ -400,6 +429,9 @@ def _run_fold(model_name: str, spec: ModelSpec, samples: MERSamples, fold, confi
 
     def epoch_end(model: nn.Module, epoch: int) -> dict[str, float]:
         record = {"epoch_seconds": time.perf_counter() - epoch_start["t"]}
+        # the learning curve on the TRAINING subjects (no test clip: choosing nothing, it leaks nothing)
+        train_logits = predict_logits(model, spec, samples, train_idx, config.eval_batch_size, device)
+        record["train_acc"] = float((train_logits.argmax(1) == samples.labels[train_idx]).float().mean())
         if protocol == "test-peek":  # the leak this protocol is named for: test-subject scores every epoch
             logits = predict_logits(model, spec, samples, test_idx, config.eval_batch_size, device)
             atomic_torch_save(logits, peek_dir / f"epoch_{epoch:04d}.pt")
@@ -676,7 +708,10 @@ def run_mer_experiment(profile: str, seed: int, device: str, data: dict, mer: di
 
     Returns:
         tables: ``mer_table`` (scores, chance level and the wall-clock columns; ``mer/mer_table.csv`` / ``.md``
-        hold the scores, ``mer/mer_table_timings.csv`` the times); notes: ``mer_table`` (the table as Markdown),
+        hold the scores, ``mer/mer_table_timings.csv`` the times) and ``learning_curves`` (per model and epoch, the
+        training subjects' loss and accuracy averaged over folds, ``mer/learning_curves.csv``: a model that fits its
+        training subjects and stays at chance on the held-out one is data-limited, one that does not fit them is
+        not learning at all); notes: ``mer_table`` (the table as Markdown),
         ``skipped`` (models skipped and why, one per line; empty when none); paths: ``out_dir``.
     """
     from microface.config import project_root, resolve
@@ -684,7 +719,7 @@ def run_mer_experiment(profile: str, seed: int, device: str, data: dict, mer: di
 
     results = resolve(results_dir, project_root())
     out_dir = results / "mer"
-    rows = []
+    rows, curves = [], []
     models, skipped = mer_models(data, mer)
     runs = [(name, "default", PROTOCOL, out_dir) for name in models]
     if mer.get("reference"):  # the public code's settings and its best-epoch-on-test choice, labelled test-peek
@@ -698,8 +733,12 @@ def run_mer_experiment(profile: str, seed: int, device: str, data: dict, mer: di
         # the folds' own training time (recorded when they ran, here or as jobs of their own)
         table["train_s_per_fold"] = result.folds["train_seconds"].mean()
         rows.append(table)
+        curves.append(learning_curves(result.out_dir).assign(model=label, protocol=protocol))
     chance = chance_level(samples)
     mer_table = write_mer_table(pd.concat(rows), chance, out_dir / "mer_table.csv")
-    return NotebookReport(tables={"mer_table": mer_table},
+    curve_table = pd.concat(curves, ignore_index=True)[["model", "protocol", "epoch", "train_loss", "train_acc",
+                                                        "n_folds"]]
+    write_csv_atomic(curve_table, out_dir / "learning_curves.csv")
+    return NotebookReport(tables={"mer_table": mer_table, "learning_curves": curve_table},
                           notes={"mer_table": mer_table.to_markdown(index=False), "skipped": "\n".join(skipped)},
                           paths={"out_dir": out_dir})
