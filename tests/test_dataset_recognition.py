@@ -161,6 +161,38 @@ def test_writes_the_table_and_resumes_from_its_cache(casme2_results, monkeypatch
         raise AssertionError("a cached clip was reconstructed again")
 
     monkeypatch.setattr(dataset_recognition, "reconstruct_frames", refuse)
-    again = run_mesh_recognition("smoke", 0, "cpu", {"dataset": "casme2"}, MER, casme2_results)
+    # asked for cuda where there is none (notebook 03's Snakemake job holds no GPU), the CPU runs it and says so
+    device = "cpu" if torch.cuda.is_available() else "cuda"
+    again = run_mesh_recognition("smoke", 0, device, {"dataset": "casme2"}, MER, casme2_results)
     pd.testing.assert_frame_equal(again.tables["mesh_table"], report.tables["mesh_table"])
+    assert report.notes["device"] == "" and (device == "cpu" or "ran on cpu" in again.notes["device"])
     pd.testing.assert_frame_equal(pd.read_csv(out_dir / "mesh_table.csv"), table)
+
+
+def test_notebook_03_driver_adds_the_mesh_step_only_when_enabled(monkeypatch, tmp_path):
+    """microface.reconstruct.mer.run_mer_experiment: the MER table's report, plus the mesh step's table and notes when
+    mer.mesh.enabled (the two steps stubbed: their own tests run them)."""
+    from microface.experiments.report import NotebookReport
+    from microface.reconstruct import mer as driver
+
+    calls = []
+    monkeypatch.setattr(driver, "run_mer_table", lambda **kwargs: NotebookReport(
+        tables={"mer_table": pd.DataFrame({"model": ["mol"]})}, notes={"mer_table": "|mol|", "skipped": ""}))
+
+    def mesh_step(profile, seed, device, data, mer, results_dir, checkpoint):
+        calls.append(checkpoint)
+        return NotebookReport(tables={"mesh_table": pd.DataFrame({"model": [ROW_LABEL]})},
+                              notes={"mesh_table": "|mesh|", "skipped": "casme2/sub01/EP01: no face",
+                                     "device": "no cuda; the mesh step ran on cpu"},
+                              paths={"out_dir": tmp_path / "mer" / "mesh"})
+
+    monkeypatch.setattr(driver, "run_mesh_recognition", mesh_step)
+    off = driver.run_mer_experiment(profile="smoke", seed=0, device="cpu", data={"dataset": "casme2"},
+                                    mer={**MER, "mesh": {"enabled": False, "checkpoint": None}}, results_dir=tmp_path)
+    assert calls == [] and off.notes["mesh_table"] == driver.MESH_OFF and "mesh_table" not in off.tables
+    on = driver.run_mer_experiment(profile="smoke", seed=0, device="cpu", data={"dataset": "casme2"},
+                                   mer={**MER, "mesh": {"enabled": True, "checkpoint": "mine.pt"}}, results_dir=tmp_path)
+    assert calls == ["mine.pt"]
+    assert list(on.tables) == ["mer_table", "mesh_table"] and on.notes["mesh_table"] == "|mesh|"
+    assert on.notes["mesh_skipped"] == "no cuda; the mesh step ran on cpu\ncasme2/sub01/EP01: no face"
+    assert on.paths["mesh_dir"] == tmp_path / "mer" / "mesh"

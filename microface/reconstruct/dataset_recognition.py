@@ -41,7 +41,13 @@ import torch
 
 from microface.experiments.mesh_recognition import FEATURES_PER_REGION, face_region_labels, mesh_recognition
 from microface.experiments.report import NotebookReport
-from microface.reconstruct.bundle import build_face_model, default_checkpoint_path, models_from_bundle, read_bundle
+from microface.reconstruct.bundle import (
+    build_face_model,
+    check_device,
+    default_checkpoint_path,
+    models_from_bundle,
+    read_bundle,
+)
 from microface.reconstruct.errors import ReconstructionError
 from microface.reconstruct.pipeline import WindowFit, fit_video, prepare_window, run_window
 from microface.reconstruct.video import track_face
@@ -275,7 +281,8 @@ def run_mesh_recognition(profile: str, seed: int, device: str, data: dict, mer: 
 
     Returns:
         tables: ``mesh_table`` (one row); notes: ``mesh_table`` (Markdown), ``skipped`` (clips left out, one per
-        line); paths: ``out_dir`` (``results/mer/mesh``).
+        line), ``device`` (empty, or why ``device`` was not available here and the CPU ran the step: notebook 03's
+        Snakemake job holds no GPU); paths: ``out_dir`` (``results/mer/mesh``).
     """
     from microface.config import project_root, resolve
     from microface.data.landmarks import FaceLandmarker
@@ -289,6 +296,10 @@ def run_mesh_recognition(profile: str, seed: int, device: str, data: dict, mer: 
         checkpoint = resolve(checkpoint, project_root())
     n_frames = int(mer["n_frames"])
     clips, skipped = prepared_clips(results / "prepared", n_frames)
+    try:
+        device, device_note = str(check_device(device)), ""
+    except ReconstructionError as err:  # notebook 03's job holds no GPU (Snakefile rule mer): the CPU does it
+        device, device_note = "cpu", f"{err}; the mesh step ran on cpu"
     torch.manual_seed(seed)
     models = load_mesh_models(checkpoint, device)
     region_labels, region_names = face_region_labels(models.face_model)
@@ -329,7 +340,7 @@ def run_mesh_recognition(profile: str, seed: int, device: str, data: dict, mer: 
     }])
     write_table(table, out_dir, "mesh_table")
     notes = {"mesh_table": table.to_markdown(index=False),
-             "skipped": "\n".join(f"{s['clip']}: {s['reason']}" for s in skipped)}
+             "skipped": "\n".join(f"{s['clip']}: {s['reason']}" for s in skipped), "device": device_note}
     return NotebookReport(tables={"mesh_table": table}, notes=notes, paths={"out_dir": out_dir})
 
 

@@ -18,7 +18,8 @@ MESH_OFF = "not run: mer.mesh.enabled is false in this profile"
 def run_mer_experiment(profile: str, seed: int, device: str, data: dict, mer: dict, results_dir) -> NotebookReport:
     """Notebook 03_mer end to end: :func:`microface.experiments.mer.run_mer_experiment`'s report (same arguments),
     plus, when ``mer["mesh"]["enabled"]``, the mesh step's table (``tables["mesh_table"]``,
-    ``notes["mesh_table"]``, ``notes["mesh_skipped"]``, ``paths["mesh_dir"]``); otherwise ``notes["mesh_table"]``
+    ``notes["mesh_table"]``, ``notes["mesh_skipped"]``: the clips left out and any device fallback,
+    ``paths["mesh_dir"]``); otherwise ``notes["mesh_table"]``
     says it did not run."""
     report = run_mer_table(profile=profile, seed=seed, device=device, data=data, mer=mer, results_dir=results_dir)
     mesh = mer.get("mesh") or {}
@@ -29,7 +30,8 @@ def run_mer_experiment(profile: str, seed: int, device: str, data: dict, mer: di
     mesh_report = run_mesh_recognition(profile, seed, device, data, mer, results_dir, mesh.get("checkpoint"))
     report.tables["mesh_table"] = mesh_report.tables["mesh_table"]
     report.notes["mesh_table"] = mesh_report.notes["mesh_table"]
-    report.notes["mesh_skipped"] = mesh_report.notes["skipped"]
+    notes = (mesh_report.notes["device"], mesh_report.notes["skipped"])
+    report.notes["mesh_skipped"] = "\n".join(note for note in notes if note)
     report.paths["mesh_dir"] = mesh_report.paths["out_dir"]
     return report
 
