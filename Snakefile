@@ -7,7 +7,9 @@ import re
 from snakemake.utils import validate
 
 from microface.config import write_config
-from microface.experiments.mer_plan import PROTOCOL as MER_PROTOCOL, fold_file_name, mer_fold_plan, mer_models
+from microface.experiments.mer_plan import PROTOCOL as MER_PROTOCOL, REFERENCE_DIR as MER_REFERENCE_DIR, \
+    REFERENCE_MODELS as MER_REFERENCE_MODELS, REFERENCE_PROTOCOL as MER_REFERENCE_PROTOCOL, fold_file_name, \
+    mer_fold_plan, mer_models, mer_reference_fold_plan
 from microface.experiments.real_plan import real_video_plan, video_file_name
 
 # config/smoke.yaml only when no --configfile is given: merged under the user's file it would fill a section the
@@ -119,6 +121,16 @@ def mer_fold_files(wildcards):
     return [MER_FOLD.format(model=model, holdout=fold_file_name(subject)) for model, subject in plan]
 
 
+MER_REFERENCE_FOLD = f"{RESULTS}/mer/{MER_REFERENCE_DIR}/{{model}}/{MER_REFERENCE_PROTOCOL}/folds/{{holdout}}.json"
+
+
+def mer_reference_fold_files(wildcards):
+    """The reference runs' fold files (mer.reference: FDP and MOL with the public code's settings, test-peek)."""
+    results = os.path.dirname(checkpoints.data.get().output.index)
+    plan = mer_reference_fold_plan(config["data"], config["mer"], results)
+    return [MER_REFERENCE_FOLD.format(model=model, holdout=fold_file_name(subject)) for model, subject in plan]
+
+
 # One LOSO fold of notebook 03: a cluster runs them side by side, a laptop in turn (each claims all cores); every
 # fold seeds itself, so a fold gives the same predictions here as inside the notebook's loop.
 rule mer_fold:
@@ -140,6 +152,26 @@ rule mer_fold:
         "> {log} 2>&1"
 
 
+# With mer.reference: one fold of FDP or MOL with the public code's settings and its test-peek epoch choice (labelled).
+rule mer_reference_fold:
+    threads: ALL_CORES
+    input:
+        config=CONFIG_FILE,
+        index=rules.data.output.index,
+    output:
+        fold=MER_REFERENCE_FOLD,
+    wildcard_constraints:
+        model="|".join(MER_REFERENCE_MODELS),
+        holdout=r"[A-Za-z0-9_.-]+",
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/03_mer/{MER_REFERENCE_DIR}/{{model}}/{{holdout}}.log",
+    shell:
+        "MICROFACE_PROGRESS=log microface mer-fold --config {input.config} --model {wildcards.model} --holdout {wildcards.holdout} "
+        "--preset reference > {log} 2>&1"
+
+
 # Notebook 03 merges the folds into the table (it trains a fold itself only when its file is missing, as when the
 # notebook runs alone from JupyterLab), so it needs no GPU.
 rule mer:
@@ -149,6 +181,7 @@ rule mer:
         config=CONFIG_FILE,
         index=rules.data.output.index,
         folds=mer_fold_files,
+        reference_folds=mer_reference_fold_files,
     output:
         notebook=f"{NOTEBOOKS}/03_mer.ipynb",
         table=f"{RESULTS}/mer/mer_table.csv",

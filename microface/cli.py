@@ -138,9 +138,12 @@ def mer_fold(
                                 "its file name (synth_sub01)"),
     results: Optional[Path] = typer.Option(None, "--results", help="results/<profile> holding notebook 00's "
                                            "prepared/ (default: the config file's folder)"),
+    preset: str = typer.Option("default", "--preset", help="default, or reference (mer.reference: FDP and MOL with "
+                               "the public code's settings and its test-peek epoch choice)"),
 ) -> None:
     """Train and test ONE leave-one-subject-out fold of notebook 03 (MER) and write its predictions to
-    RESULTS/mer/MODEL/fixed-epoch/folds/SUBJECT.json; notebook 03 merges the folds into the same table it makes alone."""
+    RESULTS/mer/MODEL/fixed-epoch/folds/SUBJECT.json (--preset reference: RESULTS/mer/reference/MODEL/test-peek/
+    folds/SUBJECT.json); notebook 03 merges the folds into the same table it makes alone."""
     from microface.config import load_config
     from microface.experiments.mer import run_mer_fold
 
@@ -148,7 +151,7 @@ def mer_fold(
         values = load_config(config)
         path = run_mer_fold(profile=values["profile"], seed=values["seed"], device=values["device"],
                             data=values["data"], mer=values["mer"], results_dir=results or config.parent,
-                            model=model, holdout=holdout)
+                            model=model, holdout=holdout, preset=preset)
     except (ValueError, FileNotFoundError, KeyError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=1)

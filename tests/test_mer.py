@@ -469,8 +469,8 @@ def _prepared_results(results, rng, subjects=("sub01", "sub02", "sub10"), per_su
 
 
 def test_fold_jobs_then_notebook_03_give_the_table_notebook_03_gives_alone(tmp_path, monkeypatch):
-    """The workflow's route (one `microface mer-fold` per planned fold, then notebook 03's driver merging them)
-    writes byte-identical tables to notebook 03 run alone, for every model."""
+    """The workflow's route (one `microface mer-fold` per planned fold, the reference runs' folds included, then
+    notebook 03's driver merging them) writes byte-identical tables to notebook 03 run alone, for every model."""
     import shutil
 
     import yaml
@@ -478,11 +478,12 @@ def test_fold_jobs_then_notebook_03_give_the_table_notebook_03_gives_alone(tmp_p
 
     from microface.cli import app
     from microface.experiments.mer import run_mer_experiment
-    from microface.experiments.mer_plan import fold_file_name, mer_fold_plan
+    from microface.experiments.mer_plan import fold_file_name, mer_fold_plan, mer_reference_fold_plan
 
     monkeypatch.setenv("MICROFACE_NO_PROGRESS", "1")
+    MODELS_BEFORE = dict(MODELS)
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "smoke.yaml").read_text())
-    config["mer"].update(epochs=1, n_frames=4, fdp=FDP_TINY, reference=False,
+    config["mer"].update(epochs=1, n_frames=4, fdp=FDP_TINY, reference=True,
                          mol={"image_size": 32, "stem_channels": [4, 8], "knn_k": 2, "temporal_kernel": 2})
     alone, jobs = tmp_path / "alone", tmp_path / "jobs"
     _prepared_results(alone, np.random.default_rng(0))
@@ -497,13 +498,25 @@ def test_fold_jobs_then_notebook_03_give_the_table_notebook_03_gives_alone(tmp_p
                                           "--holdout", fold_file_name(subject)])
         assert result.exit_code == 0, result.output
         assert (jobs / "mer" / model / "fixed-epoch" / "folds" / f"{fold_file_name(subject)}.json").is_file()
+    from microface.experiments import mer_tables
+
+    # the reference MOL's 128 px input, made small for a test (the preset's other settings are kept)
+    monkeypatch.setitem(mer_tables.REFERENCE, "mol", {**mer_tables.REFERENCE["mol"], "image_size": 32})
+    reference_plan = mer_reference_fold_plan(config["data"], config["mer"], jobs)
+    assert reference_plan == [(m, s) for m in ("fdp", "mol") for s in ("synth/sub01", "synth/sub02", "synth/sub10")]
+    for model, subject in reference_plan:
+        result = CliRunner().invoke(app, ["mer-fold", "--config", str(jobs / "config.yaml"), "--model", model,
+                                          "--holdout", fold_file_name(subject), "--preset", "reference"])
+        assert result.exit_code == 0, result.output
+        assert (jobs / "mer" / "reference" / model / "test-peek" / "folds" / f"{fold_file_name(subject)}.json").is_file()
     calls = _counting(monkeypatch, "fdp")
     run_mer_experiment(**settings, results_dir=jobs)
     assert calls == {"loss": 0, "logits": 0}  # the merge trained nothing
-    monkeypatch.undo()
+    monkeypatch.setitem(MODELS, "fdp", MODELS_BEFORE["fdp"])
     run_mer_experiment(**settings, results_dir=alone)
-    for name in ("mer_table.csv", "mer_table.md"):
+    for name in ("mer_table.csv", "mer_table.md", "learning_curves.csv"):
         assert (jobs / "mer" / name).read_bytes() == (alone / "mer" / name).read_bytes(), name
+    assert "test-peek" in (jobs / "mer" / "mer_table.csv").read_text()  # the reference rows, labelled
     for model in config["mer"]["models"]:
         for name in ("predictions.csv", "metrics.csv", "confusion.csv", "run.json"):
             path = Path("mer") / model / "fixed-epoch" / name
@@ -511,6 +524,9 @@ def test_fold_jobs_then_notebook_03_give_the_table_notebook_03_gives_alone(tmp_p
     bad = CliRunner().invoke(app, ["mer-fold", "--config", str(jobs / "config.yaml"), "--model", "svm",
                                    "--holdout", "synth_sub01"])
     assert bad.exit_code == 1 and "model 'svm'" in bad.output
+    bad = CliRunner().invoke(app, ["mer-fold", "--config", str(jobs / "config.yaml"), "--model", "trajectory",
+                                   "--holdout", "synth_sub01", "--preset", "reference"])
+    assert bad.exit_code == 1 and "preset 'reference'" in bad.output
 
 
 def test_the_fold_plan_holds_out_labelled_prepared_subjects(tmp_path):

@@ -42,4 +42,4 @@ def test_default_mode_is_tqdm_auto_and_the_snakefile_sets_log_mode(monkeypatch):
     snakefile = (Path(__file__).resolve().parents[1] / "Snakefile").read_text()
     commands = [line for line in snakefile.splitlines() if "papermill --log-output" in line or "microface mer-fold" in line
                 or "microface real-video" in line]
-    assert len(commands) == 3 and all("MICROFACE_PROGRESS=log " in line for line in commands)
+    assert len(commands) == 4 and all("MICROFACE_PROGRESS=log " in line for line in commands)

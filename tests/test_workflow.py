@@ -61,11 +61,11 @@ def data_ran(work: Path, profile: str, subjects: dict[str, bool]) -> None:
     (results / "notebooks" / "00_data.ipynb").write_text("{}")
 
 
-def fold_jobs(output: str) -> list[tuple[str, str, str]]:
-    """(model, holdout, shell command) of every mer_fold job a ``-p`` dry run prints."""
+def fold_jobs(output: str, rule: str = "mer_fold") -> list[tuple[str, str, str]]:
+    """(model, holdout, shell command) of every ``rule`` job (mer_fold, mer_reference_fold) a ``-p`` dry run prints."""
     jobs = []
     for block in re.split(r"\n(?=\[|rule |checkpoint )", output):
-        if re.search(r"^rule mer_fold:", block, flags=re.M):
+        if re.search(rf"^rule {rule}:", block, flags=re.M):
             wildcards = dict(re.findall(r"(\w+)=([\w.-]+)", re.search(r"wildcards: (.*)", block).group(1)))
             command = re.search(JOB_COMMAND.format("mer-fold"), block, flags=re.M).group(1)
             jobs.append((wildcards["model"], wildcards["holdout"], command))
@@ -274,9 +274,36 @@ def test_mer_folds_are_jobs_of_their_own_merged_by_notebook_03(tmp_path):
     merge = next(block for block in re.split(r"\n(?=\[|rule |checkpoint )", result.stdout)
                  if re.search(r"^rule mer:", block, flags=re.M))
     inputs = re.search(r"^\s*input: (.*)$", merge, flags=re.M).group(1).split(", ")
-    folds = sorted(path for path in inputs if "/folds/" in path)
+    folds = sorted(path for path in inputs if "/folds/" in path and "/reference/" not in path)
     assert folds == sorted(f"results/mine/mer/{m}/fixed-epoch/folds/{h}.json" for m, h in expected), merge
     assert "gpu" not in re.search(r"^\s*resources: (.*)$", merge, flags=re.M).group(1)  # merging needs no GPU
+
+
+@needs_snakemake
+def test_reference_folds_are_jobs_too_when_mer_reference_is_on(tmp_path):
+    """mer.reference: FDP's and MOL's reference folds (the public code's settings, test-peek) are jobs of their own,
+    in their own folder, and notebook 03 waits for them too; with it off there are none."""
+    import yaml
+
+    work = workdir(tmp_path)
+    mer = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())["mer"]
+    for reference in (True, False):
+        my = str(user_config(tmp_path, profile="mine", mer={**mer, "reference": reference}))
+        assert dry_run(work, "--configfile", my).returncode == 0
+        data_ran(work, "mine", {"sub01": True, "sub10": True})
+        result = dry_run(work, "--configfile", my)
+        assert result.returncode == 0, result.stderr[-3000:]
+        jobs = fold_jobs(result.stdout, "mer_reference_fold")
+        expected = [(m, h) for m in ("fdp", "mol") for h in ("synth_sub01", "synth_sub10")] if reference else []
+        assert [(model, holdout) for model, holdout, _ in jobs] == expected, result.stdout[-3000:]
+        for model, holdout, command in jobs:
+            assert command.startswith(f"microface mer-fold --config results/mine/config.yaml --model {model} "
+                                      f"--holdout {holdout} --preset reference"), command
+        merge = next(block for block in re.split(r"\n(?=\[|rule |checkpoint )", result.stdout)
+                     if re.search(r"^rule mer:", block, flags=re.M))
+        inputs = re.search(r"^\s*input: (.*)$", merge, flags=re.M).group(1).split(", ")
+        assert sorted(path for path in inputs if "/reference/" in path) == sorted(
+            f"results/mine/mer/reference/{m}/test-peek/folds/{h}.json" for m, h in expected), merge
 
 
 @needs_snakemake

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from microface.data.folds import check_protocol, label_table, loso_folds, select_epoch
-from microface.experiments.mer_plan import PROTOCOL, fold_file_name, fold_path, mer_models
+from microface.experiments.mer_plan import (PROTOCOL, REFERENCE_DIR, REFERENCE_PROTOCOL, fold_file_name, fold_path,
+                                            mer_models)
 from microface.experiments.report import NotebookReport
 from microface.metrics.recognition import confusion_table, mer_breakdown, mer_scores
 from microface.models.fdp import FDP, FDPConfig, fdp_loss
@@ -664,7 +665,7 @@ def _model_run(name: str, profile: str, seed: int, mer: dict, prepared: Path, pr
 
 
 def run_mer_fold(profile: str, seed: int, device: str, data: dict, mer: dict, results_dir, model: str,
-                 holdout: str) -> Path:
+                 holdout: str, preset: str = "default") -> Path:
     """One (model, held-out subject) fold of notebook 03, as a job of its own (``microface mer-fold``, Snakemake rule
     ``mer_fold``): the same samples, settings and numbers as inside :func:`run_mer_experiment`, whose loop then
     reads the fold file back.
@@ -673,9 +674,12 @@ def run_mer_fold(profile: str, seed: int, device: str, data: dict, mer: dict, re
         profile, seed, device, data, mer, results_dir: as for :func:`run_mer_experiment`.
         model: one of the models the config runs (``mer_plan.mer_models``).
         holdout: the held-out subject, ``"<dataset>/<subject>"`` or its file name (``mer_plan.fold_file_name``).
+        preset: "default", or "reference" (``mer.reference`` on: the public code's settings, "test-peek" protocol,
+            under ``mer/reference/``; FDP and MOL only).
 
     Returns:
-        The fold file, ``results_dir/mer/<model>/fixed-epoch/folds/<subject>.json``.
+        The fold file, ``results_dir/mer/<model>/fixed-epoch/folds/<subject>.json`` (reference:
+        ``results_dir/mer/reference/<model>/test-peek/folds/<subject>.json``).
     """
     from microface.config import project_root, resolve
 
@@ -683,8 +687,14 @@ def run_mer_fold(profile: str, seed: int, device: str, data: dict, mer: dict, re
     if model not in models:
         raise ValueError(f"model {model!r}: the config runs {models} (mer.models {list(mer['models'])}; "
                          f"{'; '.join(skipped) or 'none skipped'})")
+    if preset == "reference" and not mer.get("reference"):
+        raise ValueError("preset 'reference': the config's mer.reference is false, so notebook 03 runs no reference "
+                         "folds")
     results = resolve(results_dir, project_root())
-    samples, config = _model_run(model, profile, seed, mer, results / "prepared")
+    samples, config = _model_run(model, profile, seed, mer, results / "prepared", preset)
+    if preset == "reference":
+        return run_loso_fold(model, samples, config, results / "mer" / REFERENCE_DIR, holdout,
+                             protocol=REFERENCE_PROTOCOL, device=device)
     return run_loso_fold(model, samples, config, results / "mer", holdout, protocol=PROTOCOL, device=device)
 
 
@@ -723,7 +733,8 @@ def run_mer_experiment(profile: str, seed: int, device: str, data: dict, mer: di
     models, skipped = mer_models(data, mer)
     runs = [(name, "default", PROTOCOL, out_dir) for name in models]
     if mer.get("reference"):  # the public code's settings and its best-epoch-on-test choice, labelled test-peek
-        runs += [(name, "reference", "test-peek", out_dir / "reference") for name in models if name in REFERENCE]
+        runs += [(name, "reference", REFERENCE_PROTOCOL, out_dir / REFERENCE_DIR) for name in models
+                 if name in REFERENCE]
     for name, preset, protocol, run_dir in runs:
         samples, config = _model_run(name, profile, seed, mer, results / "prepared", preset)
         started = time.perf_counter()

@@ -14,6 +14,11 @@ import re
 from pathlib import Path
 
 PROTOCOL = "fixed-epoch"  # the protocol of notebook 03's table (microface.data.folds.PROTOCOLS)
+# mer.reference: these models again with the public code's settings (microface.experiments.mer_tables.REFERENCE) and
+# its best-epoch-on-test choice, under the protocol named for it, in their own folder
+REFERENCE_MODELS = ("fdp", "mol")
+REFERENCE_PROTOCOL = "test-peek"
+REFERENCE_DIR = "reference"
 SYNTH_ONLY = {"trajectory": "trajectory upper bound needs ground-truth expressions: synthetic benchmark only; skipped"}
 
 
@@ -74,5 +79,16 @@ def mer_subjects(results_dir: str | Path) -> list[str]:
 def mer_fold_plan(data: dict, mer: dict, results_dir: str | Path) -> list[tuple[str, str]]:
     """Every (model, held-out subject) fold of notebook 03, models in the config's order, subjects sorted."""
     models, _ = mer_models(data, mer)
+    subjects = mer_subjects(results_dir)
+    return [(model, subject) for model in models for subject in subjects]
+
+
+def mer_reference_fold_plan(data: dict, mer: dict, results_dir: str | Path) -> list[tuple[str, str]]:
+    """The (model, held-out subject) folds of the reference runs (``mer.reference``: FDP and MOL with the public
+    code's settings, "test-peek"), models in the config's order, subjects sorted; empty when ``mer.reference`` is
+    off."""
+    if not mer.get("reference"):
+        return []
+    models = [model for model in mer_models(data, mer)[0] if model in REFERENCE_MODELS]
     subjects = mer_subjects(results_dir)
     return [(model, subject) for model in models for subject in subjects]
