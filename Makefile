@@ -54,6 +54,7 @@ benchmarks: setup
 	$(BIN)/python benchmarks/bench_render.py
 	$(BIN)/python benchmarks/bench_flow.py
 	$(BIN)/python benchmarks/bench_synth.py
+	$(BIN)/python benchmarks/bench_mesh_files.py
 	$(BIN)/python benchmarks/bench_reconstruct.py
 
 clean-results:

@@ -140,15 +140,28 @@ def test_select_face_follows_the_previous_face():
     np.testing.assert_array_equal(select_face(np.stack([a, b]), b + 3.0), b)
 
 
-@pytest.mark.parametrize("fmt", ["obj", "ply"])
-def test_mesh_files_round_trip(tmp_path, face_model, fmt):
+@pytest.mark.parametrize("fmt,encoding", [("obj", None), ("ply", "binary"), ("ply", "ascii")])
+def test_mesh_files_round_trip(tmp_path, face_model, fmt, encoding):
     vertices = face_model.v_template.numpy() + np.random.default_rng(0).normal(0, 0.01, (468, 3))
     faces = face_model.faces.numpy()
     path = tmp_path / f"mesh.{fmt}"
-    (rec.write_obj if fmt == "obj" else rec.write_ply)(path, vertices, faces, "a comment\non two lines")
+    if fmt == "obj":
+        rec.write_obj(path, vertices, faces, "a comment\non two lines")
+    else:
+        rec.write_ply(path, vertices, faces, "a comment\non two lines", encoding=encoding)
     read_vertices, read_faces = (read_obj if fmt == "obj" else read_ply)(path)
-    np.testing.assert_allclose(read_vertices, vertices, atol=1e-6)
+    # OBJ and ASCII PLY: 6 decimals; binary PLY: float32 (7 significant digits of values up to ~100 mm)
+    np.testing.assert_allclose(read_vertices, vertices, atol=1e-6 if encoding != "binary" else 2e-5)
     np.testing.assert_array_equal(read_faces, faces)
+    if encoding == "binary":
+        data = path.read_bytes()
+        assert data.startswith(b"ply\nformat binary_little_endian 1.0\ncomment a comment\n")
+        assert len(data) == data.index(b"end_header\n") + 11 + 468 * 12 + len(faces) * 13
+        path.write_bytes(data[:-5])  # a file cut short names itself
+        with pytest.raises(ValueError, match="mesh.ply: binary PLY body"):
+            read_ply(path)
+    with pytest.raises(ValueError, match="encoding"):
+        rec.write_ply(tmp_path / "x.ply", vertices, faces, encoding="utf8")
 
 
 def test_bundle_round_trip_and_face_model_check(bundle, face_model):
