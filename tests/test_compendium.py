@@ -91,3 +91,14 @@ def test_cli_lists_the_commands():
     assert result.exit_code == 0
     for command in ("synth", "index", "prepare"):
         assert command in result.output
+
+
+@pytest.mark.parametrize("path", [*notebooks(), ROOT / "notebooks" / "demo.ipynb"], ids=lambda p: p.name)
+def test_every_notebook_cell_has_a_unique_id(path):
+    """nbformat 4.5 cells carry ids (nbformat warns today and will refuse later): one per cell, none repeated."""
+    import nbformat
+
+    notebook = json.loads(path.read_text())
+    ids = [cell.get("id") for cell in notebook["cells"]]
+    assert None not in ids and len(set(ids)) == len(ids), path.name
+    nbformat.validate(nbformat.reads(path.read_text(), as_version=4))
