@@ -360,8 +360,9 @@ def test_mer_model_settings_come_from_the_profile_config(profile):
         assert kwargs["sampling"] == ("keyframes" if name == "trajectory" else "uniform")
         run = mer_model_settings(name, profile, mer, run_config=True, seed=5, samples=samples)
         assert (run["epochs"], run["batch_size"], run["lr"], run["seed"]) == (
-            mer["epochs"], mer["batch_size"], mer[name].get("lr", mer["lr"]), 5)
-        own = {k: v for k, v in mer[name].items() if k not in ("lr", "weight_decay", "batch_size", "sampling", "crop")}
+            mer[name].get("epochs", mer["epochs"]), mer["batch_size"], mer[name].get("lr", mer["lr"]), 5)
+        own = {k: v for k, v in mer[name].items()
+               if k not in ("lr", "weight_decay", "batch_size", "epochs", "sampling", "crop")}
         assert {k: v for k, v in run["model"].items() if k not in ("n_expression", "n_frames")} == own
         build(**run["model"])
         MERRunConfig.from_dict(run)
@@ -371,6 +372,8 @@ def test_mer_model_settings_come_from_the_profile_config(profile):
             build(**reference["model"])
             assert mer_model_settings(name, profile, mer, preset="reference")[1]["sampling"] == "stride"
     assert run["model"]["n_expression"] == samples.inputs["trajectory"].shape[-1]
+    assert mer_model_settings("fdp", profile, {**mer, "fdp": {**mer["fdp"], "epochs": 7}}, run_config=True)[
+        "epochs"] == 7  # a model's own epochs override the section's
     changed = {**mer, "batch_size": 3, "mol": {**mer["mol"], "knn_k": 1}}
     run = mer_model_settings("mol", profile, changed, run_config=True)
     assert run["batch_size"] == 3 and run["model"]["knn_k"] == 1

@@ -11,7 +11,7 @@ from microface.utils.io import write_text_atomic
 
 INPUTS = {"fdp": ("clips",), "mol": ("clips", "sequence_flow", "sequence_landmarks"), "trajectory": ("trajectory",)}
 # keys of a model's mapping (mer[name]) that set its run or its samples rather than its model config
-RUN_KEYS = ("lr", "weight_decay", "batch_size")
+RUN_KEYS = ("lr", "weight_decay", "batch_size", "epochs")
 SAMPLE_KEYS = ("sampling", "crop")
 # the public code's settings (CYF-cuber/FDP train.py / data.py, CYF-cuber/MOL main.py / train.py / dataset.py), laid
 # over the profile's model sizes (their full-size networks do not fit the CPU profiles). Both pick, per fold, the
@@ -43,7 +43,7 @@ def mer_model_settings(name: str, profile: str, mer: dict, run_config: bool = Fa
         profile: the profile's name, used only to name ``config/<profile>.yaml`` in errors.
         mer: the ``mer:`` section: epochs, n_frames, batch_size, lr, and one mapping per model (``mer[name]``:
             FDPConfig / MOLConfig / TrajectoryConfig keys, its image_size also sizing the frames; optional
-            ``RUN_KEYS`` lr / weight_decay / batch_size overriding the section's, and ``SAMPLE_KEYS`` sampling
+            ``RUN_KEYS`` lr / weight_decay / batch_size / epochs overriding the section's, and ``SAMPLE_KEYS`` sampling
             ("uniform" by default) / crop). MOL's n_frames is the section's.
         run_config: return the MERRunConfig mapping instead of the inputs.
         seed: the run's seed (run_config only).
@@ -75,7 +75,7 @@ def mer_model_settings(name: str, profile: str, mer: dict, run_config: bool = Fa
             if samples is None:
                 raise ValueError("the trajectory classifier's settings need the samples (for n_expression)")
             size["n_expression"] = int(samples.inputs["trajectory"].shape[-1])
-        return dict(epochs=int(_setting(mer, "epochs", profile)),
+        return dict(epochs=int(run.get("epochs", _setting(mer, "epochs", profile))),
                     batch_size=int(run.get("batch_size", _setting(mer, "batch_size", profile))),
                     lr=float(run.get("lr", _setting(mer, "lr", profile))),
                     weight_decay=float(run.get("weight_decay", 0.0)), seed=seed, model=size)
