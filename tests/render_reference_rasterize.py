@@ -1,7 +1,8 @@
 """The rasterizer's visibility search as of commit c72562b (before the issue-20 speed-up), kept as the reference
 that tests/test_render.py compares the current one against: same fragments, same gradients. Only what the speed-up
-rewrote is here (candidate enumeration, per-pixel selection, contour edges and ``rasterize`` itself), verbatim; the
-helpers it left unchanged are imported from ``microface.render.rasterize``. Not imported by microface.
+rewrote is here (candidate enumeration, per-pixel selection, contour edges and ``rasterize`` itself), verbatim but
+for ``rasterize``'s docstring, which points at the current one; the helpers it left unchanged are imported from
+``microface.render.rasterize``. Not imported by microface.
 """
 from __future__ import annotations
 
@@ -149,36 +150,8 @@ def rasterize(
     perspective_correct: bool = True,
     backend: str = "torch",
 ) -> Fragments:
-    """Rasterize screen-space meshes into :class:`Fragments` (one face per pixel, nearest depth wins).
-
-    ``alpha = S(D)`` where D is the signed distance (pixels, inside positive) from the pixel centre to the
-    silhouette and S the cubic smoothstep rising from 0 at ``D = -r`` to 1 at ``D = r`` (SoftRas-style soft
-    coverage, but with compact support and symmetric, ``S(-D) = 1 - S(D)``, so the alpha-weighted area of a
-    straight edge is exact). Outside the mesh D is minus the distance to the nearest face (exact for the
-    union of all faces). On covered pixels D is the distance to the nearest screen-space contour edge (an open
-    edge, or one between a front- and a back-facing face) whose outer side is background; internal edges and
-    occluded folds never lower alpha, so there are no seams. ``alpha`` is differentiable w.r.t. the screen
-    vertices.
-
-    Args:
-        screen_vertices: ``(x_px, y_px, depth)`` from :func:`project_points`, shape (B, V, 3).
-        faces: long triangle vertex indices shared by the batch, shape (F, 3).
-        image_size: int or (H, W).
-        blur_radius_px: half-width r of the anti-aliasing band in pixels; must be > 0.
-        perspective_correct: use it for perspective cameras (barycentrics weight the 3D surface point);
-            False for weak perspective (depth is then interpolated linearly in screen space). With it, faces
-            with a corner at depth <= 0 are dropped (no near-plane clipping).
-        backend: "torch" (this file) or "pytorch3d" (hard visibility from pytorch3d's rasterizer;
-            barycentrics, depth and alpha still come from here, so both backends return the same structure
-            and gradients).
-
-    Returns:
-        Fragments with pix_to_face (B, H, W, 1), bary_coords (B, H, W, 1, 3), zbuf (B, H, W, 1),
-        alpha (B, H, W), fringe_face (B, H, W, 1), fringe_bary (B, H, W, 1, 3).
-
-    Raises:
-        ValueError: a mesh of the wrong shape, an unknown backend or a blur radius <= 0.
-    """
+    """The rasterizer before the speed-up: the contract (arguments, Fragments, errors) of
+    ``microface.render.rasterize.rasterize``, whose docstring states it."""
     _check_mesh(screen_vertices, faces)
     if backend not in ("torch", "pytorch3d"):
         raise ValueError(f"backend: expected 'torch' or 'pytorch3d', got {backend!r}")

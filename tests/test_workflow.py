@@ -61,10 +61,21 @@ def data_ran(work: Path, profile: str, subjects: dict[str, bool]) -> None:
     (results / "notebooks" / "00_data.ipynb").write_text("{}")
 
 
+def job_blocks(output: str) -> list[str]:
+    """The job blocks a ``-p`` dry run prints, one per job (each from its ``rule`` / ``checkpoint`` line)."""
+    return re.split(r"\n(?=\[|rule |checkpoint )", output)
+
+
+def merge_job(output: str, rule: str) -> tuple[str, list[str]]:
+    """The first ``rule`` job block of a ``-p`` dry run and its input paths."""
+    block = next(block for block in job_blocks(output) if re.search(rf"^rule {rule}:", block, flags=re.M))
+    return block, re.search(r"^\s*input: (.*)$", block, flags=re.M).group(1).split(", ")
+
+
 def fold_jobs(output: str, rule: str = "mer_fold") -> list[tuple[str, str, str]]:
     """(model, holdout, shell command) of every ``rule`` job (mer_fold, mer_reference_fold) a ``-p`` dry run prints."""
     jobs = []
-    for block in re.split(r"\n(?=\[|rule |checkpoint )", output):
+    for block in job_blocks(output):
         if re.search(rf"^rule {rule}:", block, flags=re.M):
             wildcards = dict(re.findall(r"(\w+)=([\w.-]+)", re.search(r"wildcards: (.*)", block).group(1)))
             command = re.search(JOB_COMMAND.format("mer-fold"), block, flags=re.M).group(1)
@@ -240,7 +251,7 @@ def test_slurm_profile_plans_gpu_and_cpu_jobs(tmp_path):
     second = dry_run(work, *args)  # rule data has run: the folds are jobs now
     assert second.returncode == 0, second.stderr[-3000:]
     planned = {}
-    for block in re.split(r"\n(?=\[|rule |checkpoint )", first.stdout + "\n" + second.stdout):
+    for block in job_blocks(first.stdout + "\n" + second.stdout):
         rule = re.search(r"^(?:rule|checkpoint) (\w+):", block, flags=re.M)
         resources = re.search(r"^\s*resources: (.*)$", block, flags=re.M)
         if rule and resources:
@@ -271,9 +282,7 @@ def test_mer_folds_are_jobs_of_their_own_merged_by_notebook_03(tmp_path):
     for model, holdout, command in jobs:
         assert command.startswith(f"microface mer-fold --config results/mine/config.yaml --model {model} "
                                    f"--holdout {holdout} "), command
-    merge = next(block for block in re.split(r"\n(?=\[|rule |checkpoint )", result.stdout)
-                 if re.search(r"^rule mer:", block, flags=re.M))
-    inputs = re.search(r"^\s*input: (.*)$", merge, flags=re.M).group(1).split(", ")
+    merge, inputs = merge_job(result.stdout, "mer")
     folds = sorted(path for path in inputs if "/folds/" in path and "/reference/" not in path)
     assert folds == sorted(f"results/mine/mer/{m}/fixed-epoch/folds/{h}.json" for m, h in expected), merge
     assert "gpu" not in re.search(r"^\s*resources: (.*)$", merge, flags=re.M).group(1)  # merging needs no GPU
@@ -299,9 +308,7 @@ def test_reference_folds_are_jobs_too_when_mer_reference_is_on(tmp_path):
         for model, holdout, command in jobs:
             assert command.startswith(f"microface mer-fold --config results/mine/config.yaml --model {model} "
                                       f"--holdout {holdout} --preset reference"), command
-        merge = next(block for block in re.split(r"\n(?=\[|rule |checkpoint )", result.stdout)
-                     if re.search(r"^rule mer:", block, flags=re.M))
-        inputs = re.search(r"^\s*input: (.*)$", merge, flags=re.M).group(1).split(", ")
+        merge, inputs = merge_job(result.stdout, "mer")
         assert sorted(path for path in inputs if "/reference/" in path) == sorted(
             f"results/mine/mer/reference/{m}/test-peek/folds/{h}.json" for m, h in expected), merge
 
@@ -319,14 +326,12 @@ def test_real_footage_videos_are_jobs_of_their_own_merged_by_notebook_07(tmp_pat
             "videos": ["pyfeat:single_face.mp4", str(shelf)]}
     result = dry_run(work, "--configfile", str(user_config(tmp_path, profile="mine", real=real)))
     assert result.returncode == 0, result.stderr[-3000:]
-    blocks = re.split(r"\n(?=\[|rule |checkpoint )", result.stdout)
     commands = sorted(re.search(JOB_COMMAND.format("real-video"), block, flags=re.M).group(1)
-                      for block in blocks if re.search(r"^rule real_footage_video:", block, flags=re.M))
+                      for block in job_blocks(result.stdout) if re.search(r"^rule real_footage_video:", block, flags=re.M))
     expected = ["single_face", "sub02", "talk_1"]
     assert commands == [f"microface real-video --config results/mine/config.yaml --video {name} > "
                         f"results/mine/logs/07_real_footage/{name}.log 2>&1" for name in sorted(expected)], commands
-    merge = next(block for block in blocks if re.search(r"^rule real_footage:", block, flags=re.M))
-    inputs = re.search(r"^\s*input: (.*)$", merge, flags=re.M).group(1).split(", ")
+    merge, inputs = merge_job(result.stdout, "real_footage")
     assert sorted(path for path in inputs if "/videos/" in path) == sorted(
         f"results/mine/real/videos/{name}.{suffix}" for name in expected for suffix in ("json", "npz")), merge
     assert "gpu" not in re.search(r"^\s*resources: (.*)$", merge, flags=re.M).group(1)  # merging needs no GPU
