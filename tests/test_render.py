@@ -518,3 +518,66 @@ def test_fragments_and_gradients_match_the_reference_rasterizer(mesh):
     assert ref_grad.abs().max() > 0.1
     # only the accumulation order of gradient sums may differ
     torch.testing.assert_close(new_grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ compiled search (numba) vs torch
+def _scene_for_search(kind: str, dtype):
+    gen = torch.Generator().manual_seed(11)
+    if kind == "open":
+        data = np.load(MESH_NPZ)
+        verts = torch.from_numpy(data["vertices_cm"]).to(dtype) * 10.0
+        faces = torch.from_numpy(data["triangles"]).long()
+        size, dist, focal = (56, 64), 600.0, 0.85 * 56 * 600.0 / 177.0
+    else:
+        verts, faces = icosphere(2, 45.0, dtype=dtype)
+        size, dist, focal = (40, 48), 250.0, 120.0
+    B = 2
+    verts = verts[None].repeat(B, 1, 1) + torch.randn(B, verts.shape[0], 3, generator=gen, dtype=dtype) * 2.0
+    # the second mesh runs off the image's left edge and has a vertex behind the camera (invalid faces)
+    verts[1] += torch.tensor([-60.0, 0.0, 0.0], dtype=dtype)
+    verts[1, 0, 2] = dist + 10.0
+    cam = look_at_camera(dist, focal, size, batch_size=B, dtype=dtype)
+    return project_points(verts, cam).detach(), faces, size
+
+
+@pytest.mark.parametrize("kind", ["open", "sphere"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("perspective", [True, False])
+def test_compiled_search_gives_the_torch_search_fragments_and_gradients(monkeypatch, kind, dtype, perspective):
+    rast = sys.modules["microface.render.rasterize"]
+    pytest.importorskip("numba")
+    screen, faces, size = _scene_for_search(kind, dtype)
+    assert rast._use_compiled_search(screen)  # the compiled loops really run below
+    weights = torch.randn(*screen.shape[:1], *size, 1, 3, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    results = {}
+    for search in ("compiled", "torch"):
+        monkeypatch.setenv("MICROFACE_RASTER_SEARCH", search)
+        with torch.no_grad():
+            frozen = rasterize(screen, faces, size, perspective_correct=perspective)
+        s = screen.clone().requires_grad_()
+        fr = rasterize(s, faces, size, perspective_correct=perspective)
+        (fr.alpha.square().sum() + (fr.bary_coords * weights).sum() + (fr.fringe_bary * weights).sum()
+         + (fr.zbuf * fr.mask[..., None]).sum() * 1e-2).backward()
+        results[search] = (frozen, fr, s.grad)
+    (c_frozen, c_fr, c_grad), (t_frozen, t_fr, t_grad) = results["compiled"], results["torch"]
+    assert (t_fr.fringe_face >= 0).sum() > 20 and ((t_fr.alpha > 0) & (t_fr.alpha < 1)).sum() > 40
+    assert (t_fr.pix_to_face >= 0).sum() > 100
+    for name in ("pix_to_face", "fringe_face", "bary_coords", "zbuf", "alpha", "fringe_bary"):
+        assert torch.equal(getattr(c_fr, name), getattr(t_fr, name)), name
+        assert torch.equal(getattr(c_frozen, name), getattr(t_frozen, name)), name  # the no-grad fill too
+    assert t_grad.abs().max() > 0.1
+    torch.testing.assert_close(c_grad, t_grad, rtol=0, atol=0)
+
+
+def test_compiled_search_can_be_switched_off(monkeypatch):
+    rast = sys.modules["microface.render.rasterize"]
+    monkeypatch.setenv("MICROFACE_RASTER_SEARCH", "torch")
+    assert not rast._use_compiled_search(torch.zeros(1, 3, 3))
+    monkeypatch.setenv("MICROFACE_RASTER_SEARCH", "compiled")
+    assert rast._use_compiled_search(torch.zeros(1, 3, 3)) == (importlib_util_find("numba"))
+
+
+def importlib_util_find(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

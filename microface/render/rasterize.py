@@ -49,8 +49,10 @@ Example
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from microface.render.camera import _size_hw
@@ -528,6 +530,144 @@ def _pytorch3d_pix_to_face(
     return pix_to_face.reshape(-1)
 
 
+@torch.no_grad()
+def _coverage_faces(tri, planes, height, valid, covered, contour, H: int, W: int, faces_per_mesh: int, radius: float):
+    """The faces that set each pixel's soft coverage, found with vectorised torch ops (any device).
+
+    Outside the mesh: the face of largest signed distance above ``-radius``; inside: the silhouette edge (a contour
+    edge whose outer side is background) nearest within ``radius``, the pixel on its inner side. Ties go to the
+    largest candidate (face, then edge), as in :func:`microface.render.raster_kernel.coverage_faces`.
+    tri (P, 3, 3) detached, planes (a, b, c) and height (P, 3), valid (P,), covered (N,), contour (P, 3) bool
+    -> fringe_face, edge_face, edge_index, each (N,) long, -1 where none.
+    """
+    n_pixels = covered.shape[0]
+    act_pixel, act_face = _band_pairs(
+        tri, planes, height, valid, covered, contour.any(-1), H, W, faces_per_mesh, radius
+    )
+    line_dist, seg_dist2, foot, outward = _edge_geometry(
+        tri.index_select(0, act_face)[..., :2], _pixel_centres(act_pixel, H, W, tri.dtype)
+    )
+    inner = line_dist.amin(-1)
+    signed = torch.where(inner >= 0, inner, -_safe_sqrt(seg_dist2.amin(-1)))
+    none = torch.full((n_pixels,), -1, dtype=torch.long, device=tri.device)
+    # outside the mesh: the nearest face gives the exact distance to the union of all faces
+    out_pair = torch.nonzero(~covered[act_pixel] & (signed > -radius), as_tuple=True)[0]
+    pick = _select_per_pixel(act_pixel[out_pair], signed[out_pair], n_pixels, largest=True)
+    fringe_face = torch.where(pick >= 0, act_face[out_pair[pick.clamp_min(0)]], -1) if out_pair.numel() else none
+    # inside: the nearest contour edge whose outer side is background (folds such as the nose over the cheek are
+    # contours too, but the surface behind them keeps those pixels covered)
+    probe = foot + outward  # one pixel beyond the edge: a pixel centre on its outer side
+    pcol, prow = torch.floor(probe[..., 0]), torch.floor(probe[..., 1])
+    in_image = (pcol >= 0) & (pcol < W) & (prow >= 0) & (prow < H)
+    batch = (act_pixel // (H * W))[:, None]
+    probe_flat = batch * (H * W) + prow.clamp(0, H - 1).long() * W + pcol.clamp(0, W - 1).long()
+    silhouette = contour[act_face] & ~(in_image & covered[probe_flat])
+    qualifies = covered[act_pixel][:, None] & silhouette & (line_dist >= 0) & (seg_dist2 < radius**2)
+    edge_pair = torch.nonzero(qualifies.reshape(-1), as_tuple=True)[0]
+    if edge_pair.numel() == 0:
+        return fringe_face, none, none.clone()
+    pick = _select_per_pixel(act_pixel[edge_pair // 3], seg_dist2.reshape(-1)[edge_pair], n_pixels, largest=False)
+    chosen = edge_pair[pick.clamp_min(0)]
+    return fringe_face, torch.where(pick >= 0, act_face[chosen // 3], -1), torch.where(pick >= 0, chosen % 3, -1)
+
+
+def _use_compiled_search(tri: torch.Tensor) -> bool:
+    """Whether the compiled CPU search (numba) runs: CPU tensors, numba importable and not switched off with
+    ``MICROFACE_RASTER_SEARCH=torch`` (the vectorised torch search then runs, as on GPUs)."""
+    if tri.device.type != "cpu" or os.environ.get("MICROFACE_RASTER_SEARCH", "compiled") == "torch":
+        return False
+    try:
+        import numba  # noqa: F401
+    except ImportError:  # a dependency, but an environment without it still renders
+        return False
+    return True
+
+
+def _centres_np(n: int, dtype: torch.dtype) -> np.ndarray:
+    """Pixel-centre coordinates ``j + 0.5`` for j < n, in the tensors' dtype, as numpy."""
+    return (torch.arange(n, dtype=dtype) + 0.5).numpy()
+
+
+@torch.no_grad()
+def _search_compiled(tri, faces, H: int, W: int, perspective_correct: bool, radius: float,
+                     pix_to_face: torch.Tensor | None = None):
+    """The rasterizer's discrete search by the compiled loops of :mod:`microface.render.raster_kernel`: the same
+    result as :func:`_visible_faces` and :func:`_coverage_faces` bit for bit, without torch's per-op cost.
+
+    tri (P, 3, 3) detached CPU screen triangles, faces (F, 3); pix_to_face (B*H*W,) when another rasterizer found
+    visibility -> pix_to_face, fringe_face, edge_face, edge_index, each (B*H*W,) long, -1 where none.
+    """
+    from microface.render.raster_kernel import coverage_faces, face_setup, visible_faces
+
+    F = max(faces.shape[0], 1)
+    P = tri.shape[0]
+    n_pixels = (P // F) * H * W
+    scalar = np.float32 if tri.dtype == torch.float32 else np.float64
+    x, y, z = (tri[..., i].contiguous().numpy() for i in range(3))
+    a, b, c, height, depth_coef = (np.empty((P, 3), dtype=x.dtype) for _ in range(5))
+    valid, contour, boxes = np.empty(P, dtype=bool), np.empty((P, 3), dtype=bool), np.empty((P, 8), dtype=np.int64)
+    twin = _MESH_CONSTANTS.twins(faces).cpu().numpy()
+    face_setup(x, y, z, twin, F, H, W, scalar(radius), perspective_correct, a, b, c, height, depth_coef, valid,
+               contour, boxes)
+    centres_x, centres_y = _centres_np(W, tri.dtype), _centres_np(H, tri.dtype)
+    if pix_to_face is None:
+        pix_to_face = torch.empty(n_pixels, dtype=torch.long)
+        visible_faces(a, b, c, depth_coef, valid, boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3], centres_x,
+                      centres_y, F, H, W, perspective_correct, pix_to_face.numpy())
+    fringe_face, edge_face, edge_index = (torch.empty(n_pixels, dtype=torch.long) for _ in range(3))
+    corners2d = tri[..., :2]
+    edges = corners2d.roll(-1, dims=1) - corners2d
+    edge_len = (edges * edges).sum(-1).clamp_min(1e-24).sqrt().numpy()  # as _edge_geometry computes it
+    coverage_faces(x, y, edge_len, a, b, c, height, valid, contour, (pix_to_face >= 0).numpy(), boxes[:, 4], boxes[:, 5],
+                   boxes[:, 6], boxes[:, 7], centres_x, centres_y, F, H, W, scalar(radius), scalar(radius**2),
+                   fringe_face.numpy(), edge_face.numpy(), edge_index.numpy())
+    return pix_to_face, fringe_face, edge_face, edge_index
+
+
+def _soft_coverage(tri, covered, fringe_face, edge_face, edge_index, H: int, W: int, radius: float) -> torch.Tensor:
+    """alpha = S(signed distance to the silhouette), differentiable w.r.t. the screen triangles: outside the mesh
+    from the chosen fringe face, inside from the chosen silhouette edge, 1 elsewhere on the mesh, 0 off it.
+
+    tri (P, 3, 3), covered (N,) bool, fringe_face, edge_face, edge_index (N,) long -> alpha (N,).
+    """
+    near_edge = torch.nonzero(edge_face >= 0, as_tuple=True)[0]
+    fr = torch.nonzero(fringe_face >= 0, as_tuple=True)[0]
+    pixels = torch.cat([near_edge, fr])  # one pass over both sets: torch's per-op cost dominates at these sizes
+    chosen = torch.cat([edge_face.index_select(0, near_edge), fringe_face.index_select(0, fr)])
+    line_dist, seg_dist2, _, _ = _edge_geometry(tri.index_select(0, chosen)[..., :2], _pixel_centres(pixels, H, W, tri.dtype))
+    n_edge = near_edge.shape[0]
+    edge_dist2 = seg_dist2[:n_edge].gather(1, edge_index.index_select(0, near_edge)[:, None])[:, 0]
+    inner = line_dist[n_edge:].amin(-1)
+    signed_fr = torch.where(inner >= 0, inner, -_safe_sqrt(seg_dist2[n_edge:].amin(-1)))  # _signed_distance
+    alpha = covered.to(tri.dtype)
+    alpha = alpha.index_put((near_edge,), _smoothstep_coverage(_safe_sqrt(edge_dist2), radius))
+    return alpha.index_put((fr,), _smoothstep_coverage(signed_fr, radius))
+
+
+@torch.no_grad()
+def _fragments_compiled(tri, pix_to_face, fringe_face, edge_face, edge_index, B: int, H: int, W: int,
+                        perspective_correct: bool, radius: float) -> Fragments:
+    """The fragments of the chosen faces when nothing needs their gradient: barycentrics and depth by the compiled
+    loop, the soft coverage by :func:`_soft_coverage`; the values of :func:`rasterize`'s torch tail, bit for bit."""
+    from microface.render.raster_kernel import fill_fragments
+
+    n_pixels = pix_to_face.shape[0]
+    bary, fringe_bary = torch.empty(n_pixels, 3, dtype=tri.dtype), torch.empty(n_pixels, 3, dtype=tri.dtype)
+    zbuf = torch.empty(n_pixels, dtype=tri.dtype)
+    corners = [tri[..., i].contiguous().numpy() for i in range(3)]
+    fill_fragments(*corners, W, H, pix_to_face.numpy(), fringe_face.numpy(), perspective_correct, bary.numpy(),
+                   zbuf.numpy(), fringe_bary.numpy())
+    alpha = _soft_coverage(tri, pix_to_face >= 0, fringe_face, edge_face, edge_index, H, W, radius)
+    return Fragments(
+        pix_to_face=pix_to_face.reshape(B, H, W, 1),
+        bary_coords=bary.reshape(B, H, W, 1, 3),
+        zbuf=zbuf.reshape(B, H, W, 1),
+        alpha=alpha.reshape(B, H, W),
+        fringe_face=fringe_face.reshape(B, H, W, 1),
+        fringe_bary=fringe_bary.reshape(B, H, W, 1, 3),
+    )
+
+
 def rasterize(
     screen_vertices: torch.Tensor,
     faces: torch.Tensor,
@@ -576,21 +716,31 @@ def rasterize(
     dtype, device = screen_vertices.dtype, screen_vertices.device
     n_pixels = B * H * W
     tri = _packed_triangles(screen_vertices, faces)  # (B*F, 3, 3), carries grad
+    needs_grad = torch.is_grad_enabled() and tri.requires_grad
 
     with torch.no_grad():
         tri_d = tri.detach()
-        a, b, c, height, depth_coef, area, valid = _face_tables(tri_d, perspective_correct)
+        p2f_given = None
         if backend == "pytorch3d":
-            p2f_flat = _pytorch3d_pix_to_face(screen_vertices, faces, H, W, perspective_correct)
+            p2f_given = _pytorch3d_pix_to_face(screen_vertices, faces, H, W, perspective_correct)
+        if _use_compiled_search(tri_d):
+            p2f_flat, fringe_flat, edge_face, edge_index = _search_compiled(
+                tri_d, faces, H, W, perspective_correct, blur_radius_px, p2f_given
+            )
+            if not needs_grad:
+                return _fragments_compiled(tri_d, p2f_flat, fringe_flat, edge_face, edge_index, B, H, W,
+                                           perspective_correct, blur_radius_px)
         else:
-            p2f_flat = _visible_faces(tri_d, (a, b, c), depth_coef, valid, H, W, F, perspective_correct)
+            a, b, c, height, depth_coef, area, valid = _face_tables(tri_d, perspective_correct)
+            contour = _contour_edges(faces, area < 0, valid, _MESH_CONSTANTS.twins(faces))
+            if p2f_given is None:
+                p2f_flat = _visible_faces(tri_d, (a, b, c), depth_coef, valid, H, W, F, perspective_correct)
+            else:
+                p2f_flat = p2f_given
+            fringe_flat, edge_face, edge_index = _coverage_faces(
+                tri_d, (a, b, c), height, valid, p2f_flat >= 0, contour, H, W, F, blur_radius_px
+            )
         covered = p2f_flat >= 0
-        contour = _contour_edges(faces, area < 0, valid, _MESH_CONSTANTS.twins(faces))
-        # a signed distance within the band (the outside bound only over-includes, never misses a pair);
-        # covered pixels only need faces with a contour edge, which drops most pairs of dense meshes
-        act_pixel, act_face = _band_pairs(
-            tri_d, (a, b, c), height, valid, covered, contour.any(-1), H, W, F, blur_radius_px
-        )
 
     # differentiable part: barycentrics and depth of the visible faces, recomputed from the vertices
     fg = torch.nonzero(covered, as_tuple=True)[0]
@@ -598,45 +748,12 @@ def rasterize(
     bary = torch.zeros(n_pixels, 3, dtype=dtype, device=device).index_put((fg,), bary_fg)
     zbuf = torch.full((n_pixels,), -1.0, dtype=dtype, device=device).index_put((fg,), depth_fg)
 
-    # soft coverage = S(signed distance to the silhouette), from the faces near each pixel
-    centres = _pixel_centres(act_pixel, H, W, dtype)
-    line_dist, seg_dist2, foot, outward = _edge_geometry(tri.index_select(0, act_face)[..., :2], centres)
-    inner = line_dist.amin(-1)
-    signed = torch.where(inner >= 0, inner, -_safe_sqrt(seg_dist2.amin(-1)))
-
-    with torch.no_grad():
-        # outside the mesh: the nearest face gives the exact distance to the union of all faces
-        out_pair = torch.nonzero(~covered[act_pixel] & (signed > -blur_radius_px), as_tuple=True)[0]
-        pick = _select_per_pixel(act_pixel[out_pair], signed.detach()[out_pair], n_pixels, largest=True)
-        fr = torch.nonzero(pick >= 0, as_tuple=True)[0]
-        fringe_pair = out_pair[pick[fr]]
-        fringe_flat = torch.full((n_pixels,), -1, dtype=torch.long, device=device)
-        fringe_flat[fr] = act_face[fringe_pair]
-        # inside: distance to the nearest contour edge whose outer side is background (folds such as the
-        # nose over the cheek are contours too, but the surface behind them keeps those pixels covered)
-        probe = (foot + outward).detach()  # one pixel beyond the edge: a pixel centre on its outer side
-        pcol, prow = torch.floor(probe[..., 0]), torch.floor(probe[..., 1])
-        in_image = (pcol >= 0) & (pcol < W) & (prow >= 0) & (prow < H)
-        batch = (act_pixel // (H * W))[:, None]
-        probe_flat = batch * (H * W) + prow.clamp(0, H - 1).long() * W + pcol.clamp(0, W - 1).long()
-        silhouette = contour[act_face] & ~(in_image & covered[probe_flat])
-        qualifies = (
-            covered[act_pixel][:, None] & silhouette & (line_dist >= 0) & (seg_dist2 < blur_radius_px**2)
-        ).detach()
-        edge_pair = torch.nonzero(qualifies.reshape(-1), as_tuple=True)[0]
-        edge_key = seg_dist2.detach().reshape(-1)[edge_pair]
-        pick = _select_per_pixel(act_pixel[edge_pair // 3], edge_key, n_pixels, largest=False)
-        near_edge = torch.nonzero(pick >= 0, as_tuple=True)[0]
-        edge_pair = edge_pair[pick[near_edge]]
-
-    alpha = covered.to(dtype)
-    alpha = alpha.index_put(
-        (near_edge,), _smoothstep_coverage(_safe_sqrt(seg_dist2.reshape(-1)[edge_pair]), blur_radius_px)
-    )
-    alpha = alpha.index_put((fr,), _smoothstep_coverage(signed[fringe_pair], blur_radius_px))
+    alpha = _soft_coverage(tri, covered, fringe_flat, edge_face, edge_index, H, W, blur_radius_px)
 
     # the fringe is shaded like the nearest face, barycentrics clipped to it
-    fr_bary, _ = _barycentric(tri[fringe_flat[fr]], _pixel_centres(fr, H, W, dtype), perspective_correct, clip=True)
+    fr = torch.nonzero(fringe_flat >= 0, as_tuple=True)[0]
+    fr_bary, _ = _barycentric(tri.index_select(0, fringe_flat.index_select(0, fr)), _pixel_centres(fr, H, W, dtype),
+                              perspective_correct, clip=True)
     fringe_bary = torch.zeros(n_pixels, 3, dtype=dtype, device=device).index_put((fr,), fr_bary)
 
     return Fragments(
