@@ -6,7 +6,9 @@ the face about 85 % of the image height. Batch 1, 2 torch threads. Both rasteriz
 vertices (pytorch3d's in its NDC convention, as ``rasterize(..., backend="pytorch3d")`` converts them), one
 face per pixel, perspective-correct barycentrics; pytorch3d with ``blur_radius = 0`` so that its pix_to_face
 covers the same pixels as ours (ours still computes its 1 px soft band on top); both covered-pixel counts are
-in the table. "previous rasterizer" is the one before issue 20 (tests/render_reference_rasterize.py).
+in the table. "previous rasterizer" is the one before issue 20 (tests/render_reference_rasterize.py); "torch search"
+is the current rasterizer with its vectorised torch search (``MICROFACE_RASTER_SEARCH=torch``, the GPU path) instead of
+the numba-compiled one (microface.render.raster_kernel) that CPU tensors get.
 
 "forward" is the rasterizer alone under no_grad; "forward+backward" also back-propagates a loss on every
 differentiable output (ours: alpha, barycentrics, zbuf; pytorch3d: barycentrics, zbuf, dists) to the screen
@@ -22,9 +24,9 @@ from __future__ import annotations
 
 import os
 
-# a shared machine: OpenMP threads that spin-wait for a descheduled partner make every small parallel op
-# 10-50x slower under load; passive waiting costs nothing on a quiet machine (set before torch loads)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's default wait policy (threads spin briefly between parallel regions), as users run torch. On a loaded
+# machine, spinning threads that wait for a descheduled partner make small parallel ops 10-50x slower: run it there
+# with OMP_WAIT_POLICY=PASSIVE (the header records the policy), which makes torch's small ops slower when quiet.
 import importlib.util
 import platform
 import statistics
@@ -109,6 +111,23 @@ def reference_rasterize():
     return module.rasterize
 
 
+def torch_search(fn):
+    """``fn`` run with the vectorised torch search (MICROFACE_RASTER_SEARCH=torch) instead of the compiled one."""
+
+    def run(*args, **kwargs):
+        before = os.environ.get("MICROFACE_RASTER_SEARCH")
+        os.environ["MICROFACE_RASTER_SEARCH"] = "torch"
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if before is None:
+                del os.environ["MICROFACE_RASTER_SEARCH"]
+            else:
+                os.environ["MICROFACE_RASTER_SEARCH"] = before
+
+    return run
+
+
 def ours_rasterizer(screen: torch.Tensor, faces: torch.Tensor, size: int, rasterize=rasterize):
     """(forward, forward_backward, covered pixels) closures for microface's rasterizer."""
 
@@ -154,8 +173,9 @@ def bench(verts: torch.Tensor, faces: torch.Tensor, size: int) -> dict:
     ours_f, ours_fb, ours_cov = ours_rasterizer(screen, faces, size)
     rend_f, rend_fb = renderer_closures(verts, faces, cam, size)
     old_f, old_fb, _ = ours_rasterizer(screen, faces, size, reference_rasterize())
+    torch_f, torch_fb, _ = ours_rasterizer(screen, faces, size, torch_search(rasterize))
     fns = {"ours_f": ours_f, "ours_fb": ours_fb, "render_f": rend_f, "render_fb": rend_fb, "old_f": old_f,
-           "old_fb": old_fb}
+           "old_fb": old_fb, "torch_f": torch_f, "torch_fb": torch_fb}
     theirs = pytorch3d_rasterizer(screen, faces, size)
     if theirs is not None:
         fns["p3d_f"], fns["p3d_fb"] = theirs[0], theirs[1]
@@ -163,13 +183,18 @@ def bench(verts: torch.Tensor, faces: torch.Tensor, size: int) -> dict:
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cold: dict[str, list[float]] = {k: [] for k in fns}
     order = list(fns)
     rng = np.random.default_rng(0)
     for _ in range(REPEATS):
         rng.shuffle(order)  # no closure always runs right after the same one (caches, sleeping threads)
         for key in order:
+            # the first call after another closure pays for caches and memory that one left cold (on this VM a
+            # 2 ms call takes 15 ms after a long pytorch3d backward); the second is the rasterizer's own cost
+            cold[key].append(_timed(fns[key]))
             times[key].append(_timed(fns[key]))
     out = {k: statistics.median(v) for k, v in times.items()}
+    out.update({f"{k}_cold": statistics.median(v) for k, v in cold.items()})
     out["ours_cov"] = ours_cov
     out["p3d_cov"] = theirs[2] if theirs is not None else None
     return out
@@ -203,22 +228,33 @@ def main() -> None:
         f"torch {torch.__version__}, {p3d}, torch threads = {torch.get_num_threads()}, Python "
         f"{platform.python_version()}; load average (1 min) {load_before:.1f} before, {load_after:.1f} after "
         "(other jobs shared the machine: absolute times are noisy, the rasterizers alternate so ratios are fair); "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}.",
-        f"Median of {REPEATS} interleaved repeats (closures in a new random order each repeat) after {WARMUP} warm-up rounds; batch 1; same screen vertices; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset (OpenMP default)')}.",
+        f"Median of {REPEATS} interleaved repeats (closures in a new random order each repeat) after {WARMUP} warm-up rounds; each closure runs twice in a "
+        "row and the second call is timed (the first, after another closure, is in the 'first call' column: caches "
+        "and memory left cold by the previous closure); batch 1; same screen vertices; "
         "one face per pixel; perspective-correct; ours with its 1 px soft band, pytorch3d with blur_radius 0 (same "
         "covered pixels). Command: `python benchmarks/bench_render.py`.",
         "",
+        "What dominated the torch search (cProfile, quiet machine): torch's per-op cost. One forward pass issues about "
+        "550 small ops (index_select, nonzero, where, sum, amin over (pixel, face) candidate lists): 9 ms on the open "
+        "model at 128x128, of which the arithmetic is a fraction. The compiled search visits each face's pixel box "
+        "once in a loop (microface.render.raster_kernel); torch keeps only the differentiable values of the chosen "
+        "faces (about 40 ops with gradient, a dozen without).",
+        "",
         "| mesh | image | covered px (ours / pytorch3d) | ours, forward | pytorch3d | ratio | ours, forward+backward "
         "| pytorch3d | ratio | previous rasterizer (c72562b), forward / forward+backward "
-        "| our render (raster + shade), forward / forward+backward |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| torch search (GPU path), forward / forward+backward "
+        "| our render (raster + shade), forward / forward+backward "
+        "| ours, first call after another closure, forward / forward+backward |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, size, r in rows:
         lines.append(
             f"| {name} | {size}x{size} | {r['ours_cov']} / {r['p3d_cov'] if r['p3d_cov'] is not None else 'n/a'} "
             f"| {_fmt(r['ours_f'])} | {_fmt(r.get('p3d_f'))} | {_ratio(r.get('p3d_f'), r['ours_f'])} "
             f"| {_fmt(r['ours_fb'])} | {_fmt(r.get('p3d_fb'))} | {_ratio(r.get('p3d_fb'), r['ours_fb'])} "
-            f"| {_fmt(r['old_f'])} / {_fmt(r['old_fb'])} | {_fmt(r['render_f'])} / {_fmt(r['render_fb'])} |"
+            f"| {_fmt(r['old_f'])} / {_fmt(r['old_fb'])} | {_fmt(r['torch_f'])} / {_fmt(r['torch_fb'])} "
+            f"| {_fmt(r['render_f'])} / {_fmt(r['render_fb'])} | {_fmt(r['ours_f_cold'])} / {_fmt(r['ours_fb_cold'])} |"
         )
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic("\n".join(lines) + "\n", RESULT)
