@@ -207,7 +207,7 @@ def reconstruct(
     max_frames: Optional[int] = typer.Option(None, "--max-frames",
                                              help="reconstruct at most this many frames (from the start)"),
     window: int = typer.Option(16, "--window", help="frames per DEM clip; each window starts at its own onset"),
-    mesh_format: str = typer.Option("obj", "--format", help="per-frame mesh files: obj | ply"),
+    mesh_format: str = typer.Option("obj", "--format", help="per-frame mesh files: obj | ply | none (params.npz holds every frame's vertices either way)"),
     device: str = typer.Option("cpu", "--device", help="torch device of the models: cpu, cuda, ..."),
 ) -> None:
     """Reconstruct a 3D face mesh per frame into OUT: preview.png (look at it first: the mesh over 6 frames),

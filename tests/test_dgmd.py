@@ -299,6 +299,13 @@ def test_viz_writes_png_and_html(face_model, tmp_path):
                                   values=values[None].expand(3, -1), title="seq", include_plotlyjs="cdn")
     text = html.read_text()
     assert "Mesh3d" in text.replace("mesh3d", "Mesh3d") and "slider" in text.lower() and "seq" in text
+    # every frame's coordinates ride as plotly.js typed arrays (float32, base64), as plotly itself writes numpy
+    import base64
+
+    import numpy as np
+    x0 = base64.b64encode(np.ascontiguousarray(vertices[:, 0].numpy(), dtype="<f4").tobytes()).decode()
+    x0 = x0.replace("/", "\\u002f")  # plotly's JSON escapes "/" in pages
+    assert text.count(x0) == 4 and '"dtype":"f4"' in text.replace(" ", "")  # the first trace and 3 frames
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError, match="values"):
         viz.error_heatmap_figure(vertices, face_model.faces, values[:10])

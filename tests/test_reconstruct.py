@@ -464,6 +464,22 @@ def test_encoder_stage_as_ply_and_a_replaced_previous_run(tmp_path, bundle, face
 
 
 @needs_landmarker
+def test_format_none_writes_no_mesh_files_and_the_same_params(tmp_path, bundle, face_video):
+    # the decoding / crop / flow thread and the split thread budget change no number: params equal a ply run's
+    runs = {}
+    for fmt in ("ply", "none"):
+        summary = rec.reconstruct_video(face_video, tmp_path / fmt, checkpoint=bundle, window=3, max_frames=5,
+                                        stage="dgmd", mesh_format=fmt, show_progress=False)
+        runs[fmt] = (summary, np.load(tmp_path / fmt / "params.npz"))
+    assert not (tmp_path / "none" / "meshes").exists() and runs["none"][0]["outputs"]["meshes"] is None
+    assert len(list((tmp_path / "ply" / "meshes").iterdir())) == 5
+    for key in ("vertices", "vertices_px", "expression", "dgmd_gate"):
+        np.testing.assert_array_equal(runs["none"][1][key], runs["ply"][1][key])
+    assert "meshes/" not in " ".join(rec.summary_lines(runs["none"][0], tmp_path / "none"))
+    assert leftovers(tmp_path) == []
+
+
+@needs_landmarker
 def test_frames_without_a_face_hold_the_previous_landmarks(tmp_path, bundle):
     frames = astronaut_frames(6)
     frames[3] = np.full_like(frames[3], 128)

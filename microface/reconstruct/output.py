@@ -14,7 +14,7 @@ from microface.utils.io import portable_path, replace_folder, write_bytes_atomic
 OUTPUT_FORMAT = "microface-reconstruction-v1"
 
 
-MESH_FORMATS = ("obj", "ply")
+MESH_FORMATS = ("obj", "ply", "none")  # none: no per-frame files (params.npz holds every vertex)
 
 
 DEFAULT_VIEWER_FRAMES = 240  # about 50 kB of HTML per frame: a whole long video would make a page of tens of MB
@@ -76,8 +76,14 @@ def _json_default(value: Any) -> Any:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
+    """A compressed .npz (``np.load`` reads it) at deflate level 1: numpy's ``savez_compressed`` uses level 6, three
+    times the time for a file about 10 % smaller (0.35 s of a 472-frame reconstruction)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, value in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def write_arrays(folder: Path, arrays: dict[str, np.ndarray], fps: float, image_size: int, faces: np.ndarray,

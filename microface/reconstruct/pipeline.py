@@ -41,7 +41,8 @@ Output folder (written to a hidden temporary folder beside it and renamed into p
 interrupted or failed run leaves no half-written folder; an existing folder is only replaced when it holds
 a previous reconstruction)::
 
-    meshes/frame_00000.obj|ply   final mesh of every frame (mm, face-model frame, posed), 1-based OBJ faces
+    meshes/frame_00000.obj|ply   final mesh of every frame (mm, face-model frame, posed), 1-based OBJ faces;
+                                 none with ``--format none`` (params.npz holds the same vertices)
     preview.png                  the mesh drawn over up to 6 frames spread over the input: look at it first
     params.npz                   per-frame parameters and meshes, vertices_px in source pixels (``PARAMS_KEYS``)
     landmarks.npz                landmarks68 (T,68,2) and landmarks_mesh (T,468,3) in VIDEO pixels, detected (T,)
@@ -61,7 +62,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import threading
 import time
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -432,12 +435,15 @@ def track_source(source, landmarker, start_auto: bool, max_frames: int | None,
     Returns meshes (T, 468, 3) source pixels (held where ``detected`` is False), detected (T,) bool, and the
     index of the first frame (0, or the first frame holding a face with start_auto). T <= max_frames.
     """
-    from contextlib import closing
     from itertools import islice
 
+    from microface.utils.prefetch import prefetch
+
     frames = source.frames(0, None if start_auto else max_frames)
-    with closing(frames):
-        tracked = track_face(frames, landmarker, source.info.path, timings, start_auto=start_auto)
+    # decoding (OpenCV) runs a few frames ahead in a second thread while the landmarker works on this one; closed
+    # in this order: the tracker, the thread (joined), the decoder
+    with closing(frames), closing(prefetch(frames, depth=4)) as decoded:
+        tracked = track_face(decoded, landmarker, source.info.path, timings, start_auto=start_auto)
         with closing(tracked):
             records = [(f.index, f.mesh, f.detected) for f in islice(tracked, max_frames)]
     index = np.array([r[0] for r in records], dtype=np.int64)
@@ -475,7 +481,8 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
     video: a video file, a photo (.jpg/.png/...) or a folder of frames (natural order: img2 before img10).
     checkpoint: a bundle (default ``default_checkpoint_path()``); face_model "open" | "flame" (with flame_path, and
     mediapipe_embedding: FLAME's ``mediapipe_landmark_embedding.npz`` for the fit); max_frames: reconstruct at most
-    this many frames (from the start); window: frames per DEM clip (>= 2); mesh_format "obj" | "ply"; device: torch
+    this many frames (from the start); window: frames per DEM clip (>= 2); mesh_format "obj" | "ply" | "none" (no
+    per-frame files: params.npz holds every frame's vertices); device: torch
     device of the models; stage: "fit" | "dem" | "dgmd" | "encoder" (what the meshes hold, module doc);
     task_path: the landmarker bundle (default: ``microface.data.landmarks.default_task_path()``); viewer_max_frames:
     frames in viewer.html (evenly subsampled beyond that); start: 0 (the first frame must hold a face) or "auto"
@@ -486,7 +493,9 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
     """
     from microface import __version__
     from microface.data.landmarks import FaceLandmarker, to_ibug68
-    from microface.utils.runtime import progress
+    from microface.render.rasterize import warm_compiled_search
+    from microface.utils.prefetch import prefetch
+    from microface.utils.runtime import progress, split_threads
 
     stage = STAGE_ALIASES.get(stage, stage)
     if mesh_format not in MESH_FORMATS:
@@ -529,7 +538,14 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
     staging = staging_folder(out)  # built in full, then moved onto out by commit_folder
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    cleanup, warming = ExitStack(), None
     try:
+        if torch_device.type == "cpu":  # the two pipeline threads (tracking | decoding, models | crops + flow)
+            cleanup.enter_context(split_threads())
+        if stage == "dgmd" and torch_device.type == "cpu":
+            # numba's import and the compiled rasterizer's cache load (~0.8 s) overlap the tracking below
+            warming = threading.Thread(target=warm_compiled_search, name="microface-warm-rasterizer", daemon=True)
+            warming.start()
         # 1. track the face in every frame, then fit the face model to the whole video
         meshes, detected, first = track_source(source, landmarker, start_auto, max_frames, timings)
         n_frames, frames_read = len(meshes), info.frames_read
@@ -546,9 +562,12 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
                            "frames_fitted": int(fit.valid.sum()), "settings": dataclasses.asdict(fit.settings)}
         fitted = None if fit is None else {k: v.numpy() for k, v in (("expression", fit.expression), ("pose", fit.pose),
                                                                      ("camera", fit.camera))}
+        if warming is not None:
+            warming.join()
         # 2. read the frames again: crops (and flow) per window, the models, the meshes
-        (staging / "meshes").mkdir()
-        writer = write_obj if mesh_format == "obj" else write_ply
+        writer = {"obj": write_obj, "ply": write_ply, "none": None}[mesh_format]
+        if writer is not None:
+            (staging / "meshes").mkdir()
         columns: dict[str, list] = {k: [] for k in ("frame_index", "window_index", "window_start", "shape",
                                                     "expression", "encoder_expression", "pose", "camera",
                                                     "crop_transform", "coarse_vertices", "vertices", "vertices_px",
@@ -556,17 +575,25 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
         shown_preview = set(preview_indices(n_frames).tolist())
         preview_images: list[np.ndarray] = []
         images_iter = source.frames(first, n_frames)
-        quiet = {} if show_progress else {"disable": True}  # else progress() honours MICROFACE_NO_PROGRESS
-        with progress(total=n_frames, desc="reconstruct", unit="frame", **quiet) as bar:
-            for w, (position, items) in enumerate(iter_windows(enumerate(images_iter), window,
-                                                               allow_single=stage not in MOTION_STAGES)):
-                n = len(items)
-                at = np.arange(position, position + n)
+
+        def window_inputs():
+            """Each window's frames and model inputs (decoding, crops, flow: OpenCV, which releases the GIL), made
+            in a second thread one window ahead of the models (``prefetch``); same inputs as a plain loop."""
+            windows = iter_windows(enumerate(images_iter), window, allow_single=stage not in MOTION_STAGES)
+            for position, items in windows:
+                at = np.arange(position, position + len(items))
                 images = np.stack([image for _, image in items])
+                inputs = prepare_window(images, to_ibug68(meshes[at])[..., :2], image_size, stage, flow_cfg["method"],
+                                        flow_cfg.get("options", {}), refine_size, timings)
+                yield position, items, at, inputs
+
+        quiet = {} if show_progress else {"disable": True}  # else progress() honours MICROFACE_NO_PROGRESS
+        ahead = cleanup.enter_context(closing(prefetch(window_inputs())))  # closed (thread joined) before the source
+        with progress(total=n_frames, desc="reconstruct", unit="frame", **quiet) as bar:
+            for w, (position, items, at, inputs) in enumerate(ahead):
+                n = len(items)
                 preview_images += [image for p, image in items if p in shown_preview]
                 mesh = meshes[at]
-                inputs = prepare_window(images, to_ibug68(mesh)[..., :2], image_size, stage, flow_cfg["method"],
-                                        flow_cfg.get("options", {}), refine_size, timings)
                 index = first + at
                 window_fit = None if fit is None else WindowFit(
                     shape=fit.shape.numpy(), expression=fitted["expression"][at], pose=fitted["pose"][at],
@@ -578,7 +605,7 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
                     timings[key] = timings.get(key, 0.0) + seconds
                 transforms = np.repeat(inputs.transform[None], n, 0)
                 tic = time.perf_counter()
-                for t in range(n):
+                for t in range(n if writer is not None else 0):
                     writer(staging / "meshes" / f"frame_{index[t]:05d}.{mesh_format}", result.vertices[t], faces,
                            f"microface reconstruct: frame {index[t]}, stage {stage}, mm (face-model frame)")
                 timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tic
@@ -642,7 +669,8 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
                           "total": round(time.perf_counter() - started, 4)},
             "microface": __version__,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "outputs": {"meshes": f"meshes/frame_NNNNN.{mesh_format}", "params.npz": PARAMS_KEYS,
+            "outputs": {"meshes": f"meshes/frame_NNNNN.{mesh_format}" if writer is not None else None,
+                        "params.npz": PARAMS_KEYS,
                         "landmarks.npz": "landmarks68 (T,68,2) and landmarks_mesh (T,468,3) video pixels, detected (T,), "
                                          "landmarks68_crop (T,68,2) crop pixels, frame_index (T,)",
                         "viewer.html": "plotly mesh sequence",
@@ -654,6 +682,7 @@ def reconstruct_video(video: str | Path, out: str | Path, *, checkpoint: str | P
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
+        cleanup.close()
         source.close()
         landmarker.close()
     return summary
@@ -670,7 +699,8 @@ def summary_lines(summary: dict, out: str | Path) -> list[str]:
         shown = ", ".join(map(str, missing["frames"][:10])) + (" ..." if missing["count"] > 10 else "")
         lines.append(f"warning: no face detected in {missing['count']} frames (landmarks held from the previous "
                      f"frame): {shown}")
-    lines.append(f"wrote {out}: preview.png (look at it first), meshes/, params.npz, landmarks.npz, viewer.html, "
+    meshes = "meshes/, " if summary["outputs"]["meshes"] else ""
+    lines.append(f"wrote {out}: preview.png (look at it first), {meshes}params.npz, landmarks.npz, viewer.html, "
                  "summary.json")
     return lines
 

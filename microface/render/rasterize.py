@@ -583,6 +583,15 @@ def _use_compiled_search(tri: torch.Tensor) -> bool:
     return True
 
 
+def warm_compiled_search() -> None:
+    """Import numba and load the compiled search from its on-disk cache (compiling it the first time) by drawing a
+    triangle: about 0.8 s once per process, which a caller can spend in a background thread before it renders
+    (``microface reconstruct`` does, while it tracks the face)."""
+    screen = torch.tensor([[[1.0, 1.0, 10.0], [6.0, 1.0, 10.0], [1.0, 6.0, 10.0]]])
+    with torch.no_grad():
+        rasterize(screen, torch.tensor([[0, 1, 2]]), 8)
+
+
 def _centres_np(n: int, dtype: torch.dtype) -> np.ndarray:
     """Pixel-centre coordinates ``j + 0.5`` for j < n, in the tensors' dtype, as numpy."""
     return (torch.arange(n, dtype=dtype) + 0.5).numpy()

@@ -1,11 +1,12 @@
-"""Runtime: seeding, deterministic kernels and progress bars that stay readable in logs."""
+"""Runtime: seeding, deterministic kernels, thread budgets and progress bars that stay readable in logs."""
 from __future__ import annotations
 
 import os
 import random
 import re
 import sys
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -34,6 +35,28 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 _CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # nested bars move the cursor; a log has no cursor
+
+
+@contextmanager
+def split_threads(stages: int = 2) -> Iterator[int]:
+    """Share torch's thread budget between pipeline stages that run at the same time (``microface.utils.prefetch``):
+    torch and OpenCV each get ``max(1, budget // stages)`` threads for the duration, restored after. Without it both
+    libraries' pools spread over the same cores and fight: ``reconstruct`` on 2 cores ran at 58 frames/s with 2
+    threads each and at 79 with 1 each.
+
+    Yields the threads each stage gets.
+    """
+    import cv2
+
+    torch_before, cv2_before = torch.get_num_threads(), cv2.getNumThreads()
+    each = max(1, torch_before // stages)
+    torch.set_num_threads(each)
+    cv2.setNumThreads(each)
+    try:
+        yield each
+    finally:
+        torch.set_num_threads(torch_before)
+        cv2.setNumThreads(cv2_before)
 
 
 class LineStream:
