@@ -8,7 +8,10 @@ call, so this one makes both.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from microface.experiments.mer import run_mer_experiment as run_mer_table
+from microface.experiments.mer_input_motion import input_motion_table
 from microface.experiments.report import NotebookReport
 from microface.reconstruct.dataset_recognition import run_mesh_recognition
 
@@ -17,11 +20,18 @@ MESH_OFF = "not run: mer.mesh.enabled is false in this profile"
 
 def run_mer_experiment(profile: str, seed: int, device: str, data: dict, mer: dict, results_dir) -> NotebookReport:
     """Notebook 03_mer end to end: :func:`microface.experiments.mer.run_mer_experiment`'s report (same arguments),
-    plus, when ``mer["mesh"]["enabled"]``, the mesh step's table (``tables["mesh_table"]``,
+    plus what the models see (``tables["input_motion"]``, ``notes["input_motion"]``:
+    :func:`microface.experiments.mer_input_motion.input_motion_table` of the prepared clips), plus, when ``mer["mesh"]["enabled"]``, the mesh step's table (``tables["mesh_table"]``,
     ``notes["mesh_table"]``, ``notes["mesh_skipped"]``: the clips left out and any device fallback,
     ``paths["mesh_dir"]``); otherwise ``notes["mesh_table"]``
     says it did not run."""
     report = run_mer_table(profile=profile, seed=seed, device=device, data=data, mer=mer, results_dir=results_dir)
+    if data.get("flow_method"):
+        motion = input_motion_table(Path(results_dir) / "prepared")
+        report.tables["input_motion"] = motion
+        report.notes["input_motion"] = motion.round(3).to_markdown(index=False)
+    else:
+        report.notes["input_motion"] = "not measured: data.flow_method is off in this profile (no prepared flow)"
     mesh = mer.get("mesh") or {}
     if not mesh.get("enabled"):
         report.notes["mesh_table"] = MESH_OFF
