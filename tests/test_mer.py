@@ -570,3 +570,26 @@ def test_learning_curves_score_training_clips_only(tmp_path):
     folds = pd.read_csv(result.out_dir / "folds.csv")
     assert np.allclose(folds["final_train_acc"].mean(), curve["train_acc"].iloc[-1])
     assert learning_curves(tmp_path / "nothing").empty
+
+
+def test_training_fit_curve_trains_on_the_given_subjects_only_and_the_epoch_rule():
+    from microface.experiments.mer_epochs import first_epoch_below, training_fit_curve
+
+    samples = make_samples(n_subjects=3, per_subject=4)
+    config = MERRunConfig.from_dict({**TRAJ_CONFIG, "epochs": 30})
+    seen = []
+    original = samples.batch
+
+    def spy(indices, keys, device):
+        seen.extend(samples.subjects[i] for i in np.asarray(indices))
+        return original(indices, keys, device)
+
+    samples.batch = spy
+    curve = training_fit_curve("trajectory", samples, config, ["sub1", "sub2"])
+    assert set(seen) == {"sub1", "sub2"}  # sub3 never reaches the optimiser (nor the recorded accuracy)
+    assert list(curve["epoch"]) == list(range(1, 31)) and curve["loss"].iloc[-1] < curve["loss"].iloc[0]
+    assert curve["train_acc"].iloc[-1] == 1.0
+    assert first_epoch_below([0.9, 0.5, 0.2, 0.1], threshold=0.3, every=2) == 4  # epoch 3 is not a multiple of 2
+    assert first_epoch_below([0.9, 0.5, 0.2, 0.1], threshold=0.05, every=2) is None
+    with pytest.raises(ValueError, match="no clip"):
+        training_fit_curve("trajectory", samples, config, ["sub9"])
