@@ -87,6 +87,18 @@ class Fragments:
     fringe_face: torch.Tensor
     fringe_bary: torch.Tensor
 
+    @classmethod
+    def from_flat(cls, B: int, H: int, W: int, pix_to_face, bary_coords, zbuf, alpha, fringe_face, fringe_bary):
+        """Fragments from per-pixel tensors over the B * H * W pixels (faces per pixel 1), each (N,) or (N, 3)."""
+        return cls(
+            pix_to_face=pix_to_face.reshape(B, H, W, 1),
+            bary_coords=bary_coords.reshape(B, H, W, 1, 3),
+            zbuf=zbuf.reshape(B, H, W, 1),
+            alpha=alpha.reshape(B, H, W),
+            fringe_face=fringe_face.reshape(B, H, W, 1),
+            fringe_bary=fringe_bary.reshape(B, H, W, 1, 3),
+        )
+
     @property
     def mask(self) -> torch.Tensor:
         """Bool, pixels whose centre lies on a face, shape (B, H, W)."""
@@ -667,14 +679,7 @@ def _fragments_compiled(tri, pix_to_face, fringe_face, edge_face, edge_index, B:
     fill_fragments(*corners, W, H, pix_to_face.numpy(), fringe_face.numpy(), perspective_correct, bary.numpy(),
                    zbuf.numpy(), fringe_bary.numpy())
     alpha = _soft_coverage(tri, pix_to_face >= 0, fringe_face, edge_face, edge_index, H, W, radius)
-    return Fragments(
-        pix_to_face=pix_to_face.reshape(B, H, W, 1),
-        bary_coords=bary.reshape(B, H, W, 1, 3),
-        zbuf=zbuf.reshape(B, H, W, 1),
-        alpha=alpha.reshape(B, H, W),
-        fringe_face=fringe_face.reshape(B, H, W, 1),
-        fringe_bary=fringe_bary.reshape(B, H, W, 1, 3),
-    )
+    return Fragments.from_flat(B, H, W, pix_to_face, bary, zbuf, alpha, fringe_face, fringe_bary)
 
 
 def rasterize(
@@ -765,14 +770,7 @@ def rasterize(
                               perspective_correct, clip=True)
     fringe_bary = torch.zeros(n_pixels, 3, dtype=dtype, device=device).index_put((fr,), fr_bary)
 
-    return Fragments(
-        pix_to_face=p2f_flat.reshape(B, H, W, 1),
-        bary_coords=bary.reshape(B, H, W, 1, 3),
-        zbuf=zbuf.reshape(B, H, W, 1),
-        alpha=alpha.reshape(B, H, W),
-        fringe_face=fringe_flat.reshape(B, H, W, 1),
-        fringe_bary=fringe_bary.reshape(B, H, W, 1, 3),
-    )
+    return Fragments.from_flat(B, H, W, p2f_flat, bary, zbuf, alpha, fringe_flat, fringe_bary)
 
 
 def interpolate_vertex_attributes(
