@@ -281,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{cv2.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f} at the end, {time.perf_counter() - started:.0f} s in all (a shared machine: "
         "absolute times are upper bounds, ratios from one run are what count).",
-        "dis_fine's settings were chosen on other images (benchmarks/tune_flow.py), not on these.",
+        "dis_fine's settings were chosen on other images (benchmarks/tune_flow.py), not on these. Whether any setting "
+        "at >= 20x survives the noise: benchmarks/flow_noise_study.py (no: DIS with pre-blur and variational "
+        "refinement stays >= 2x TV-L1's error on noisy weak motion; a lighter TV-L1 keeps its error at under 3x its speed).",
         *notes,
     ]
     write_tables(rows, args.out, header, command, args.noise)
