@@ -51,6 +51,7 @@ MESH_MEMBER = "face_landmarks_detector.tflite"
 DETECTOR_SIZE = 128
 MESH_SIZE = 192
 ROI_SCALE = 1.5  # the mesh ROI is a square 1.5 x the longer side of the detection box
+TRACK_TOLERANCE = 0.05  # a tracked ROI moves once the landmarks' ROI drifts 5 % of its side (or 0.05 rad)
 NMS_IOU = 0.3
 
 
@@ -198,6 +199,44 @@ def mesh_roi(detection: FaceDetection) -> np.ndarray:
     return np.concatenate([rotation, (centre - rotation @ np.full(2, MESH_SIZE / 2))[:, None]], 1)
 
 
+def roi_from_landmarks(points: np.ndarray) -> np.ndarray:
+    """The mesh ROI of a face's landmarks, as MediaPipe's face-landmark graph derives the next frame's ROI: a square of
+    side 1.5 x the longer side of the landmarks' bounding box, centred on it, rotated so that the line from landmark
+    33 to 263 (the eyes' outer corners) is horizontal.
+
+    points: (468, 2+) pixels -> (2, 3) affine map from the 192 x 192 mesh input to image pixels (as ``mesh_roi``).
+    """
+    points = np.asarray(points, dtype=np.float64)[:, :2]
+    start, end = points[33], points[263]
+    angle = np.arctan2(end[1] - start[1], end[0] - start[0])
+    low, high = points.min(0), points.max(0)
+    side = ROI_SCALE * float(np.max(high - low))
+    centre = (low + high) / 2
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) * (side / MESH_SIZE)
+    return np.concatenate([rotation, (centre - rotation @ np.full(2, MESH_SIZE / 2))[:, None]], 1)
+
+
+def rois_close(roi: np.ndarray, other: np.ndarray, tolerance: float) -> bool:
+    """Whether two mesh ROIs (2, 3) differ by at most ``tolerance``: centre distance and side change as fractions of
+    the first one's side, angle in radians."""
+    side, other_side = (float(np.linalg.norm(r[:, 0])) * MESH_SIZE for r in (roi, other))  # px
+    middle = np.array([MESH_SIZE / 2, MESH_SIZE / 2, 1.0])
+    angle = np.arctan2(roi[1, 0], roi[0, 0]) - np.arctan2(other[1, 0], other[0, 0])
+    angle = (angle + np.pi) % (2 * np.pi) - np.pi
+    return (float(np.linalg.norm(roi @ middle - other @ middle)) <= tolerance * side
+            and abs(other_side - side) <= tolerance * side and abs(angle) <= tolerance)
+
+
+@dataclass
+class FaceTrack:
+    """What :meth:`FaceLandmarker.track` carries from frame to frame: the ROI the mesh model runs in, and the ROI of
+    the landmarks it measured there last time it moved (the reference a face must drift from before it moves again).
+    """
+
+    roi: np.ndarray
+    anchor: np.ndarray
+
+
 def _check_rgb(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -291,6 +330,44 @@ class FaceLandmarker:
             if presence >= self.min_presence_confidence:
                 faces.append(points)
         return np.asarray(faces, dtype=np.float32).reshape(len(faces), N_MESH_LANDMARKS, 3)
+
+    def track(self, image: np.ndarray, track: FaceTrack | None) -> tuple[np.ndarray, FaceTrack | None]:
+        """Follow one face from frame to frame without the detector, as MediaPipe's video mode does.
+
+        The mesh model runs in the ROI that followed the face so far; that ROI moves only once the landmarks' own ROI
+        (``roi_from_landmarks``) has drifted more than ``TRACK_TOLERANCE`` (centre or side as a fraction of the side,
+        angle in radians) from where it was when the ROI last moved, and the face is then measured again in the new
+        ROI. A face that keeps still is therefore measured in the same crop every frame and gets the same landmarks.
+        Without a track, or when the mesh model no longer finds a face in its ROI, the detector looks again
+        (:meth:`detect_all`: its ROI, its landmarks).
+
+        Args:
+            image: (H, W, 3) RGB uint8.
+            track: the previous call's, or None.
+
+        Returns:
+            (faces (F, 468, 3) float32 pixels: one while tracking, up to ``max_faces`` after a detection, the followed
+            one first; the track for the next frame, None when no face was found).
+        """
+        image = _check_rgb(image)
+        if track is not None:
+            points, presence = self.landmarks_in_roi(image, track.roi)
+            if presence >= self.min_presence_confidence:
+                following = roi_from_landmarks(points)
+                if rois_close(track.anchor, following, TRACK_TOLERANCE):
+                    return points[None], track
+                points, presence = self.landmarks_in_roi(image, following)
+                if presence >= self.min_presence_confidence:
+                    return points[None], FaceTrack(following, roi_from_landmarks(points))
+        faces, rois = [], []
+        for detection in self.detect_faces(image)[: self.max_faces]:
+            roi = mesh_roi(detection)
+            points, presence = self.landmarks_in_roi(image, roi)
+            if presence >= self.min_presence_confidence:
+                faces.append(points)
+                rois.append(roi)
+        found = np.asarray(faces, dtype=np.float32).reshape(len(faces), N_MESH_LANDMARKS, 3)
+        return found, (FaceTrack(rois[0], roi_from_landmarks(faces[0])) if faces else None)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """The one face in ``image``: (H, W, 3) RGB uint8 -> (468, 3) float32 pixels.

@@ -76,14 +76,10 @@ def _json_default(value: Any) -> Any:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """A compressed .npz (``np.load`` reads it) at deflate level 1: numpy's ``savez_compressed`` uses level 6, three
-    times the time for a file about 10 % smaller (0.35 s of a 472-frame reconstruction)."""
-    import zipfile
-
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for name, value in arrays.items():
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+    """An uncompressed .npz: the float arrays compress by about 20 % (deflate level 1, 6.5 MB against 8.1 for 472
+    frames) at 25x the time (0.19 s against 0.007, 0.4 ms per frame of a reconstruction)."""
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def write_arrays(folder: Path, arrays: dict[str, np.ndarray], fps: float, image_size: int, faces: np.ndarray,

@@ -82,8 +82,9 @@ class TrackedFrame:
 
 def track_face(frames: Iterable[np.ndarray], landmarker, video: str, timings: dict | None = None,
                start_auto: bool = False) -> Iterator[TrackedFrame]:
-    """Landmarks for each frame: the face is required in frame 0, and held from the previous frame where detection
-    fails later.
+    """Landmarks for each frame: the face is required in frame 0, followed from frame to frame
+    (``FaceLandmarker.track``: the detector runs only when there is no face to follow), and held from the previous
+    frame where it is lost.
 
     frames: iterable of (H, W, 3) RGB uint8; landmarker: a ``FaceLandmarker``; video: named in errors;
     timings: optional dict whose "decode" / "landmarks" entries are increased by the seconds spent; start_auto:
@@ -91,7 +92,7 @@ def track_face(frames: Iterable[np.ndarray], landmarker, video: str, timings: di
     index) instead of raising ReconstructionError at frame 0 (also raised when no frame holds a face).
     """
     timings = {} if timings is None else timings
-    previous = None
+    previous, track = None, None
     iterator = iter(frames)
     index = 0
     while True:
@@ -105,7 +106,11 @@ def track_face(frames: Iterable[np.ndarray], landmarker, video: str, timings: di
         finally:
             timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
-        mesh = select_face(landmarker.detect_all(image), previous)
+        # follow the face in the ROI that tracked it (MediaPipe's video mode); the detector runs when there is none
+        faces, track = landmarker.track(image, track)
+        mesh = select_face(faces, previous)
+        if mesh is not None and len(faces) > 1 and not np.array_equal(mesh, faces[0]):
+            track = None  # the face followed is not the one tracked: detect again next frame
         timings["landmarks"] = timings.get("landmarks", 0.0) + time.perf_counter() - start
         if mesh is None and previous is None:
             if start_auto:

@@ -83,13 +83,16 @@ def mesh_sequence_html(vertices, faces, path, values=None, title: str = "", incl
     # (2.4 s for 240 frames of 468 vertices, more than the reconstruction itself); the page is the same
     corners = {name: _typed_array(faces[:, col], "i4") for col, name in enumerate("ijk")}
 
-    def mesh(t: int) -> dict:
-        colour = dict(intensity=_typed_array(values[t], "f4"), colorscale="Inferno", cmin=cmin, cmax=cmax,
-                      colorbar=dict(title=dict(text=value_label))) if values is not None else dict(color="lightgray")
-        return dict(type="mesh3d", x=_typed_array(vertices[t, :, 0], "f4"), y=_typed_array(vertices[t, :, 1], "f4"),
-                    z=_typed_array(vertices[t, :, 2], "f4"), flatshading=False, **corners, **colour)
+    def moving(t: int) -> dict:
+        """What changes from frame to frame: the coordinates (and colours)."""
+        coordinates = {axis: _typed_array(vertices[t, :, k], "f4") for k, axis in enumerate("xyz")}
+        return {**coordinates, "intensity": _typed_array(values[t], "f4")} if values is not None else coordinates
 
-    frames = [dict(data=[mesh(t)], name=str(t)) for t in range(T)]
+    colour = dict(colorscale="Inferno", cmin=cmin, cmax=cmax, colorbar=dict(title=dict(text=value_label))) \
+        if values is not None else dict(color="lightgray")
+    first = dict(type="mesh3d", flatshading=False, **corners, **colour, **moving(0))
+    # a frame updates the trace in place (plotly.js animate merges it), so the triangles travel once
+    frames = [dict(data=[dict(type="mesh3d", **moving(t))], traces=[0], name=str(t)) for t in range(T)]
     steps = [dict(method="animate", label=str(t),
                   args=[[str(t)], dict(mode="immediate", frame=dict(duration=0, redraw=True),
                                        transition=dict(duration=0))])
@@ -105,7 +108,7 @@ def mesh_sequence_html(vertices, faces, path, values=None, title: str = "", incl
         scene=dict(aspectmode="data", camera=dict(eye=dict(x=0.0, y=0.0, z=2.0), up=dict(x=0, y=1, z=0))),
         margin=dict(l=0, r=0, t=40, b=0),
     )
-    figure = dict(data=[mesh(0)], frames=frames, layout=layout)
+    figure = dict(data=[first], frames=frames, layout=layout)
     html = pio.to_html(figure, include_plotlyjs=include_plotlyjs, full_html=True, validate=False)
     write_text_atomic(html, path)
     return path
