@@ -56,7 +56,7 @@ ROW_LABEL = "DEM + DGMD mesh displacement (shipped checkpoint)"
 OWN_ROW_LABEL = "DEM + DGMD mesh displacement (checkpoint {name})"
 PROTOCOL = "fixed-epoch"
 STAGE = "dgmd"
-CACHE_FORMAT = 1  # bump when what a cached clip holds changes
+CACHE_FORMAT = 2  # bump when what a cached clip holds changes (2: the tracker follows the face, FaceLandmarker.track)
 
 
 @dataclass
