@@ -89,7 +89,16 @@ class Fragments:
 
     @classmethod
     def from_flat(cls, B: int, H: int, W: int, pix_to_face, bary_coords, zbuf, alpha, fringe_face, fringe_bary):
-        """Fragments from per-pixel tensors over the B * H * W pixels (faces per pixel 1), each (N,) or (N, 3)."""
+        """Fragments from per-pixel tensors over the B * H * W pixels (one face per pixel).
+
+        Args:
+            B, H, W: batch and image size.
+            pix_to_face, zbuf, alpha, fringe_face: (B * H * W,) each.
+            bary_coords, fringe_bary: (B * H * W, 3) each.
+
+        Returns:
+            Fragments shaped as documented on the class.
+        """
         return cls(
             pix_to_face=pix_to_face.reshape(B, H, W, 1),
             bary_coords=bary_coords.reshape(B, H, W, 1, 3),
