@@ -8,8 +8,7 @@ call, so this one makes both.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
+from microface.config import project_root, resolve
 from microface.experiments.mer import run_mer_experiment as run_mer_table
 from microface.experiments.mer_input_motion import input_motion_table
 from microface.experiments.report import NotebookReport
@@ -27,7 +26,7 @@ def run_mer_experiment(profile: str, seed: int, device: str, data: dict, mer: di
     says it did not run."""
     report = run_mer_table(profile=profile, seed=seed, device=device, data=data, mer=mer, results_dir=results_dir)
     if data.get("flow_method"):
-        motion = input_motion_table(Path(results_dir) / "prepared")
+        motion = input_motion_table(resolve(results_dir, project_root()) / "prepared")  # nbval runs from notebooks/
         report.tables["input_motion"] = motion
         report.notes["input_motion"] = motion.round(3).to_markdown(index=False)
     else:
