@@ -66,6 +66,7 @@ def mesh_sequence_html(vertices, faces, path, values=None, title: str = "", incl
     Written atomically to ``path`` (.html); returns the path.
     """
     import plotly.io as pio
+    from plotly.colors import make_colorscale, sequential
 
     path = Path(path)
     vertices = _as_numpy(vertices).astype(float)
@@ -88,7 +89,9 @@ def mesh_sequence_html(vertices, faces, path, values=None, title: str = "", incl
         coordinates = {axis: _typed_array(vertices[t, :, k], "f4") for k, axis in enumerate("xyz")}
         return {**coordinates, "intensity": _typed_array(values[t], "f4")} if values is not None else coordinates
 
-    colour = dict(colorscale="Inferno", cmin=cmin, cmax=cmax, colorbar=dict(title=dict(text=value_label))) \
+    # plotly.js knows only a few colorscales by name; plotly (python) spells the others out, and so do we
+    inferno = make_colorscale(sequential.Inferno)
+    colour = dict(colorscale=inferno, cmin=cmin, cmax=cmax, colorbar=dict(title=dict(text=value_label))) \
         if values is not None else dict(color="lightgray")
     first = dict(type="mesh3d", flatshading=False, **corners, **colour, **moving(0))
     # a frame updates the trace in place (plotly.js animate merges it), so the triangles travel once
