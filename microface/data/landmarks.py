@@ -323,13 +323,18 @@ class FaceLandmarker:
 
         image: (H, W, 3) RGB uint8 -> (F, 468, 3) float32 pixels, F >= 0 (x, y, relative depth z; see module doc).
         """
-        image = _check_rgb(image)
-        faces = []
+        return self._detect(_check_rgb(image))[0]
+
+    def _detect(self, image: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The detector, then the mesh model in each detection's ROI: (F, 468, 3) float32 pixels and the F ROIs."""
+        faces, rois = [], []
         for detection in self.detect_faces(image)[: self.max_faces]:
-            points, presence = self.landmarks_in_roi(image, mesh_roi(detection))
+            roi = mesh_roi(detection)
+            points, presence = self.landmarks_in_roi(image, roi)
             if presence >= self.min_presence_confidence:
                 faces.append(points)
-        return np.asarray(faces, dtype=np.float32).reshape(len(faces), N_MESH_LANDMARKS, 3)
+                rois.append(roi)
+        return np.asarray(faces, dtype=np.float32).reshape(len(faces), N_MESH_LANDMARKS, 3), rois
 
     def track(self, image: np.ndarray, track: FaceTrack | None) -> tuple[np.ndarray, FaceTrack | None]:
         """Follow one face from frame to frame without the detector, as MediaPipe's video mode does.
@@ -359,15 +364,8 @@ class FaceLandmarker:
                 points, presence = self.landmarks_in_roi(image, following)
                 if presence >= self.min_presence_confidence:
                     return points[None], FaceTrack(following, roi_from_landmarks(points))
-        faces, rois = [], []
-        for detection in self.detect_faces(image)[: self.max_faces]:
-            roi = mesh_roi(detection)
-            points, presence = self.landmarks_in_roi(image, roi)
-            if presence >= self.min_presence_confidence:
-                faces.append(points)
-                rois.append(roi)
-        found = np.asarray(faces, dtype=np.float32).reshape(len(faces), N_MESH_LANDMARKS, 3)
-        return found, (FaceTrack(rois[0], roi_from_landmarks(faces[0])) if faces else None)
+        faces, rois = self._detect(image)
+        return faces, (FaceTrack(rois[0], roi_from_landmarks(faces[0])) if len(faces) else None)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """The one face in ``image``: (H, W, 3) RGB uint8 -> (468, 3) float32 pixels.

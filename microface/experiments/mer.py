@@ -410,6 +410,18 @@ def _fold_rows(model_name: str, spec: ModelSpec, samples: MERSamples, fold, conf
     return rows, fold_row
 
 
+def epoch_batches(samples: MERSamples, indices: np.ndarray, keys: tuple[str, ...], config: MERRunConfig, device):
+    """batches(epoch) for ``training.loop.fit``: the clips ``indices`` in an order seeded by (config.seed, epoch),
+    ``config.batch_size`` at a time. Every LOSO fold trains this way (and ``mer_epochs`` when it chooses epochs)."""
+
+    def batches(epoch: int):
+        order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        for start in range(0, len(indices), config.batch_size):
+            yield samples.batch(indices[order[start:start + config.batch_size].numpy()], keys, device)
+
+    return batches
+
+
 def _run_fold(model_name: str, spec: ModelSpec, samples: MERSamples, fold, config: MERRunConfig,
               model_cfg: dict, keys: tuple[str, ...], protocol: str, run_dir: Path, device,
               train_config: TrainConfig) -> tuple[int, torch.Tensor, list[dict]]:
@@ -422,11 +434,11 @@ def _run_fold(model_name: str, spec: ModelSpec, samples: MERSamples, fold, confi
     train_idx, test_idx = fold.train_idx, fold.test_idx
     epoch_start: dict[str, float] = {}
 
+    train_batches = epoch_batches(samples, train_idx, keys, config, device)
+
     def batches(epoch: int):
         epoch_start["t"] = time.perf_counter()
-        order = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-        for start in range(0, len(train_idx), config.batch_size):
-            yield samples.batch(train_idx[order[start:start + config.batch_size].numpy()], keys, device)
+        yield from train_batches(epoch)
 
     def epoch_end(model: nn.Module, epoch: int) -> dict[str, float]:
         record = {"epoch_seconds": time.perf_counter() - epoch_start["t"]}

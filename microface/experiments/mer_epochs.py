@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 __all__ = ["training_fit_curve", "first_epoch_below"]
 
@@ -33,7 +32,7 @@ def training_fit_curve(name: str, samples, config, subjects: Sequence[str], devi
     Raises:
         ValueError: no clip of ``subjects`` in ``samples``.
     """
-    from microface.experiments.mer import MODELS, model_config_for, predict_logits
+    from microface.experiments.mer import MODELS, epoch_batches, model_config_for, predict_logits
     from microface.training.loop import TrainConfig, fit
     from microface.utils.runtime import seed_everything
 
@@ -46,16 +45,11 @@ def training_fit_curve(name: str, samples, config, subjects: Sequence[str], devi
     seed_everything(config.seed)
     model = spec.build(model_config_for(name, config, samples.class_names)).to(device)
 
-    def batches(epoch: int):
-        order = torch.randperm(len(idx), generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-        for start in range(0, len(idx), config.batch_size):
-            yield samples.batch(idx[order[start:start + config.batch_size].numpy()], keys, device)
-
     def epoch_end(model, epoch: int) -> dict[str, float]:
         logits = predict_logits(model, spec, samples, idx, config.eval_batch_size, device)
         return {"train_acc": float((logits.argmax(1) == samples.labels[idx]).float().mean())}
 
-    history = fit(model, lambda m, batch: spec.loss(m, batch), batches,
+    history = fit(model, lambda m, batch: spec.loss(m, batch), epoch_batches(samples, idx, keys, config, device),
                   TrainConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
                               grad_clip=config.grad_clip, seed=config.seed),
                   None, epoch_end_fn=epoch_end, desc=desc or f"{name} on {len(idx)} training clips")

@@ -190,13 +190,13 @@ def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     return x.clamp_min(1e-20).sqrt()
 
 
-def _signed_distance(tri2d: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
-    """Signed distance (pixels, inside positive) from points to screen triangles. (P, 3, 2), (P, 2) -> (P,).
+def _signed_distance(line_dist: torch.Tensor, seg_dist2: torch.Tensor) -> torch.Tensor:
+    """Signed distance (pixels, inside positive) from points to screen triangles, from :func:`_edge_geometry`'s
+    line_dist and seg_dist2 (P, 3) -> (P,).
 
     Inside: distance to the nearest edge line; outside: minus the distance to the nearest edge segment.
     Continuous and zero on the boundary.
     """
-    line_dist, seg_dist2, _, _ = _edge_geometry(tri2d, px)
     inside = line_dist.amin(-1)
     return torch.where(inside >= 0, inside, -_safe_sqrt(seg_dist2.amin(-1)))
 
@@ -568,8 +568,7 @@ def _coverage_faces(tri, planes, height, valid, covered, contour, H: int, W: int
     line_dist, seg_dist2, foot, outward = _edge_geometry(
         tri.index_select(0, act_face)[..., :2], _pixel_centres(act_pixel, H, W, tri.dtype)
     )
-    inner = line_dist.amin(-1)
-    signed = torch.where(inner >= 0, inner, -_safe_sqrt(seg_dist2.amin(-1)))
+    signed = _signed_distance(line_dist, seg_dist2)
     none = torch.full((n_pixels,), -1, dtype=torch.long, device=tri.device)
     # outside the mesh: the nearest face gives the exact distance to the union of all faces
     out_pair = torch.nonzero(~covered[act_pixel] & (signed > -radius), as_tuple=True)[0]
@@ -667,8 +666,7 @@ def _soft_coverage(tri, covered, fringe_face, edge_face, edge_index, H: int, W: 
     line_dist, seg_dist2, _, _ = _edge_geometry(tri.index_select(0, chosen)[..., :2], _pixel_centres(pixels, H, W, tri.dtype))
     n_edge = near_edge.shape[0]
     edge_dist2 = seg_dist2[:n_edge].gather(1, edge_index.index_select(0, near_edge)[:, None])[:, 0]
-    inner = line_dist[n_edge:].amin(-1)
-    signed_fr = torch.where(inner >= 0, inner, -_safe_sqrt(seg_dist2[n_edge:].amin(-1)))  # _signed_distance
+    signed_fr = _signed_distance(line_dist[n_edge:], seg_dist2[n_edge:])
     alpha = covered.to(tri.dtype)
     alpha = alpha.index_put((near_edge,), _smoothstep_coverage(_safe_sqrt(edge_dist2), radius))
     return alpha.index_put((fr,), _smoothstep_coverage(signed_fr, radius))
